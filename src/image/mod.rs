@@ -1,0 +1,1 @@
+//! VHD files on disk.

@@ -1,0 +1,3 @@
+//! Talking to XAPI hosts.
+
+pub mod rpc;
