@@ -1,6 +1,58 @@
-//! The command line.
+//! The command line: argument parsing, output, and exit codes. The only module that prints.
+
+mod args;
+mod error;
+mod inspect;
+mod output;
+
 use std::process::ExitCode;
 
+use clap::Parser;
+
+pub use error::CliError;
+
+/// Parse the command line, run the command, and map the outcome to an exit code:
+/// 0 success, 1 the work failed (or `check` found problems), 2 usage or input error,
+/// 3 another run holds the lock.
 pub fn run() -> ExitCode {
-    ExitCode::SUCCESS
+    let cli = match args::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    init_tracing(cli.verbose);
+    match dispatch(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("vhdsync: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn dispatch(command: args::Command) -> Result<ExitCode, CliError> {
+    use args::Command;
+    match command {
+        Command::Info(a) => inspect::info(&a),
+        Command::Check(a) => inspect::check(&a),
+        Command::Cat(a) => inspect::cat(&a),
+    }
+}
+
+fn init_tracing(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VHDSYNC_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }

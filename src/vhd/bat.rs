@@ -33,7 +33,12 @@ impl Bat {
         }
         let need = entries as usize * 4;
         let Some(table) = bytes.get(..need) else {
-            return Err(FormatError::truncated(Structure::Bat, at, bytes.len(), need));
+            return Err(FormatError::truncated(
+                Structure::Bat,
+                at,
+                bytes.len(),
+                need,
+            ));
         };
         Ok(Bat {
             entries: table

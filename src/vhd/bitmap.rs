@@ -33,9 +33,8 @@ fn all_bits(bitmap: &[u8], sectors: u32, whole: u8) -> bool {
     let Some(head) = bitmap.get(..whole_bytes) else {
         return false;
     };
-    head.iter().all(|&b| b == whole) && (whole_bytes * 8..sectors as usize).all(|s| {
-        is_set(bitmap, s as u32) == (whole == 0xFF)
-    })
+    head.iter().all(|&b| b == whole)
+        && (whole_bytes * 8..sectors as usize).all(|s| is_set(bitmap, s as u32) == (whole == 0xFF))
 }
 
 /// A maximal run of sectors that are all set (`present`) or all clear.
@@ -46,13 +45,13 @@ pub struct Run {
     pub present: bool,
 }
 
-/// The runs of equal bits over the first `sectors` sectors, skipping whole 0x00 / 0xFF bytes
-/// at a time so that full and empty bitmaps cost a byte scan, not a bit walk.
-pub fn runs(bitmap: &[u8], sectors: u32) -> Runs<'_> {
+/// The runs of equal bits over `sectors`, skipping whole 0x00 / 0xFF bytes at a time so that
+/// full and empty bitmaps cost a byte scan, not a bit walk.
+pub fn runs(bitmap: &[u8], sectors: std::ops::Range<u32>) -> Runs<'_> {
     Runs {
         bitmap,
-        sectors,
-        next: 0,
+        sectors: sectors.end,
+        next: sectors.start,
     }
 }
 
@@ -114,8 +113,22 @@ mod tests {
         let mut bitmap = [0u8; 64];
         set_range(&mut bitmap, 0, 8);
         set_range(&mut bitmap, 100, 1);
-        let got: Vec<_> = runs(&bitmap, 512).map(|r| (r.start, r.len, r.present)).collect();
-        assert_eq!(got, vec![(0, 8, true), (8, 92, false), (100, 1, true), (101, 411, false)]);
+        let got: Vec<_> = runs(&bitmap, 0..512)
+            .map(|r| (r.start, r.len, r.present))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (0, 8, true),
+                (8, 92, false),
+                (100, 1, true),
+                (101, 411, false)
+            ]
+        );
+        let tail: Vec<_> = runs(&bitmap, 99..102)
+            .map(|r| (r.start, r.len, r.present))
+            .collect();
+        assert_eq!(tail, vec![(99, 1, false), (100, 1, true), (101, 1, false)]);
     }
 
     #[test]
@@ -123,7 +136,7 @@ mod tests {
         let full = [0xFF; 512];
         assert!(is_full(&full, 4096));
         assert!(!is_empty(&full, 4096));
-        assert_eq!(runs(&full, 4096).count(), 1);
+        assert_eq!(runs(&full, 0..4096).count(), 1);
         let mut partial = [0u8; 1];
         set_range(&mut partial, 0, 3);
         assert!(is_full(&partial, 3));

@@ -257,7 +257,9 @@ impl Footer {
 
 /// Reserved bytes 86..512 must be zero (`vhd-util check`); byte 85 is blktap's `hidden`.
 pub fn reserved_bytes_are_zero(bytes: &[u8]) -> bool {
-    bytes.get(HIDDEN_AT + 1..).is_none_or(|r| r.iter().all(|&b| b == 0))
+    bytes
+        .get(HIDDEN_AT + 1..)
+        .is_none_or(|r| r.iter().all(|&b| b == 0))
 }
 
 fn checksum_status(b: &[u8; FOOTER_SIZE], stored: u32) -> Option<ChecksumStatus> {
@@ -325,7 +327,10 @@ mod tests {
         let mut bytes = qemu_style_footer_bytes();
         bytes[70] ^= 1;
         let err = Footer::parse(&bytes, 4096).unwrap_err();
-        assert_eq!((err.kind, err.field, err.offset), (ErrorKind::BadChecksum, "checksum", 4160));
+        assert_eq!(
+            (err.kind, err.field, err.offset),
+            (ErrorKind::BadChecksum, "checksum", 4160)
+        );
         bytes[0] = b'C';
         let err = Footer::parse(&bytes, 4096).unwrap_err();
         assert_eq!((err.kind, err.offset), (ErrorKind::BadCookie, 4096));

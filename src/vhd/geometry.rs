@@ -60,10 +60,7 @@ impl Geometry {
 
     /// The size CHS describes, in bytes.
     pub fn size_bytes(self) -> u64 {
-        u64::from(self.cylinders)
-            * u64::from(self.heads)
-            * u64::from(self.sectors_per_track)
-            * 512
+        u64::from(self.cylinders) * u64::from(self.heads) * u64::from(self.sectors_per_track) * 512
     }
 }
 

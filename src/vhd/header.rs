@@ -255,7 +255,13 @@ mod tests {
 
     #[test]
     fn rejects_bad_block_sizes_and_huge_tables_naming_the_field() {
-        for (block_size, ok) in [(512, true), (4096, true), (3 << 20, false), (256, false), (1 << 22, false)] {
+        for (block_size, ok) in [
+            (512, true),
+            (4096, true),
+            (3 << 20, false),
+            (256, false),
+            (1 << 22, false),
+        ] {
             let mut h = DynamicHeader::new(1536, 1, 2 << 20);
             h.block_size = block_size;
             let parsed = DynamicHeader::parse(&h.encode(), 512);
@@ -266,7 +272,10 @@ mod tests {
         }
         let h = DynamicHeader::new(1536, u32::MAX, 2 << 20);
         let e = DynamicHeader::parse(&h.encode(), 512).unwrap_err();
-        assert_eq!((e.kind, e.field), (ErrorKind::TooLarge, "max_table_entries"));
+        assert_eq!(
+            (e.kind, e.field),
+            (ErrorKind::TooLarge, "max_table_entries")
+        );
     }
 
     #[test]

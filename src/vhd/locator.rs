@@ -179,7 +179,11 @@ fn decode_utf16_either(bytes: &[u8]) -> Option<String> {
         })
     };
     let looks_big_endian = bytes.first() == Some(&0) && bytes.get(1).is_some_and(|&b| b != 0);
-    let order = if looks_big_endian { [false, true] } else { [true, false] };
+    let order = if looks_big_endian {
+        [false, true]
+    } else {
+        [true, false]
+    };
     order
         .into_iter()
         .find_map(|le| String::from_utf16(&units(le).collect::<Vec<_>>()).ok())
@@ -223,7 +227,10 @@ mod tests {
         assert_eq!(l.reserved_bytes(0, 576), Ok(4096));
         l.data_space = 600;
         let err = l.reserved_bytes(2, 576).unwrap_err();
-        assert_eq!((err.field, err.structure), ("data_space", Structure::ParentLocator(2)));
+        assert_eq!(
+            (err.field, err.structure),
+            ("data_space", Structure::ParentLocator(2))
+        );
     }
 
     #[test]
@@ -233,7 +240,8 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            macx.decode_path(0, b"file://./parent%20a.vhd\0\0", 0).unwrap(),
+            macx.decode_path(0, b"file://./parent%20a.vhd\0\0", 0)
+                .unwrap(),
             "./parent a.vhd"
         );
         let w2ru = ParentLocator {
@@ -242,7 +250,10 @@ mod tests {
         };
         let le = encode_utf16le(".\\base.vhd");
         assert_eq!(w2ru.decode_path(1, &le, 0).unwrap(), ".\\base.vhd");
-        let be: Vec<u8> = "base.vhd".encode_utf16().flat_map(u16::to_be_bytes).collect();
+        let be: Vec<u8> = "base.vhd"
+            .encode_utf16()
+            .flat_map(u16::to_be_bytes)
+            .collect();
         assert_eq!(w2ru.decode_path(1, &be, 0).unwrap(), "base.vhd");
         let err = w2ru.decode_path(1, &[0x41], 99).unwrap_err();
         assert_eq!((err.kind, err.offset), (ErrorKind::BadText, 99));
@@ -250,6 +261,9 @@ mod tests {
             code: PlatformCode::MAC,
             ..Default::default()
         };
-        assert_eq!(mac.decode_path(3, b"x", 0).unwrap_err().field, "platform_code");
+        assert_eq!(
+            mac.decode_path(3, b"x", 0).unwrap_err().field,
+            "platform_code"
+        );
     }
 }

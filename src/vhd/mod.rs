@@ -7,6 +7,7 @@
 pub mod bat;
 pub mod batmap;
 pub mod bitmap;
+pub mod blockset;
 mod checksum;
 mod error;
 pub mod footer;
@@ -16,6 +17,7 @@ pub mod locator;
 pub mod timestamp;
 
 pub use bat::Bat;
+pub use blockset::BlockSet;
 pub use checksum::ones_complement_checksum;
 pub use error::{ErrorKind, FormatError, Structure};
 pub use footer::{DiskType, Footer};

@@ -1,0 +1,30 @@
+use crate::image::ImageError;
+
+/// What a command failed with, carrying the exit code the failure maps to.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Bad input: an unreadable file, a bad argument (exit 2).
+    #[error("{0}")]
+    Input(String),
+    /// The work itself failed (exit 1).
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Input(_) => 2,
+            CliError::Failed(_) => 1,
+        }
+    }
+}
+
+impl From<ImageError> for CliError {
+    fn from(e: ImageError) -> Self {
+        match e.kind {
+            crate::image::ImageErrorKind::Io { .. } => CliError::Failed(e.to_string()),
+            _ => CliError::Input(e.to_string()),
+        }
+    }
+}
