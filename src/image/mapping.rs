@@ -17,7 +17,7 @@ use memmap2::{Advice, Mmap, UncheckedAdvice};
 
 use super::ImageError;
 
-const RELEASE_EVERY: u64 = 32 << 20;
+const RELEASE_EVERY: u64 = 16 << 20;
 
 #[derive(Clone)]
 pub(crate) struct FileBytes {
