@@ -245,7 +245,7 @@ impl VhdWriter {
 
     /// Write whole sectors at a sector-aligned guest `offset`, marking them present.
     pub fn write_sectors(&mut self, offset: u64, data: &[u8]) -> Result<(), ImageError> {
-        if offset % SECTOR_SIZE != 0 || data.len() as u64 % SECTOR_SIZE != 0 {
+        if !offset.is_multiple_of(SECTOR_SIZE) || !(data.len() as u64).is_multiple_of(SECTOR_SIZE) {
             return Err(ImageError::new(
                 &self.path,
                 ImageErrorKind::Invalid(format!(

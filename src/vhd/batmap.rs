@@ -32,7 +32,7 @@ impl BatmapHeader {
             version: be_u32(b, 20),
             checksum: be_u32(b, 24),
         };
-        if header.map_offset % SECTOR_SIZE != 0 {
+        if !header.map_offset.is_multiple_of(SECTOR_SIZE) {
             return Err(FormatError::new(
                 ErrorKind::BadValue,
                 Structure::Batmap,

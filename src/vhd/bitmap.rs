@@ -73,11 +73,12 @@ impl Iterator for Runs<'_> {
         let whole = if present { 0xFF } else { 0x00 };
         let mut s = start + 1;
         while s < self.sectors {
-            if s % 8 == 0 && s + 8 <= self.sectors {
-                if self.bitmap.get(s as usize / 8) == Some(&whole) {
-                    s += 8;
-                    continue;
-                }
+            if s.is_multiple_of(8)
+                && s + 8 <= self.sectors
+                && self.bitmap.get(s as usize / 8) == Some(&whole)
+            {
+                s += 8;
+                continue;
             }
             if is_set(self.bitmap, s) != present {
                 break;

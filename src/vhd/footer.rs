@@ -196,7 +196,7 @@ impl Footer {
             saved_state: b[84],
             hidden: b[HIDDEN_AT],
         };
-        if footer.disk_type.is_sparse() && footer.data_offset % super::SECTOR_SIZE != 0 {
+        if footer.disk_type.is_sparse() && !footer.data_offset.is_multiple_of(super::SECTOR_SIZE) {
             return Err(FormatError::new(
                 ErrorKind::BadValue,
                 Structure::Footer,

@@ -116,7 +116,7 @@ impl DynamicHeader {
             ));
         }
         let table_offset = be_u64(b, 16);
-        if table_offset % SECTOR_SIZE != 0 {
+        if !table_offset.is_multiple_of(SECTOR_SIZE) {
             return Err(err(
                 ErrorKind::BadValue,
                 "table_offset",

@@ -104,7 +104,7 @@ impl ParentLocator {
         let space = u64::from(self.data_space);
         if space < SECTOR_SIZE {
             Ok(space * SECTOR_SIZE)
-        } else if space % SECTOR_SIZE == 0 {
+        } else if space.is_multiple_of(SECTOR_SIZE) {
             Ok(space)
         } else {
             Err(FormatError::new(
@@ -166,7 +166,7 @@ impl ParentLocator {
 /// UTF-16 that is little-endian in practice but big-endian per the spec. An odd length or a
 /// sequence that decodes in neither order is rejected.
 fn decode_utf16_either(bytes: &[u8]) -> Option<String> {
-    if bytes.len() % 2 != 0 {
+    if !bytes.len().is_multiple_of(2) {
         return None;
     }
     let units = |le: bool| {
