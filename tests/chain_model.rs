@@ -12,16 +12,21 @@ const SECTOR: u64 = 512;
 
 #[derive(Debug, Clone)]
 enum Op {
-    Write { sector: u64, sectors: u64, seed: u64 },
+    Write {
+        sector: u64,
+        sectors: u64,
+        seed: u64,
+    },
     Snapshot,
 }
 
 fn ops(disk_sectors: u64) -> impl Strategy<Value = Vec<Op>> {
-    let write = (0..disk_sectors, 1u64..24, any::<u64>()).prop_map(move |(sector, n, seed)| Op::Write {
-        sector,
-        sectors: n.min(disk_sectors - sector),
-        seed,
-    });
+    let write =
+        (0..disk_sectors, 1u64..24, any::<u64>()).prop_map(move |(sector, n, seed)| Op::Write {
+            sector,
+            sectors: n.min(disk_sectors - sector),
+            seed,
+        });
     prop::collection::vec(prop_oneof![4 => write, 1 => Just(Op::Snapshot)], 1..40)
 }
 

@@ -48,29 +48,61 @@ fn compare_with_qemu(options: &str) {
     let raw = dir.path().join("source.raw");
     let vhd = dir.path().join("image.vhd");
     random_raw(&raw);
-    run(Command::new(qemu).args(["convert", "-f", "raw", "-O", "vpc", "-o", options]).arg(&raw).arg(&vhd));
+    run(Command::new(qemu)
+        .args(["convert", "-f", "raw", "-O", "vpc", "-o", options])
+        .arg(&raw)
+        .arg(&vhd));
 
     let ours = dir.path().join("ours.raw");
     let theirs = dir.path().join("theirs.raw");
-    run(Command::new(env!("CARGO_BIN_EXE_vhdsync")).arg("cat").arg(&vhd).arg("-o").arg(&ours));
-    run(Command::new(qemu).args(["convert", "-f", "vpc", "-O", "raw"]).arg(&vhd).arg(&theirs));
-    let (a, b) = (std::fs::read(&ours).unwrap(), std::fs::read(&theirs).unwrap());
+    run(Command::new(env!("CARGO_BIN_EXE_vhdsync"))
+        .arg("cat")
+        .arg(&vhd)
+        .arg("-o")
+        .arg(&ours));
+    run(Command::new(qemu)
+        .args(["convert", "-f", "vpc", "-O", "raw"])
+        .arg(&vhd)
+        .arg(&theirs));
+    let (a, b) = (
+        std::fs::read(&ours).unwrap(),
+        std::fs::read(&theirs).unwrap(),
+    );
     assert_eq!(a.len(), b.len(), "{options}: raw sizes differ");
     assert!(a == b, "{options}: content differs from qemu-img's");
 
-    let info = run(Command::new(qemu).args(["info", "-f", "vpc", "--output=json"]).arg(&vhd));
+    let info = run(Command::new(qemu)
+        .args(["info", "-f", "vpc", "--output=json"])
+        .arg(&vhd));
     let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
-    let ours_info = run(Command::new(env!("CARGO_BIN_EXE_vhdsync")).arg("info").arg("--json").arg(&vhd));
+    let ours_info = run(Command::new(env!("CARGO_BIN_EXE_vhdsync"))
+        .arg("info")
+        .arg("--json")
+        .arg(&vhd));
     let ours_info: serde_json::Value = serde_json::from_slice(&ours_info.stdout).unwrap();
-    assert_eq!(ours_info["virtual_size"], info["virtual-size"], "{options}: virtual size");
+    assert_eq!(
+        ours_info["virtual_size"], info["virtual-size"],
+        "{options}: virtual size"
+    );
     assert_eq!(a.len() as u64, info["virtual-size"].as_u64().unwrap());
     // Stdout output (the streaming path) is identical to the sparse file output.
-    let piped = run(Command::new(env!("CARGO_BIN_EXE_vhdsync")).arg("cat").arg(&vhd));
-    assert_eq!(piped.stdout.len(), a.len(), "{options}: stdout output length");
+    let piped = run(Command::new(env!("CARGO_BIN_EXE_vhdsync"))
+        .arg("cat")
+        .arg(&vhd));
+    assert_eq!(
+        piped.stdout.len(),
+        a.len(),
+        "{options}: stdout output length"
+    );
     let first = piped.stdout.iter().zip(&a).position(|(x, y)| x != y);
-    assert_eq!(first, None, "{options}: stdout output differs from file output");
+    assert_eq!(
+        first, None,
+        "{options}: stdout output differs from file output"
+    );
     // And the image is clean.
-    run(Command::new(env!("CARGO_BIN_EXE_vhdsync")).arg("check").arg(&vhd));
+    run(Command::new(env!("CARGO_BIN_EXE_vhdsync"))
+        .arg("check")
+        .arg(&vhd));
 }
 
 #[test]
