@@ -1,0 +1,214 @@
+//! Opening HTTP/1.1 connections to a host, plain or TLS. XAPI closes data-plane connections
+//! after each transfer, so a connection carries one request; RPC calls open their own.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper::body::{Body, Incoming};
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+use super::HostUrl;
+use super::tls::{Fingerprint, Trust, client_config};
+use super::url::Scheme;
+
+/// Failures below the XAPI level: the host could not be reached or spoke no HTTP.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("{host}: connect: {source}")]
+    Connect { host: String, source: io::Error },
+    #[error("{host}: TLS: {message}")]
+    Tls { host: String, message: String },
+    #[error("{host}: HTTP: {message}")]
+    Http { host: String, message: String },
+    #[error("{host}: no response within {after:?} ({during})")]
+    Timeout {
+        host: String,
+        after: Duration,
+        during: &'static str,
+    },
+}
+
+/// A host to open connections to, with its TLS trust settled once.
+#[derive(Clone)]
+pub struct Endpoint {
+    url: HostUrl,
+    tls: Option<TlsConnector>,
+    observed: Arc<Mutex<Option<Fingerprint>>>,
+    connect_timeout: Duration,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("url", &self.url.to_string())
+            .finish()
+    }
+}
+
+impl Endpoint {
+    pub fn new(url: HostUrl, trust: &Trust) -> Result<Endpoint, TransportError> {
+        let observed = Arc::new(Mutex::new(None));
+        let tls = match url.scheme {
+            Scheme::Http => None,
+            Scheme::Https => Some(TlsConnector::from(
+                client_config(trust, observed.clone()).map_err(|e| TransportError::Tls {
+                    host: url.to_string(),
+                    message: e.to_string(),
+                })?,
+            )),
+        };
+        Ok(Endpoint {
+            url,
+            tls,
+            observed,
+            connect_timeout: Duration::from_secs(30),
+        })
+    }
+
+    pub fn url(&self) -> &HostUrl {
+        &self.url
+    }
+
+    /// The fingerprint the host presented on the last TLS handshake.
+    pub fn observed_fingerprint(&self) -> Option<Fingerprint> {
+        self.observed.lock().ok().and_then(|f| *f)
+    }
+
+    /// Open a connection and send one request on it.
+    pub async fn send<B>(&self, request: Request<B>) -> Result<Response<Incoming>, TransportError>
+    where
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let stream = self.connect().await?;
+        let host = self.url.to_string();
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| TransportError::Http {
+                host: host.clone(),
+                message: e.to_string(),
+            })?;
+        tokio::spawn(async move {
+            // Errors surface through the response future; nothing more to report here.
+            let _ = connection.await;
+        });
+        sender
+            .send_request(request)
+            .await
+            .map_err(|e| TransportError::Http {
+                host,
+                message: error_chain(&e),
+            })
+    }
+
+    /// A TCP connection, wrapped in TLS for https.
+    pub async fn connect(&self) -> Result<MaybeTls, TransportError> {
+        let host = self.url.to_string();
+        let tcp = tokio::time::timeout(
+            self.connect_timeout,
+            TcpStream::connect(
+                self.url
+                    .authority()
+                    .trim_start_matches('[')
+                    .replace("]:", ":"),
+            ),
+        )
+        .await
+        .map_err(|_| TransportError::Timeout {
+            host: host.clone(),
+            after: self.connect_timeout,
+            during: "connect",
+        })?
+        .map_err(|source| TransportError::Connect {
+            host: host.clone(),
+            source,
+        })?;
+        let _ = tcp.set_nodelay(true);
+        let Some(tls) = &self.tls else {
+            return Ok(MaybeTls::Plain(tcp));
+        };
+        let name =
+            ServerName::try_from(self.url.host.clone()).map_err(|e| TransportError::Tls {
+                host: host.clone(),
+                message: e.to_string(),
+            })?;
+        let stream = tls
+            .connect(name, tcp)
+            .await
+            .map_err(|e| TransportError::Tls {
+                host,
+                message: error_chain(&e),
+            })?;
+        Ok(MaybeTls::Tls(Box::new(stream)))
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    text
+}
+
+/// A plain or TLS stream.
+pub enum MaybeTls {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for MaybeTls {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            MaybeTls::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for MaybeTls {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            MaybeTls::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            MaybeTls::Plain(s) => Pin::new(s).poll_flush(cx),
+            MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            MaybeTls::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
