@@ -7,5 +7,6 @@
 
 pub mod cli;
 pub mod image;
+pub mod lab;
 pub mod vhd;
 pub mod xapi;

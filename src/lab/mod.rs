@@ -1,0 +1,3 @@
+//! The lab host: a simulated XAPI host over real VHD chains.
+
+pub mod sr;

@@ -1,0 +1,512 @@
+//! The lab host's file storage repository (SR): a directory of VHD files in which each VDI is
+//! a chain, with XenServer file-SR semantics. It knows nothing of XAPI objects; the RPC layer
+//! maps VDI records onto it.
+//!
+//! Layout: one `<footer uuid>.vhd` per VHD file and `sr.json`, the SR's index of VDI uuid ->
+//! leaf file name, virtual size and read-only flag (plus the optional capacity). As on
+//! XenServer, a snapshot or a clone turns the VDI's leaf into a hidden read-only parent and
+//! gives the VDI and the new VDI fresh empty differencing children of it. A destroy removes
+//! the VDI from the index, then sweeps away every file no remaining chain references.
+//!
+//! Decisions:
+//! - Sizes are rounded up to whole 2 MiB blocks, as SM's `validate_and_round_vhd_size` does.
+//! - `resize` freezes the leaf and gives the VDI a larger differencing child, like a snapshot
+//!   without the snapshot VDI. Our leaves' BATs never have spare entries, so growing in place
+//!   would mean rewriting the BAT; a child layer needs only the image module's public API,
+//!   and the chain view reads bytes past a smaller parent's size as zeros.
+//! - Space is thin-provisioned. With a capacity set, creating, snapshotting, cloning or
+//!   growing a VDI fails with [`SrError::Full`] when the bytes the VDI could newly fill (its
+//!   virtual size, or the growth for a resize) exceed the capacity minus the current size of
+//!   all VHD files. It is a check, not a reservation.
+//! - A VDI's physical utilisation is the size of its leaf file only: parents are shared and
+//!   XenServer accounts them to the hidden parent VDIs.
+//! - Failures are not rolled back. The index only ever names files that exist, so a failed
+//!   snapshot, clone or resize leaves at most unreferenced children, which the next sweep
+//!   (at open or after a destroy) deletes, and a leaf marked hidden but still the VDI's
+//!   leaf, which is harmless: nothing here reads the flag, and the next snapshot sets it anyway.
+//!
+//! Concurrency: [`FileSr`] is `Send + Sync`; share it in an `Arc`. Changes to the index, and
+//! every creation or deletion of files, are serialised by one mutex. Each VDI also has a lock
+//! (one of a fixed set of stripes) held by every operation on it, so a guest write never races
+//! a snapshot of the same VDI while writes to different VDIs run in parallel. Lock order: VDI
+//! stripe, then the index, then the import set.
+
+mod digest;
+mod error;
+mod guest_write;
+mod index;
+mod layout;
+mod space;
+mod sweep;
+mod vhd_files;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use uuid::Uuid;
+
+pub use error::{Operation, SrError};
+
+use crate::image::Chain;
+use crate::vhd;
+use error::{Context, image_error};
+use index::{Index, VdiRecord};
+
+/// Virtual sizes are whole multiples of the 2 MiB block, as on XenServer.
+const SIZE_GRANULE: u64 = vhd::DEFAULT_BLOCK_SIZE as u64;
+/// Number of VDI lock stripes: enough that unrelated VDIs rarely share one.
+const VDI_LOCK_STRIPES: usize = 64;
+
+/// A file SR over one directory.
+pub struct FileSr {
+    dir: PathBuf,
+    index: Mutex<Index>,
+    /// VDIs an import is writing; shared with the [`ImportGuard`]s that release them.
+    importing: Arc<Mutex<HashSet<Uuid>>>,
+    vdi_locks: [Mutex<()>; VDI_LOCK_STRIPES],
+}
+
+/// Marks a VDI as being imported into until dropped.
+#[derive(Debug)]
+pub struct ImportGuard {
+    importing: Arc<Mutex<HashSet<Uuid>>>,
+    vdi: Uuid,
+}
+
+impl ImportGuard {
+    pub fn vdi(&self) -> Uuid {
+        self.vdi
+    }
+}
+
+impl Drop for ImportGuard {
+    fn drop(&mut self) {
+        lock(&self.importing).remove(&self.vdi);
+    }
+}
+
+impl FileSr {
+    /// Open the SR in `dir`, creating the directory and an empty index if needed. An existing
+    /// index is reloaded, every VDI's leaf must exist, and files no chain references (left by
+    /// an interrupted operation) are deleted.
+    pub fn open(dir: &Path) -> Result<FileSr, SrError> {
+        let ctx = Context::sr(Operation::Open);
+        std::fs::create_dir_all(dir).map_err(ctx.io("create directory", dir))?;
+        let index = match Index::load(dir, ctx)? {
+            Some(index) => index,
+            // Without an index every VHD file would look like garbage to the sweep.
+            None if sweep::holds_vhd_files(dir, ctx)? => {
+                return Err(SrError::NotAnSr {
+                    dir: dir.to_path_buf(),
+                });
+            }
+            None => {
+                let index = Index::default();
+                index.save(dir, ctx)?;
+                index
+            }
+        };
+        if let Some((vdi, record)) = index
+            .vdis
+            .iter()
+            .find(|(_, record)| !dir.join(&record.leaf).is_file())
+        {
+            return Err(SrError::MissingLeaf {
+                op: Operation::Open,
+                vdi: *vdi,
+                path: dir.join(&record.leaf),
+            });
+        }
+        sweep::sweep(dir, &index, Operation::Open)?;
+        Ok(FileSr {
+            dir: dir.to_path_buf(),
+            index: Mutex::new(index),
+            importing: Arc::default(),
+            vdi_locks: std::array::from_fn(|_| Mutex::new(())),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Every VDI of the SR, in uuid order.
+    pub fn vdis(&self) -> Vec<Uuid> {
+        lock(&self.index).vdis.keys().copied().collect()
+    }
+
+    /// Create `vdi` as an empty dynamic VHD of `virtual_size` bytes (rounded up to 2 MiB).
+    pub fn create(&self, vdi: Uuid, virtual_size: u64) -> Result<(), SrError> {
+        let op = Operation::Create;
+        let mut index = lock(&self.index);
+        ensure_absent(&index, op, vdi)?;
+        let virtual_size = round_size(virtual_size);
+        self.ensure_space(&index, op, vdi, virtual_size)?;
+        let leaf =
+            vhd_files::create_empty(&self.dir, virtual_size).map_err(image_error(op, vdi))?;
+        let mut next = index.clone();
+        next.vdis.insert(
+            vdi,
+            VdiRecord {
+                leaf,
+                virtual_size,
+                read_only: false,
+            },
+        );
+        self.commit(&mut index, next, Context::vdi(op, vdi))
+    }
+
+    /// Snapshot `vdi` as the new read-only VDI `new_vdi`.
+    pub fn snapshot(&self, vdi: Uuid, new_vdi: Uuid) -> Result<(), SrError> {
+        self.branch(Operation::Snapshot, vdi, new_vdi, true)
+    }
+
+    /// Clone `vdi` (which may be a snapshot) as the new writable VDI `new_vdi`.
+    pub fn clone(&self, vdi: Uuid, new_vdi: Uuid) -> Result<(), SrError> {
+        self.branch(Operation::Clone, vdi, new_vdi, false)
+    }
+
+    /// Freeze `vdi`'s leaf as a hidden parent and hang two fresh children under it: the VDI's
+    /// new leaf and `new_vdi`'s.
+    fn branch(
+        &self,
+        op: Operation,
+        vdi: Uuid,
+        new_vdi: Uuid,
+        new_read_only: bool,
+    ) -> Result<(), SrError> {
+        let _vdi_lock = self.lock_vdi(vdi);
+        let mut index = lock(&self.index);
+        let record = find(&index, op, vdi)?.clone();
+        self.ensure_not_importing(op, vdi)?;
+        ensure_absent(&index, op, new_vdi)?;
+        self.ensure_space(&index, op, vdi, record.virtual_size)?;
+        let parent =
+            vhd_files::freeze(&self.dir.join(&record.leaf)).map_err(image_error(op, vdi))?;
+        let own_leaf = vhd_files::create_child(&self.dir, &parent, record.virtual_size)
+            .map_err(image_error(op, vdi))?;
+        let new_leaf = vhd_files::create_child(&self.dir, &parent, record.virtual_size)
+            .map_err(image_error(op, new_vdi))?;
+        let mut next = index.clone();
+        next.vdis.insert(
+            new_vdi,
+            VdiRecord {
+                leaf: new_leaf,
+                virtual_size: record.virtual_size,
+                read_only: new_read_only,
+            },
+        );
+        next.vdis.insert(
+            vdi,
+            VdiRecord {
+                leaf: own_leaf,
+                ..record
+            },
+        );
+        self.commit(&mut index, next, Context::vdi(op, vdi))
+    }
+
+    /// Remove `vdi`, then delete its leaf and every hidden parent no other VDI builds on.
+    pub fn destroy(&self, vdi: Uuid) -> Result<(), SrError> {
+        let op = Operation::Destroy;
+        let _vdi_lock = self.lock_vdi(vdi);
+        let mut index = lock(&self.index);
+        find(&index, op, vdi)?;
+        self.ensure_not_importing(op, vdi)?;
+        let mut next = index.clone();
+        next.vdis.remove(&vdi);
+        self.commit(&mut index, next, Context::vdi(op, vdi))?;
+        // The VDI is gone once the index says so; files a failed sweep leaves behind are
+        // unreferenced and go at the next sweep.
+        if let Err(e) = sweep::sweep(&self.dir, &index, op) {
+            tracing::warn!(%vdi, error = %e, "destroy: sweeping unreferenced VHD files failed");
+        }
+        Ok(())
+    }
+
+    /// Grow `vdi` to `new_size` bytes (rounded up to 2 MiB); shrinking is refused. The leaf
+    /// is frozen and the VDI continues on a larger differencing child of it.
+    pub fn resize(&self, vdi: Uuid, new_size: u64) -> Result<(), SrError> {
+        let op = Operation::Resize;
+        let _vdi_lock = self.lock_vdi(vdi);
+        let mut index = lock(&self.index);
+        let record = find(&index, op, vdi)?.clone();
+        ensure_writable(op, vdi, &record)?;
+        self.ensure_not_importing(op, vdi)?;
+        let rounded = round_size(new_size);
+        if rounded < record.virtual_size {
+            return Err(SrError::Shrink {
+                vdi,
+                current: record.virtual_size,
+                requested: new_size,
+            });
+        }
+        if rounded == record.virtual_size {
+            return Ok(());
+        }
+        self.ensure_space(&index, op, vdi, rounded - record.virtual_size)?;
+        let parent =
+            vhd_files::freeze(&self.dir.join(&record.leaf)).map_err(image_error(op, vdi))?;
+        let leaf =
+            vhd_files::create_child(&self.dir, &parent, rounded).map_err(image_error(op, vdi))?;
+        let mut next = index.clone();
+        next.vdis.insert(
+            vdi,
+            VdiRecord {
+                leaf,
+                virtual_size: rounded,
+                ..record
+            },
+        );
+        self.commit(&mut index, next, Context::vdi(op, vdi))
+    }
+
+    /// A guest write of `data` at byte `offset`, onto the VDI's leaf with sector-granular
+    /// bitmaps. Partly covered edge sectors keep the bytes the guest saw there before.
+    pub fn write(&self, vdi: Uuid, offset: u64, data: &[u8]) -> Result<(), SrError> {
+        let op = Operation::Write;
+        let _vdi_lock = self.lock_vdi(vdi);
+        let record = self.record(op, vdi)?;
+        ensure_writable(op, vdi, &record)?;
+        self.ensure_not_importing(op, vdi)?;
+        let len = data.len() as u64;
+        if offset
+            .checked_add(len)
+            .is_none_or(|end| end > record.virtual_size)
+        {
+            return Err(SrError::OutOfRange {
+                vdi,
+                offset,
+                len,
+                virtual_size: record.virtual_size,
+            });
+        }
+        guest_write::write(&self.dir.join(&record.leaf), offset, data).map_err(image_error(op, vdi))
+    }
+
+    /// The chain of the VDI's leaf, opened for reading.
+    pub fn chain(&self, vdi: Uuid) -> Result<Chain, SrError> {
+        self.open_chain(Operation::Read, vdi)
+    }
+
+    /// Lowercase hex SHA-256 of the VDI's whole guest content (its virtual size).
+    pub fn hash(&self, vdi: Uuid) -> Result<String, SrError> {
+        let chain = self.open_chain(Operation::Hash, vdi)?;
+        Ok(digest::content_sha256(&chain))
+    }
+
+    pub fn leaf_path(&self, vdi: Uuid) -> Result<PathBuf, SrError> {
+        Ok(self.dir.join(self.record(Operation::Read, vdi)?.leaf))
+    }
+
+    /// The footer uuid of the VHD the VDI's leaf builds on (`sm_config['vhd-parent']`), or
+    /// `None` for a VDI that is a single dynamic VHD.
+    pub fn vhd_parent(&self, vdi: Uuid) -> Result<Option<Uuid>, SrError> {
+        let op = Operation::Read;
+        let _vdi_lock = self.lock_vdi(vdi);
+        let leaf = self.dir.join(self.record(op, vdi)?.leaf);
+        vhd_files::parent_uuid(&leaf).map_err(image_error(op, vdi))
+    }
+
+    pub fn virtual_size(&self, vdi: Uuid) -> Result<u64, SrError> {
+        Ok(self.record(Operation::Read, vdi)?.virtual_size)
+    }
+
+    pub fn is_read_only(&self, vdi: Uuid) -> Result<bool, SrError> {
+        Ok(self.record(Operation::Read, vdi)?.read_only)
+    }
+
+    /// Size of the VDI's leaf file; shared parents are not counted.
+    pub fn vdi_physical_utilisation(&self, vdi: Uuid) -> Result<u64, SrError> {
+        let op = Operation::Measure;
+        let leaf = self.dir.join(self.record(op, vdi)?.leaf);
+        std::fs::metadata(&leaf)
+            .map(|m| m.len())
+            .map_err(Context::vdi(op, vdi).io("measure", &leaf))
+    }
+
+    /// The file an import writes the VDI's new content into: its leaf, to be opened with
+    /// `stream::apply::VhdTarget::open(path, None)`. Take [`FileSr::begin_import`] first.
+    pub fn import_target(&self, vdi: Uuid) -> Result<PathBuf, SrError> {
+        let op = Operation::Import;
+        let record = self.record(op, vdi)?;
+        ensure_writable(op, vdi, &record)?;
+        Ok(self.dir.join(record.leaf))
+    }
+
+    /// Claim `vdi` for an import until the guard drops. Fails with [`SrError::InUse`] while
+    /// another import holds it; writes, snapshots, clones, resizes and destroys of the VDI
+    /// fail the same way meanwhile.
+    pub fn begin_import(&self, vdi: Uuid) -> Result<ImportGuard, SrError> {
+        let op = Operation::Import;
+        // Waits for a guest write in flight on the VDI to finish.
+        let _vdi_lock = self.lock_vdi(vdi);
+        let record = self.record(op, vdi)?;
+        ensure_writable(op, vdi, &record)?;
+        if !lock(&self.importing).insert(vdi) {
+            return Err(SrError::InUse { op, vdi });
+        }
+        Ok(ImportGuard {
+            importing: self.importing.clone(),
+            vdi,
+        })
+    }
+
+    /// The configured capacity in bytes, if any.
+    pub fn capacity(&self) -> Option<u64> {
+        lock(&self.index).capacity
+    }
+
+    /// Set or clear the capacity; it is kept in the index across restarts.
+    pub fn set_capacity(&self, capacity: Option<u64>) -> Result<(), SrError> {
+        let mut index = lock(&self.index);
+        let next = Index {
+            capacity,
+            ..index.clone()
+        };
+        self.commit(&mut index, next, Context::sr(Operation::SetCapacity))
+    }
+
+    /// The capacity, or without one the size of the filesystem holding the SR.
+    pub fn physical_size(&self) -> Result<u64, SrError> {
+        match self.capacity() {
+            Some(capacity) => Ok(capacity),
+            None => space::filesystem_size(&self.dir, Context::sr(Operation::Measure)),
+        }
+    }
+
+    /// Total size of the SR's VHD files, hidden parents included.
+    pub fn physical_utilisation(&self) -> Result<u64, SrError> {
+        space::vhd_files_size(&self.dir, Context::sr(Operation::Measure))
+    }
+
+    fn open_chain(&self, op: Operation, vdi: Uuid) -> Result<Chain, SrError> {
+        // The lock keeps a guest write from changing the leaf while its metadata is read.
+        let _vdi_lock = self.lock_vdi(vdi);
+        let leaf = self.dir.join(self.record(op, vdi)?.leaf);
+        Chain::open(&leaf).map_err(image_error(op, vdi))
+    }
+
+    fn record(&self, op: Operation, vdi: Uuid) -> Result<VdiRecord, SrError> {
+        find(&lock(&self.index), op, vdi).cloned()
+    }
+
+    fn lock_vdi(&self, vdi: Uuid) -> MutexGuard<'_, ()> {
+        let stripe = (vdi.as_u128() % VDI_LOCK_STRIPES as u128) as usize;
+        lock(&self.vdi_locks[stripe])
+    }
+
+    fn ensure_not_importing(&self, op: Operation, vdi: Uuid) -> Result<(), SrError> {
+        if lock(&self.importing).contains(&vdi) {
+            return Err(SrError::InUse { op, vdi });
+        }
+        Ok(())
+    }
+
+    /// Refuse when `requested` more bytes could not fit under the capacity.
+    fn ensure_space(
+        &self,
+        index: &Index,
+        op: Operation,
+        vdi: Uuid,
+        requested: u64,
+    ) -> Result<(), SrError> {
+        let Some(capacity) = index.capacity else {
+            return Ok(());
+        };
+        let used = space::vhd_files_size(&self.dir, Context::vdi(op, vdi))?;
+        let available = capacity.saturating_sub(used);
+        if requested > available {
+            return Err(SrError::Full {
+                op,
+                vdi,
+                requested,
+                available,
+            });
+        }
+        Ok(())
+    }
+
+    /// Make the files `next` names durable, save it, and only then make it current, so the
+    /// index on disk never names a file that may not exist.
+    fn commit(&self, current: &mut Index, next: Index, ctx: Context) -> Result<(), SrError> {
+        layout::sync_dir(&self.dir, ctx)?;
+        next.save(&self.dir, ctx)?;
+        *current = next;
+        Ok(())
+    }
+}
+
+fn find(index: &Index, op: Operation, vdi: Uuid) -> Result<&VdiRecord, SrError> {
+    index.vdis.get(&vdi).ok_or(SrError::NotFound { op, vdi })
+}
+
+fn ensure_absent(index: &Index, op: Operation, vdi: Uuid) -> Result<(), SrError> {
+    if index.vdis.contains_key(&vdi) {
+        return Err(SrError::AlreadyExists { op, vdi });
+    }
+    Ok(())
+}
+
+fn ensure_writable(op: Operation, vdi: Uuid, record: &VdiRecord) -> Result<(), SrError> {
+    if record.read_only {
+        return Err(SrError::ReadOnly { op, vdi });
+    }
+    Ok(())
+}
+
+/// `size` rounded up to whole blocks; sizes too large to round are left for the image
+/// module to refuse as past the VHD maximum.
+fn round_size(size: u64) -> u64 {
+    size.checked_next_multiple_of(SIZE_GRANULE)
+        .unwrap_or(u64::MAX)
+}
+
+/// Every mutex guards data that is only replaced whole after a successful step, so a panic
+/// elsewhere cannot leave it half-updated: recover the guard instead of propagating poison.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_round_up_to_whole_blocks() {
+        assert_eq!(round_size(0), 0);
+        assert_eq!(round_size(1), SIZE_GRANULE);
+        assert_eq!(round_size(SIZE_GRANULE), SIZE_GRANULE);
+        assert_eq!(round_size(SIZE_GRANULE + 1), 2 * SIZE_GRANULE);
+        assert_eq!(round_size(u64::MAX), u64::MAX);
+    }
+
+    #[test]
+    fn a_file_sr_can_be_shared_between_threads() {
+        fn shareable<T: Send + Sync>() {}
+        shareable::<FileSr>();
+        shareable::<ImportGuard>();
+    }
+
+    #[test]
+    fn creating_past_the_vhd_maximum_fails_with_the_vdi_named_and_nothing_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let sr = FileSr::open(dir.path()).unwrap();
+        let vdi = Uuid::new_v4();
+        let err = sr.create(vdi, vhd::MAX_VIRTUAL_SIZE + 1).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                SrError::Image {
+                    op: Operation::Create,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains(&vdi.to_string()), "{err}");
+        assert!(sr.vdis().is_empty());
+        assert_eq!(sr.physical_utilisation().unwrap(), 0);
+    }
+}

@@ -1,0 +1,74 @@
+//! What lives in the SR directory and under which names: `sr.json` (the index) and one
+//! `<footer uuid>.vhd` per VHD file, plus the temp files of writes in progress.
+
+use std::fs::File;
+use std::path::Path;
+
+use uuid::Uuid;
+
+use super::error::{Context, SrError};
+
+pub(super) const INDEX_FILE: &str = "sr.json";
+pub(super) const INDEX_TEMP: &str = "sr.json.tmp";
+
+/// The file name of the VHD whose footer uuid is `uuid`.
+pub(super) fn vhd_file_name(uuid: Uuid) -> String {
+    format!("{uuid}.vhd")
+}
+
+/// The footer uuid a canonical `<uuid>.vhd` file name stands for.
+pub(super) fn vhd_file_uuid(name: &str) -> Option<Uuid> {
+    let uuid = name.strip_suffix(".vhd")?.parse().ok()?;
+    (vhd_file_name(uuid) == name).then_some(uuid)
+}
+
+/// Temp files of an index save or of an image creation (`<uuid>.vhd.tmp`).
+pub(super) fn is_temp_file(name: &str) -> bool {
+    name == INDEX_TEMP
+        || name
+            .strip_suffix(".tmp")
+            .is_some_and(|vhd| vhd_file_uuid(vhd).is_some())
+}
+
+/// Names of the entries of `dir` that are valid UTF-8 (the SR only creates such names).
+pub(super) fn file_names(dir: &Path, ctx: Context) -> Result<Vec<String>, SrError> {
+    let entries = std::fs::read_dir(dir).map_err(ctx.io("list", dir))?;
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(ctx.io("list", dir))?;
+        if let Ok(name) = entry.file_name().into_string() {
+            names.push(name);
+        }
+    }
+    Ok(names)
+}
+
+/// Make creations, renames and deletions in `dir` durable.
+pub(super) fn sync_dir(dir: &Path, ctx: Context) -> Result<(), SrError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(ctx.io("fsync directory", dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_canonical_vhd_names_map_to_uuids() {
+        let uuid = Uuid::new_v4();
+        assert_eq!(vhd_file_uuid(&vhd_file_name(uuid)), Some(uuid));
+        assert_eq!(vhd_file_uuid(&format!("{}.vhd", uuid.simple())), None);
+        assert_eq!(vhd_file_uuid("../x.vhd"), None);
+        assert_eq!(vhd_file_uuid(&format!("{uuid}.vhd.tmp")), None);
+    }
+
+    #[test]
+    fn temp_files_are_the_index_temp_and_vhd_temps() {
+        let uuid = Uuid::new_v4();
+        assert!(is_temp_file(INDEX_TEMP));
+        assert!(is_temp_file(&format!("{uuid}.vhd.tmp")));
+        assert!(!is_temp_file(&vhd_file_name(uuid)));
+        assert!(!is_temp_file("notes.tmp"));
+    }
+}

@@ -1,0 +1,94 @@
+//! Garbage collection of the SR directory. The index is the source of truth: files are created
+//! before the index names them and deleted only after it stops naming them, so a crash at any
+//! point leaves at most unreferenced files. A sweep deletes every `<uuid>.vhd` that no VDI's
+//! chain references (a destroyed leaf, hidden parents nothing builds on any more, leftovers of
+//! interrupted operations) and the temp files of interrupted writes.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use super::error::{Context, Operation, SrError, image_error};
+use super::index::Index;
+use super::layout::{file_names, is_temp_file, sync_dir, vhd_file_uuid};
+use crate::image::Chain;
+
+/// Delete what no VDI references; returns the names of the deleted files. If any chain cannot
+/// be opened nothing is deleted, since what it references is then unknown.
+pub(super) fn sweep(dir: &Path, index: &Index, op: Operation) -> Result<Vec<String>, SrError> {
+    let ctx = Context::sr(op);
+    let referenced = referenced_files(dir, index, op)?;
+    let mut removed = Vec::new();
+    for name in file_names(dir, ctx)? {
+        let garbage =
+            is_temp_file(&name) || (vhd_file_uuid(&name).is_some() && !referenced.contains(&name));
+        if garbage {
+            let path = dir.join(&name);
+            std::fs::remove_file(&path).map_err(ctx.io("delete", &path))?;
+            removed.push(name);
+        }
+    }
+    if !removed.is_empty() {
+        sync_dir(dir, ctx)?;
+    }
+    Ok(removed)
+}
+
+/// Whether `dir` holds any `<uuid>.vhd` file.
+pub(super) fn holds_vhd_files(dir: &Path, ctx: Context) -> Result<bool, SrError> {
+    Ok(file_names(dir, ctx)?
+        .iter()
+        .any(|name| vhd_file_uuid(name).is_some()))
+}
+
+/// File names of every layer of every VDI's chain.
+fn referenced_files(dir: &Path, index: &Index, op: Operation) -> Result<HashSet<String>, SrError> {
+    let mut referenced = HashSet::new();
+    for (vdi, record) in &index.vdis {
+        let chain = Chain::open(&dir.join(&record.leaf)).map_err(image_error(op, *vdi))?;
+        referenced.extend(
+            chain
+                .layers()
+                .iter()
+                .filter_map(|layer| layer.path().file_name())
+                .map(|name| name.to_string_lossy().into_owned()),
+        );
+    }
+    Ok(referenced)
+}
+
+#[cfg(test)]
+mod tests {
+    use uuid::Uuid;
+
+    use crate::lab::sr::FileSr;
+    use crate::lab::sr::layout::{INDEX_TEMP, vhd_file_name};
+
+    #[test]
+    fn opening_the_sr_deletes_only_unreferenced_vhd_files_and_temp_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let (vdi, snap) = (Uuid::new_v4(), Uuid::new_v4());
+        let kept = {
+            let sr = FileSr::open(dir.path()).unwrap();
+            sr.create(vdi, 4 << 20).unwrap();
+            sr.snapshot(vdi, snap).unwrap();
+            std::fs::read_dir(dir.path()).unwrap().count()
+        };
+        // What an interrupted snapshot or save leaves, and a file that is not the SR's.
+        let orphan = dir.path().join(vhd_file_name(Uuid::new_v4()));
+        crate::image::create(&orphan, &crate::image::CreateOptions::dynamic(4 << 20)).unwrap();
+        let temp = dir
+            .path()
+            .join(format!("{}.tmp", vhd_file_name(Uuid::new_v4())));
+        std::fs::write(&temp, b"partial").unwrap();
+        std::fs::write(dir.path().join(INDEX_TEMP), b"{").unwrap();
+        std::fs::write(dir.path().join("notes.txt"), b"not ours").unwrap();
+
+        let sr = FileSr::open(dir.path()).unwrap();
+        assert!(!orphan.exists() && !temp.exists());
+        assert!(!dir.path().join(INDEX_TEMP).exists());
+        assert!(dir.path().join("notes.txt").exists());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), kept + 1);
+        sr.chain(vdi).unwrap();
+        sr.chain(snap).unwrap();
+    }
+}
