@@ -94,13 +94,23 @@ pub fn check_bytes(bytes: &[u8]) -> Result<CheckReport, FormatError> {
         );
     }
     if f.disk_type == DiskType::Fixed {
+        if located.offset < f.current_size {
+            report.problem(
+                located.offset + 48,
+                "footer",
+                format!(
+                    "current_size {} of a fixed disk exceeds the {} data bytes in the file",
+                    f.current_size, located.offset
+                ),
+            );
+        }
         return Ok(report);
     }
 
     let header_at = f.data_offset;
     let Some(header_bytes) = slice(bytes, header_at, HEADER_SIZE as u64) else {
         report.problem(
-            16,
+            located.offset + 16,
             "footer",
             format!("data_offset {header_at} puts the header outside the {len}-byte file"),
         );
@@ -202,7 +212,12 @@ fn slice(bytes: &[u8], at: u64, len: u64) -> Option<&[u8]> {
 fn check_footer_fields(bytes: &[u8], located: &super::LocatedFooter, report: &mut CheckReport) {
     let f = &located.footer;
     let at = located.offset;
-    let raw = &bytes[at as usize..];
+    let footer_len = if at == 0 {
+        512
+    } else {
+        bytes.len() - at as usize
+    };
+    let raw = &bytes[at as usize..(at as usize + footer_len).min(bytes.len())];
     if f.features & footer::FEATURES_RESERVED == 0 {
         report.problem(
             at + 8,

@@ -170,11 +170,11 @@ impl VhdLayer {
             }
             return Ok(layer);
         }
-        layer.open_sparse().map_err(fail)?;
+        layer.open_sparse(located.offset).map_err(fail)?;
         Ok(layer)
     }
 
-    fn open_sparse(&mut self) -> Result<(), FormatError> {
+    fn open_sparse(&mut self, footer_at: u64) -> Result<(), FormatError> {
         let len = self.bytes.len();
         let header_at = self.footer.data_offset;
         let header_bytes = self
@@ -185,7 +185,7 @@ impl VhdLayer {
                     ErrorKind::OutOfBounds,
                     Structure::Footer,
                     "data_offset",
-                    header_at,
+                    footer_at + 16,
                     format_args!("header at {header_at}"),
                     format_args!("a 1024-byte header inside the {len}-byte file"),
                 )
