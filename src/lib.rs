@@ -8,5 +8,6 @@
 pub mod cli;
 pub mod image;
 pub mod lab;
+pub mod stream;
 pub mod vhd;
 pub mod xapi;

@@ -1,0 +1,21 @@
+//! VHD streams as XAPI sends (`GET /export_raw_vdi?format=vhd`) and accepts them
+//! (`PUT /import_raw_vdi?format=vhd`): a dynamic or differencing VHD laid out so that it can be
+//! written and read front to back, whose exact length is known before the first block.
+//!
+//! [`encode`] and [`decode`] are sans-IO (floor 1): bytes and values in, bytes and values out,
+//! no files, sockets or clocks.
+
+pub mod apply;
+pub mod decode;
+pub mod encode;
+mod error;
+mod layout;
+
+pub use decode::{StreamDecoder, StreamEvent};
+pub use encode::{EncodeParams, Frames, ParentInfo, StreamEncoder};
+pub use error::StreamError;
+
+#[cfg(test)]
+mod test_support;
+#[cfg(test)]
+mod tests;
