@@ -1,3 +1,9 @@
 //! The lab host: a simulated XAPI host over real VHD chains.
 
+pub mod db;
+pub mod rpc;
 pub mod sr;
+pub mod state;
+
+pub use rpc::init::{DEFAULT_SR_CAPACITY, InitReport};
+pub use state::{Lab, LabError};

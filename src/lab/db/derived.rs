@@ -1,0 +1,63 @@
+//! Fields the server computes from the rest of a record, recomputed after every change.
+//!
+//! `allowed_operations` lists the operations the lab host implements that the object's
+//! state permits; for VMs it leaves out what `blocked_operations` blocks, as xapi's
+//! `update_allowed_operations` does.
+
+use crate::xapi::rpc::Value;
+
+use super::Record;
+use super::schema::Class;
+
+pub(super) fn refresh(class: Class, record: &mut Record) {
+    let allowed = match class {
+        Class::Vm => vm_operations(record),
+        Class::Vdi => vdi_operations(record),
+        Class::Task => task_operations(record),
+        _ => return,
+    };
+    record.insert("allowed_operations".into(), Value::from(allowed));
+}
+
+fn text<'a>(record: &'a Record, field: &str) -> &'a str {
+    record.get(field).and_then(Value::as_str).unwrap_or("")
+}
+
+fn flag(record: &Record, field: &str) -> bool {
+    record.get(field).and_then(Value::as_bool).unwrap_or(false)
+}
+
+fn vm_operations(record: &Record) -> Vec<&'static str> {
+    // Snapshots are templates in XAPI: they can be cloned or destroyed, not run.
+    let candidates: &[&'static str] = if flag(record, "is_a_template") {
+        &["clone", "destroy"]
+    } else {
+        match text(record, "power_state") {
+            "Halted" => &["clone", "destroy", "snapshot", "start", "start_on"],
+            "Running" => &["clean_shutdown", "hard_shutdown", "snapshot"],
+            _ => &["hard_shutdown", "snapshot"],
+        }
+    };
+    let blocked = record.get("blocked_operations").and_then(Value::as_struct);
+    candidates
+        .iter()
+        .copied()
+        .filter(|op| blocked.is_none_or(|b| !b.contains_key(*op)))
+        .collect()
+}
+
+fn vdi_operations(record: &Record) -> Vec<&'static str> {
+    if flag(record, "read_only") {
+        vec!["clone", "destroy", "snapshot"]
+    } else {
+        vec!["clone", "destroy", "resize", "snapshot"]
+    }
+}
+
+fn task_operations(record: &Record) -> Vec<&'static str> {
+    if text(record, "status") == "pending" {
+        vec!["cancel"]
+    } else {
+        vec![]
+    }
+}

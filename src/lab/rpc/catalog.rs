@@ -1,0 +1,54 @@
+//! Which namespace defines which messages, and `system.listMethods`, which lists them all.
+
+use super::accessors::Accessor;
+use super::args::Invocation;
+use super::dispatch::Message;
+use super::{event, lab_calls, session, sr, task, vbd, vdi, vm};
+use crate::lab::db::Class;
+use crate::lab::state::Lab;
+use crate::xapi::rpc::{Response, Value};
+
+const SYSTEM: &[Message] = &[Message::sessionless("listMethods", &[], list_methods)];
+
+/// Namespaces with messages of their own; every class also has its accessors.
+const NAMESPACES: &[(&str, &[Message])] = &[
+    ("system", SYSTEM),
+    ("session", session::MESSAGES),
+    ("VM", vm::MESSAGES),
+    ("VBD", vbd::MESSAGES),
+    ("VDI", vdi::MESSAGES),
+    ("SR", sr::MESSAGES),
+    ("task", task::MESSAGES),
+    ("event", event::MESSAGES),
+    // Lab-only calls, in a namespace no XAPI class uses.
+    ("lab", lab_calls::MESSAGES),
+];
+
+pub(super) fn messages(namespace: &str) -> &'static [Message] {
+    NAMESPACES
+        .iter()
+        .find(|(name, _)| *name == namespace)
+        .map_or(&[], |(_, messages)| messages)
+}
+
+/// Every synchronous method name the lab host answers, sorted.
+pub(super) fn method_names() -> Vec<String> {
+    let own = NAMESPACES.iter().flat_map(|(namespace, messages)| {
+        messages
+            .iter()
+            .map(move |message| format!("{namespace}.{}", message.name))
+    });
+    let derived = Class::ALL.into_iter().flat_map(|class| {
+        Accessor::names(class)
+            .into_iter()
+            .map(move |name| format!("{}.{name}", class.name()))
+    });
+    let mut names: Vec<String> = own.chain(derived).collect();
+    names.sort_unstable();
+    names.dedup();
+    names
+}
+
+fn list_methods(_: &Lab, _: &Invocation) -> Response {
+    Ok(Value::from(method_names()))
+}

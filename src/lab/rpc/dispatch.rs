@@ -1,0 +1,104 @@
+//! Routing a call to its handler, with xapi's checks in xapi's order: the name
+//! (`MESSAGE_METHOD_UNKNOWN`), the arity (`MESSAGE_PARAMETER_COUNT_MISMATCH`), then the
+//! session (`SESSION_INVALID`).
+
+use super::accessors::Accessor;
+use super::args::{Invocation, Param};
+use super::{accessors, catalog, task};
+use crate::lab::db::Class;
+use crate::lab::state::Lab;
+use crate::xapi::rpc::{Call, Response, XapiFault};
+
+pub(super) type Handler = fn(&Lab, &Invocation) -> Response;
+
+/// A message a namespace defines itself, beyond the accessors derived from its fields.
+pub(super) struct Message {
+    pub name: &'static str,
+    pub params: &'static [Param],
+    /// The first parameter is a session, checked before the handler runs.
+    pub takes_session: bool,
+    /// May also be called as `Async.<namespace>.<name>`, running as a task.
+    pub asynchronous: bool,
+    pub run: Handler,
+}
+
+impl Message {
+    /// A quick call, not offered as `Async.`.
+    pub const fn sync(name: &'static str, params: &'static [Param], run: Handler) -> Message {
+        Message {
+            name,
+            params,
+            takes_session: true,
+            asynchronous: false,
+            run,
+        }
+    }
+
+    /// A call that may take a while, also offered as `Async.`, as xapi offers every message
+    /// that is neither a getter nor a setter.
+    pub const fn long(name: &'static str, params: &'static [Param], run: Handler) -> Message {
+        Message {
+            asynchronous: true,
+            ..Message::sync(name, params, run)
+        }
+    }
+
+    /// A call made before there is a session (`session.login_with_password`, `system.*`).
+    pub const fn sessionless(
+        name: &'static str,
+        params: &'static [Param],
+        run: Handler,
+    ) -> Message {
+        Message {
+            takes_session: false,
+            ..Message::sync(name, params, run)
+        }
+    }
+}
+
+pub(super) fn dispatch(lab: &Lab, call: &Call) -> Response {
+    let unknown = || XapiFault::new("MESSAGE_METHOD_UNKNOWN", [call.method.as_str()]);
+    let (asynchronous, name) = match call.method.strip_prefix("Async.") {
+        Some(name) => (true, name),
+        None => (false, call.method.as_str()),
+    };
+    let (namespace, message_name) = name.split_once('.').ok_or_else(unknown)?;
+    if let Some(message) = catalog::messages(namespace)
+        .iter()
+        .find(|m| m.name == message_name)
+    {
+        if asynchronous && !message.asynchronous {
+            return Err(unknown());
+        }
+        let invocation = Invocation::new(
+            &call.method,
+            message.params,
+            &call.params,
+            message.takes_session,
+        )?;
+        if message.takes_session {
+            check_session(lab, &invocation)?;
+        }
+        return if asynchronous {
+            task::run_async(lab, message.run, invocation)
+        } else {
+            (message.run)(lab, &invocation)
+        };
+    }
+    let class = Class::from_name(namespace).ok_or_else(unknown)?;
+    let accessor = Accessor::resolve(class, message_name)
+        .filter(|_| !asynchronous)
+        .ok_or_else(unknown)?;
+    let invocation = Invocation::new(&call.method, accessor.params(), &call.params, true)?;
+    check_session(lab, &invocation)?;
+    accessors::run(lab, class, accessor, &invocation)
+}
+
+fn check_session(lab: &Lab, invocation: &Invocation) -> Result<(), XapiFault> {
+    let session = invocation.session.as_deref().unwrap_or_default();
+    if lab.session_valid(session) {
+        Ok(())
+    } else {
+        Err(XapiFault::new("SESSION_INVALID", [session]))
+    }
+}

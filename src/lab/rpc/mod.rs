@@ -1,0 +1,58 @@
+//! The lab host's RPC surface: XAPI calls as [`Call`]s in, [`Response`]s out, over the object
+//! database and the file SR. The HTTP server decodes XML-RPC and JSON-RPC into calls and
+//! encodes the responses; nothing here knows the wire.
+//!
+//! [`Lab::handle`] may block: `event.from` waits up to its timeout for changes, and storage
+//! calls do file I/O. Call it from a blocking thread (`tokio::task::spawn_blocking`).
+//!
+//! How a call is routed (`dispatch`): `system.listMethods`; then the messages a namespace
+//! defines itself (`VM.snapshot`, `session.login_with_password`, `event.from`, `lab.write`,
+//! … one module per class); then the accessors every class has, derived from its fields
+//! (`accessors`). `Async.<Class>.<message>` runs a message as a task.
+
+mod accessors;
+mod args;
+mod catalog;
+mod dispatch;
+mod event;
+mod faults;
+pub mod init;
+mod lab_calls;
+mod live;
+mod session;
+mod sr;
+mod task;
+mod vbd;
+mod vdi;
+mod vm;
+
+use crate::lab::db::{Class, Db};
+use crate::lab::state::Lab;
+use crate::xapi::rpc::{Call, Response, Value};
+
+/// The one method xapi answers without its `Status` envelope over XML-RPC.
+pub const LIST_METHODS: &str = "system.listMethods";
+
+/// The `data` argument of `lab.write` that writes zeros instead of seeded random bytes.
+pub use lab_calls::ZERO as LAB_WRITE_ZEROS;
+
+impl Lab {
+    /// Answer one call as XAPI would, including its errors.
+    pub fn handle(&self, call: &Call) -> Response {
+        tracing::debug!(method = %call.method, "lab RPC");
+        dispatch::dispatch(self, call)
+    }
+}
+
+/// The reference of the lab's one host, which runs everything.
+fn this_host(db: &Db) -> String {
+    db.refs(Class::Host).next().cloned().unwrap_or_default()
+}
+
+/// Now, as a XAPI datetime (`YYYYMMDDTHH:MM:SSZ`).
+fn now() -> Value {
+    // The VHD time stamp already formats UTC without a calendar crate, as ISO 8601 with
+    // dashes; XAPI's basic form is the same without them.
+    let iso = crate::vhd::VhdTimestamp::now().to_string();
+    Value::DateTime(iso.replace('-', ""))
+}

@@ -1,0 +1,216 @@
+//! The lab host's state: the object database behind a mutex, saved to `<dir>/state.json`
+//! after every change to a persistent object, and the file SR in `<dir>/sr`.
+//!
+//! Saving writes a temp file, fsyncs it, renames it into place and fsyncs the directory, so a
+//! crash leaves the old state or the new one. Sessions and tasks are not saved, as in XAPI
+//! (whose `session` and `task` tables are not persisted): after a restart every client logs
+//! in again, which npm `xen-api` and the Python SDK do by themselves on `SESSION_INVALID`.
+//!
+//! Concurrency: RPCs take the database lock for their whole run, storage calls included, so
+//! each one is atomic with respect to the others; the data plane uses the [`FileSr`] directly,
+//! which has its own locks (lock order: database, then SR). Waiters in `event.from` sleep on a
+//! condition variable signalled after every change.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
+
+use crate::lab::db::{Db, StateFormatError};
+use crate::lab::sr::{FileSr, SrError};
+use crate::xapi::rpc::XapiFault;
+
+const STATE_FILE: &str = "state.json";
+const STATE_TEMP: &str = "state.json.tmp";
+const SR_DIR: &str = "sr";
+
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    #[error("{}: already holds a lab host ({STATE_FILE} exists)", dir.display())]
+    AlreadyInitialised { dir: PathBuf },
+    #[error("{}: no lab host here ({STATE_FILE} is missing; run `vhdsync lab init`)", dir.display())]
+    NotInitialised { dir: PathBuf },
+    #[error("{action} {}: {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {source}", path.display())]
+    State {
+        path: PathBuf,
+        source: StateFormatError,
+    },
+    #[error("lab SR: {0}")]
+    Sr(#[from] SrError),
+    #[error("setting up the lab objects: {0}")]
+    Setup(XapiFault),
+}
+
+/// A lab host: cheap to clone, and every clone is the same host.
+#[derive(Clone)]
+pub struct Lab {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    dir: PathBuf,
+    db: Mutex<Db>,
+    changed: Condvar,
+    sr: Arc<FileSr>,
+}
+
+impl std::fmt::Debug for Lab {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lab")
+            .field("dir", &self.shared.dir)
+            .finish()
+    }
+}
+
+impl Lab {
+    /// Open the lab host initialised in `dir`, and reconcile its VDI records with the SR
+    /// (see `SR.scan`).
+    pub fn open(dir: &Path) -> Result<Lab, LabError> {
+        let path = dir.join(STATE_FILE);
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(LabError::NotInitialised {
+                    dir: dir.to_path_buf(),
+                });
+            }
+            Err(source) => {
+                return Err(LabError::Io {
+                    action: "read",
+                    path,
+                    source,
+                });
+            }
+        };
+        let db = Db::from_state_json(&bytes).map_err(|source| LabError::State { path, source })?;
+        let sr = FileSr::open(&dir.join(SR_DIR))?;
+        let lab = Lab::assemble(dir, db, sr);
+        lab.with_db_mut(|db| lab.scan_all(db))
+            .map_err(LabError::Setup)?;
+        Ok(lab)
+    }
+
+    /// A lab host over a fresh directory, for `init`: the SR is created, nothing is saved yet.
+    pub(crate) fn create(dir: &Path, db: Db) -> Result<Lab, LabError> {
+        if dir.join(STATE_FILE).exists() {
+            return Err(LabError::AlreadyInitialised {
+                dir: dir.to_path_buf(),
+            });
+        }
+        let sr = FileSr::open(&dir.join(SR_DIR))?;
+        Ok(Lab::assemble(dir, db, sr))
+    }
+
+    fn assemble(dir: &Path, db: Db, sr: FileSr) -> Lab {
+        Lab {
+            shared: Arc::new(Shared {
+                dir: dir.to_path_buf(),
+                db: Mutex::new(db),
+                changed: Condvar::new(),
+                sr: Arc::new(sr),
+            }),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    /// The SR holding every VDI's VHD chain; the data plane reads and imports through it.
+    pub fn sr(&self) -> &Arc<FileSr> {
+        &self.shared.sr
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Db> {
+        // A panic mid-change can leave the database inconsistent only in memory; carrying on
+        // serves the other clients, and the state file still holds the last whole save.
+        self.shared
+            .db
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Read the database.
+    pub(crate) fn with_db<T>(&self, read: impl FnOnce(&Db) -> T) -> T {
+        read(&self.lock())
+    }
+
+    /// Change the database. Whatever `change` did, even when it failed half-way, is saved if
+    /// a persistent object changed, and waiters are woken. A failed save fails the call and
+    /// is retried with the next change.
+    pub(crate) fn with_db_mut<T>(
+        &self,
+        change: impl FnOnce(&mut Db) -> Result<T, XapiFault>,
+    ) -> Result<T, XapiFault> {
+        let mut db = self.lock();
+        let before = db.generation();
+        let outcome = change(&mut db);
+        let saved = if db.take_unsaved() {
+            self.save(&db).inspect_err(|_| db.mark_unsaved())
+        } else {
+            Ok(())
+        };
+        if db.generation() != before {
+            self.shared.changed.notify_all();
+        }
+        let value = outcome?;
+        saved.map_err(|e| XapiFault::new("INTERNAL_ERROR", [e.to_string()]))?;
+        Ok(value)
+    }
+
+    /// Wait until `ready` finds something or `deadline` passes, then answer `on_timeout`; both
+    /// see the database under the same lock as the last check, so nothing slips in between.
+    pub(crate) fn wait_for<T>(
+        &self,
+        deadline: Instant,
+        mut ready: impl FnMut(&Db) -> Option<T>,
+        on_timeout: impl FnOnce(&Db) -> T,
+    ) -> T {
+        let mut db = self.lock();
+        loop {
+            if let Some(found) = ready(&db) {
+                return found;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return on_timeout(&db);
+            }
+            db = self
+                .shared
+                .changed
+                .wait_timeout(db, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    /// Save the persistent objects: temp file, fsync, rename, fsync of the directory.
+    fn save(&self, db: &Db) -> Result<(), LabError> {
+        let dir = &self.shared.dir;
+        let temp = dir.join(STATE_TEMP);
+        let path = dir.join(STATE_FILE);
+        let io = |action: &'static str, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| LabError::Io {
+                action,
+                path,
+                source,
+            }
+        };
+        let mut file = File::create(&temp).map_err(io("create", &temp))?;
+        file.write_all(&db.to_state_json())
+            .map_err(io("write", &temp))?;
+        file.sync_all().map_err(io("fsync", &temp))?;
+        std::fs::rename(&temp, &path).map_err(io("rename into place", &path))?;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io("fsync directory", dir))
+    }
+}
