@@ -21,6 +21,47 @@ pub enum Command {
     Check(CheckArgs),
     /// Write a disk's guest content as raw bytes (a differencing disk through its chain).
     Cat(CatArgs),
+    /// List the blocks that differ between two snapshot chains, from their BATs alone.
+    Diff(DiffArgs),
+    /// Write the VHD stream XAPI would export (a delta with --base).
+    Export(ExportArgs),
+    /// Write a VHD stream onto a raw file, block device or (TARGET.vhd) a VHD file.
+    Apply(ApplyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// The base snapshot's VHD; without it, every allocated block.
+    #[arg(long)]
+    pub base: Option<PathBuf>,
+    /// The newer snapshot's VHD.
+    pub leaf: PathBuf,
+    /// Print one JSON document instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The base snapshot's VHD; the stream is then a differencing disk of the changed blocks.
+    #[arg(long)]
+    pub base: Option<PathBuf>,
+    /// The newer snapshot's VHD.
+    pub leaf: PathBuf,
+    /// Output file, or - for stdout (the default).
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// The stream, or - for stdin.
+    pub input: PathBuf,
+    /// A raw file or block device, or a .vhd file (created dynamic if missing).
+    pub target: PathBuf,
+    /// Create a missing raw target of this many bytes.
+    #[arg(long)]
+    pub size: Option<u64>,
 }
 
 #[derive(Debug, Args)]

@@ -4,6 +4,7 @@ mod args;
 mod error;
 mod inspect;
 mod output;
+mod streams;
 
 use std::process::ExitCode;
 
@@ -39,6 +40,9 @@ fn dispatch(command: args::Command) -> Result<ExitCode, CliError> {
         Command::Info(a) => inspect::info(&a),
         Command::Check(a) => inspect::check(&a),
         Command::Cat(a) => inspect::cat(&a),
+        Command::Diff(a) => streams::diff(&a),
+        Command::Export(a) => streams::export(&a),
+        Command::Apply(a) => streams::apply(&a),
     }
 }
 
