@@ -14,8 +14,9 @@ use uuid::Uuid;
 
 use super::{ImageError, ImageErrorKind, locate_footer};
 use crate::vhd::{
-    self, Bat, DiskType, DynamicHeader, FOOTER_SIZE, Footer, HEADER_SIZE, ParentLocator,
-    PlatformCode, SECTOR_SIZE, VhdTimestamp, bitmap, locator::encode_utf16le, round_up_to_sector,
+    self, Bat, DiskType, DynamicHeader, ErrorKind, FOOTER_SIZE, Footer, FormatError, HEADER_SIZE,
+    ParentLocator, PlatformCode, SECTOR_SIZE, Structure, VhdTimestamp, bitmap,
+    locator::encode_utf16le, round_up_to_sector,
 };
 
 /// What a differencing disk records about its parent.
@@ -183,7 +184,28 @@ impl VhdWriter {
             .map_err(|e| io("read dynamic header", e))?;
         let header = DynamicHeader::parse(&header_bytes, footer.data_offset)
             .map_err(|e| ImageError::new(path, e))?;
-        let mut table = vec![0u8; header.bat_bytes() as usize];
+        // The BAT must fit in the file before its size is trusted for an allocation.
+        if header
+            .table_offset
+            .checked_add(u64::from(header.max_table_entries) * 4)
+            .is_none_or(|end| end > len)
+        {
+            return Err(ImageError::new(
+                path,
+                FormatError::new(
+                    ErrorKind::OutOfBounds,
+                    Structure::Header,
+                    "table_offset",
+                    footer.data_offset + 16,
+                    format_args!(
+                        "BAT of {} entries at {}",
+                        header.max_table_entries, header.table_offset
+                    ),
+                    format_args!("a BAT inside the {len}-byte file"),
+                ),
+            ));
+        }
+        let mut table = vec![0u8; header.bat_bytes().min(len - header.table_offset) as usize];
         file.read_exact_at(&mut table, header.table_offset)
             .map_err(|e| io("read BAT", e))?;
         let bat = Bat::parse(&table, header.max_table_entries, header.table_offset)
