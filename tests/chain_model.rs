@@ -7,8 +7,72 @@ mod common;
 use common::{FileSrVdi, pattern, read_all};
 use proptest::prelude::*;
 use vhdsync::image::{BlockData, Chain, changed};
+use vhdsync::stream::apply::{ApplyError, ApplyTarget};
+use vhdsync::stream::{ChainExport, feed};
+use vhdsync::vhd::{SECTOR_SIZE, VhdTimestamp, bitmap};
 
 const SECTOR: u64 = 512;
+
+/// The reference model's disk as an apply target: a plain byte array.
+struct MemoryDisk(Vec<u8>);
+
+impl ApplyTarget for MemoryDisk {
+    fn virtual_size(&self) -> u64 {
+        self.0.len() as u64
+    }
+    fn write_block(&mut self, offset: u64, present: &[u8], data: &[u8]) -> Result<(), ApplyError> {
+        for sector in 0..(data.len() as u64 / SECTOR_SIZE) {
+            let at = offset + sector * SECTOR_SIZE;
+            if bitmap::is_set(present, sector as u32) && at < self.0.len() as u64 {
+                let from = (sector * SECTOR_SIZE) as usize;
+                let len = SECTOR_SIZE.min(self.0.len() as u64 - at) as usize;
+                self.0[at as usize..at as usize + len].copy_from_slice(&data[from..from + len]);
+            }
+        }
+        Ok(())
+    }
+    fn finish(&mut self) -> Result<(), ApplyError> {
+        Ok(())
+    }
+}
+
+/// `export(base -> leaf)` through the encoder, the decoder and apply, onto `start`.
+fn export_and_apply(leaf: &std::path::Path, base: Option<&Chain>, start: Vec<u8>) -> Vec<u8> {
+    let export = ChainExport::new(
+        Chain::open(leaf).unwrap(),
+        base,
+        uuid::Uuid::new_v4(),
+        VhdTimestamp(0),
+    )
+    .unwrap();
+    let total = export.total_len();
+    let mut stream = Vec::new();
+    for frame in export.frames() {
+        stream.extend_from_slice(&frame.unwrap());
+    }
+    assert_eq!(stream.len() as u64, total, "announced length");
+    let mut disk = Some(MemoryDisk(start));
+    let mut out = None;
+    let report = feed(&stream[..], |_| Ok(Collect(disk.take().unwrap(), &mut out))).unwrap();
+    assert_eq!(report.stream_bytes, total);
+    out.unwrap()
+}
+
+/// Hands the disk back when finished, so the test can read it.
+struct Collect<'a>(MemoryDisk, &'a mut Option<Vec<u8>>);
+
+impl ApplyTarget for Collect<'_> {
+    fn virtual_size(&self) -> u64 {
+        self.0.virtual_size()
+    }
+    fn write_block(&mut self, offset: u64, present: &[u8], data: &[u8]) -> Result<(), ApplyError> {
+        self.0.write_block(offset, present, data)
+    }
+    fn finish(&mut self) -> Result<(), ApplyError> {
+        *self.1 = Some(std::mem::take(&mut self.0.0));
+        Ok(())
+    }
+}
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -98,6 +162,9 @@ proptest! {
                     prop_assert!(full.contains(index), "block {} has data but is not in the full set", index);
                 }
             }
+            // A full export applied onto zeros is the snapshot.
+            let applied = export_and_apply(&snap.leaf, None, vec![0; size as usize]);
+            prop_assert_eq!(&applied, &snap.content, "full export {} applied", k);
             // Deltas from every earlier snapshot: exactly the blocks written in between.
             for j in 0..k {
                 let delta = changed(chain, Some(&chains[j]));
@@ -111,6 +178,9 @@ proptest! {
                     chain.read_at(start as u64, &mut rebuilt[start..end]);
                 }
                 prop_assert_eq!(&rebuilt, &snap.content);
+                // The same through the wire format: export, decode, apply onto the base.
+                let applied = export_and_apply(&snap.leaf, Some(&chains[j]), snapshots[j].content.clone());
+                prop_assert_eq!(&applied, &snap.content, "export {} -> {} applied", j, k);
                 // The reverse direction names the same blocks (symmetric difference).
                 let reverse = changed(&chains[j], Some(chain));
                 prop_assert_eq!(reverse.iter().collect::<Vec<_>>(), expected);

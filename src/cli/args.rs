@@ -62,6 +62,10 @@ pub struct ApplyArgs {
     /// Create a missing raw target of this many bytes.
     #[arg(long)]
     pub size: Option<u64>,
+    /// Raw targets: return without waiting for the data to reach the disk (no fdatasync), as
+    /// `qemu-img convert` does by default. A crash soon after can lose the writes.
+    #[arg(long)]
+    pub no_sync: bool,
 }
 
 #[derive(Debug, Args)]

@@ -3,17 +3,15 @@
 use std::io::{Read, Write};
 use std::process::ExitCode;
 
-use bytes::{Bytes, BytesMut};
 use serde_json::json;
-use tokio_util::codec::Decoder;
 
 use super::CliError;
 use super::args::{ApplyArgs, DiffArgs, ExportArgs};
 use super::output::{print_json, stdout_file};
-use crate::image::{BlockData, Chain, changed};
-use crate::stream::apply::{ApplyTarget, RawTarget, VhdTarget};
-use crate::stream::{EncodeParams, ParentInfo, StreamDecoder, StreamEncoder, StreamEvent};
-use crate::vhd::VhdTimestamp;
+use crate::image::{Chain, changed};
+use crate::stream::apply::{ApplyError, ApplyTarget, RawTarget, VhdTarget};
+use crate::stream::{ChainExport, FeedError, feed};
+use crate::vhd::{Footer, VhdTimestamp};
 
 fn open_pair(
     leaf: &std::path::Path,
@@ -51,45 +49,21 @@ pub fn diff(args: &DiffArgs) -> Result<ExitCode, CliError> {
 
 pub fn export(args: &ExportArgs) -> Result<ExitCode, CliError> {
     let (leaf, base) = open_pair(&args.leaf, args.base.as_deref())?;
-    let mut params = EncodeParams::new(
-        leaf.virtual_size(),
+    let export = ChainExport::new(
+        leaf,
+        base.as_ref(),
         uuid::Uuid::new_v4(),
         VhdTimestamp::now(),
-        changed(&leaf, base.as_ref()),
-    );
-    params.block_size = leaf.block_size();
-    params.parent = base.as_ref().map(|b| ParentInfo {
-        unique_id: b.leaf().footer().unique_id,
-        timestamp: b.leaf().footer().timestamp,
-        name: b
-            .leaf()
-            .path()
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-    });
-    let block_size = params.block_size as usize;
-    let encoder = StreamEncoder::new(params).map_err(|e| CliError::Input(e.to_string()))?;
+    )
+    .map_err(|e| CliError::Input(format!("{}: {e}", args.leaf.display())))?;
     let mut out = match args.output.as_deref() {
         None => stdout_file()?,
         Some(p) if p.as_os_str() == "-" => stdout_file()?,
         Some(p) => std::fs::File::create(p)
             .map_err(|e| CliError::Failed(format!("{}: create: {e}", p.display())))?,
     };
-    let zeros = Bytes::from(vec![0u8; block_size]);
-    let frames = encoder.into_frames(|index| -> Result<Bytes, crate::stream::StreamError> {
-        Ok(match leaf.block_data(index) {
-            BlockData::Zero => zeros.clone(),
-            BlockData::Data(d) if d.len() == block_size => d,
-            BlockData::Data(d) => {
-                let mut full = BytesMut::zeroed(block_size);
-                full[..d.len()].copy_from_slice(&d);
-                full.freeze()
-            }
-        })
-    });
-    for frame in frames {
-        let frame = frame.map_err(|e| CliError::Failed(e.to_string()))?;
+    for frame in export.frames() {
+        let frame = frame.map_err(|e| CliError::Failed(format!("{}: {e}", args.leaf.display())))?;
         out.write_all(&frame)
             .map_err(|e| CliError::Failed(format!("write: {e}")))?;
     }
@@ -101,7 +75,7 @@ pub fn apply(args: &ApplyArgs) -> Result<ExitCode, CliError> {
         .target
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("vhd"));
-    let mut input: Box<dyn Read> = if args.input.as_os_str() == "-" {
+    let input: Box<dyn Read> = if args.input.as_os_str() == "-" {
         Box::new(std::io::stdin().lock())
     } else {
         Box::new(
@@ -109,76 +83,37 @@ pub fn apply(args: &ApplyArgs) -> Result<ExitCode, CliError> {
                 .map_err(|e| CliError::Input(format!("{}: open: {e}", args.input.display())))?,
         )
     };
-    let mut decoder = StreamDecoder::new();
-    let mut buf = BytesMut::with_capacity(4 << 20);
-    let mut target: Option<Box<dyn ApplyTarget>> = None;
-    let mut block_size = 0u64;
-    let mut eof = false;
-    loop {
-        let event = if eof {
-            decoder.decode_eof(&mut buf)
+    let open_target = |footer: &Footer| -> Result<Box<dyn ApplyTarget + Send>, FeedError> {
+        let target: Box<dyn ApplyTarget + Send> = if is_vhd {
+            Box::new(VhdTarget::open(
+                &args.target,
+                args.size.or(Some(footer.current_size)),
+            )?)
         } else {
-            decoder.decode(&mut buf)
+            let raw = RawTarget::open(&args.target, args.size)?;
+            Box::new(if args.no_sync {
+                raw.without_sync()
+            } else {
+                raw
+            })
+        };
+        if target.virtual_size() < footer.current_size {
+            return Err(ApplyError::TooSmall {
+                path: args.target.clone(),
+                stream: footer.current_size,
+                target: target.virtual_size(),
+            }
+            .into());
         }
-        .map_err(|e| CliError::Input(format!("{}: {e}", args.input.display())))?;
-        match event {
-            Some(StreamEvent::Footer(f)) => {
-                let size = args.size.or(Some(f.current_size));
-                let t: Box<dyn ApplyTarget> = if is_vhd {
-                    Box::new(
-                        VhdTarget::open(&args.target, size)
-                            .map_err(|e| CliError::Failed(e.to_string()))?,
-                    )
-                } else {
-                    Box::new(
-                        RawTarget::open(&args.target, args.size)
-                            .map_err(|e| CliError::Failed(e.to_string()))?,
-                    )
-                };
-                if t.virtual_size() < f.current_size {
-                    return Err(CliError::Input(format!(
-                        "{}: the stream's disk is {} bytes but the target holds {}",
-                        args.target.display(),
-                        f.current_size,
-                        t.virtual_size()
-                    )));
-                }
-                target = Some(t);
-            }
-            Some(StreamEvent::Header(h)) => block_size = u64::from(h.block_size),
-            Some(StreamEvent::Block {
-                index,
-                bitmap,
-                data,
-            }) => {
-                if let Some(t) = target.as_mut() {
-                    t.write_block(u64::from(index) * block_size, &bitmap, &data)
-                        .map_err(|e| CliError::Failed(e.to_string()))?;
-                }
-            }
-            Some(StreamEvent::End(_)) => break,
-            Some(_) => {}
-            None if eof => {
-                return Err(CliError::Input(format!(
-                    "{}: stream ended early",
-                    args.input.display()
-                )));
-            }
-            None => {
-                let mut chunk = vec![0u8; 1 << 20];
-                let n = input
-                    .read(&mut chunk)
-                    .map_err(|e| CliError::Failed(format!("read: {e}")))?;
-                if n == 0 {
-                    eof = true;
-                } else {
-                    buf.extend_from_slice(&chunk[..n]);
-                }
-            }
+        Ok(target)
+    };
+    feed(input, open_target).map_err(|e| match e {
+        FeedError::Stream(_)
+        | FeedError::Read { .. }
+        | FeedError::Apply(ApplyError::TooSmall { .. }) => {
+            CliError::Input(format!("{}: {e}", args.input.display()))
         }
-    }
-    if let Some(t) = target.as_mut() {
-        t.finish().map_err(|e| CliError::Failed(e.to_string()))?;
-    }
+        FeedError::Apply(_) | FeedError::WriterLost => CliError::Failed(e.to_string()),
+    })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -89,6 +89,17 @@ impl StreamDecoder {
         self.progress.blocks_expected
     }
 
+    /// After `decode` answered `Ok(None)` with `buffered` bytes left in its buffer: how many
+    /// more bytes complete the structure it awaits. A reader that supplies no more than this
+    /// leaves the buffer empty at each structure's end, so nothing is ever moved within it.
+    pub fn bytes_wanted(&self, buffered: usize) -> u64 {
+        let awaited = self.progress.awaiting.end;
+        awaited
+            .saturating_sub(self.progress.position)
+            .saturating_sub(buffered as u64)
+            .max(1)
+    }
+
     fn step(&mut self, src: &mut BytesMut) -> Result<Option<StreamEvent>, StreamError> {
         let progress = &mut self.progress;
         loop {

@@ -3,17 +3,22 @@
 //! written and read front to back, whose exact length is known before the first block.
 //!
 //! [`encode`] and [`decode`] are sans-IO (floor 1): bytes and values in, bytes and values out,
-//! no files, sockets or clocks.
+//! no files, sockets or clocks. [`export`] and [`apply`] connect them to VHD chains and
+//! target files (floor 2).
 
 pub mod apply;
 pub mod decode;
 pub mod encode;
 mod error;
+pub mod export;
+pub mod feed;
 mod layout;
 
 pub use decode::{StreamDecoder, StreamEvent};
 pub use encode::{EncodeParams, Frames, ParentInfo, StreamEncoder};
 pub use error::StreamError;
+pub use export::ChainExport;
+pub use feed::{FeedError, FeedReport, feed};
 
 #[cfg(test)]
 mod test_support;
