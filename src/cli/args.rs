@@ -27,6 +27,57 @@ pub enum Command {
     Export(ExportArgs),
     /// Write a VHD stream onto a raw file, block device or (TARGET.vhd) a VHD file.
     Apply(ApplyArgs),
+    /// Copy a VDI (or its delta against a base) from one host to another, validated in flight.
+    CopyVdi(CopyVdiArgs),
+    /// Print a host's TLS certificate fingerprint, to pin it with --*-fingerprint or in a job.
+    Trust(TrustArgs),
+}
+
+/// How to reach and trust one host: `--from-…` or `--to-…` options.
+#[derive(Debug, Args)]
+pub struct CopyVdiArgs {
+    /// Source host URL, e.g. https://root@10.0.0.1 (percent-encode special characters).
+    #[arg(long)]
+    pub from: String,
+    /// The VDI to copy (UUID or reference).
+    #[arg(long)]
+    pub vdi: String,
+    /// Send only the blocks changed since this snapshot VDI (on the source host).
+    #[arg(long)]
+    pub base: Option<String>,
+    /// Target host URL.
+    #[arg(long)]
+    pub to: String,
+    /// The target VDI to write into; it must exist with the same size.
+    #[arg(long)]
+    pub target_vdi: String,
+    /// Read the source password from this file (better than putting it in the URL).
+    #[arg(long, value_name = "FILE")]
+    pub from_password_file: Option<PathBuf>,
+    /// Read the target password from this file.
+    #[arg(long, value_name = "FILE")]
+    pub to_password_file: Option<PathBuf>,
+    /// Pin the source's certificate (see `vhdsync trust`).
+    #[arg(long, value_name = "sha256:HEX")]
+    pub from_fingerprint: Option<String>,
+    /// Pin the target's certificate.
+    #[arg(long, value_name = "sha256:HEX")]
+    pub to_fingerprint: Option<String>,
+    /// Accept any certificate on both hosts (not recommended; prints a warning).
+    #[arg(long)]
+    pub insecure: bool,
+    /// Abort when no byte moves for this many seconds.
+    #[arg(long, default_value_t = 120, value_name = "SECONDS")]
+    pub stall_timeout: u64,
+    /// Print one JSON summary document instead of progress.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TrustArgs {
+    /// The host's https URL.
+    pub url: String,
 }
 
 #[derive(Debug, Args)]

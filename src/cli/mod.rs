@@ -5,6 +5,7 @@ mod error;
 mod inspect;
 mod output;
 mod streams;
+mod transfer;
 
 use std::process::ExitCode;
 
@@ -43,6 +44,8 @@ fn dispatch(command: args::Command) -> Result<ExitCode, CliError> {
         Command::Diff(a) => streams::diff(&a),
         Command::Export(a) => streams::export(&a),
         Command::Apply(a) => streams::apply(&a),
+        Command::CopyVdi(a) => transfer::copy_vdi(&a),
+        Command::Trust(a) => transfer::trust(&a),
     }
 }
 

@@ -78,6 +78,30 @@ impl Endpoint {
         &self.url
     }
 
+    /// The same trust for another URL: where a 302 of the data plane points (another member
+    /// of the pool). A pinned fingerprint stays pinned, so a redirect to a host with another
+    /// certificate fails rather than being trusted silently.
+    pub fn redirected(&self, url: HostUrl) -> Result<Endpoint, TransportError> {
+        if url.scheme == Scheme::Https && self.tls.is_none() {
+            return Err(TransportError::Tls {
+                host: url.to_string(),
+                message: format!(
+                    "redirected from plain HTTP at {}, with no TLS trust set",
+                    self.url
+                ),
+            });
+        }
+        Ok(Endpoint {
+            tls: match url.scheme {
+                Scheme::Http => None,
+                Scheme::Https => self.tls.clone(),
+            },
+            url,
+            observed: self.observed.clone(),
+            connect_timeout: self.connect_timeout,
+        })
+    }
+
     /// The fingerprint the host presented on the last TLS handshake.
     pub fn observed_fingerprint(&self) -> Option<Fingerprint> {
         self.observed.lock().ok().and_then(|f| *f)

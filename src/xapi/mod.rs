@@ -1,10 +1,15 @@
-//! Talking to XAPI hosts: RPC codecs, host URLs and credentials, TLS.
+//! Talking to XAPI hosts: RPC codecs, host URLs and credentials, TLS, typed records, tasks,
+//! and VDI transfers between hosts.
 
 pub mod client;
 pub mod connection;
+mod objects;
+pub mod records;
 pub mod rpc;
 mod secret;
+pub mod task;
 pub mod tls;
+pub mod transfer;
 pub mod url;
 
 pub use secret::Secret;

@@ -1,0 +1,221 @@
+//! `copy-vdi` and `trust`: one VDI between two hosts, and a host's certificate fingerprint.
+
+use std::io::IsTerminal;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use super::CliError;
+use super::args::{CopyVdiArgs, TrustArgs};
+use super::output::print_json;
+use crate::xapi::client::XapiClient;
+use crate::xapi::connection::Endpoint;
+use crate::xapi::tls::{Fingerprint, Trust};
+use crate::xapi::transfer::{Progress, TransferOptions, VdiOn, transfer_vdi};
+use crate::xapi::{HostUrl, Secret};
+
+/// Environment variables holding the passwords, read when no password file is given.
+pub const SOURCE_PASSWORD_ENV: &str = "VHDSYNC_SOURCE_PASSWORD";
+pub const TARGET_PASSWORD_ENV: &str = "VHDSYNC_TARGET_PASSWORD";
+
+/// How often a non-interactive run logs its progress.
+const LOG_EVERY: Duration = Duration::from_secs(5);
+
+pub fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Failed(format!("starting the async runtime: {e}")))
+}
+
+/// The trust for one host from its pin and the global `--insecure`.
+pub fn trust_for(fingerprint: Option<&str>, insecure: bool) -> Result<Trust, CliError> {
+    match (fingerprint, insecure) {
+        (Some(text), _) => Fingerprint::parse(text)
+            .map(Trust::Pinned)
+            .map_err(|e| CliError::Input(e.to_string())),
+        (None, true) => Ok(Trust::Insecure),
+        (None, false) => Ok(Trust::SystemRoots),
+    }
+}
+
+/// Log in to a host: the URL's user, and the password from `password_file`, else from the
+/// environment variable `env`, else from the URL.
+pub async fn connect(
+    url: &str,
+    password_file: Option<&Path>,
+    env: &str,
+    trust: &Trust,
+) -> Result<XapiClient, CliError> {
+    let url = HostUrl::parse(url).map_err(|e| CliError::Input(e.to_string()))?;
+    let password = match password_file {
+        Some(path) => Some(
+            Secret::from_file(path)
+                .map_err(|e| CliError::Input(format!("password file {}: {e}", path.display())))?,
+        ),
+        None => Secret::from_env(env),
+    };
+    XapiClient::connect(url, trust, password)
+        .await
+        .map_err(|e| CliError::Failed(e.to_string()))
+}
+
+pub fn copy_vdi(args: &CopyVdiArgs) -> Result<ExitCode, CliError> {
+    let source_trust = trust_for(args.from_fingerprint.as_deref(), args.insecure)?;
+    let target_trust = trust_for(args.to_fingerprint.as_deref(), args.insecure)?;
+    if args.insecure {
+        eprintln!("vhdsync: warning: --insecure: host certificates are not verified");
+    }
+    runtime()?.block_on(async {
+        let source = connect(
+            &args.from,
+            args.from_password_file.as_deref(),
+            SOURCE_PASSWORD_ENV,
+            &source_trust,
+        )
+        .await?;
+        let target = connect(
+            &args.to,
+            args.to_password_file.as_deref(),
+            TARGET_PASSWORD_ENV,
+            &target_trust,
+        )
+        .await?;
+        let options = TransferOptions {
+            stall_timeout: Duration::from_secs(args.stall_timeout.max(1)),
+            ..TransferOptions::default()
+        };
+        let mut display = ProgressDisplay::new(args.json);
+        let outcome = transfer_vdi(
+            VdiOn {
+                host: &source,
+                vdi: &args.vdi,
+            },
+            args.base.as_deref(),
+            VdiOn {
+                host: &target,
+                vdi: &args.target_vdi,
+            },
+            &options,
+            &mut |p| display.update(p),
+            async {
+                let _ = tokio::signal::ctrl_c().await;
+            },
+        )
+        .await;
+        display.finish();
+        let _ = source.logout().await;
+        let _ = target.logout().await;
+        let report = outcome.map_err(|e| CliError::Failed(e.to_string()))?;
+        let seconds = report.duration.as_secs_f64();
+        if args.json {
+            print_json(&json!({
+                "source": source.host(),
+                "vdi": args.vdi,
+                "base": args.base,
+                "target": target.host(),
+                "target_vdi": args.target_vdi,
+                "imported_vdi": report.imported_vdi,
+                "bytes": report.bytes,
+                "blocks": report.blocks,
+                "seconds": seconds,
+                "bytes_per_second": report.bytes as f64 / seconds.max(1e-9),
+            }))?;
+        } else {
+            println!(
+                "copied {} blocks, {} bytes in {seconds:.2} s ({:.1} MB/s)",
+                report.blocks,
+                report.bytes,
+                report.bytes as f64 / seconds.max(1e-9) / 1e6
+            );
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// An indicatif bar on a terminal, a log line every few seconds otherwise, nothing for JSON.
+enum ProgressDisplay {
+    Bar(indicatif::ProgressBar),
+    Log { last: Instant },
+    Quiet,
+}
+
+impl ProgressDisplay {
+    fn new(json: bool) -> ProgressDisplay {
+        if json {
+            return ProgressDisplay::Quiet;
+        }
+        if !std::io::stderr().is_terminal() {
+            return ProgressDisplay::Log {
+                last: Instant::now(),
+            };
+        }
+        let bar = indicatif::ProgressBar::new(0);
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta} {msg}",
+        ) {
+            bar.set_style(style);
+        }
+        ProgressDisplay::Bar(bar)
+    }
+
+    fn update(&mut self, progress: &Progress) {
+        match self {
+            ProgressDisplay::Bar(bar) => {
+                if let Some(total) = progress.total {
+                    bar.set_length(total);
+                }
+                bar.set_position(progress.bytes);
+                if let Some(blocks_total) = progress.blocks_total {
+                    bar.set_message(format!("{}/{blocks_total} blocks", progress.blocks));
+                }
+            }
+            ProgressDisplay::Log { last } if last.elapsed() >= LOG_EVERY => {
+                *last = Instant::now();
+                let eta = progress
+                    .eta()
+                    .map(|d| format!(", ETA {}s", d.as_secs()))
+                    .unwrap_or_default();
+                eprintln!(
+                    "vhdsync: {} of {} bytes, {} blocks, {:.1} MB/s{eta}",
+                    progress.bytes,
+                    progress.total.unwrap_or(0),
+                    progress.blocks,
+                    progress.rate() / 1e6
+                );
+            }
+            ProgressDisplay::Log { .. } | ProgressDisplay::Quiet => {}
+        }
+    }
+
+    fn finish(&self) {
+        if let ProgressDisplay::Bar(bar) = self {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+pub fn trust(args: &TrustArgs) -> Result<ExitCode, CliError> {
+    let url = HostUrl::parse(&args.url).map_err(|e| CliError::Input(e.to_string()))?;
+    if url.scheme != crate::xapi::url::Scheme::Https {
+        return Err(CliError::Input(format!(
+            "{url}: not an https URL; there is no certificate to pin"
+        )));
+    }
+    // Accept whatever the host presents, only to read its fingerprint; nothing is sent.
+    let endpoint = Endpoint::new(url.clone(), &Trust::Insecure)
+        .map_err(|e| CliError::Failed(e.to_string()))?;
+    runtime()?.block_on(async {
+        endpoint
+            .connect()
+            .await
+            .map_err(|e| CliError::Failed(e.to_string()))?;
+        let fingerprint = endpoint
+            .observed_fingerprint()
+            .ok_or_else(|| CliError::Failed(format!("{url}: the host presented no certificate")))?;
+        println!("{fingerprint}");
+        Ok(ExitCode::SUCCESS)
+    })
+}
