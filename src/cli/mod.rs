@@ -3,6 +3,7 @@
 mod args;
 mod error;
 mod inspect;
+mod lab;
 mod output;
 mod streams;
 mod transfer;
@@ -46,6 +47,7 @@ fn dispatch(command: args::Command) -> Result<ExitCode, CliError> {
         Command::Apply(a) => streams::apply(&a),
         Command::CopyVdi(a) => transfer::copy_vdi(&a),
         Command::Trust(a) => transfer::trust(&a),
+        Command::Lab(a) => lab::run(a.command),
     }
 }
 

@@ -1,53 +1,40 @@
-//! Export: the VHD stream of a snapshot chain, whole or as a delta against a base chain, as
-//! `GET /export_raw_vdi?format=vhd[&base=]` sends it. The I/O half of the encoder: it reads
-//! block data from the chain's memory maps and hands the encoder zero-copy slices.
+//! Export: the whole VHD stream of a snapshot chain, or its delta against a base chain, as
+//! `GET /export_raw_vdi?format=vhd[&base=]` sends it: [`source`](super::source)'s parameters
+//! and zero-copy blocks fed through the encoder.
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use uuid::Uuid;
 
 use super::StreamError;
-use super::encode::{EncodeParams, ParentInfo, StreamEncoder};
-use crate::image::{BlockData, Chain, changed};
+use super::encode::StreamEncoder;
+use super::source::{ChainSource, export_params};
+use crate::image::Chain;
 use crate::vhd::{BlockSet, VhdTimestamp};
 
 /// A ready-to-send export: the exact length is known before the first byte.
 pub struct ChainExport {
-    chain: Chain,
+    source: ChainSource,
     encoder: StreamEncoder,
     blocks: BlockSet,
 }
 
 impl ChainExport {
     /// The stream of `leaf`'s content: every block allocated anywhere in its chain, or with
-    /// `base`, a differencing disk of the blocks [`changed`] between the two. `unique_id` and
-    /// `timestamp` go into the stream's footer.
+    /// `base`, a differencing disk of the blocks that changed between the two. `unique_id`
+    /// and `timestamp` go into the stream's footer.
     pub fn new(
         leaf: Chain,
         base: Option<&Chain>,
         unique_id: Uuid,
         timestamp: VhdTimestamp,
     ) -> Result<ChainExport, StreamError> {
-        let blocks = changed(&leaf, base);
-        let mut params = EncodeParams::new(leaf.virtual_size(), unique_id, timestamp, blocks);
-        params.block_size = leaf.block_size();
-        params.parent = base.map(|base| {
-            let footer = base.leaf().footer();
-            ParentInfo {
-                unique_id: footer.unique_id,
-                timestamp: footer.timestamp,
-                name: base
-                    .leaf()
-                    .path()
-                    .file_name()
-                    .map(|name| name.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
-            }
-        });
+        let mut params = export_params(&leaf, base);
+        params.unique_id = unique_id;
+        params.timestamp = timestamp;
         let blocks = params.blocks.clone();
-        let encoder = StreamEncoder::new(params)?;
         Ok(ChainExport {
-            chain: leaf,
-            encoder,
+            source: ChainSource::new(leaf),
+            encoder: StreamEncoder::new(params)?,
             blocks,
         })
     }
@@ -62,26 +49,11 @@ impl ChainExport {
         &self.blocks
     }
 
-    /// Every frame of the stream in order. Whole blocks held by one layer are slices of its
-    /// memory map; only mixed, zero and short last blocks are assembled in a fresh buffer, one
-    /// block at a time, so memory stays at about one block whatever the disk size.
+    /// Every frame of the stream in order. Memory stays at about one block whatever the disk
+    /// size: whole blocks are slices of the memory maps, others are assembled one at a time.
     pub fn frames(self) -> impl Iterator<Item = Result<Bytes, StreamError>> + Send {
-        let block_size = self.encoder.block_size() as usize;
-        let chain = self.chain;
-        let zeros = Bytes::from(vec![0u8; block_size]);
+        let source = self.source;
         self.encoder
-            .into_frames(move |index| -> Result<Bytes, StreamError> {
-                Ok(match chain.block_data(index) {
-                    BlockData::Zero => zeros.clone(),
-                    BlockData::Data(data) if data.len() == block_size => data,
-                    // The short last block of a disk whose size is not a block multiple: the
-                    // stream always carries whole blocks.
-                    BlockData::Data(data) => {
-                        let mut whole = BytesMut::zeroed(block_size);
-                        whole[..data.len()].copy_from_slice(&data);
-                        whole.freeze()
-                    }
-                })
-            })
+            .into_frames(move |index| Ok::<_, StreamError>(source.stream_block(index)))
     }
 }

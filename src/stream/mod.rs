@@ -3,8 +3,8 @@
 //! written and read front to back, whose exact length is known before the first block.
 //!
 //! [`encode`] and [`decode`] are sans-IO (floor 1): bytes and values in, bytes and values out,
-//! no files, sockets or clocks. [`export`] and [`apply`] connect them to VHD chains and
-//! target files (floor 2).
+//! no files, sockets or clocks. [`source`] and [`export`] turn chains on disk into streams,
+//! [`apply`] and [`feed`] write streams onto disks (floor 2).
 
 pub mod apply;
 pub mod decode;
@@ -13,6 +13,7 @@ mod error;
 pub mod export;
 pub mod feed;
 mod layout;
+pub mod source;
 
 pub use decode::{StreamDecoder, StreamEvent};
 pub use encode::{EncodeParams, Frames, ParentInfo, StreamEncoder};
