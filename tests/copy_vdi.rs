@@ -1,0 +1,370 @@
+//! `vhdsync copy-vdi` between two lab hosts served in-process: full and delta copies checked
+//! by digest, TLS pinning, credentials, and failures that must never look like success.
+
+use std::time::Duration;
+
+use tempfile::TempDir;
+use vhdsync::lab::http::LabServer;
+use vhdsync::lab::{InitReport, Lab};
+use vhdsync::xapi::HostUrl;
+use vhdsync::xapi::client::XapiClient;
+use vhdsync::xapi::rpc::Value;
+use vhdsync::xapi::tls::Trust;
+
+const MIB: u64 = 1 << 20;
+const BIN: &str = env!("CARGO_BIN_EXE_vhdsync");
+
+struct Host {
+    _dir: TempDir,
+    server: LabServer,
+    client: XapiClient,
+    report: InitReport,
+    password: String,
+}
+
+impl Host {
+    /// A lab host with VM `vm` holding one 24 MiB disk, served over TLS if `tls`.
+    async fn start(password: &str, tls: bool) -> Host {
+        let dir = tempfile::tempdir().unwrap();
+        let report =
+            Lab::init(dir.path(), password, &[("vm".to_owned(), vec![24 * MIB])]).unwrap();
+        let lab = Lab::open(dir.path()).unwrap();
+        let server = LabServer::start(lab, "127.0.0.1:0".parse().unwrap(), tls)
+            .await
+            .unwrap();
+        let url = HostUrl::parse(&format!(
+            "{}",
+            server
+                .base_url()
+                .replacen("://", &format!("://root:{}@", encode(password)), 1)
+        ))
+        .unwrap();
+        let client = XapiClient::connect(url, &Trust::Insecure, None)
+            .await
+            .unwrap();
+        Host {
+            _dir: dir,
+            server,
+            client,
+            report,
+            password: password.to_owned(),
+        }
+    }
+
+    /// The base URL with the root credentials, percent-encoded.
+    fn url(&self) -> String {
+        self.server
+            .base_url()
+            .replacen("://", &format!("://root:{}@", encode(&self.password)), 1)
+    }
+
+    fn disk_uuid(&self) -> String {
+        self.report.vms[0].disks[0].vdi.uuid.to_string()
+    }
+
+    async fn call(&self, method: &str, params: Vec<Value>) -> Value {
+        self.client
+            .call(method, params)
+            .await
+            .unwrap_or_else(|e| panic!("{method}: {e}"))
+    }
+
+    async fn vdi_ref(&self, uuid: &str) -> String {
+        self.call("VDI.get_by_uuid", vec![Value::from(uuid)])
+            .await
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    async fn uuid_of(&self, vdi_ref: &str) -> String {
+        self.call("VDI.get_uuid", vec![Value::from(vdi_ref)])
+            .await
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// Guest writes through `lab.write`.
+    async fn write(&self, uuid: &str, offset: u64, len: u64, seed: u64) {
+        let vdi = self.vdi_ref(uuid).await;
+        self.call(
+            "lab.write",
+            vec![
+                Value::from(vdi.as_str()),
+                Value::Int(offset as i64),
+                Value::Int(len as i64),
+                Value::Int(seed as i64),
+            ],
+        )
+        .await;
+    }
+
+    async fn hash(&self, uuid: &str) -> String {
+        let vdi = self.vdi_ref(uuid).await;
+        self.call("lab.hash", vec![Value::from(vdi.as_str())])
+            .await
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// `VDI.snapshot` or `VDI.clone`: the new VDI's uuid.
+    async fn copy_of(&self, method: &str, uuid: &str) -> String {
+        let vdi = self.vdi_ref(uuid).await;
+        let new = self
+            .call(
+                method,
+                vec![Value::from(vdi.as_str()), Value::Struct(Default::default())],
+            )
+            .await;
+        self.uuid_of(new.as_str().unwrap()).await
+    }
+}
+
+fn encode(text: &str) -> String {
+    percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+struct Run {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+async fn copy_vdi(args: &[&str]) -> Run {
+    let out = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new(BIN)
+            .arg("copy-vdi")
+            .args(args)
+            .output(),
+    )
+    .await
+    .expect("copy-vdi finishes")
+    .unwrap();
+    Run {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_then_delta_copies_match_the_source_snapshots() {
+    let source = Host::start("lab", false).await;
+    let target = Host::start("lab", false).await;
+    let disk = source.disk_uuid();
+    source.write(&disk, 0, 5 * MIB + 4096, 1).await;
+    source.write(&disk, 20 * MIB, 1000 * 512, 2).await;
+    let snap1 = source.copy_of("VDI.snapshot", &disk).await;
+    // Guest writes after the first snapshot: partial blocks, and a block not touched before.
+    source.write(&disk, 512, 8 * 512, 3).await;
+    source.write(&disk, 13 * MIB, 2 * MIB, 4).await;
+    let snap2 = source.copy_of("VDI.snapshot", &disk).await;
+
+    let replica = target.disk_uuid();
+    let full = copy_vdi(&[
+        "--from",
+        &source.url(),
+        "--vdi",
+        &snap1,
+        "--to",
+        &target.url(),
+        "--target-vdi",
+        &replica,
+        "--json",
+    ])
+    .await;
+    assert!(full.ok, "full copy failed: {}", full.stderr);
+    let summary: serde_json::Value = serde_json::from_str(&full.stdout).unwrap();
+    assert_eq!(
+        target.hash(&replica).await,
+        source.hash(&snap1).await,
+        "full copy"
+    );
+    assert_eq!(summary["blocks"], 4, "blocks 0-2 and 10: {summary}");
+
+    // The delta goes onto a clone of the first replica, as a replication cycle does.
+    let replica2 = target.copy_of("VDI.clone", &replica).await;
+    let delta = copy_vdi(&[
+        "--from",
+        &source.url(),
+        "--vdi",
+        &snap2,
+        "--base",
+        &snap1,
+        "--to",
+        &target.url(),
+        "--target-vdi",
+        &replica2,
+        "--json",
+    ])
+    .await;
+    assert!(delta.ok, "delta copy failed: {}", delta.stderr);
+    let summary: serde_json::Value = serde_json::from_str(&delta.stdout).unwrap();
+    assert_eq!(summary["blocks"], 3, "blocks 0, 6 and 7: {summary}");
+    assert_eq!(
+        target.hash(&replica2).await,
+        source.hash(&snap2).await,
+        "delta copy"
+    );
+    // The first replica is untouched by the delta.
+    assert_eq!(target.hash(&replica).await, source.hash(&snap1).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_pinning_and_insecure() {
+    let source = Host::start("lab", true).await;
+    let target = Host::start("lab", true).await;
+    let disk = source.disk_uuid();
+    source.write(&disk, 0, MIB, 9).await;
+    let pin_source = source.server.fingerprint().unwrap().to_string();
+    let pin_target = target.server.fingerprint().unwrap().to_string();
+
+    // `vhdsync trust` prints what the server presents.
+    let trust = tokio::process::Command::new(BIN)
+        .arg("trust")
+        .arg(source.server.base_url())
+        .output()
+        .await
+        .unwrap();
+    assert!(trust.status.success());
+    assert_eq!(String::from_utf8_lossy(&trust.stdout).trim(), pin_source);
+
+    let replica = target.disk_uuid();
+    let args = |from_pin: &str| {
+        vec![
+            "--from".to_owned(),
+            source.url(),
+            "--vdi".to_owned(),
+            disk.clone(),
+            "--to".to_owned(),
+            target.url(),
+            "--target-vdi".to_owned(),
+            replica.clone(),
+            "--from-fingerprint".to_owned(),
+            from_pin.to_owned(),
+            "--to-fingerprint".to_owned(),
+            pin_target.clone(),
+        ]
+    };
+    let pinned = args(&pin_source);
+    let run = copy_vdi(&pinned.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    assert!(run.ok, "pinned copy failed: {}", run.stderr);
+    assert_eq!(target.hash(&replica).await, source.hash(&disk).await);
+
+    let wrong = args(&pin_target);
+    let run = copy_vdi(&wrong.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    assert!(!run.ok, "a wrong pin must fail");
+    assert!(
+        run.stderr.contains(&pin_source) && run.stderr.contains(&pin_target),
+        "the mismatch shows both fingerprints: {}",
+        run.stderr
+    );
+
+    let run = copy_vdi(&[
+        "--from",
+        &source.url(),
+        "--vdi",
+        &disk,
+        "--to",
+        &target.url(),
+        "--target-vdi",
+        &replica,
+        "--insecure",
+    ])
+    .await;
+    assert!(run.ok, "insecure copy failed: {}", run.stderr);
+    assert!(run.stderr.contains("warning"), "{}", run.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_and_unknown_vdis() {
+    let tricky = "p@ss:w/rd#?%";
+    let source = Host::start(tricky, false).await;
+    let target = Host::start("lab", false).await;
+    let disk = source.disk_uuid();
+    let replica = target.disk_uuid();
+    source.write(&disk, MIB, MIB, 5).await;
+
+    // A percent-encoded password with special characters works.
+    let run = copy_vdi(&[
+        "--from",
+        &source.url(),
+        "--vdi",
+        &disk,
+        "--to",
+        &target.url(),
+        "--target-vdi",
+        &replica,
+    ])
+    .await;
+    assert!(run.ok, "special-character password: {}", run.stderr);
+    assert_eq!(target.hash(&replica).await, source.hash(&disk).await);
+
+    // So does a password file with the user in the URL.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("source-password");
+    std::fs::write(&file, format!("{tricky}\n")).unwrap();
+    let user_only = source.server.base_url().replacen("://", "://root@", 1);
+    let run = copy_vdi(&[
+        "--from",
+        &user_only,
+        "--from-password-file",
+        file.to_str().unwrap(),
+        "--vdi",
+        &disk,
+        "--to",
+        &target.url(),
+        "--target-vdi",
+        &replica,
+    ])
+    .await;
+    assert!(run.ok, "password file: {}", run.stderr);
+
+    // A wrong password fails, and no output shows any password.
+    let wrong = target.url().replace("root:lab@", "root:hunter2-wrong@");
+    let run = copy_vdi(&[
+        "--from",
+        &source.url(),
+        "--vdi",
+        &disk,
+        "--to",
+        &wrong,
+        "--target-vdi",
+        &replica,
+    ])
+    .await;
+    assert!(!run.ok);
+    assert!(
+        run.stderr.contains("SESSION_AUTHENTICATION_FAILED"),
+        "{}",
+        run.stderr
+    );
+    let all = format!("{}{}", run.stdout, run.stderr);
+    for secret in ["hunter2-wrong", tricky, &encode(tricky)] {
+        assert!(!all.contains(secret), "output shows a password: {all}");
+    }
+
+    // An unknown VDI names itself.
+    let missing = "00000000-0000-4000-8000-000000000000";
+    let run = copy_vdi(&[
+        "--from",
+        &source.url(),
+        "--vdi",
+        missing,
+        "--to",
+        &target.url(),
+        "--target-vdi",
+        &replica,
+    ])
+    .await;
+    assert!(!run.ok);
+    assert!(run.stderr.contains(missing), "{}", run.stderr);
+    assert_eq!(
+        target.hash(&replica).await,
+        source.hash(&disk).await,
+        "a failed copy leaves the target as it was"
+    );
+}
