@@ -191,7 +191,7 @@ fn list_methods_needs_no_session_and_lists_only_what_is_answered() {
         .iter()
         .map(|v| v.as_str().unwrap().to_owned())
         .collect();
-    for class in ["pool", "host", "VM", "VBD", "VDI", "SR", "task", "session"] {
+    for class in ["pool", "host", "VM", "VBD", "VDI", "SR", "task"] {
         assert!(
             names.contains(&format!("{class}.get_all_records")),
             "{class}"
@@ -217,11 +217,14 @@ fn list_methods_needs_no_session_and_lists_only_what_is_answered() {
         assert!(names.contains(name), "{name}");
     }
     // Getters only: no setters for read-only fields, no map modifiers for non-maps.
+    // Nor a listing of sessions, which xapi does not offer (their refs are credentials).
     for absent in [
         "VM.set_power_state",
         "VM.add_to_name_label",
         "pool.get_by_name_label",
         "task.add_error_info",
+        "session.get_all",
+        "session.get_all_records",
     ] {
         assert!(!names.contains(absent), "{absent}");
     }
@@ -302,7 +305,7 @@ fn records_of_a_class_all_carry_the_same_complete_field_set() {
     f.text("task.create", &["t".into(), "d".into()]);
     login(&f.lab);
 
-    for class in ["pool", "host", "VM", "VBD", "VDI", "SR", "task", "session"] {
+    for class in ["pool", "host", "VM", "VBD", "VDI", "SR", "task"] {
         let all = f.ok(&format!("{class}.get_all_records"), &[]);
         let records = all.as_struct().unwrap();
         assert!(!records.is_empty(), "{class}");
@@ -1108,6 +1111,55 @@ fn event_from_reports_only_newer_changes_and_times_out_empty() {
         fault(f.call("event.inject", &["vm".into(), "OpaqueRef:nope".into()])).code,
         "HANDLE_INVALID"
     );
+}
+
+/// npm `xen-api` with events on fetches `get_all_records` of every class `system.listMethods`
+/// lists and then watches them all: sessions must be in neither, as in xapi, or every client
+/// would be handed the other clients' session references.
+#[test]
+fn sessions_are_neither_listed_nor_reported_as_events() {
+    let f = Fixture::new();
+    let other = login(&f.lab);
+    for method in ["session.get_all", "session.get_all_records"] {
+        assert_fault(f.call(method, &[]), "MESSAGE_METHOD_UNKNOWN", &[method]);
+    }
+    // A client may still read its own session's record.
+    let own = f.ok("session.get_record", &[f.session.as_str().into()]);
+    assert_eq!(text_of(&own, "this_host"), f.report.host.reference);
+
+    let everything = f.ok(
+        "event.from",
+        &[
+            Value::from(vec!["*", "session"]),
+            "".into(),
+            Value::Double(0.0),
+        ],
+    );
+    let events = everything.get("events").unwrap().as_array().unwrap();
+    assert!(!events.is_empty());
+    for event in events {
+        assert_ne!(text_of(event, "class"), "session", "{event:?}");
+        assert_ne!(text_of(event, "ref"), other);
+    }
+    let counts = everything.get("valid_ref_counts").unwrap();
+    assert_eq!(counts.get("vm"), Some(&Value::Int(1)));
+    assert_eq!(counts.get("session"), None);
+
+    // Logging in and out is no event either: a waiter sees nothing and times out.
+    let token = text_of(&everything, "token");
+    let third = login(&f.lab);
+    f.lab
+        .handle(&Call::new("session.logout", vec![third.as_str().into()]))
+        .unwrap();
+    let later = f.ok(
+        "event.from",
+        &[
+            Value::from(vec!["*"]),
+            token.as_str().into(),
+            Value::Double(0.2),
+        ],
+    );
+    assert_eq!(later.get("events"), Some(&Value::Array(vec![])));
 }
 
 #[test]
