@@ -27,6 +27,8 @@ pub enum Command {
     Export(ExportArgs),
     /// Write a VHD stream onto a raw file, block device or (TARGET.vhd) a VHD file.
     Apply(ApplyArgs),
+    /// A lab host: a simulated XAPI host over VHD files, for tests, demos and rehearsals.
+    Lab(LabArgs),
 }
 
 #[derive(Debug, Args)]
@@ -89,4 +91,175 @@ pub struct CatArgs {
     /// Write to this file instead of stdout; unallocated regions stay holes.
     #[arg(short, long)]
     pub output: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct LabArgs {
+    #[command(subcommand)]
+    pub command: LabCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LabCommand {
+    /// Create a lab host in DIR: a pool, a host, a file SR and halted VMs with empty disks.
+    Init(LabInitArgs),
+    /// Serve the lab host in DIR; the first line printed is its URL.
+    Serve(LabServeArgs),
+    /// Write to a VDI of a running lab host as its guest would.
+    Write(LabWriteArgs),
+    /// Print the SHA-256 of a VDI's whole content (its virtual size).
+    Hash(LabHashArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LabInitArgs {
+    /// The directory to create the lab host in.
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// root's password.
+    #[arg(long, default_value = "lab")]
+    pub password: String,
+    /// A halted VM and the sizes of its disks, e.g. web01:64M,16M (K, M, G, T are binary).
+    #[arg(long = "vm", value_name = "NAME:SIZE[,SIZE...]", value_parser = parse_vm)]
+    pub vms: Vec<(String, Vec<u64>)>,
+    /// Print one JSON document with the uuids and references instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LabServeArgs {
+    /// The directory of the lab host.
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// Address and port to listen on; port 0 picks a free one.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: std::net::SocketAddr,
+    /// Serve HTTPS with a self-signed certificate kept in DIR; its fingerprint is printed
+    /// on the second line.
+    #[arg(long)]
+    pub tls: bool,
+}
+
+/// How to reach a running lab host.
+#[derive(Debug, Args)]
+pub struct LabHostArgs {
+    /// The lab host's URL with credentials, e.g. http://root:lab@127.0.0.1:41234.
+    #[arg(long)]
+    pub url: String,
+    /// For https: trust the certificate with this fingerprint (sha256:<hex>).
+    #[arg(long, conflicts_with = "insecure")]
+    pub fingerprint: Option<String>,
+    /// For https: trust any certificate.
+    #[arg(long)]
+    pub insecure: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LabWriteArgs {
+    #[command(flatten)]
+    pub host: LabHostArgs,
+    /// The VDI's uuid (or reference).
+    #[arg(long)]
+    pub vdi: String,
+    /// Byte offset of the write.
+    #[arg(long, value_parser = parse_size)]
+    pub offset: u64,
+    /// Write this many pseudo-random bytes, determined by --seed.
+    #[arg(long, value_name = "BYTES", value_parser = parse_size, required_unless_present = "zero", conflicts_with = "zero")]
+    pub random: Option<u64>,
+    /// The seed of the random bytes.
+    #[arg(long, default_value_t = 0, requires = "random")]
+    pub seed: u64,
+    /// Write this many zero bytes.
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    pub zero: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct LabHashArgs {
+    #[command(flatten)]
+    pub host: LabHostArgs,
+    /// The VDI's uuid (or reference).
+    #[arg(long)]
+    pub vdi: String,
+}
+
+/// A byte count: digits with an optional binary unit K, M, G or T, which may be written
+/// `KiB` or `KB` too (all binary), and an optional `B` for bytes.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let bad = || format!("{text:?} is not a size: use e.g. 4096, 512K, 64M, 1G");
+    let upper = text.trim().to_ascii_uppercase();
+    let (body, needs_unit) = match upper.strip_suffix("IB") {
+        Some(body) => (body, true),
+        None => (upper.strip_suffix('B').unwrap_or(&upper), false),
+    };
+    let shift = match body.chars().last() {
+        Some('K') => 10,
+        Some('M') => 20,
+        Some('G') => 30,
+        Some('T') => 40,
+        _ if !needs_unit => 0,
+        _ => return Err(bad()),
+    };
+    let digits = if shift == 0 {
+        body
+    } else {
+        &body[..body.len() - 1]
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .ok_or_else(bad)
+}
+
+/// `NAME:SIZE[,SIZE...]`.
+fn parse_vm(text: &str) -> Result<(String, Vec<u64>), String> {
+    let (name, sizes) = text
+        .split_once(':')
+        .ok_or_else(|| format!("{text:?}: expected NAME:SIZE[,SIZE...], e.g. web01:64M,16M"))?;
+    if name.is_empty() {
+        return Err(format!("{text:?}: the VM needs a name"));
+    }
+    let sizes = sizes
+        .split(',')
+        .map(parse_size)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((name.to_owned(), sizes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_take_binary_suffixes() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64M"), Ok(64 << 20));
+        assert_eq!(parse_size("16m"), Ok(16 << 20));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_size("512K"), Ok(512 << 10));
+        assert_eq!(parse_size("3KB"), Ok(3 << 10));
+        assert_eq!(parse_size("7B"), Ok(7));
+        for bad in ["", "M", "1.5G", "-1", "12X", "99999999999T", "1IB", "+1"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn vms_are_a_name_and_disk_sizes() {
+        assert_eq!(
+            parse_vm("web01:64M,16M"),
+            Ok(("web01".to_owned(), vec![64 << 20, 16 << 20]))
+        );
+        assert!(parse_vm("web01").is_err());
+        assert!(parse_vm(":64M").is_err());
+        assert!(parse_vm("web01:").is_err());
+        assert!(parse_vm("web01:64M,").is_err());
+    }
 }

@@ -3,6 +3,7 @@
 mod args;
 mod error;
 mod inspect;
+mod lab;
 mod output;
 mod streams;
 
@@ -43,6 +44,7 @@ fn dispatch(command: args::Command) -> Result<ExitCode, CliError> {
         Command::Diff(a) => streams::diff(&a),
         Command::Export(a) => streams::export(&a),
         Command::Apply(a) => streams::apply(&a),
+        Command::Lab(a) => lab::run(a.command),
     }
 }
 

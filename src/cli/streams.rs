@@ -3,17 +3,17 @@
 use std::io::{Read, Write};
 use std::process::ExitCode;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use serde_json::json;
 use tokio_util::codec::Decoder;
 
 use super::CliError;
 use super::args::{ApplyArgs, DiffArgs, ExportArgs};
 use super::output::{print_json, stdout_file};
-use crate::image::{BlockData, Chain, changed};
+use crate::image::{Chain, changed};
 use crate::stream::apply::{ApplyTarget, RawTarget, VhdTarget};
-use crate::stream::{EncodeParams, ParentInfo, StreamDecoder, StreamEncoder, StreamEvent};
-use crate::vhd::VhdTimestamp;
+use crate::stream::source::{ChainSource, export_params};
+use crate::stream::{StreamDecoder, StreamEncoder, StreamEvent};
 
 fn open_pair(
     leaf: &std::path::Path,
@@ -51,24 +51,7 @@ pub fn diff(args: &DiffArgs) -> Result<ExitCode, CliError> {
 
 pub fn export(args: &ExportArgs) -> Result<ExitCode, CliError> {
     let (leaf, base) = open_pair(&args.leaf, args.base.as_deref())?;
-    let mut params = EncodeParams::new(
-        leaf.virtual_size(),
-        uuid::Uuid::new_v4(),
-        VhdTimestamp::now(),
-        changed(&leaf, base.as_ref()),
-    );
-    params.block_size = leaf.block_size();
-    params.parent = base.as_ref().map(|b| ParentInfo {
-        unique_id: b.leaf().footer().unique_id,
-        timestamp: b.leaf().footer().timestamp,
-        name: b
-            .leaf()
-            .path()
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-    });
-    let block_size = params.block_size as usize;
+    let params = export_params(&leaf, base.as_ref());
     let encoder = StreamEncoder::new(params).map_err(|e| CliError::Input(e.to_string()))?;
     let mut out = match args.output.as_deref() {
         None => stdout_file()?,
@@ -76,18 +59,9 @@ pub fn export(args: &ExportArgs) -> Result<ExitCode, CliError> {
         Some(p) => std::fs::File::create(p)
             .map_err(|e| CliError::Failed(format!("{}: create: {e}", p.display())))?,
     };
-    let zeros = Bytes::from(vec![0u8; block_size]);
-    let frames = encoder.into_frames(|index| -> Result<Bytes, crate::stream::StreamError> {
-        Ok(match leaf.block_data(index) {
-            BlockData::Zero => zeros.clone(),
-            BlockData::Data(d) if d.len() == block_size => d,
-            BlockData::Data(d) => {
-                let mut full = BytesMut::zeroed(block_size);
-                full[..d.len()].copy_from_slice(&d);
-                full.freeze()
-            }
-        })
-    });
+    let source = ChainSource::new(leaf);
+    let frames = encoder
+        .into_frames(|index| Ok::<_, crate::stream::StreamError>(source.stream_block(index)));
     for frame in frames {
         let frame = frame.map_err(|e| CliError::Failed(e.to_string()))?;
         out.write_all(&frame)

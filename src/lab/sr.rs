@@ -24,6 +24,10 @@
 //!   snapshot, clone or resize leaves at most unreferenced children, which the next sweep
 //!   (at open or after a destroy) deletes, and a leaf marked hidden but still the VDI's
 //!   leaf, which is harmless: nothing here reads the flag, and the next snapshot sets it anyway.
+//! - An import writes a staging copy of the VDI's leaf and replaces the leaf with it only once
+//!   the whole stream was applied (see [`ImportGuard`]), so a failed import leaves the VDI's
+//!   content exactly as it was. XenServer writes in place; a lab host that tests clients'
+//!   error handling is more useful when a bad stream changes nothing.
 //!
 //! Concurrency: [`FileSr`] is `Send + Sync`; share it in an `Arc`. Changes to the index, and
 //! every creation or deletion of files, are serialised by one mutex. Each VDI also has a lock
@@ -34,6 +38,7 @@
 mod digest;
 mod error;
 mod guest_write;
+mod import;
 mod index;
 mod layout;
 mod space;
@@ -47,6 +52,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use uuid::Uuid;
 
 pub use error::{Operation, SrError};
+pub use import::ImportGuard;
 
 use crate::image::Chain;
 use crate::vhd;
@@ -65,25 +71,6 @@ pub struct FileSr {
     /// VDIs an import is writing; shared with the [`ImportGuard`]s that release them.
     importing: Arc<Mutex<HashSet<Uuid>>>,
     vdi_locks: [Mutex<()>; VDI_LOCK_STRIPES],
-}
-
-/// Marks a VDI as being imported into until dropped.
-#[derive(Debug)]
-pub struct ImportGuard {
-    importing: Arc<Mutex<HashSet<Uuid>>>,
-    vdi: Uuid,
-}
-
-impl ImportGuard {
-    pub fn vdi(&self) -> Uuid {
-        self.vdi
-    }
-}
-
-impl Drop for ImportGuard {
-    fn drop(&mut self) {
-        lock(&self.importing).remove(&self.vdi);
-    }
 }
 
 impl FileSr {
@@ -118,7 +105,7 @@ impl FileSr {
                 path: dir.join(&record.leaf),
             });
         }
-        sweep::sweep(dir, &index, Operation::Open)?;
+        sweep::sweep(dir, &index, &HashSet::new(), Operation::Open)?;
         Ok(FileSr {
             dir: dir.to_path_buf(),
             index: Mutex::new(index),
@@ -219,7 +206,8 @@ impl FileSr {
         self.commit(&mut index, next, Context::vdi(op, vdi))?;
         // The VDI is gone once the index says so; files a failed sweep leaves behind are
         // unreferenced and go at the next sweep.
-        if let Err(e) = sweep::sweep(&self.dir, &index, op) {
+        let importing = lock(&self.importing).clone();
+        if let Err(e) = sweep::sweep(&self.dir, &index, &importing, op) {
             tracing::warn!(%vdi, error = %e, "destroy: sweeping unreferenced VHD files failed");
         }
         Ok(())
@@ -324,33 +312,6 @@ impl FileSr {
         std::fs::metadata(&leaf)
             .map(|m| m.len())
             .map_err(Context::vdi(op, vdi).io("measure", &leaf))
-    }
-
-    /// The file an import writes the VDI's new content into: its leaf, to be opened with
-    /// `stream::apply::VhdTarget::open(path, None)`. Take [`FileSr::begin_import`] first.
-    pub fn import_target(&self, vdi: Uuid) -> Result<PathBuf, SrError> {
-        let op = Operation::Import;
-        let record = self.record(op, vdi)?;
-        ensure_writable(op, vdi, &record)?;
-        Ok(self.dir.join(record.leaf))
-    }
-
-    /// Claim `vdi` for an import until the guard drops. Fails with [`SrError::InUse`] while
-    /// another import holds it; writes, snapshots, clones, resizes and destroys of the VDI
-    /// fail the same way meanwhile.
-    pub fn begin_import(&self, vdi: Uuid) -> Result<ImportGuard, SrError> {
-        let op = Operation::Import;
-        // Waits for a guest write in flight on the VDI to finish.
-        let _vdi_lock = self.lock_vdi(vdi);
-        let record = self.record(op, vdi)?;
-        ensure_writable(op, vdi, &record)?;
-        if !lock(&self.importing).insert(vdi) {
-            return Err(SrError::InUse { op, vdi });
-        }
-        Ok(ImportGuard {
-            importing: self.importing.clone(),
-            vdi,
-        })
     }
 
     /// The configured capacity in bytes, if any.

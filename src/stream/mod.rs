@@ -3,13 +3,15 @@
 //! written and read front to back, whose exact length is known before the first block.
 //!
 //! [`encode`] and [`decode`] are sans-IO (floor 1): bytes and values in, bytes and values out,
-//! no files, sockets or clocks.
+//! no files, sockets or clocks. [`source`] (chains on disk into streams) and [`apply`]
+//! (streams onto disks) do file I/O (floor 2).
 
 pub mod apply;
 pub mod decode;
 pub mod encode;
 mod error;
 mod layout;
+pub mod source;
 
 pub use decode::{StreamDecoder, StreamEvent};
 pub use encode::{EncodeParams, Frames, ParentInfo, StreamEncoder};

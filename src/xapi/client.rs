@@ -103,6 +103,12 @@ impl XapiClient {
         Ok(client)
     }
 
+    /// Allow each call this long (2 minutes by default), for calls known to take longer.
+    pub fn with_call_timeout(mut self, timeout: Duration) -> XapiClient {
+        self.call_timeout = timeout;
+        self
+    }
+
     pub fn endpoint(&self) -> &Endpoint {
         &self.endpoint
     }

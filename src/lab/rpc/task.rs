@@ -153,6 +153,11 @@ impl Lab {
         })
     }
 
+    /// Whether `task` names an existing task (a `task_id` a client gave a transfer).
+    pub fn task_exists(&self, task: &str) -> bool {
+        self.with_db(|db| db.exists(Class::Task, task))
+    }
+
     /// Whether a client asked to cancel the task (`task.cancel`).
     pub fn task_cancelling(&self, task: &str) -> bool {
         self.with_db(|db| {

@@ -1,5 +1,6 @@
 //! What lives in the SR directory and under which names: `sr.json` (the index) and one
-//! `<footer uuid>.vhd` per VHD file, plus the temp files of writes in progress.
+//! `<footer uuid>.vhd` per VHD file, plus the temp files of writes in progress and the
+//! staging copies (`<leaf>.import`) of imports in progress.
 
 use std::fs::File;
 use std::path::Path;
@@ -28,6 +29,17 @@ pub(super) fn is_temp_file(name: &str) -> bool {
         || name
             .strip_suffix(".tmp")
             .is_some_and(|vhd| vhd_file_uuid(vhd).is_some())
+}
+
+/// The staging copy an import writes instead of the leaf named `leaf`.
+pub(super) fn staging_file_name(leaf: &str) -> String {
+    format!("{leaf}.import")
+}
+
+/// The leaf whose import staging copy `name` is.
+pub(super) fn staged_leaf(name: &str) -> Option<&str> {
+    name.strip_suffix(".import")
+        .filter(|vhd| vhd_file_uuid(vhd).is_some())
 }
 
 /// Names of the entries of `dir` that are valid UTF-8 (the SR only creates such names).
@@ -70,5 +82,14 @@ mod tests {
         assert!(is_temp_file(&format!("{uuid}.vhd.tmp")));
         assert!(!is_temp_file(&vhd_file_name(uuid)));
         assert!(!is_temp_file("notes.tmp"));
+    }
+
+    #[test]
+    fn staging_names_map_back_to_their_leaf() {
+        let leaf = vhd_file_name(Uuid::new_v4());
+        assert_eq!(staged_leaf(&staging_file_name(&leaf)), Some(leaf.as_str()));
+        assert!(!is_temp_file(&staging_file_name(&leaf)));
+        assert_eq!(staged_leaf("notes.import"), None);
+        assert_eq!(staged_leaf(&leaf), None);
     }
 }

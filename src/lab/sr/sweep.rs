@@ -2,25 +2,40 @@
 //! before the index names them and deleted only after it stops naming them, so a crash at any
 //! point leaves at most unreferenced files. A sweep deletes every `<uuid>.vhd` that no VDI's
 //! chain references (a destroyed leaf, hidden parents nothing builds on any more, leftovers of
-//! interrupted operations) and the temp files of interrupted writes.
+//! interrupted operations), the temp files of interrupted writes, and the staging copies of
+//! imports that are no longer running.
 
 use std::collections::HashSet;
 use std::path::Path;
 
+use uuid::Uuid;
+
 use super::error::{Context, Operation, SrError, image_error};
 use super::index::Index;
-use super::layout::{file_names, is_temp_file, sync_dir, vhd_file_uuid};
+use super::layout::{file_names, is_temp_file, staged_leaf, sync_dir, vhd_file_uuid};
 use crate::image::Chain;
 
 /// Delete what no VDI references; returns the names of the deleted files. If any chain cannot
-/// be opened nothing is deleted, since what it references is then unknown.
-pub(super) fn sweep(dir: &Path, index: &Index, op: Operation) -> Result<Vec<String>, SrError> {
+/// be opened nothing is deleted, since what it references is then unknown. The staging copies
+/// of the VDIs in `importing` are kept.
+pub(super) fn sweep(
+    dir: &Path,
+    index: &Index,
+    importing: &HashSet<Uuid>,
+    op: Operation,
+) -> Result<Vec<String>, SrError> {
     let ctx = Context::sr(op);
     let referenced = referenced_files(dir, index, op)?;
+    let staged: HashSet<&str> = importing
+        .iter()
+        .filter_map(|vdi| index.vdis.get(vdi))
+        .map(|record| record.leaf.as_str())
+        .collect();
     let mut removed = Vec::new();
     for name in file_names(dir, ctx)? {
-        let garbage =
-            is_temp_file(&name) || (vhd_file_uuid(&name).is_some() && !referenced.contains(&name));
+        let garbage = is_temp_file(&name)
+            || staged_leaf(&name).is_some_and(|leaf| !staged.contains(leaf))
+            || (vhd_file_uuid(&name).is_some() && !referenced.contains(&name));
         if garbage {
             let path = dir.join(&name);
             std::fs::remove_file(&path).map_err(ctx.io("delete", &path))?;
@@ -61,7 +76,7 @@ mod tests {
     use uuid::Uuid;
 
     use crate::lab::sr::FileSr;
-    use crate::lab::sr::layout::{INDEX_TEMP, vhd_file_name};
+    use crate::lab::sr::layout::{INDEX_TEMP, staging_file_name, vhd_file_name};
 
     #[test]
     fn opening_the_sr_deletes_only_unreferenced_vhd_files_and_temp_files() {
@@ -81,10 +96,14 @@ mod tests {
             .join(format!("{}.tmp", vhd_file_name(Uuid::new_v4())));
         std::fs::write(&temp, b"partial").unwrap();
         std::fs::write(dir.path().join(INDEX_TEMP), b"{").unwrap();
+        let staging = dir
+            .path()
+            .join(staging_file_name(&vhd_file_name(Uuid::new_v4())));
+        std::fs::write(&staging, b"interrupted import").unwrap();
         std::fs::write(dir.path().join("notes.txt"), b"not ours").unwrap();
 
         let sr = FileSr::open(dir.path()).unwrap();
-        assert!(!orphan.exists() && !temp.exists());
+        assert!(!orphan.exists() && !temp.exists() && !staging.exists());
         assert!(!dir.path().join(INDEX_TEMP).exists());
         assert!(dir.path().join("notes.txt").exists());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), kept + 1);

@@ -1,0 +1,187 @@
+//! `vhdsync lab init|serve|write|hash`: create and run a lab host, and act on a running one
+//! as its guests would (through the `lab.` RPCs, like any other client).
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use super::CliError;
+use super::args::{LabCommand, LabHashArgs, LabHostArgs, LabInitArgs, LabServeArgs, LabWriteArgs};
+use super::output::print_json;
+use crate::lab::http::LabServer;
+use crate::lab::rpc::LAB_WRITE_ZEROS;
+use crate::lab::{InitReport, Lab, LabError};
+use crate::xapi::HostUrl;
+use crate::xapi::client::XapiClient;
+use crate::xapi::rpc::Value;
+use crate::xapi::tls::{Fingerprint, Trust};
+
+/// How long `serve` lets transfers in flight finish after a signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// `lab.write` writes in one call, at disk speed: allow it time.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+pub fn run(command: LabCommand) -> Result<ExitCode, CliError> {
+    match command {
+        LabCommand::Init(args) => init(&args),
+        LabCommand::Serve(args) => serve(&args),
+        LabCommand::Write(args) => write(&args),
+        LabCommand::Hash(args) => hash(&args),
+    }
+}
+
+fn init(args: &LabInitArgs) -> Result<ExitCode, CliError> {
+    let report = Lab::init(&args.dir, &args.password, &args.vms).map_err(lab_error)?;
+    if args.json {
+        let document = serde_json::to_value(&report)
+            .map_err(|e| CliError::Failed(format!("encoding the report: {e}")))?;
+        print_json(&document)?;
+    } else {
+        print_report(&args.dir, &report);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_report(dir: &std::path::Path, report: &InitReport) {
+    println!("lab host created in {} (user root)", dir.display());
+    println!("pool {}", report.pool.uuid);
+    println!("host {}", report.host.uuid);
+    println!("SR   {} (Local storage)", report.sr.uuid);
+    for vm in &report.vms {
+        println!("VM   {} {}", vm.ids.uuid, vm.name);
+        for disk in &vm.disks {
+            println!(
+                "  disk {}: VDI {} ({} bytes)",
+                disk.userdevice, disk.vdi.uuid, disk.virtual_size
+            );
+        }
+    }
+}
+
+fn lab_error(e: LabError) -> CliError {
+    match e {
+        LabError::AlreadyInitialised { .. } | LabError::NotInitialised { .. } => {
+            CliError::Input(e.to_string())
+        }
+        other => CliError::Failed(other.to_string()),
+    }
+}
+
+fn serve(args: &LabServeArgs) -> Result<ExitCode, CliError> {
+    let lab = Lab::open(&args.dir).map_err(lab_error)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Failed(format!("starting the runtime: {e}")))?;
+    let served = runtime.block_on(async {
+        // Catch the signals before announcing the URL: whoever reads it may signal at once.
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .map_err(|e| CliError::Failed(format!("catching SIGTERM: {e}")))?;
+        let server = LabServer::start(lab, args.listen, args.tls)
+            .await
+            .map_err(|e| CliError::Failed(e.to_string()))?;
+        announce(&server)?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+        tracing::info!("stopping");
+        server.shutdown(SHUTDOWN_GRACE).await;
+        Ok(())
+    });
+    // Blocking threads still streaming a transfer's last frames are not waited for long.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    served.map(|()| ExitCode::SUCCESS)
+}
+
+/// The URL on the first line, the fingerprint on the second, flushed at once for whoever
+/// waits on them.
+fn announce(server: &LabServer) -> Result<(), CliError> {
+    let mut out = std::io::stdout().lock();
+    let mut text = format!("{}\n", server.base_url());
+    if let Some(fingerprint) = server.fingerprint() {
+        text.push_str(&format!("fingerprint {fingerprint}\n"));
+    }
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(|e| CliError::Failed(format!("stdout: {e}")))
+}
+
+fn write(args: &LabWriteArgs) -> Result<ExitCode, CliError> {
+    let (length, data) = match (args.random, args.zero) {
+        (Some(length), _) => (length, Value::Int(args.seed as i64)),
+        (None, Some(length)) => (length, Value::from(LAB_WRITE_ZEROS)),
+        (None, None) => {
+            return Err(CliError::Input(
+                "give --random BYTES or --zero BYTES".into(),
+            ));
+        }
+    };
+    let offset = to_int(args.offset, "--offset")?;
+    let length_value = to_int(length, "the length")?;
+    with_client(&args.host, WRITE_TIMEOUT, |client| async move {
+        client
+            .call(
+                "lab.write",
+                vec![Value::from(args.vdi.as_str()), offset, length_value, data],
+            )
+            .await?;
+        Ok(())
+    })?;
+    println!(
+        "wrote {length} bytes at offset {} of VDI {}",
+        args.offset, args.vdi
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn hash(args: &LabHashArgs) -> Result<ExitCode, CliError> {
+    let digest = with_client(&args.host, WRITE_TIMEOUT, |client| async move {
+        client
+            .call("lab.hash", vec![Value::from(args.vdi.as_str())])
+            .await
+    })?;
+    let digest = digest
+        .as_str()
+        .ok_or_else(|| CliError::Failed(format!("lab.hash answered {digest:?}, not a digest")))?;
+    println!("{digest}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn to_int(n: u64, what: &str) -> Result<Value, CliError> {
+    i64::try_from(n)
+        .map(Value::Int)
+        .map_err(|_| CliError::Input(format!("{what} {n} is too large")))
+}
+
+/// Log in to the lab host, run `work`, log out.
+fn with_client<T, F, Fut>(host: &LabHostArgs, timeout: Duration, work: F) -> Result<T, CliError>
+where
+    F: FnOnce(std::sync::Arc<XapiClient>) -> Fut,
+    Fut: std::future::Future<Output = Result<T, crate::xapi::client::ClientError>>,
+{
+    let url = HostUrl::parse(&host.url).map_err(|e| CliError::Input(e.to_string()))?;
+    let trust = match (&host.fingerprint, host.insecure) {
+        (Some(fingerprint), _) => Trust::Pinned(
+            Fingerprint::parse(fingerprint).map_err(|e| CliError::Input(e.to_string()))?,
+        ),
+        (None, true) => Trust::Insecure,
+        (None, false) => Trust::SystemRoots,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Failed(format!("starting the runtime: {e}")))?;
+    runtime.block_on(async {
+        let client = XapiClient::connect(url, &trust, None)
+            .await
+            .map_err(|e| CliError::Failed(e.to_string()))?
+            .with_call_timeout(timeout);
+        let client = std::sync::Arc::new(client);
+        let result = work(client.clone()).await;
+        // The work's outcome matters; a failed logout only leaves a session to expire.
+        let _ = client.logout().await;
+        result.map_err(|e| CliError::Failed(e.to_string()))
+    })
+}

@@ -1,0 +1,25 @@
+//! Which handler answers a request. xapi picks handlers by the longest registered prefix of
+//! the path, so `/export_raw_vdi/` reaches the export and any unknown POST path reaches
+//! XML-RPC (protocol reference §1.1, §2.1).
+
+use hyper::body::Incoming;
+use hyper::{Method, Request};
+
+use super::reply::{self, Reply};
+use super::{export, import, rpc};
+use crate::lab::Lab;
+
+pub(super) async fn handle(lab: Lab, request: Request<Incoming>) -> Reply {
+    let path = request.uri().path();
+    match *request.method() {
+        Method::GET if path.starts_with("/export_raw_vdi") => {
+            let (parts, _) = request.into_parts();
+            export::handle(lab, parts).await
+        }
+        Method::PUT if path.starts_with("/import_raw_vdi") => import::handle(lab, request).await,
+        Method::POST if path.starts_with("/jsonrpc") => rpc::json_rpc(lab, request).await,
+        Method::POST => rpc::xml_rpc(lab, request).await,
+        Method::OPTIONS => reply::cors_preflight(),
+        _ => reply::not_found(),
+    }
+}

@@ -1,0 +1,116 @@
+//! The lab host's TLS identity: a self-signed certificate generated once and kept in
+//! `DIR/tls` (`cert.pem`, and `key.pem` readable by its owner only), so that its fingerprint
+//! stays the same across restarts and clients can pin it, as they pin a XenServer host's.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::ServerConfig;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use super::HttpError;
+use crate::xapi::tls::Fingerprint;
+
+const TLS_DIR: &str = "tls";
+const CERT_FILE: &str = "cert.pem";
+const KEY_FILE: &str = "key.pem";
+/// Names the certificate is valid for; clients that check names connect by these.
+const NAMES: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
+
+/// A server configuration and the fingerprint clients pin.
+pub(super) struct Identity {
+    pub config: Arc<ServerConfig>,
+    pub fingerprint: Fingerprint,
+}
+
+/// The identity kept in `lab_dir`, generated on first use.
+pub(super) fn load_or_create(lab_dir: &Path) -> Result<Identity, HttpError> {
+    let dir = lab_dir.join(TLS_DIR);
+    let (cert_path, key_path) = (dir.join(CERT_FILE), dir.join(KEY_FILE));
+    if !cert_path.exists() || !key_path.exists() {
+        create(&dir)?;
+    }
+    let bad = |path: &Path| {
+        let path = path.to_path_buf();
+        move |e: rustls::pki_types::pem::Error| HttpError::Certificate {
+            path,
+            message: e.to_string(),
+        }
+    };
+    let cert = CertificateDer::from_pem_file(&cert_path).map_err(bad(&cert_path))?;
+    let key = PrivateKeyDer::from_pem_file(&key_path).map_err(bad(&key_path))?;
+    let fingerprint = Fingerprint::of_der(&cert);
+    let mut config =
+        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .and_then(|builder| {
+                builder
+                    .with_no_client_auth()
+                    .with_single_cert(vec![cert], key)
+            })
+            .map_err(|e| HttpError::Certificate {
+                path: cert_path.clone(),
+                message: e.to_string(),
+            })?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Identity {
+        config: Arc::new(config),
+        fingerprint,
+    })
+}
+
+/// Generate a certificate and key into `dir`. Each file is written to a temp file and renamed
+/// into place, the key first, so a crash leaves no certificate without its key.
+fn create(dir: &Path) -> Result<(), HttpError> {
+    std::fs::create_dir_all(dir).map_err(HttpError::io("create directory", dir))?;
+    let names: Vec<String> = NAMES.iter().map(|n| n.to_string()).collect();
+    let generated =
+        rcgen::generate_simple_self_signed(names).map_err(|e| HttpError::Certificate {
+            path: dir.join(CERT_FILE),
+            message: format!("generating a self-signed certificate: {e}"),
+        })?;
+    write_private(
+        &dir.join(KEY_FILE),
+        generated.signing_key.serialize_pem().as_bytes(),
+    )?;
+    write_private(&dir.join(CERT_FILE), generated.cert.pem().as_bytes())
+}
+
+/// Write `bytes` to `path` through a temp file created with mode 0600.
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), HttpError> {
+    let temp = path.with_extension("pem.tmp");
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&temp)
+        .map_err(HttpError::io("create", &temp))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(HttpError::io("write", &temp))?;
+    std::fs::rename(&temp, path).map_err(HttpError::io("rename into place", path))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn the_identity_is_made_once_with_a_private_key_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = load_or_create(dir.path()).unwrap();
+        let key = dir.path().join(TLS_DIR).join(KEY_FILE);
+        let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let again = load_or_create(dir.path()).unwrap();
+        assert_eq!(first.fingerprint, again.fingerprint);
+        assert!(first.fingerprint.to_string().starts_with("sha256:"));
+    }
+}
