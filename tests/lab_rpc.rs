@@ -191,7 +191,7 @@ fn list_methods_needs_no_session_and_lists_only_what_is_answered() {
         .iter()
         .map(|v| v.as_str().unwrap().to_owned())
         .collect();
-    for class in ["pool", "host", "VM", "VBD", "VDI", "SR", "task", "session"] {
+    for class in ["pool", "host", "VM", "VBD", "VDI", "SR", "task"] {
         assert!(
             names.contains(&format!("{class}.get_all_records")),
             "{class}"
@@ -217,11 +217,14 @@ fn list_methods_needs_no_session_and_lists_only_what_is_answered() {
         assert!(names.contains(name), "{name}");
     }
     // Getters only: no setters for read-only fields, no map modifiers for non-maps.
+    // Nor a listing of sessions, which xapi does not offer (their refs are credentials).
     for absent in [
         "VM.set_power_state",
         "VM.add_to_name_label",
         "pool.get_by_name_label",
         "task.add_error_info",
+        "session.get_all",
+        "session.get_all_records",
     ] {
         assert!(!names.contains(absent), "{absent}");
     }
@@ -302,7 +305,7 @@ fn records_of_a_class_all_carry_the_same_complete_field_set() {
     f.text("task.create", &["t".into(), "d".into()]);
     login(&f.lab);
 
-    for class in ["pool", "host", "VM", "VBD", "VDI", "SR", "task", "session"] {
+    for class in ["pool", "host", "VM", "VBD", "VDI", "SR", "task"] {
         let all = f.ok(&format!("{class}.get_all_records"), &[]);
         let records = all.as_struct().unwrap();
         assert!(!records.is_empty(), "{class}");
@@ -1108,6 +1111,143 @@ fn event_from_reports_only_newer_changes_and_times_out_empty() {
         fault(f.call("event.inject", &["vm".into(), "OpaqueRef:nope".into()])).code,
         "HANDLE_INVALID"
     );
+}
+
+/// npm `xen-api` with events on, as its `_watchEvents` does it: the record types are the
+/// prefixes of the `*.get_all_records` names in `system.listMethods`; it injects an event on
+/// the pool for a token, fetches every type, then loops on `event.from` with those names
+/// (events name classes in lower case), keeping its task count in step with
+/// `valid_ref_counts.task` (a mismatch makes it fetch every task again). `Xapi#barrier`
+/// writes an `xo:barrier:*` key in the pool's `other_config` and waits for the pool event
+/// that carries it.
+#[test]
+fn npm_xen_api_event_watching_sequence() {
+    let f = Fixture::new();
+    let listed = f
+        .lab
+        .handle(&Call::new("system.listMethods", vec![]))
+        .unwrap();
+    let types: BTreeSet<String> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|name| name.as_str().unwrap().strip_suffix(".get_all_records"))
+        .map(str::to_owned)
+        .collect();
+    let expected = ["SR", "VBD", "VDI", "VM", "host", "pool", "task"];
+    assert_eq!(types, expected.map(String::from).into());
+
+    let pool = f.report.pool.reference.as_str();
+    let token = f.text("event.inject", &["pool".into(), pool.into()]);
+    let mut fields = std::collections::BTreeMap::new();
+    let mut tasks = 0;
+    for class in &types {
+        let records = f.ok(&format!("{class}.get_all_records"), &[]);
+        let records = records.as_struct().unwrap();
+        if class == "task" {
+            tasks = records.len();
+        }
+        if let Some(record) = records.values().next() {
+            let names: BTreeSet<String> = record.as_struct().unwrap().keys().cloned().collect();
+            fields.insert(class.to_lowercase(), names);
+        }
+    }
+
+    f.text("task.create", &["upload".into(), "".into()]);
+    f.ok(
+        "pool.add_to_other_config",
+        &[pool.into(), "xo:barrier:k".into(), "1700000000000".into()],
+    );
+    let classes: Vec<&str> = types.iter().map(String::as_str).collect();
+    let batch = f.ok(
+        "event.from",
+        &[
+            Value::from(classes),
+            token.as_str().into(),
+            Value::Double(60.1),
+        ],
+    );
+    let events = batch.get("events").unwrap().as_array().unwrap();
+    let barrier = events.iter().find(|event| {
+        text_of(event, "class") == "pool"
+            && event
+                .get("snapshot")
+                .and_then(|s| s.get("other_config"))
+                .and_then(|c| c.get("xo:barrier:k"))
+                .is_some()
+    });
+    assert!(
+        barrier.is_some(),
+        "no pool event with the barrier key: {events:?}"
+    );
+    let mut added_tasks = 0;
+    for event in events {
+        let class = text_of(event, "class");
+        // The class maps back to a type, and the snapshot has that type's field set, which
+        // the client's per-type record wrapper was built from.
+        assert!(types.iter().any(|t| t.to_lowercase() == class), "{class}");
+        if let (Some(snapshot), Some(names)) = (event.get("snapshot"), fields.get(&class)) {
+            let keys: BTreeSet<String> = snapshot.as_struct().unwrap().keys().cloned().collect();
+            assert_eq!(&keys, names, "{class}");
+        }
+        if class == "task" && text_of(event, "operation") == "add" {
+            added_tasks += 1;
+        }
+    }
+    assert_eq!(added_tasks, 1);
+    assert_eq!(
+        batch.get("valid_ref_counts").unwrap().get("task"),
+        Some(&Value::Int((tasks + added_tasks) as i64))
+    );
+}
+
+/// npm `xen-api` with events on fetches `get_all_records` of every class `system.listMethods`
+/// lists and then watches them all: sessions must be in neither, as in xapi, or every client
+/// would be handed the other clients' session references.
+#[test]
+fn sessions_are_neither_listed_nor_reported_as_events() {
+    let f = Fixture::new();
+    let other = login(&f.lab);
+    for method in ["session.get_all", "session.get_all_records"] {
+        assert_fault(f.call(method, &[]), "MESSAGE_METHOD_UNKNOWN", &[method]);
+    }
+    // A client may still read its own session's record.
+    let own = f.ok("session.get_record", &[f.session.as_str().into()]);
+    assert_eq!(text_of(&own, "this_host"), f.report.host.reference);
+
+    let everything = f.ok(
+        "event.from",
+        &[
+            Value::from(vec!["*", "session"]),
+            "".into(),
+            Value::Double(0.0),
+        ],
+    );
+    let events = everything.get("events").unwrap().as_array().unwrap();
+    assert!(!events.is_empty());
+    for event in events {
+        assert_ne!(text_of(event, "class"), "session", "{event:?}");
+        assert_ne!(text_of(event, "ref"), other);
+    }
+    let counts = everything.get("valid_ref_counts").unwrap();
+    assert_eq!(counts.get("vm"), Some(&Value::Int(1)));
+    assert_eq!(counts.get("session"), None);
+
+    // Logging in and out is no event either: a waiter sees nothing and times out.
+    let token = text_of(&everything, "token");
+    let third = login(&f.lab);
+    f.lab
+        .handle(&Call::new("session.logout", vec![third.as_str().into()]))
+        .unwrap();
+    let later = f.ok(
+        "event.from",
+        &[
+            Value::from(vec!["*"]),
+            token.as_str().into(),
+            Value::Double(0.2),
+        ],
+    );
+    assert_eq!(later.get("events"), Some(&Value::Array(vec![])));
 }
 
 #[test]

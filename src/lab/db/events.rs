@@ -40,7 +40,8 @@ impl fmt::Display for Token {
 }
 
 /// Which objects an `event.from` caller watches: `"*"`, class names (any case) or
-/// `"class/ref"` for one object. Names of classes the lab host lacks watch nothing.
+/// `"class/ref"` for one object. Names of classes the lab host lacks, or whose changes are
+/// no events (sessions), watch nothing.
 #[derive(Debug, Clone, Default)]
 pub struct Subscription {
     everything: bool,
@@ -66,9 +67,10 @@ impl Subscription {
     }
 
     fn matches(&self, class: Class, reference: &str) -> bool {
-        self.everything
-            || self.classes.contains(&class)
-            || self.objects.contains(&(class, reference.to_owned()))
+        class.has_events()
+            && (self.everything
+                || self.classes.contains(&class)
+                || self.objects.contains(&(class, reference.to_owned())))
     }
 
     /// Every class with something watched, for `valid_ref_counts`.
@@ -76,9 +78,10 @@ impl Subscription {
         Class::ALL
             .into_iter()
             .filter(|class| {
-                self.everything
-                    || self.classes.contains(class)
-                    || self.objects.iter().any(|(c, _)| c == class)
+                class.has_events()
+                    && (self.everything
+                        || self.classes.contains(class)
+                        || self.objects.iter().any(|(c, _)| c == class))
             })
             .collect()
     }
@@ -230,5 +233,32 @@ mod tests {
         assert_eq!(changes.len(), 1);
         assert_ne!(changes[0].reference, other);
         assert_eq!(by_object.classes(), vec![Class::Vm]);
+    }
+
+    #[test]
+    fn sessions_are_never_events_even_when_asked_for() {
+        let mut db = Db::new(PasswordHash::new("pw"));
+        let vm = db.insert(Class::Vm, Record::new());
+        let session = db.insert(Class::Session, Record::new());
+        for names in [
+            &["*"][..],
+            &["session", "vm"],
+            &[&format!("session/{session}")],
+        ] {
+            let watched = Subscription::parse(names.iter().copied());
+            let changes = db.changes_since(&watched, Token(0)).unwrap();
+            assert!(
+                changes.iter().all(|c| c.class != Class::Session),
+                "{names:?}: {changes:?}"
+            );
+            assert!(!watched.classes().contains(&Class::Session), "{names:?}");
+        }
+        let everything = Subscription::parse(["*"]);
+        let token = db.token();
+        db.remove(Class::Session, &session).unwrap();
+        assert!(db.changes_since(&everything, token).unwrap().is_empty());
+        let changes = db.changes_since(&everything, Token(0)).unwrap();
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].reference, vm);
     }
 }

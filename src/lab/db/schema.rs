@@ -107,6 +107,20 @@ impl Class {
         )
     }
 
+    /// Whether XAPI offers `get_all` and `get_all_records` for the class (the datamodel's
+    /// `expose_get_all_messages_for`). Sessions are left out there: their references are
+    /// credentials, and listing them would hand every client the others' sessions. npm
+    /// `xen-api` watches every class `system.listMethods` shows a `get_all_records` for.
+    pub fn lists_all(self) -> bool {
+        !matches!(self, Class::Session)
+    }
+
+    /// Whether changes to the class's objects are events (the datamodel's `gen_events`),
+    /// which sessions are not, for the same reason.
+    pub fn has_events(self) -> bool {
+        !matches!(self, Class::Session)
+    }
+
     /// Whether objects survive a restart. As in XAPI, whose `session` and `task` tables are
     /// not persisted, sessions and tasks live in memory only.
     pub fn is_persistent(self) -> bool {

@@ -1,7 +1,8 @@
 //! The messages XAPI generates for every class from its fields: `get_all`,
 //! `get_all_records`, `get_record`, `get_by_uuid`, `get_by_name_label`, `get_<field>`, and
 //! for writable fields `set_<field>`, `add_to_<map>` / `remove_from_<map>` and
-//! `add_<set>` / `remove_<set>` (protocol reference §2.3, §2.4).
+//! `add_<set>` / `remove_<set>` (protocol reference §2.3, §2.4). Sessions, like xapi's, have
+//! no `get_all` or `get_all_records` ([`Class::lists_all`]).
 
 use super::args::{Invocation, Param};
 use super::live;
@@ -42,8 +43,8 @@ fn writable(field: &Field) -> bool {
 impl Accessor {
     pub fn resolve(class: Class, name: &str) -> Option<Accessor> {
         match name {
-            "get_all" => return Some(Accessor::GetAll),
-            "get_all_records" => return Some(Accessor::GetAllRecords),
+            "get_all" if class.lists_all() => return Some(Accessor::GetAll),
+            "get_all_records" if class.lists_all() => return Some(Accessor::GetAllRecords),
             "get_record" => return Some(Accessor::GetRecord),
             "get_by_uuid" => return Some(Accessor::GetByUuid),
             "get_by_name_label" if class.has_name_lookup() => {
