@@ -23,8 +23,11 @@ pub const TARGET_PASSWORD_ENV: &str = "VHDSYNC_TARGET_PASSWORD";
 /// How often a non-interactive run logs its progress.
 const LOG_EVERY: Duration = Duration::from_secs(5);
 
+/// One thread: a transfer is a pipeline of hand-offs between the export reader and the
+/// import writer, and on a multi-threaded runtime each hand-off became a cross-thread wake-up
+/// (a futex and an eventfd write per chunk, measured at a third of copy-vdi's CPU time).
 pub fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
-    tokio::runtime::Builder::new_multi_thread()
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| CliError::Failed(format!("starting the async runtime: {e}")))
