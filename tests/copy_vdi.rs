@@ -26,17 +26,15 @@ impl Host {
     /// A lab host with VM `vm` holding one 24 MiB disk, served over TLS if `tls`.
     async fn start(password: &str, tls: bool) -> Host {
         let dir = tempfile::tempdir().unwrap();
-        let report =
-            Lab::init(dir.path(), password, &[("vm".to_owned(), vec![24 * MIB])]).unwrap();
+        let report = Lab::init(dir.path(), password, &[("vm".to_owned(), vec![24 * MIB])]).unwrap();
         let lab = Lab::open(dir.path()).unwrap();
         let server = LabServer::start(lab, "127.0.0.1:0".parse().unwrap(), tls)
             .await
             .unwrap();
-        let url = HostUrl::parse(&format!(
-            "{}",
-            server
-                .base_url()
-                .replacen("://", &format!("://root:{}@", encode(password)), 1)
+        let url = HostUrl::parse(&server.base_url().replacen(
+            "://",
+            &format!("://root:{}@", encode(password)),
+            1,
         ))
         .unwrap();
         let client = XapiClient::connect(url, &Trust::Insecure, None)
