@@ -8,6 +8,7 @@
 pub mod cli;
 pub mod image;
 pub mod lab;
+pub mod replicate;
 pub mod stream;
 pub mod vhd;
 pub mod xapi;

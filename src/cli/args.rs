@@ -33,6 +33,51 @@ pub enum Command {
     Trust(TrustArgs),
     /// A lab host: a simulated XAPI host over VHD files, for tests, demos and rehearsals.
     Lab(LabArgs),
+    /// Run one replication cycle for each VM of a job (exit 3 if another run holds a VM).
+    Replicate(ReplicateArgs),
+    /// List each VM's replicas; with --max-age, exit 1 if the newest valid one is older.
+    Status(StatusArgs),
+    /// Replicate a VM between two embedded lab hosts: a full, guest writes, a delta.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReplicateArgs {
+    /// The job file (TOML).
+    #[arg(long)]
+    pub job: PathBuf,
+    /// Only these VMs of the job (repeatable).
+    #[arg(long = "vm", value_name = "UUID")]
+    pub vms: Vec<String>,
+    /// Abort a disk's transfer when no byte moves for this many seconds.
+    #[arg(long, default_value_t = 120, value_name = "SECONDS")]
+    pub stall_timeout: u64,
+    /// Print one JSON document for the whole run.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The job file (TOML).
+    #[arg(long)]
+    pub job: PathBuf,
+    /// Exit 1 if any VM's newest valid replica is older than this (e.g. 90s, 15m, 2h, 1d).
+    #[arg(long, value_name = "DURATION")]
+    pub max_age: Option<String>,
+    /// Print one JSON document.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Keep the lab hosts' files here (default: a temporary folder).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Leave the files in place at the end.
+    #[arg(long)]
+    pub keep: bool,
 }
 
 #[derive(Debug, Args)]

@@ -9,6 +9,9 @@ pub enum CliError {
     /// The work itself failed (exit 1).
     #[error("{0}")]
     Failed(String),
+    /// Another run holds a lock this one needs (exit 3).
+    #[error("{0}")]
+    Locked(String),
 }
 
 impl CliError {
@@ -16,6 +19,7 @@ impl CliError {
         match self {
             CliError::Input(_) => 2,
             CliError::Failed(_) => 1,
+            CliError::Locked(_) => 3,
         }
     }
 }

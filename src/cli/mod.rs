@@ -1,10 +1,12 @@
 //! The command line: argument parsing, output, and exit codes. The only module that prints.
 
 mod args;
+mod demo;
 mod error;
 mod inspect;
 mod lab;
 mod output;
+mod replicate;
 mod streams;
 mod transfer;
 
@@ -47,6 +49,9 @@ fn dispatch(command: args::Command) -> Result<ExitCode, CliError> {
         Command::Apply(a) => streams::apply(&a),
         Command::CopyVdi(a) => transfer::copy_vdi(&a),
         Command::Trust(a) => transfer::trust(&a),
+        Command::Replicate(a) => replicate::replicate(&a),
+        Command::Status(a) => replicate::status(&a),
+        Command::Demo(a) => demo::demo(&a),
         Command::Lab(a) => lab::run(a.command),
     }
 }

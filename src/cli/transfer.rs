@@ -53,6 +53,16 @@ pub async fn connect(
     trust: &Trust,
 ) -> Result<XapiClient, CliError> {
     let url = HostUrl::parse(url).map_err(|e| CliError::Input(e.to_string()))?;
+    connect_host(url, password_file, env, trust).await
+}
+
+/// [`connect`] for a parsed URL.
+pub async fn connect_host(
+    url: HostUrl,
+    password_file: Option<&Path>,
+    env: &str,
+    trust: &Trust,
+) -> Result<XapiClient, CliError> {
     let password = match password_file {
         Some(path) => Some(
             Secret::from_file(path)

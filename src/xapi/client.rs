@@ -2,6 +2,7 @@
 //! credentials, logging in again once on `SESSION_INVALID`, and retrying idempotent reads.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -63,6 +64,8 @@ pub struct XapiClient {
     protocol: Mutex<Option<Protocol>>,
     session: Mutex<Secret>,
     call_timeout: Duration,
+    /// RPC requests sent, logins and retries included: what a cycle costs the host.
+    requests: AtomicU64,
 }
 
 impl std::fmt::Debug for XapiClient {
@@ -98,6 +101,7 @@ impl XapiClient {
             protocol: Mutex::new(None),
             session: Mutex::new(Secret::default()),
             call_timeout: Duration::from_secs(120),
+            requests: AtomicU64::new(0),
         };
         client.login().await?;
         Ok(client)
@@ -115,6 +119,11 @@ impl XapiClient {
 
     pub fn host(&self) -> String {
         self.endpoint.url().to_string()
+    }
+
+    /// RPC requests sent so far.
+    pub fn requests_sent(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
     }
 
     /// The current session id, for data-plane requests.
@@ -221,6 +230,7 @@ impl XapiClient {
     }
 
     async fn send_with(&self, protocol: Protocol, call: &Call) -> Result<Value, ClientError> {
+        self.requests.fetch_add(1, Ordering::Relaxed);
         let url = self.endpoint.url();
         let (path, content_type, body) = match protocol {
             Protocol::JsonRpc => (

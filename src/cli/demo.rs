@@ -1,0 +1,251 @@
+//! `vhdsync demo`: the product in one command. Two lab hosts in this process, a VM with two
+//! disks of random data, a full replication, guest writes, a delta replication through the
+//! same job file and code path as `vhdsync replicate`, then proof: the replica's content
+//! equals the source snapshot's, and starting the replica is refused.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::CliError;
+use super::args::DemoArgs;
+use super::replicate::connect_job;
+use super::transfer::runtime;
+use crate::lab::Lab;
+use crate::lab::http::LabServer;
+use crate::replicate::job::Job;
+use crate::replicate::run::CycleReport;
+use crate::replicate::runner::{VmOutcome, run_job};
+use crate::xapi::client::XapiClient;
+use crate::xapi::rpc::Value;
+use crate::xapi::transfer::TransferOptions;
+
+const MIB: u64 = 1 << 20;
+const PASSWORD: &str = "demo";
+const DISKS: [u64; 2] = [256 * MIB, 64 * MIB];
+
+fn failed(what: &str) -> impl Fn(String) -> CliError + '_ {
+    move |e| CliError::Failed(format!("demo: {what}: {e}"))
+}
+
+pub fn demo(args: &DemoArgs) -> Result<ExitCode, CliError> {
+    let (dir, made_here) = match &args.dir {
+        Some(dir) => (dir.clone(), false),
+        None => (
+            std::env::temp_dir().join(format!("vhdsync-demo-{}", std::process::id())),
+            true,
+        ),
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| failed("creating the folder")(e.to_string()))?;
+    let outcome = runtime()?.block_on(run(&dir));
+    if args.keep {
+        println!("files kept in {}", dir.display());
+    } else if made_here {
+        let _ = std::fs::remove_dir_all(&dir);
+    } else {
+        for sub in ["source", "target", "state", "job.toml"] {
+            let path = dir.join(sub);
+            let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
+        }
+    }
+    outcome
+}
+
+async fn run(dir: &Path) -> Result<ExitCode, CliError> {
+    let step = |text: &str| println!("==> {text}");
+    step("starting two lab hosts");
+    let source_dir = dir.join("source");
+    let target_dir = dir.join("target");
+    let disks: Vec<(String, Vec<u64>)> = vec![("web01".into(), DISKS.to_vec())];
+    let source_report = Lab::init(&source_dir, PASSWORD, &disks)
+        .map_err(|e| failed("source lab")(e.to_string()))?;
+    let target_report =
+        Lab::init(&target_dir, PASSWORD, &[]).map_err(|e| failed("target lab")(e.to_string()))?;
+    let source_lab = Lab::open(&source_dir).map_err(|e| failed("source lab")(e.to_string()))?;
+    let target_lab = Lab::open(&target_dir).map_err(|e| failed("target lab")(e.to_string()))?;
+    let any_port = "127.0.0.1:0"
+        .parse()
+        .map_err(|e: std::net::AddrParseError| failed("address")(e.to_string()))?;
+    let source_server = LabServer::start(source_lab, any_port, false)
+        .await
+        .map_err(|e| failed("source server")(e.to_string()))?;
+    let target_server = LabServer::start(target_lab, any_port, false)
+        .await
+        .map_err(|e| failed("target server")(e.to_string()))?;
+    let with_login = |url: String| url.replacen("://", &format!("://root:{PASSWORD}@"), 1);
+    println!(
+        "    source {}   target {}",
+        source_server.base_url(),
+        target_server.base_url()
+    );
+
+    let vm = &source_report.vms[0];
+    let job_path = dir.join("job.toml");
+    std::fs::write(
+        &job_path,
+        format!(
+            "name = \"demo\"\nsource = \"{}\"\ntarget = \"{}\"\ntarget_sr = \"{}\"\nvms = [\"{}\"]\nretention = 2\nstate_dir = \"state\"\n",
+            with_login(source_server.base_url()),
+            with_login(target_server.base_url()),
+            target_report.sr.uuid,
+            vm.ids.uuid
+        ),
+    )
+    .map_err(|e| failed("writing job.toml")(e.to_string()))?;
+    let job = Job::load(&job_path).map_err(|e| CliError::Failed(e.to_string()))?;
+    let (source, target) = connect_job(&job).await?;
+    let (source, target) = (Arc::new(source), Arc::new(target));
+
+    step("writing guest data: 96 MiB and 16 MiB of random data on VM web01's two disks");
+    let disk_refs: Vec<String> = vm.disks.iter().map(|d| d.vdi.reference.clone()).collect();
+    for (i, (offset, len)) in [(0, 64 * MIB), (160 * MIB, 32 * MIB)]
+        .into_iter()
+        .enumerate()
+    {
+        guest_write(&source, &disk_refs[0], offset, len, i as u64 + 1).await?;
+    }
+    guest_write(&source, &disk_refs[1], 8 * MIB, 16 * MIB, 7).await?;
+
+    let mut runs = Vec::new();
+    step("replicating (first run: full)");
+    runs.push(cycle(&job, &source, &target).await?);
+    step("guest writes: 3 MiB scattered over disk 0, 512 bytes on disk 1");
+    for (i, offset) in [5 * MIB, 100 * MIB + 4096, 200 * MIB]
+        .into_iter()
+        .enumerate()
+    {
+        guest_write(&source, &disk_refs[0], offset, MIB, 10 + i as u64).await?;
+    }
+    guest_write(&source, &disk_refs[1], 40 * MIB, 512, 20).await?;
+    step("replicating (second run: delta)");
+    runs.push(cycle(&job, &source, &target).await?);
+
+    step("verifying: each replica disk's content equals the source snapshot's");
+    let last = &runs[runs.len() - 1];
+    for disk in &last.disks {
+        let theirs = lab_hash(&source, &disk.source_vdi).await?;
+        let ours = lab_hash(&target, &disk.replica_vdi).await?;
+        if theirs != ours {
+            return Err(CliError::Failed(format!(
+                "demo: disk {}: replica digest {ours} differs from the source snapshot's {theirs}",
+                disk.userdevice
+            )));
+        }
+        println!(
+            "    disk {}: sha256 {}… identical",
+            disk.userdevice,
+            &ours[..16]
+        );
+    }
+
+    println!();
+    println!(
+        "{:<4} {:<6} {:>12} {:>13} {:>8} {:>8} {:>10}",
+        "run", "mode", "bytes sent", "virtual size", "saving", "time", "rate"
+    );
+    for (i, r) in runs.iter().enumerate() {
+        println!(
+            "{:<4} {:<6} {:>12} {:>13} {:>7.1}% {:>7.2}s {:>6.0} MB/s",
+            i + 1,
+            r.mode,
+            r.bytes_sent,
+            r.virtual_size,
+            100.0 * (1.0 - r.bytes_sent as f64 / r.virtual_size.max(1) as f64),
+            r.seconds,
+            r.bytes_sent as f64 / r.seconds.max(1e-9) / 1e6
+        );
+    }
+    println!();
+
+    step(&format!("starting the replica {:?}", last.replica_name));
+    let replica_ref = target
+        .call("VM.get_by_uuid", vec![Value::from(last.replica.as_str())])
+        .await
+        .map_err(|e| failed("finding the replica")(e.to_string()))?;
+    let start = target
+        .call(
+            "VM.start",
+            vec![replica_ref, Value::Bool(false), Value::Bool(false)],
+        )
+        .await;
+    match start {
+        Err(e) if e.xapi_code() == Some("OPERATION_BLOCKED") => {
+            println!("    refused, as it must be: {e}")
+        }
+        Err(e) => {
+            return Err(CliError::Failed(format!(
+                "demo: starting the replica failed oddly: {e}"
+            )));
+        }
+        Ok(_) => {
+            return Err(CliError::Failed(
+                "demo: the replica started: it must be protected".into(),
+            ));
+        }
+    }
+
+    let _ = source.logout().await;
+    let _ = target.logout().await;
+    source_server.shutdown(Duration::from_secs(1)).await;
+    target_server.shutdown(Duration::from_secs(1)).await;
+    step("done");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn cycle(
+    job: &Job,
+    source: &Arc<XapiClient>,
+    target: &Arc<XapiClient>,
+) -> Result<CycleReport, CliError> {
+    let outcomes = run_job(
+        job,
+        source.clone(),
+        target.clone(),
+        &[],
+        TransferOptions::default(),
+        Arc::new(Mutex::new(|_: &str, _: &str, _: &_| {})),
+    )
+    .await;
+    match outcomes.into_iter().next() {
+        Some((_, VmOutcome::Replicated(report))) => {
+            println!(
+                "    {}: {} bytes sent for {} bytes of disks, replica {}",
+                report.mode, report.bytes_sent, report.virtual_size, report.replica_name
+            );
+            Ok(*report)
+        }
+        Some((_, VmOutcome::Failed(e))) => Err(CliError::Failed(format!("demo: {e}"))),
+        Some((_, VmOutcome::Locked(e))) => Err(CliError::Locked(format!("demo: {e}"))),
+        None => Err(CliError::Failed("demo: the job ran no VM".into())),
+    }
+}
+
+async fn guest_write(
+    host: &XapiClient,
+    vdi: &str,
+    offset: u64,
+    len: u64,
+    seed: u64,
+) -> Result<(), CliError> {
+    host.call(
+        "lab.write",
+        vec![
+            Value::from(vdi),
+            Value::Int(offset as i64),
+            Value::Int(len as i64),
+            Value::Int(seed as i64),
+        ],
+    )
+    .await
+    .map(|_| ())
+    .map_err(|e| failed("guest write")(e.to_string()))
+}
+
+async fn lab_hash(host: &XapiClient, vdi_uuid: &str) -> Result<String, CliError> {
+    let digest = host
+        .call("lab.hash", vec![Value::from(vdi_uuid)])
+        .await
+        .map_err(|e| failed("digest")(e.to_string()))?;
+    Ok(digest.as_str().unwrap_or_default().to_owned())
+}

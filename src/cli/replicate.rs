@@ -1,0 +1,308 @@
+//! `replicate` and `status`: a job's cycle for each VM, and its replicas' freshness.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::json;
+
+use super::CliError;
+use super::args::{ReplicateArgs, StatusArgs};
+use super::output::print_json;
+use super::transfer::{SOURCE_PASSWORD_ENV, TARGET_PASSWORD_ENV, connect_host, runtime, trust_for};
+use crate::replicate::job::{HostSpec, Job};
+use crate::replicate::plan::{
+    Identity, TargetVm, is_committed_replica, is_interrupted_replica, replica_datetime,
+    replica_order,
+};
+use crate::replicate::runner::{JobProgress, VmOutcome, run_job};
+use crate::xapi::client::XapiClient;
+use crate::xapi::records::VmRecord;
+use crate::xapi::transfer::{Progress, TransferOptions};
+
+fn load_job(path: &std::path::Path) -> Result<Job, CliError> {
+    Job::load(path).map_err(|e| CliError::Input(e.to_string()))
+}
+
+async fn connect_spec(spec: &HostSpec, env: &str, insecure: bool) -> Result<XapiClient, CliError> {
+    let trust = trust_for(spec.fingerprint.as_deref(), insecure)?;
+    connect_host(spec.url.clone(), spec.password_file.as_deref(), env, &trust).await
+}
+
+/// Connect to both hosts of a job.
+pub async fn connect_job(job: &Job) -> Result<(XapiClient, XapiClient), CliError> {
+    if job.insecure {
+        eprintln!("vhdsync: warning: [tls] insecure: host certificates are not verified");
+    }
+    let source = connect_spec(&job.source, SOURCE_PASSWORD_ENV, job.insecure).await?;
+    let target = connect_spec(&job.target, TARGET_PASSWORD_ENV, job.insecure).await?;
+    Ok((source, target))
+}
+
+pub fn replicate(args: &ReplicateArgs) -> Result<ExitCode, CliError> {
+    let job = load_job(&args.job)?;
+    for vm in &args.vms {
+        if !job.vms.iter().any(|v| v.eq_ignore_ascii_case(vm)) {
+            return Err(CliError::Input(format!(
+                "--vm {vm}: not a VM of job {:?}",
+                job.name
+            )));
+        }
+    }
+    let vms: Vec<String> = args.vms.iter().map(|v| v.to_lowercase()).collect();
+    let transfer = TransferOptions {
+        stall_timeout: Duration::from_secs(args.stall_timeout.max(1)),
+        ..TransferOptions::default()
+    };
+    runtime()?.block_on(async {
+        let (source, target) = connect_job(&job).await?;
+        let (source, target) = (Arc::new(source), Arc::new(target));
+        let outcomes = run_job(
+            &job,
+            source.clone(),
+            target.clone(),
+            &vms,
+            transfer,
+            progress_display(args.json),
+        )
+        .await;
+        let rpc_calls = source.requests_sent() + target.requests_sent();
+        let _ = source.logout().await;
+        let _ = target.logout().await;
+        report(&job, &outcomes, rpc_calls, args.json)
+    })
+}
+
+/// A log line per disk every few seconds; a bar per disk would fight with the other VMs'
+/// bars on a shared terminal, so a TTY gets one line per disk, redrawn in place.
+fn progress_display(json: bool) -> JobProgress {
+    let tty = !json && std::io::stderr().is_terminal();
+    let bars = indicatif::MultiProgress::new();
+    let mut known: std::collections::BTreeMap<String, indicatif::ProgressBar> = Default::default();
+    let mut last_log = std::time::Instant::now();
+    Arc::new(Mutex::new(move |vm: &str, disk: &str, p: &Progress| {
+        if json {
+            return;
+        }
+        if tty {
+            let bar = known.entry(format!("{vm}/{disk}")).or_insert_with(|| {
+                let bar = bars.add(indicatif::ProgressBar::new(p.total.unwrap_or(0)));
+                if let Ok(style) = indicatif::ProgressStyle::with_template(
+                    "{prefix} {bar:30} {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
+                ) {
+                    bar.set_style(style);
+                }
+                bar.set_prefix(format!("{} disk {disk}", &vm[..8.min(vm.len())]));
+                bar
+            });
+            bar.set_length(p.total.unwrap_or(0));
+            bar.set_position(p.bytes);
+        } else if last_log.elapsed() >= Duration::from_secs(5) {
+            last_log = std::time::Instant::now();
+            eprintln!(
+                "vhdsync: VM {vm} disk {disk}: {} of {} bytes, {:.1} MB/s",
+                p.bytes,
+                p.total.unwrap_or(0),
+                p.rate() / 1e6
+            );
+        }
+    }))
+}
+
+fn report(
+    job: &Job,
+    outcomes: &[(String, VmOutcome)],
+    rpc_calls: u64,
+    json: bool,
+) -> Result<ExitCode, CliError> {
+    let locked = outcomes
+        .iter()
+        .any(|(_, o)| matches!(o, VmOutcome::Locked(_)));
+    let failed = outcomes
+        .iter()
+        .any(|(_, o)| matches!(o, VmOutcome::Failed(_)));
+    if json {
+        let vms: Vec<serde_json::Value> = outcomes
+            .iter()
+            .map(|(vm, outcome)| match outcome {
+                VmOutcome::Replicated(r) => json!({"vm": vm, "status": "replicated", "report": r}),
+                VmOutcome::Locked(e) => json!({"vm": vm, "status": "locked", "error": e.to_string()}),
+                VmOutcome::Failed(e) => json!({"vm": vm, "status": "failed", "phase": e.phase, "disk": e.disk, "host": e.host, "error": e.to_string()}),
+            })
+            .collect();
+        print_json(
+            &json!({"job": job.name, "job_id": job.job_id, "rpc_calls": rpc_calls, "vms": vms}),
+        )?;
+    } else {
+        for (vm, outcome) in outcomes {
+            match outcome {
+                VmOutcome::Replicated(r) => {
+                    println!(
+                        "{} ({vm}): {}, {} disk(s), {} bytes sent of {} ({:.1}%), {:.2} s, {:.1} MB/s -> replica {}",
+                        r.vm_name,
+                        r.mode,
+                        r.disks.len(),
+                        r.bytes_sent,
+                        r.virtual_size,
+                        100.0 * r.bytes_sent as f64 / r.virtual_size.max(1) as f64,
+                        r.seconds,
+                        r.bytes_sent as f64 / r.seconds.max(1e-9) / 1e6,
+                        r.replica
+                    );
+                    for note in r.notes.iter().chain(&r.cleaned_up) {
+                        println!("  note: {note}");
+                    }
+                    if !r.deleted_replicas.is_empty() {
+                        println!(
+                            "  retention deleted replicas: {}",
+                            r.deleted_replicas.join(", ")
+                        );
+                    }
+                }
+                VmOutcome::Locked(e) => eprintln!("vhdsync: {e}"),
+                VmOutcome::Failed(e) => eprintln!("vhdsync: {e}"),
+            }
+        }
+    }
+    Ok(ExitCode::from(if locked {
+        3
+    } else if failed {
+        1
+    } else {
+        0
+    }))
+}
+
+/// `15m`, `90s`, `2h`, `1d`, or plain seconds.
+fn parse_duration(text: &str) -> Result<Duration, CliError> {
+    let text = text.trim();
+    let (digits, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let n: u64 = digits.parse().map_err(|_| {
+        CliError::Input(format!(
+            "--max-age {text:?}: expected a number with s, m, h or d"
+        ))
+    })?;
+    let scale = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => {
+            return Err(CliError::Input(format!(
+                "--max-age {text:?}: unknown unit {unit:?} (s, m, h or d)"
+            )));
+        }
+    };
+    Ok(Duration::from_secs(n.saturating_mul(scale)))
+}
+
+pub fn status(args: &StatusArgs) -> Result<ExitCode, CliError> {
+    let job = load_job(&args.job)?;
+    let max_age = args.max_age.as_deref().map(parse_duration).transpose()?;
+    runtime()?.block_on(async {
+        let trust = trust_for(job.target.fingerprint.as_deref(), job.insecure)?;
+        let target = connect_host(job.target.url.clone(), job.target.password_file.as_deref(), TARGET_PASSWORD_ENV, &trust).await?;
+        let vms: Vec<TargetVm> = target
+            .get_all_records::<VmRecord>()
+            .await
+            .map_err(|e| CliError::Failed(e.to_string()))?
+            .into_iter()
+            .map(|(reference, vm)| TargetVm {
+                reference,
+                uuid: vm.uuid,
+                name_label: vm.name_label,
+                is_a_template: vm.is_a_template,
+                is_a_snapshot: vm.is_a_snapshot,
+                other_config: vm.other_config,
+                blocked_operations: vm.blocked_operations,
+            })
+            .collect();
+        let _ = target.logout().await;
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+        let mut stale = Vec::new();
+        let mut documents = Vec::new();
+        for vm_uuid in &job.vms {
+            let id = Identity {
+                job_id: job.job_id.clone(),
+                schedule_id: job.schedule_id.clone(),
+                vm_uuid: vm_uuid.clone(),
+                sr_uuid: job.target_sr.clone(),
+            };
+            let mut replicas: Vec<(&TargetVm, bool)> = vms
+                .iter()
+                .filter(|v| !v.is_a_snapshot)
+                .filter_map(|v| {
+                    if is_committed_replica(v, &id) {
+                        Some((v, true))
+                    } else if is_interrupted_replica(v, &id) {
+                        Some((v, false))
+                    } else {
+                        None
+                    }
+                })
+                .collect();
+            replicas.sort_by_key(|(v, _)| std::cmp::Reverse(replica_order(v)));
+            let newest_valid_age = replicas.iter().find(|(_, valid)| *valid).map(|(v, _)| now - replica_datetime(v));
+            if let Some(limit) = max_age
+                && newest_valid_age.is_none_or(|age| age > limit.as_secs() as i64)
+            {
+                stale.push(vm_uuid.clone());
+            }
+            let rows: Vec<serde_json::Value> = replicas
+                .iter()
+                .map(|(v, valid)| {
+                    let at = replica_datetime(v);
+                    json!({"uuid": v.uuid, "name": v.name_label, "datetime": crate::replicate::keys::datetime(at),
+                           "age_seconds": now - at, "valid": valid})
+                })
+                .collect();
+            if !args.json {
+                println!("VM {vm_uuid}: {} replica(s)", rows.len());
+                for (v, valid) in &replicas {
+                    let age = now - replica_datetime(v);
+                    println!(
+                        "  {}  {}  age {}  {}",
+                        if *valid { "valid  " } else { "INVALID" },
+                        v.name_label,
+                        human_age(age),
+                        v.uuid
+                    );
+                }
+            }
+            documents.push(json!({"vm": vm_uuid, "replicas": rows, "newest_valid_age_seconds": newest_valid_age}));
+        }
+        if args.json {
+            print_json(&json!({"job": job.name, "vms": documents, "stale": stale}))?;
+        } else if !stale.is_empty() {
+            eprintln!("vhdsync: no valid replica younger than {} for: {}", args.max_age.as_deref().unwrap_or(""), stale.join(", "));
+        }
+        Ok(ExitCode::from(if stale.is_empty() { 0 } else { 1 }))
+    })
+}
+
+fn human_age(seconds: i64) -> String {
+    match seconds {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("15m").unwrap(), Duration::from_secs(900));
+        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("1d").unwrap(), Duration::from_secs(86_400));
+        assert!(parse_duration("15 minutes").is_err());
+        assert!(parse_duration("m").is_err());
+    }
+}

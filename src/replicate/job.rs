@@ -1,0 +1,759 @@
+//! Job files: one TOML file per replication job (issue 6 §1). These files are written by hand
+//! and read by cron, so every error names the file, the line and the key, and an unknown key
+//! (a typo) is an error rather than a silently ignored setting.
+//!
+//! Passwords are not read here: the runner reads the password files or the environment when
+//! it connects, so a parsed `Job` never holds one except inside a URL, whose `Debug` and
+//! `Display` redact it.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use toml::Spanned;
+use toml::de::{DeArray, DeTable, DeValue};
+use uuid::Uuid;
+
+use crate::xapi::HostUrl;
+use crate::xapi::tls::Fingerprint;
+
+/// Namespace of the ids derived from a job's name when `job_id` / `schedule_id` are absent.
+/// Never change it: the ids are written into host metadata (`xo:backup:job`,
+/// `xo:backup:schedule`), and new ids would orphan every existing replica chain, so the next
+/// run would send a new full copy. For the same reason, renaming a job changes its derived
+/// ids; set `job_id` and `schedule_id` explicitly to rename a job and keep its chains.
+pub const ID_NAMESPACE: Uuid = uuid::uuid!("5583a396-055e-425a-82d2-a3959f92f70f");
+
+const TOP_KEYS: &[&str] = &[
+    "name",
+    "source",
+    "target",
+    "target_sr",
+    "vms",
+    "retention",
+    "job_id",
+    "schedule_id",
+    "full_interval",
+    "snapshot_retention",
+    "concurrency",
+    "state_dir",
+    "source_password_file",
+    "target_password_file",
+    "tls",
+];
+const TLS_KEYS: &[&str] = &["source_fingerprint", "target_fingerprint", "insecure"];
+
+/// A replication job, validated: UUIDs are canonical (lowercase, hyphenated), URLs and
+/// fingerprints parse, counts are in range, and paths are absolute or relative to the
+/// current directory (relative paths in the file are resolved against the file's directory).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    pub name: String,
+    pub source: HostSpec,
+    pub target: HostSpec,
+    pub target_sr: String,
+    /// Non-empty, without duplicates, in the file's order.
+    pub vms: Vec<String>,
+    /// Replicas kept on the target, at least 1.
+    pub retention: u32,
+    pub job_id: String,
+    pub schedule_id: String,
+    /// Force a full copy once the delta chain reaches this length; 0 never forces one.
+    pub full_interval: u32,
+    /// Source snapshots kept, at least 1: the newest is the base of the next delta.
+    pub snapshot_retention: u32,
+    /// VMs replicated in parallel, at least 1.
+    pub concurrency: u32,
+    /// `[tls] insecure`: accept any certificate from a host without a pinned fingerprint.
+    pub insecure: bool,
+    /// Where the per-VM lock files live.
+    pub state_dir: PathBuf,
+}
+
+/// One host of a job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostSpec {
+    /// May carry credentials; its `Debug` and `Display` never show the password.
+    pub url: HostUrl,
+    /// `source_password_file` / `target_password_file`; never set together with a password
+    /// in the URL, so which one applies is never ambiguous.
+    pub password_file: Option<PathBuf>,
+    /// `[tls] source_fingerprint` / `target_fingerprint` as written; it parses as a
+    /// [`Fingerprint`].
+    pub fingerprint: Option<String>,
+}
+
+/// A problem in a job file: `job.toml:4: retention: must be at least 1, found 0`. The line is
+/// 1-based, 0 when there is none (a missing key, an unreadable file) and then not shown; the
+/// key is dotted for `[tls]` keys (`tls.insecure`) and empty for TOML syntax errors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobError {
+    pub path: PathBuf,
+    pub line: usize,
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for JobError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.path.display())?;
+        if self.line > 0 {
+            write!(f, ":{}", self.line)?;
+        }
+        if !self.key.is_empty() {
+            write!(f, ": {}", self.key)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for JobError {}
+
+impl Job {
+    /// Reads and parses the job file at `path`.
+    pub fn load(path: &Path) -> Result<Job, JobError> {
+        let text = std::fs::read_to_string(path).map_err(|e| JobError {
+            path: path.to_path_buf(),
+            line: 0,
+            key: String::new(),
+            message: format!("cannot read the job file: {e}"),
+        })?;
+        Job::parse(&text, path)
+    }
+
+    /// Parses a job file's `text`; `path` is named in errors and anchors relative paths.
+    pub fn parse(text: &str, path: &Path) -> Result<Job, JobError> {
+        let doc = Doc { text, path };
+        let root = DeTable::parse(text).map_err(|e| {
+            let mut error = doc.error(
+                e.span(),
+                "",
+                format!("invalid TOML: {}", e.message().trim_end()),
+            );
+            // The parser's messages ("duplicate key") do not name the key; its line does.
+            error.key = doc.key_on_line(error.line).unwrap_or_default().to_string();
+            error
+        })?;
+        let top = Table {
+            doc: &doc,
+            prefix: "",
+            entries: root.get_ref(),
+        };
+        top.check_keys(TOP_KEYS)?;
+        let no_tls = DeTable::new();
+        let tls = Table {
+            doc: &doc,
+            prefix: "tls.",
+            entries: match top.get("tls") {
+                Some(entry) => entry.table()?,
+                None => &no_tls,
+            },
+        };
+        tls.check_keys(TLS_KEYS)?;
+
+        let name_entry = top.require("name")?;
+        let name = name_entry.str()?;
+        if name.trim().is_empty() {
+            return Err(name_entry.error("must not be empty"));
+        }
+        if name.chars().any(char::is_control) {
+            // The name goes into VM and snapshot names on the hosts.
+            return Err(name_entry.error("must not contain control characters"));
+        }
+        let source = host(&top, &tls, "source")?;
+        let target = host(&top, &tls, "target")?;
+        let target_sr = top.require("target_sr")?.uuid()?;
+        let vms = vms(top.require("vms")?)?;
+        let retention = top.require("retention")?.count(1)?;
+        let job_id = match top.get("job_id") {
+            Some(entry) => entry.uuid()?,
+            None => derived_id("job", name),
+        };
+        let schedule_id = match top.get("schedule_id") {
+            Some(entry) => entry.uuid()?,
+            None => derived_id("schedule", name),
+        };
+        let full_interval = top.get("full_interval").map_or(Ok(0), |e| e.count(0))?;
+        let snapshot_retention = top
+            .get("snapshot_retention")
+            .map_or(Ok(1), |e| e.count(1))?;
+        let concurrency = top.get("concurrency").map_or(Ok(2), |e| e.count(1))?;
+        let insecure = tls.get("insecure").map_or(Ok(false), |e| e.bool())?;
+        let state_dir = match top.get("state_dir") {
+            Some(entry) => entry.path()?,
+            None => default_state_dir(std::env::var_os("XDG_STATE_HOME"), std::env::var_os("HOME"))
+                .ok_or_else(|| {
+                    doc.error(
+                        None,
+                        "state_dir",
+                        "not set, and neither XDG_STATE_HOME nor HOME is set to place the default",
+                    )
+                })?,
+        };
+        Ok(Job {
+            name: name.to_string(),
+            source,
+            target,
+            target_sr,
+            vms,
+            retention,
+            job_id,
+            schedule_id,
+            full_interval,
+            snapshot_retention,
+            concurrency,
+            insecure,
+            state_dir,
+        })
+    }
+}
+
+/// `source` or `target` with its password file and pinned fingerprint.
+fn host(top: &Table<'_>, tls: &Table<'_>, side: &'static str) -> Result<HostSpec, JobError> {
+    let url_entry = top.require(side)?;
+    let url = HostUrl::parse(url_entry.str()?).map_err(|e| url_entry.error(e.to_string()))?;
+    let password_file = match top.get(&format!("{side}_password_file")) {
+        Some(entry) if url.password.is_some() => {
+            return Err(entry.error(format!(
+                "the {side} URL already has a password; give it in one place only"
+            )));
+        }
+        Some(entry) => Some(entry.path()?),
+        None => None,
+    };
+    let fingerprint = match tls.get(&format!("{side}_fingerprint")) {
+        Some(entry) => {
+            let text = entry.str()?;
+            Fingerprint::parse(text).map_err(|e| entry.error(e.to_string()))?;
+            Some(text.to_string())
+        }
+        None => None,
+    };
+    Ok(HostSpec {
+        url,
+        password_file,
+        fingerprint,
+    })
+}
+
+fn vms(entry: Entry<'_>) -> Result<Vec<String>, JobError> {
+    let items = entry.array("VM UUIDs")?;
+    if items.is_empty() {
+        return Err(entry.error("must list at least one VM UUID"));
+    }
+    let mut vms: Vec<(String, usize)> = Vec::with_capacity(items.len());
+    for item in items.iter() {
+        let uuid = Entry {
+            value: item,
+            ..entry
+        }
+        .uuid()?;
+        let line = entry.doc.line(item.span());
+        if let Some((_, first)) = vms.iter().find(|(vm, _)| *vm == uuid) {
+            return Err(entry.doc.error(
+                Some(item.span()),
+                "vms",
+                format!("VM {uuid} is listed twice (first on line {first})"),
+            ));
+        }
+        vms.push((uuid, line));
+    }
+    Ok(vms.into_iter().map(|(vm, _)| vm).collect())
+}
+
+/// The stable id of `kind` ("job" or "schedule") for a job named `name`.
+fn derived_id(kind: &str, name: &str) -> String {
+    Uuid::new_v5(&ID_NAMESPACE, format!("{kind}:{name}").as_bytes()).to_string()
+}
+
+/// The XDG base directory rule: `$XDG_STATE_HOME/vhdsync` when it is an absolute path (the
+/// specification says to ignore relative ones), else `$HOME/.local/state/vhdsync`.
+fn default_state_dir(xdg_state_home: Option<OsString>, home: Option<OsString>) -> Option<PathBuf> {
+    let xdg = xdg_state_home
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute());
+    let base = match xdg {
+        Some(dir) => dir,
+        None => PathBuf::from(home.filter(|h| !h.is_empty())?).join(".local/state"),
+    };
+    Some(base.join("vhdsync"))
+}
+
+/// The job file being parsed, for errors and relative paths.
+struct Doc<'a> {
+    text: &'a str,
+    path: &'a Path,
+}
+
+impl Doc<'_> {
+    /// The 1-based line of a byte offset span.
+    fn line(&self, span: Range<usize>) -> usize {
+        let end = span.start.min(self.text.len());
+        self.text.as_bytes()[..end]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1
+    }
+
+    /// The bare key assigned on a 1-based line (`retention = 4` gives `retention`), if any.
+    fn key_on_line(&self, line: usize) -> Option<&str> {
+        let text = self.text.lines().nth(line.checked_sub(1)?)?;
+        let (key, _) = text.split_once('=')?;
+        let key = key.trim();
+        let bare = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
+        (!key.is_empty() && key.chars().all(bare)).then_some(key)
+    }
+
+    fn error(&self, at: Option<Range<usize>>, key: &str, message: impl Into<String>) -> JobError {
+        JobError {
+            path: self.path.to_path_buf(),
+            line: at.map_or(0, |span| self.line(span)),
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+/// One table of the file: the top level (prefix "") or `[tls]` (prefix "tls.").
+struct Table<'a> {
+    doc: &'a Doc<'a>,
+    prefix: &'static str,
+    entries: &'a DeTable<'a>,
+}
+
+impl<'a> Table<'a> {
+    /// Refuses the first unknown key in file order, so a typo is not silently ignored.
+    fn check_keys(&self, known: &[&str]) -> Result<(), JobError> {
+        let unknown = self
+            .entries
+            .iter()
+            .map(|(key, _)| key)
+            .filter(|key| !known.contains(&key.get_ref().as_ref()))
+            .min_by_key(|key| key.span().start);
+        let Some(key) = unknown else {
+            return Ok(());
+        };
+        let name = key.get_ref().as_ref();
+        let hint = if let Some(near) = known.iter().find(|k| edit_distance(k, name) <= 2) {
+            format!("unknown key; did you mean `{}{near}`?", self.prefix)
+        } else if !self.prefix.is_empty() && TOP_KEYS.contains(&name) {
+            "unknown key in [tls]; top-level keys must come before the [tls] header".to_string()
+        } else {
+            format!("unknown key; expected one of: {}", known.join(", "))
+        };
+        Err(self
+            .doc
+            .error(Some(key.span()), &format!("{}{name}", self.prefix), hint))
+    }
+
+    fn get(&self, key: &str) -> Option<Entry<'a>> {
+        let (name, value) = self.entries.get_key_value(key)?;
+        Some(Entry {
+            doc: self.doc,
+            prefix: self.prefix,
+            key: name.get_ref().as_ref(),
+            value,
+        })
+    }
+
+    fn require(&self, key: &str) -> Result<Entry<'a>, JobError> {
+        self.get(key).ok_or_else(|| {
+            self.doc.error(
+                None,
+                &format!("{}{key}", self.prefix),
+                "required key is missing",
+            )
+        })
+    }
+}
+
+/// One key's value, with where it is, so errors point at it.
+#[derive(Clone, Copy)]
+struct Entry<'a> {
+    doc: &'a Doc<'a>,
+    prefix: &'static str,
+    key: &'a str,
+    value: &'a Spanned<DeValue<'a>>,
+}
+
+impl<'a> Entry<'a> {
+    fn error(&self, message: impl Into<String>) -> JobError {
+        self.doc.error(
+            Some(self.value.span()),
+            &format!("{}{}", self.prefix, self.key),
+            message,
+        )
+    }
+
+    fn wrong_type(&self, expected: &str) -> JobError {
+        self.error(format!(
+            "expected {expected}, found {}",
+            self.value.get_ref().type_str()
+        ))
+    }
+
+    fn str(&self) -> Result<&'a str, JobError> {
+        match self.value.get_ref() {
+            DeValue::String(s) => Ok(s.as_ref()),
+            _ => Err(self.wrong_type("a string")),
+        }
+    }
+
+    fn bool(&self) -> Result<bool, JobError> {
+        self.value
+            .get_ref()
+            .as_bool()
+            .ok_or_else(|| self.wrong_type("true or false"))
+    }
+
+    fn array(&self, of: &str) -> Result<&'a DeArray<'a>, JobError> {
+        match self.value.get_ref() {
+            DeValue::Array(items) => Ok(items),
+            _ => Err(self.wrong_type(&format!("an array of {of}"))),
+        }
+    }
+
+    fn table(&self) -> Result<&'a DeTable<'a>, JobError> {
+        match self.value.get_ref() {
+            DeValue::Table(table) => Ok(table),
+            _ => Err(self.wrong_type("a table")),
+        }
+    }
+
+    /// A whole number from `min` to `u32::MAX`.
+    fn count(&self, min: u32) -> Result<u32, JobError> {
+        let DeValue::Integer(int) = self.value.get_ref() else {
+            return Err(self.wrong_type("a whole number"));
+        };
+        let value = i64::from_str_radix(int.as_str(), int.radix()).ok();
+        match value.map(u32::try_from) {
+            Some(Ok(n)) if n >= min => Ok(n),
+            Some(Ok(n)) => Err(self.error(format!("must be at least {min}, found {n}"))),
+            _ => Err(self.error(format!(
+                "must be a whole number from {min} to {}, found {int}",
+                u32::MAX
+            ))),
+        }
+    }
+
+    /// A UUID in its canonical form (lowercase, hyphenated), as XAPI writes them.
+    fn uuid(&self) -> Result<String, JobError> {
+        let text = self.str()?;
+        Uuid::try_parse(text)
+            .map(|uuid| uuid.to_string())
+            .map_err(|_| {
+                self.error(format!(
+                    "expected a UUID (8-4-4-4-12 hex digits), found {text:?}"
+                ))
+            })
+    }
+
+    /// A path; a relative one is taken from the job file's directory, not from wherever cron
+    /// happens to run.
+    fn path(&self) -> Result<PathBuf, JobError> {
+        let text = self.str()?;
+        if text.is_empty() {
+            return Err(self.error("must not be empty"));
+        }
+        if text.starts_with('~') {
+            // No shell expands it here, and a directory literally named `~` is never meant.
+            return Err(self.error("`~` is not expanded in job files; write the full path"));
+        }
+        let base = self.doc.path.parent().unwrap_or(Path::new(""));
+        Ok(base.join(text))
+    }
+}
+
+/// Levenshtein distance, for "did you mean" hints on misspelt keys.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let substitute = diagonal + usize::from(ca != cb);
+            diagonal = row[j + 1];
+            row[j + 1] = substitute.min(row[j] + 1).min(row[j + 1] + 1);
+        }
+    }
+    row[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SR: &str = "6f3b8a2e-1c4d-4e5f-9a0b-1c2d3e4f5a6b";
+    const VM1: &str = "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
+    const VM2: &str = "1b2c3d4e-5f6a-4b7c-9d8e-0f1a2b3c4d5e";
+    const FP: &str = "sha256:00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+
+    fn parse(text: &str) -> Result<Job, JobError> {
+        Job::parse(text, Path::new("/etc/vhdsync/job.toml"))
+    }
+
+    /// A minimal valid file with `extra` lines appended at top level.
+    fn minimal(extra: &str) -> String {
+        format!(
+            "name = \"nightly\"\n\
+             source = \"https://root@xen1.example\"\n\
+             target = \"https://xen2.example:8443\"\n\
+             target_sr = \"{SR}\"\n\
+             vms = [\"{VM1}\"]\n\
+             retention = 3\n\
+             {extra}"
+        )
+    }
+
+    fn error(text: &str) -> JobError {
+        parse(text).expect_err("the job file should be refused")
+    }
+
+    #[test]
+    fn a_full_valid_file() {
+        let text = format!(
+            "name = \"nightly\"\n\
+             source = \"https://root:s3cret@xen1.example\"\n\
+             target = \"http://xen2.example:8080\"\n\
+             target_password_file = \"secrets/target.pw\"\n\
+             target_sr = \"{}\"\n\
+             vms = [\n  \"{VM1}\",\n  \"{}\",\n]\n\
+             retention = 7\n\
+             job_id = \"{}\"\n\
+             schedule_id = \"{VM2}\"\n\
+             full_interval = 20\n\
+             snapshot_retention = 2\n\
+             concurrency = 4\n\
+             state_dir = \"/var/lib/vhdsync\"\n\
+             [tls]\n\
+             source_fingerprint = \"{FP}\"\n\
+             insecure = true\n",
+            SR.to_uppercase(),
+            VM2.to_uppercase(),
+            VM1.to_uppercase(),
+        );
+        let job = parse(&text).unwrap();
+        assert_eq!(job.name, "nightly");
+        assert_eq!(job.source.url.host, "xen1.example");
+        assert_eq!(job.source.url.password.as_ref().unwrap().expose(), "s3cret");
+        assert_eq!(job.source.password_file, None);
+        assert_eq!(job.source.fingerprint.as_deref(), Some(FP));
+        assert_eq!(job.target.url.port, 8080);
+        assert_eq!(
+            job.target.password_file.as_deref(),
+            Some(Path::new("/etc/vhdsync/secrets/target.pw"))
+        );
+        assert_eq!(job.target.fingerprint, None);
+        assert_eq!(job.target_sr, SR);
+        assert_eq!(job.vms, [VM1, VM2]);
+        assert_eq!(
+            (
+                job.retention,
+                job.full_interval,
+                job.snapshot_retention,
+                job.concurrency
+            ),
+            (7, 20, 2, 4)
+        );
+        assert_eq!((job.job_id.as_str(), job.schedule_id.as_str()), (VM1, VM2));
+        assert!(job.insecure);
+        assert_eq!(job.state_dir, Path::new("/var/lib/vhdsync"));
+        assert!(!format!("{job:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn defaults() {
+        let job = parse(&minimal("")).unwrap();
+        assert_eq!(
+            (job.full_interval, job.snapshot_retention, job.concurrency),
+            (0, 1, 2)
+        );
+        assert!(!job.insecure);
+        assert_eq!(
+            (job.source.fingerprint, job.target.fingerprint),
+            (None, None)
+        );
+        assert_eq!(job.job_id, derived_id("job", "nightly"));
+        assert_eq!(job.schedule_id, derived_id("schedule", "nightly"));
+        assert!(job.state_dir.ends_with("vhdsync"), "{:?}", job.state_dir);
+    }
+
+    #[test]
+    fn the_default_state_dir_follows_xdg() {
+        let os = |s: &str| Some(OsString::from(s));
+        assert_eq!(
+            default_state_dir(os("/xdg/state"), os("/home/u")),
+            Some(PathBuf::from("/xdg/state/vhdsync"))
+        );
+        assert_eq!(
+            default_state_dir(None, os("/home/u")),
+            Some(PathBuf::from("/home/u/.local/state/vhdsync"))
+        );
+        assert_eq!(
+            default_state_dir(os("relative"), os("/home/u")),
+            Some(PathBuf::from("/home/u/.local/state/vhdsync"))
+        );
+        assert_eq!(default_state_dir(None, None), None);
+    }
+
+    #[test]
+    fn derived_ids_are_stable_and_distinct() {
+        // Pinned values: these ids are in host metadata, so they must never change.
+        assert_eq!(
+            derived_id("job", "nightly"),
+            "67f81ad5-0c6f-5355-a878-63246a3f83f9"
+        );
+        assert_eq!(
+            derived_id("schedule", "nightly"),
+            "4d7b5ce2-db11-5c15-a621-ddeb7dca31ee"
+        );
+        assert_ne!(derived_id("job", "nightly"), derived_id("job", "hourly"));
+        assert_ne!(
+            derived_id("schedule", "nightly"),
+            derived_id("schedule", "hourly")
+        );
+    }
+
+    #[test]
+    fn relative_paths_are_resolved_against_the_job_file() {
+        let job = Job::parse(
+            &minimal("source_password_file = \"pw/source\"\nstate_dir = \"state\"\n"),
+            Path::new("/srv/jobs/a.toml"),
+        )
+        .unwrap();
+        assert_eq!(
+            job.source.password_file.as_deref(),
+            Some(Path::new("/srv/jobs/pw/source"))
+        );
+        assert_eq!(job.state_dir, Path::new("/srv/jobs/state"));
+        let job = Job::parse(&minimal("state_dir = \"s\"\n"), Path::new("job.toml")).unwrap();
+        assert_eq!(job.state_dir, Path::new("s"));
+        let e = error(&minimal("state_dir = \"~/.local/state/vhdsync\"\n"));
+        assert_eq!((e.line, e.key.as_str()), (7, "state_dir"));
+    }
+
+    #[test]
+    fn a_missing_key_is_named_without_a_line() {
+        let text = minimal("").replace("retention = 3\n", "");
+        let e = error(&text);
+        assert_eq!((e.line, e.key.as_str()), (0, "retention"));
+        assert_eq!(
+            e.to_string(),
+            "/etc/vhdsync/job.toml: retention: required key is missing"
+        );
+    }
+
+    #[test]
+    fn an_unknown_key_is_named_with_its_line() {
+        let e = error(&minimal("retension = 5\n"));
+        assert_eq!(
+            e.to_string(),
+            "/etc/vhdsync/job.toml:7: retension: unknown key; did you mean `retention`?"
+        );
+        let e = error(&minimal("colour = 1\n"));
+        assert_eq!((e.line, e.key.as_str()), (7, "colour"));
+        assert!(e.message.contains("expected one of: name, source"), "{e}");
+        // A top-level key written after the [tls] header lands in [tls].
+        let e = error(&minimal("[tls]\ninsecure = true\nconcurrency = 3\n"));
+        assert_eq!((e.line, e.key.as_str()), (9, "tls.concurrency"));
+        assert!(e.message.contains("before the [tls] header"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_vm_uuid_is_named_with_its_line() {
+        let text = minimal("").replace(
+            &format!("vms = [\"{VM1}\"]"),
+            &format!("vms = [\n  \"{VM1}\",\n  \"not-a-uuid\",\n]"),
+        );
+        let e = error(&text);
+        assert_eq!((e.line, e.key.as_str()), (7, "vms"));
+        assert!(e.message.ends_with("found \"not-a-uuid\""), "{e}");
+    }
+
+    #[test]
+    fn a_duplicate_vm_is_refused() {
+        let text = minimal("").replace(
+            &format!("vms = [\"{VM1}\"]"),
+            &format!("vms = [\n  \"{VM1}\",\n  \"{}\",\n]", VM1.to_uppercase()),
+        );
+        let e = error(&text);
+        assert_eq!(
+            e.to_string(),
+            format!("/etc/vhdsync/job.toml:7: vms: VM {VM1} is listed twice (first on line 6)")
+        );
+        let e = error(&minimal("").replace(&format!("[\"{VM1}\"]"), "[]"));
+        assert_eq!((e.line, e.key.as_str()), (5, "vms"));
+    }
+
+    #[test]
+    fn counts_are_checked() {
+        let e = error(&minimal("").replace("retention = 3", "retention = 0"));
+        assert_eq!(
+            e.to_string(),
+            "/etc/vhdsync/job.toml:6: retention: must be at least 1, found 0"
+        );
+        let e = error(&minimal("concurrency = -1\n"));
+        assert_eq!((e.line, e.key.as_str()), (7, "concurrency"));
+        assert!(e.message.contains("found -1"), "{e}");
+        let e = error(&minimal("full_interval = \"5\"\n"));
+        assert_eq!(e.message, "expected a whole number, found string");
+    }
+
+    #[test]
+    fn a_bad_fingerprint_is_named() {
+        let e = error(&minimal("[tls]\ntarget_fingerprint = \"sha256:abcd\"\n"));
+        assert_eq!((e.line, e.key.as_str()), (8, "tls.target_fingerprint"));
+        assert!(e.message.contains("bad certificate fingerprint"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_url_never_shows_its_password() {
+        let text = minimal("").replace(
+            "https://root@xen1.example",
+            "https://root:hunter2@xen1.example:notaport",
+        );
+        let e = error(&text);
+        assert_eq!((e.line, e.key.as_str()), (2, "source"));
+        assert!(e.message.contains("bad host or port"), "{e}");
+        assert!(!format!("{e} {e:?}").contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn a_password_in_two_places_is_refused() {
+        let text = minimal("target_password_file = \"pw\"\n")
+            .replace("https://xen2.example", "https://root:pw@xen2.example");
+        let e = error(&text);
+        assert_eq!((e.line, e.key.as_str()), (7, "target_password_file"));
+    }
+
+    #[test]
+    fn syntax_errors_carry_the_line() {
+        let e = error(&minimal("concurrency = \n"));
+        assert_eq!((e.line, e.key.as_str()), (7, "concurrency"));
+        assert!(
+            e.to_string()
+                .starts_with("/etc/vhdsync/job.toml:7: concurrency: invalid TOML"),
+            "{e}"
+        );
+        let e = error(&minimal("retention = 4\n"));
+        assert_eq!(
+            e.to_string(),
+            "/etc/vhdsync/job.toml:7: retention: invalid TOML: duplicate key"
+        );
+        let e = error(&minimal("[tls\n"));
+        assert_eq!((e.line, e.key.as_str()), (7, ""));
+    }
+
+    #[test]
+    fn an_unreadable_file_is_named() {
+        let e = Job::load(Path::new("/nonexistent/job.toml")).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("/nonexistent/job.toml: cannot read the job file:"),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,187 @@
+//! The per-VM run lock: at most one run replicates a given VM of a given job at a time, while
+//! runs for other VMs proceed in parallel. It is an flock on a file in the state directory:
+//! the kernel releases it when the process exits, however it dies, so a killed run never
+//! leaves a stale lock behind and there is nothing to clean up.
+
+use std::fs::{DirBuilder, File, OpenOptions, TryLockError};
+use std::io::{Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::vhd::timestamp::VhdTimestamp;
+
+/// The holder description is one short line; a larger file is not ours, and reading it must
+/// not size anything.
+const MAX_HOLDER_BYTES: u64 = 4096;
+
+/// A held lock, released when dropped. The lock file itself is never removed: a process
+/// waiting on the old inode and one creating a new file could then both "hold" the lock.
+#[derive(Debug)]
+pub struct VmLock {
+    // Never read: holding the open file description is what holds the lock.
+    _file: File,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("another run is replicating VM {vm}: {holder}")]
+    Held {
+        vm: String,
+        /// What the holder recorded, e.g. `pid 4242 on backup1, started
+        /// 2026-05-01T12:00:00Z: vhdsync replicate --job nightly.toml`.
+        holder: String,
+    },
+    #[error("cannot {action} {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        action: &'static str,
+        source: std::io::Error,
+    },
+}
+
+impl VmLock {
+    /// Takes the lock for (`job_id`, `vm_uuid`) without waiting: the file
+    /// `<state_dir>/<job_id>-<vm_uuid>.lock`, creating `state_dir` (mode 0700) if missing.
+    /// Both ids are UUIDs, so the name needs no escaping.
+    pub fn acquire(state_dir: &Path, job_id: &str, vm_uuid: &str) -> Result<VmLock, LockError> {
+        let io = |path: &Path, action| {
+            let path = path.to_path_buf();
+            move |source| LockError::Io {
+                path,
+                action,
+                source,
+            }
+        };
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(state_dir)
+            .map_err(io(state_dir, "create the state directory"))?;
+        let path = state_dir.join(format!("{job_id}-{vm_uuid}.lock"));
+        // Not truncated on open: until we hold the lock, the contents describe the holder.
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io(&path, "open the lock file"))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                return Err(LockError::Held {
+                    vm: vm_uuid.to_string(),
+                    holder: read_holder(&mut file),
+                });
+            }
+            Err(TryLockError::Error(e)) => return Err(io(&path, "lock")(e)),
+        }
+        file.set_len(0)
+            .and_then(|()| file.write_all(holder_description().as_bytes()))
+            .map_err(io(&path, "write to the lock file"))?;
+        Ok(VmLock { _file: file })
+    }
+}
+
+/// Who we are, for a run that finds the lock taken.
+fn holder_description() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| format!(" on {}", h.trim()))
+        .unwrap_or_default();
+    let command: Vec<String> = std::env::args_os()
+        .map(|arg| arg.to_string_lossy().into_owned())
+        .collect();
+    format!(
+        "pid {}{host}, started {}: {}\n",
+        std::process::id(),
+        VhdTimestamp::now(),
+        command.join(" ")
+    )
+}
+
+fn read_holder(file: &mut File) -> String {
+    let mut bytes = Vec::new();
+    match file.take(MAX_HOLDER_BYTES).read_to_end(&mut bytes) {
+        Ok(_) if bytes.iter().any(|b| !b.is_ascii_whitespace()) => {
+            String::from_utf8_lossy(&bytes).trim().to_string()
+        }
+        // The holder took the lock an instant ago and has not written its line yet.
+        Ok(_) => "a run that has not yet recorded its pid".to_string(),
+        Err(e) => format!("a run whose details cannot be read ({e})"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    const JOB: &str = "67f81ad5-0c6f-5355-a878-63246a3f83f9";
+    const VM1: &str = "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
+    const VM2: &str = "1b2c3d4e-5f6a-4b7c-9d8e-0f1a2b3c4d5e";
+
+    #[test]
+    fn a_second_acquire_is_refused_and_names_the_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let _held = VmLock::acquire(dir.path(), JOB, VM1).unwrap();
+        // A second open file description, as another process would have.
+        let err = VmLock::acquire(dir.path(), JOB, VM1).unwrap_err();
+        let LockError::Held { vm, holder } = &err else {
+            panic!("expected Held, got {err}");
+        };
+        assert_eq!(vm, VM1);
+        assert!(
+            holder.starts_with(&format!("pid {}", std::process::id())),
+            "{holder}"
+        );
+        assert!(
+            err.to_string()
+                .starts_with(&format!("another run is replicating VM {VM1}: pid ")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn dropping_releases_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(VmLock::acquire(dir.path(), JOB, VM1).unwrap());
+        let _again = VmLock::acquire(dir.path(), JOB, VM1).unwrap();
+    }
+
+    #[test]
+    fn different_vms_do_not_conflict() {
+        let dir = tempfile::tempdir().unwrap();
+        let _one = VmLock::acquire(dir.path(), JOB, VM1).unwrap();
+        let _two = VmLock::acquire(dir.path(), JOB, VM2).unwrap();
+    }
+
+    #[test]
+    fn the_state_dir_is_created_private_and_old_holders_are_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("a/b");
+        std::fs::create_dir_all(&state).unwrap();
+        std::fs::remove_dir(&state).unwrap();
+        let file = state.join(format!("{JOB}-{VM1}.lock"));
+        drop(VmLock::acquire(&state, JOB, VM1).unwrap());
+        let mode = std::fs::metadata(&state).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        std::fs::write(&file, "x".repeat(10_000)).unwrap();
+        let _held = VmLock::acquire(&state, JOB, VM1).unwrap();
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(text.starts_with("pid ") && !text.contains('x'), "{text}");
+    }
+
+    #[test]
+    fn an_unwritable_state_dir_is_an_io_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let not_a_dir = dir.path().join("file");
+        std::fs::write(&not_a_dir, "").unwrap();
+        let err = VmLock::acquire(&not_a_dir, JOB, VM1).unwrap_err();
+        assert!(
+            matches!(&err, LockError::Io { action, .. } if *action == "create the state directory"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,12 @@
+//! Replication jobs: a cron-run cycle per VM that snapshots the source, sends each disk's
+//! changed blocks into a new protected replica on the target, and commits it with Xen
+//! Orchestra's metadata, so either tool can continue the other's replica chains.
+//!
+//! [`keys`] and [`plan`] are pure (floor 1); the runner carries their decisions out.
+
+pub mod job;
+pub mod keys;
+pub mod lock;
+pub mod plan;
+pub mod run;
+pub mod runner;
