@@ -182,7 +182,9 @@ pub async fn replicate_vm(
         cycle.on_target(destroy_vm_and_disks(target, &victim.reference).await)?;
         deleted_replicas.push(victim.uuid.clone());
     }
-    let snapshots = cycle.source_snapshots(&vm).await?;
+    // Read the VM again: its snapshot list now holds the new snapshot.
+    let vm_now: VmRecord = cycle.on_source(source.get_record(&vm_ref).await)?;
+    let snapshots = cycle.source_snapshots(&vm_now).await?;
     let mut deleted_snapshots = Vec::new();
     for victim in snapshot_victims(
         &snapshots,

@@ -1,0 +1,611 @@
+//! `vhdsync replicate` and `status` between two lab hosts served in-process: a full and five
+//! deltas checked by content, retention, the lock, job-file errors, continuing a chain made
+//! with Xen Orchestra's classic metadata, and a failure mid-transfer.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use tempfile::TempDir;
+use vhdsync::lab::http::LabServer;
+use vhdsync::lab::{InitReport, Lab};
+use vhdsync::replicate::keys;
+use vhdsync::replicate::lock::VmLock;
+use vhdsync::xapi::HostUrl;
+use vhdsync::xapi::client::XapiClient;
+use vhdsync::xapi::records::{VbdRecord, VdiRecord, VmRecord};
+use vhdsync::xapi::rpc::Value;
+use vhdsync::xapi::tls::Trust;
+
+const MIB: u64 = 1 << 20;
+const BIN: &str = env!("CARGO_BIN_EXE_vhdsync");
+const BLOCK: u64 = 2 * MIB;
+
+struct Host {
+    _dir: TempDir,
+    lab: Lab,
+    server: LabServer,
+    client: XapiClient,
+    report: InitReport,
+}
+
+impl Host {
+    async fn start(vms: &[(&str, &[u64])]) -> Host {
+        let dir = tempfile::tempdir().unwrap();
+        let vms: Vec<(String, Vec<u64>)> = vms
+            .iter()
+            .map(|(n, d)| ((*n).to_owned(), d.to_vec()))
+            .collect();
+        let report = Lab::init(dir.path(), "lab", &vms).unwrap();
+        let lab = Lab::open(dir.path()).unwrap();
+        let server = LabServer::start(lab.clone(), "127.0.0.1:0".parse().unwrap(), false)
+            .await
+            .unwrap();
+        let client = XapiClient::connect(
+            HostUrl::parse(&url(&server)).unwrap(),
+            &Trust::Insecure,
+            None,
+        )
+        .await
+        .unwrap();
+        Host {
+            _dir: dir,
+            lab,
+            server,
+            client,
+            report,
+        }
+    }
+
+    async fn call(&self, method: &str, params: Vec<Value>) -> Value {
+        self.client
+            .call(method, params)
+            .await
+            .unwrap_or_else(|e| panic!("{method}: {e}"))
+    }
+
+    async fn write(&self, vdi: &str, offset: u64, len: u64, seed: u64) {
+        self.call(
+            "lab.write",
+            vec![
+                Value::from(vdi),
+                Value::Int(offset as i64),
+                Value::Int(len as i64),
+                Value::Int(seed as i64),
+            ],
+        )
+        .await;
+    }
+
+    async fn hash(&self, vdi: &str) -> String {
+        self.call("lab.hash", vec![Value::from(vdi)])
+            .await
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    async fn vms(&self) -> Vec<(String, VmRecord)> {
+        self.client.get_all_records::<VmRecord>().await.unwrap()
+    }
+
+    /// The replicas on this host (committed or not): VMs carrying `xo:backup:job`, no snapshots.
+    async fn replicas(&self) -> Vec<(String, VmRecord)> {
+        self.vms()
+            .await
+            .into_iter()
+            .filter(|(_, vm)| !vm.is_a_snapshot && vm.other_config.contains_key(keys::JOB))
+            .collect()
+    }
+
+    /// A VM's disks: (userdevice, VDI ref, VDI record), by userdevice.
+    async fn disks(&self, vm_ref: &str) -> Vec<(String, String, VdiRecord)> {
+        let vm: VmRecord = self.client.get_record(vm_ref).await.unwrap();
+        let mut disks = Vec::new();
+        for vbd in &vm.vbds {
+            let vbd: VbdRecord = self.client.get_record(vbd).await.unwrap();
+            if vbd.is_disk() {
+                let vdi: VdiRecord = self.client.get_record(&vbd.vdi).await.unwrap();
+                disks.push((vbd.userdevice, vbd.vdi, vdi));
+            }
+        }
+        disks.sort_by(|a, b| a.0.cmp(&b.0));
+        disks
+    }
+
+    /// Every VDI on the SR: a leak check.
+    async fn vdi_count(&self) -> usize {
+        self.client
+            .get_all_records::<VdiRecord>()
+            .await
+            .unwrap()
+            .len()
+    }
+}
+
+fn url(server: &LabServer) -> String {
+    server.base_url().replacen("://", "://root:lab@", 1)
+}
+
+fn write_job(
+    dir: &Path,
+    source: &Host,
+    target: &Host,
+    vm: &str,
+    retention: u32,
+    extra: &str,
+) -> std::path::PathBuf {
+    let path = dir.join("job.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "name = \"cr\"\nsource = \"{}\"\ntarget = \"{}\"\ntarget_sr = \"{}\"\nvms = [\"{vm}\"]\nretention = {retention}\nstate_dir = \"state\"\n{extra}",
+            url(&source.server),
+            url(&target.server),
+            target.report.sr.uuid,
+        ),
+    )
+    .unwrap();
+    path
+}
+
+struct Run {
+    code: i32,
+    json: serde_json::Value,
+    stderr: String,
+}
+
+async fn replicate(job: &Path) -> Run {
+    let out = tokio::time::timeout(
+        Duration::from_secs(180),
+        tokio::process::Command::new(BIN)
+            .arg("replicate")
+            .arg("--job")
+            .arg(job)
+            .arg("--json")
+            .output(),
+    )
+    .await
+    .expect("replicate finishes")
+    .unwrap();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        json: serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// The one VM's report of a run that must have succeeded.
+fn report(run: &Run) -> &serde_json::Value {
+    assert_eq!(run.code, 0, "replicate failed: {} {}", run.json, run.stderr);
+    &run.json["vms"][0]["report"]
+}
+
+/// Digests of a replica's disks by userdevice, and the same for the source snapshot VDIs it
+/// reports it copied.
+async fn check_replica_matches(
+    source: &Host,
+    target: &Host,
+    report: &serde_json::Value,
+) -> BTreeMap<String, String> {
+    let mut digests = BTreeMap::new();
+    for disk in report["disks"].as_array().unwrap() {
+        let ours = target.hash(disk["replica_vdi"].as_str().unwrap()).await;
+        let theirs = source.hash(disk["source_vdi"].as_str().unwrap()).await;
+        assert_eq!(
+            ours, theirs,
+            "disk {} of replica {}",
+            disk["userdevice"], report["replica"]
+        );
+        digests.insert(disk["userdevice"].as_str().unwrap().to_owned(), ours);
+    }
+    digests
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_then_five_deltas_with_retention() {
+    let source = Host::start(&[("web01", &[20 * MIB, 8 * MIB])]).await;
+    let target = Host::start(&[]).await;
+    let vm = &source.report.vms[0];
+    let disks: Vec<String> = vm.disks.iter().map(|d| d.vdi.reference.clone()).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let job = write_job(dir.path(), &source, &target, &vm.ids.uuid, 3, "");
+
+    source.write(&disks[0], 0, 7 * MIB, 1).await;
+    source.write(&disks[1], MIB, 3 * MIB, 2).await;
+    let first = replicate(&job).await;
+    let r = report(&first);
+    assert_eq!(r["mode"], "full");
+    // Replica digests as made, by replica uuid: the source snapshots go away with retention.
+    let mut expected: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    expected.insert(
+        r["replica"].as_str().unwrap().into(),
+        check_replica_matches(&source, &target, r).await,
+    );
+
+    let mut seed = 10;
+    for round in 0..5u64 {
+        // Random sector-level writes in a few blocks of each disk.
+        let mut dirty: [std::collections::BTreeSet<u64>; 2] = Default::default();
+        for (d, size) in [(0usize, 20 * MIB), (1, 8 * MIB)] {
+            for _ in 0..2 {
+                seed += 1;
+                let offset =
+                    (seed * 7_919 * 512 + round * 3 * MIB) % (size - 64 * 1024) / 512 * 512;
+                let len = 512 * (1 + seed % 100);
+                source.write(&disks[d], offset, len, seed).await;
+                dirty[d].extend(offset / BLOCK..=(offset + len - 1) / BLOCK);
+            }
+        }
+        let run = replicate(&job).await;
+        let r = report(&run);
+        assert_eq!(r["mode"], "delta", "round {round}: {r}");
+        for disk in r["disks"].as_array().unwrap() {
+            let d: usize = disk["userdevice"].as_str().unwrap().parse().unwrap();
+            assert_eq!(
+                disk["blocks"].as_u64().unwrap(),
+                dirty[d].len() as u64,
+                "round {round} disk {d}: only the changed blocks are sent"
+            );
+        }
+        expected.insert(
+            r["replica"].as_str().unwrap().into(),
+            check_replica_matches(&source, &target, r).await,
+        );
+    }
+
+    // Retention: 3 replicas remain, the newest three; each still holds what it was made from.
+    let replicas = target.replicas().await;
+    assert_eq!(replicas.len(), 3, "retention 3");
+    let newest: Vec<&String> = expected.keys().collect();
+    for (reference, vm) in &replicas {
+        let digests = expected
+            .get(&vm.uuid)
+            .unwrap_or_else(|| panic!("unexpected replica {}", vm.uuid));
+        for (device, _, vdi) in target.disks(reference).await {
+            assert_eq!(
+                &target.hash(&vdi.uuid).await,
+                &digests[&device],
+                "retained replica {} disk {device}",
+                vm.name_label
+            );
+        }
+        assert_eq!(
+            vm.blocked_operations.get("start").map(String::as_str),
+            Some(keys::START_BLOCKED)
+        );
+        assert_eq!(
+            vm.other_config.get(keys::AUTO_POWERON).map(String::as_str),
+            Some("false")
+        );
+        assert!(!vm.other_config.contains_key(keys::IMPORTING));
+    }
+    assert!(newest.len() == 6);
+    // Exactly the replicas' disks exist on the target: nothing leaked.
+    assert_eq!(target.vdi_count().await, 3 * 2);
+    // The source keeps one snapshot (the base) besides the VM's own disks.
+    let snapshots: Vec<_> = source
+        .vms()
+        .await
+        .into_iter()
+        .filter(|(_, v)| v.is_a_snapshot)
+        .collect();
+    assert_eq!(snapshots.len(), 1, "snapshot retention keeps the base only");
+
+    // A replica without the start block (someone started it) is never deleted.
+    let (oldest_ref, oldest) = replicas
+        .iter()
+        .min_by_key(|(_, v)| {
+            v.other_config
+                .get(keys::COMMITTED_MS)
+                .cloned()
+                .unwrap_or_default()
+                .parse::<u64>()
+                .unwrap_or(0)
+        })
+        .unwrap();
+    target
+        .call(
+            "VM.remove_from_blocked_operations",
+            vec![Value::from(oldest_ref.as_str()), Value::from("start")],
+        )
+        .await;
+    source.write(&disks[0], 0, 512, 99).await;
+    report(&replicate(&job).await);
+    let after: Vec<String> = target
+        .replicas()
+        .await
+        .into_iter()
+        .map(|(_, v)| v.uuid)
+        .collect();
+    assert!(
+        after.contains(&oldest.uuid),
+        "the started replica survives retention"
+    );
+    assert_eq!(
+        after.len(),
+        4,
+        "three protected replicas plus the started one"
+    );
+
+    // status lists them, and --max-age works as an RPO check.
+    let status = tokio::process::Command::new(BIN)
+        .args(["status", "--job"])
+        .arg(&job)
+        .args(["--max-age", "1h", "--json"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let rows = doc["vms"][0]["replicas"].as_array().unwrap();
+    assert_eq!(rows.iter().filter(|r| r["valid"] == true).count(), 3);
+    let stale = tokio::process::Command::new(BIN)
+        .args(["status", "--job"])
+        .arg(&job)
+        .args(["--max-age", "0s"])
+        .output()
+        .await
+        .unwrap();
+    // The newest replica is at least 0 s old; age > 0 s only after a second.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let stale_later = tokio::process::Command::new(BIN)
+        .args(["status", "--job"])
+        .arg(&job)
+        .args(["--max-age", "0s"])
+        .output()
+        .await
+        .unwrap();
+    assert!(stale.status.code().is_some());
+    assert_eq!(
+        stale_later.status.code(),
+        Some(1),
+        "a replica older than --max-age fails the check"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lock_and_job_file_errors() {
+    let source = Host::start(&[("web01", &[4 * MIB])]).await;
+    let target = Host::start(&[]).await;
+    let vm = source.report.vms[0].ids.uuid.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let job = write_job(dir.path(), &source, &target, &vm, 2, "");
+    let text = std::fs::read_to_string(&job).unwrap();
+    let job_id = vhdsync::replicate::job::Job::parse(&text, &job)
+        .unwrap()
+        .job_id;
+
+    let held = VmLock::acquire(&dir.path().join("state"), &job_id, &vm).unwrap();
+    let run = replicate(&job).await;
+    assert_eq!(run.code, 3, "lock contention exits 3: {}", run.stderr);
+    assert!(
+        run.json["vms"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains(&std::process::id().to_string()),
+        "names the holder: {}",
+        run.json
+    );
+    drop(held);
+    assert_eq!(report(&replicate(&job).await)["mode"], "full");
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, text.replace("retention = 2", "retension = 2")).unwrap();
+    let out = tokio::process::Command::new(BIN)
+        .args(["replicate", "--job"])
+        .arg(&bad)
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("retension") && stderr.contains(":6:"),
+        "names the key and line: {stderr}"
+    );
+    std::fs::write(&bad, text.replace(&vm, "not-a-uuid")).unwrap();
+    let out = tokio::process::Command::new(BIN)
+        .args(["replicate", "--job"])
+        .arg(&bad)
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr.contains("vms") && stderr.contains("not-a-uuid"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_with_xo_classic_metadata_continues_with_a_delta() {
+    let source = Host::start(&[("web01", &[6 * MIB, 4 * MIB])]).await;
+    let target = Host::start(&[("old replica", &[6 * MIB, 4 * MIB])]).await;
+    let vm = &source.report.vms[0];
+    let disks: Vec<String> = vm.disks.iter().map(|d| d.vdi.reference.clone()).collect();
+    source.write(&disks[0], 0, 3 * MIB, 1).await;
+    source.write(&disks[1], MIB, MIB, 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let job = write_job(dir.path(), &source, &target, &vm.ids.uuid, 2, "");
+    let ids = vhdsync::replicate::job::Job::load(&job).unwrap();
+
+    // As Xen Orchestra <= 2023 left it: a snapshot with the keys on the VM only...
+    let snapshot = source
+        .call(
+            "VM.snapshot",
+            vec![
+                Value::from(vm.ids.reference.as_str()),
+                Value::from("[XO Backup cr] web01"),
+            ],
+        )
+        .await;
+    let snapshot = snapshot.as_str().unwrap().to_owned();
+    for (key, value) in [
+        (keys::DATETIME, "20240115T10:20:30Z"),
+        (keys::JOB, ids.job_id.as_str()),
+        (keys::SCHEDULE, ids.schedule_id.as_str()),
+        (keys::VM, vm.ids.uuid.as_str()),
+        (keys::EXPORTED, "true"),
+        (keys::DELTA_CHAIN_LENGTH, "0"),
+    ] {
+        source
+            .call(
+                "VM.add_to_other_config",
+                vec![
+                    Value::from(snapshot.as_str()),
+                    Value::from(key),
+                    Value::from(value),
+                ],
+            )
+            .await;
+    }
+    // ...and a replica VM whose VDIs hold the snapshot's content and name its VDIs in
+    // xo:copy_of, with the VM-level keys and the start block.
+    let old = &target.report.vms[0];
+    let snapshot_disks = source.disks(&snapshot).await;
+    let old_disks = target.disks(&old.ids.reference).await;
+    for ((_, snap_ref, snap_vdi), (_, old_ref, _)) in snapshot_disks.iter().zip(&old_disks) {
+        let copied = tokio::process::Command::new(BIN)
+            .args([
+                "copy-vdi",
+                "--from",
+                &url(&source.server),
+                "--vdi",
+                snap_ref,
+                "--to",
+                &url(&target.server),
+                "--target-vdi",
+                old_ref,
+            ])
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            copied.status.success(),
+            "{}",
+            String::from_utf8_lossy(&copied.stderr)
+        );
+        target
+            .call(
+                "VDI.add_to_other_config",
+                vec![
+                    Value::from(old_ref.as_str()),
+                    Value::from(keys::COPY_OF),
+                    Value::from(snap_vdi.uuid.as_str()),
+                ],
+            )
+            .await;
+    }
+    let snapshot_uuid = source
+        .call("VM.get_uuid", vec![Value::from(snapshot.as_str())])
+        .await;
+    for (key, value) in [
+        (keys::COPY_OF, snapshot_uuid.as_str().unwrap()),
+        (keys::JOB, ids.job_id.as_str()),
+        (keys::SCHEDULE, ids.schedule_id.as_str()),
+        (keys::VM, vm.ids.uuid.as_str()),
+        (keys::SR, target.report.sr.uuid.as_str()),
+        (keys::DATETIME, "20240115T10:20:30Z"),
+    ] {
+        target
+            .call(
+                "VM.add_to_other_config",
+                vec![
+                    Value::from(old.ids.reference.as_str()),
+                    Value::from(key),
+                    Value::from(value),
+                ],
+            )
+            .await;
+    }
+    target
+        .call(
+            "VM.add_to_blocked_operations",
+            vec![
+                Value::from(old.ids.reference.as_str()),
+                Value::from("start"),
+                Value::from(keys::START_BLOCKED),
+            ],
+        )
+        .await;
+
+    source.write(&disks[0], 4 * MIB, 4096, 3).await;
+    let run = replicate(&job).await;
+    let r = report(&run);
+    assert_eq!(r["mode"], "delta", "continued, not a new full: {r}");
+    assert_eq!(r["disks"][0]["blocks"], 1);
+    assert_eq!(r["disks"][1]["blocks"], 0);
+    check_replica_matches(&source, &target, r).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_mid_transfer_leaves_the_target_as_it_was() {
+    let source = Host::start(&[("web01", &[24 * MIB])]).await;
+    let target = Host::start(&[]).await;
+    let vm = &source.report.vms[0];
+    let disk = vm.disks[0].vdi.reference.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let job = write_job(dir.path(), &source, &target, &vm.ids.uuid, 2, "");
+    source.write(&disk, 0, 4 * MIB, 1).await;
+    let first = replicate(&job).await;
+    let replica = report(&first)["replica"].as_str().unwrap().to_owned();
+    let before_vms: Vec<String> = target
+        .vms()
+        .await
+        .into_iter()
+        .map(|(_, v)| v.uuid)
+        .collect();
+    let before_vdis = target.vdi_count().await;
+    let replica_disk = report(&first)["disks"][0]["replica_vdi"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let before_digest = target.hash(&replica_disk).await;
+
+    // The target SR fills up in the middle of the next delta's import.
+    source.write(&disk, 6 * MIB, 16 * MIB, 2).await;
+    let used = target.lab.sr().physical_utilisation().unwrap();
+    target.lab.sr().set_capacity(Some(used + 6 * MIB)).unwrap();
+    let failed = replicate(&job).await;
+    assert_eq!(failed.code, 1, "{}", failed.json);
+    let error = failed.json["vms"][0]["error"].as_str().unwrap();
+    assert_eq!(failed.json["vms"][0]["phase"], "transfer", "{error}");
+    assert!(
+        error.contains("disk 0") && error.contains(&vm.ids.uuid),
+        "names VM and disk: {error}"
+    );
+
+    // The target is exactly as before: same VMs, same VDIs, the previous replica intact.
+    let after_vms: Vec<String> = target
+        .vms()
+        .await
+        .into_iter()
+        .map(|(_, v)| v.uuid)
+        .collect();
+    assert_eq!(after_vms, before_vms);
+    assert_eq!(target.vdi_count().await, before_vdis);
+    assert_eq!(target.hash(&replica_disk).await, before_digest);
+
+    // Room again: the next run recovers with a delta, and both replicas are right.
+    target.lab.sr().set_capacity(None).unwrap();
+    let next = replicate(&job).await;
+    let r = report(&next);
+    assert_eq!(r["mode"], "delta", "{r}");
+    check_replica_matches(&source, &target, r).await;
+    let names: Vec<String> = target
+        .replicas()
+        .await
+        .into_iter()
+        .map(|(_, v)| v.uuid)
+        .collect();
+    assert!(
+        names.contains(&replica),
+        "the previous replica is kept (retention 2)"
+    );
+}
