@@ -152,14 +152,15 @@ impl ApplyTarget for RawTarget {
 /// the disk writes overlap the decoding and the closing fdatasync only waits for the tail,
 /// instead of for the whole image at once. It also keeps the dirty page cache small.
 #[derive(Default)]
-struct WritebackPacer {
+pub(crate) struct WritebackPacer {
     unsent: u64,
 }
 
 impl WritebackPacer {
     const EVERY: u64 = 2 << 20;
 
-    fn wrote(&mut self, file: &File, len: u64) {
+    /// Count `len` bytes just written through any descriptor of `file`.
+    pub(crate) fn wrote(&mut self, file: &File, len: u64) {
         use std::os::fd::AsRawFd;
         self.unsent += len;
         if self.unsent < Self::EVERY {
