@@ -659,6 +659,28 @@ async fn the_empty_probe_put_touches_nothing_and_transfer_encoding_is_refused() 
     );
     assert_eq!(host.hash(&target).await, before);
 
+    // No length at all: xapi's "no length field".
+    let mut tcp = tokio::net::TcpStream::connect(host.server.local_addr())
+        .await
+        .unwrap();
+    let request = format!(
+        "PUT /import_raw_vdi?vdi={target}&format=vhd&session_id={} HTTP/1.1\r\n\
+         Host: lab\r\nConnection: close\r\n\r\n",
+        host.session()
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tcp.read_to_end(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 500 Internal Error\r\n"),
+        "{answer}"
+    );
+    assert!(
+        answer.contains("Trying to import a VDI without a length field"),
+        "{answer}"
+    );
+
     // Nothing was left claimed: a real import goes through.
     let stream = body_of(
         host.get("/export_raw_vdi", &format!("vdi={target}&format=vhd"))
