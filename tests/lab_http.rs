@@ -813,6 +813,59 @@ async fn a_cancelled_export_ends_with_an_embedded_500_and_a_cancelled_task() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_waits_out_its_grace_period_then_ends_the_transfers_in_flight() {
+    let Host {
+        dir: _dir,
+        lab,
+        server,
+        client,
+        report,
+    } = Host::start().await;
+    let big = &report.vms[2].disks[0].vdi.reference;
+    let session = client.session_id().expose().to_owned();
+    let request = Request::get(format!(
+        "/export_raw_vdi?session_id={session}&vdi={big}&format=raw"
+    ))
+    .header(HOST, server.local_addr().to_string())
+    .body(Empty::<Bytes>::new())
+    .unwrap();
+    let response = Endpoint::new(url_of(&server), &Trust::Insecure)
+        .unwrap()
+        .send(request)
+        .await
+        .unwrap();
+    let task = task_id(&response);
+    let mut body = response.into_body();
+    body.frame().await.unwrap().unwrap();
+
+    // The client stalls; the server stops after its grace period all the same.
+    let started = Instant::now();
+    server.shutdown(Duration::from_millis(300)).await;
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    while let Some(Ok(_)) = body.frame().await {}
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let call = vhdsync::xapi::rpc::Call::new(
+            "task.get_status",
+            vec![session.as_str().into(), task.as_str().into()],
+        );
+        let status = lab.handle(&call).unwrap();
+        if status.as_str() == Some("failure") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the export's task is still {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rpc_endpoints_answer_as_xapi_does() {
     let host = Host::start().await;
     let curl = |path: &str, body: &str| {
