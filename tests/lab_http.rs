@@ -1071,8 +1071,13 @@ fn lab_serve_prints_its_url_first_serves_the_cli_and_stops_on_sigterm() {
         hex::encode(sha2::Sha256::digest(vec![0u8; 8 << 20]))
     };
     assert_eq!(after, empty);
+    // No user in the URL is a usage error; a wrong password is a failure.
     let bad = vhdsync(&["lab", "hash", "--url", url, "--vdi", &vdi]);
+    assert_eq!(bad.status.code(), Some(2));
+    let wrong = url.replacen("http://", "http://root:wrong@", 1);
+    let bad = vhdsync(&["lab", "hash", "--url", &wrong, "--vdi", &vdi]);
     assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("SESSION_AUTHENTICATION_FAILED"));
     terminate(running);
 
     // A restart keeps everything; the data written before is still there.
