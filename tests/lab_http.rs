@@ -659,6 +659,28 @@ async fn the_empty_probe_put_touches_nothing_and_transfer_encoding_is_refused() 
     );
     assert_eq!(host.hash(&target).await, before);
 
+    // No length at all: xapi's "no length field".
+    let mut tcp = tokio::net::TcpStream::connect(host.server.local_addr())
+        .await
+        .unwrap();
+    let request = format!(
+        "PUT /import_raw_vdi?vdi={target}&format=vhd&session_id={} HTTP/1.1\r\n\
+         Host: lab\r\nConnection: close\r\n\r\n",
+        host.session()
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tcp.read_to_end(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 500 Internal Error\r\n"),
+        "{answer}"
+    );
+    assert!(
+        answer.contains("Trying to import a VDI without a length field"),
+        "{answer}"
+    );
+
     // Nothing was left claimed: a real import goes through.
     let stream = body_of(
         host.get("/export_raw_vdi", &format!("vdi={target}&format=vhd"))
@@ -788,6 +810,59 @@ async fn a_cancelled_export_ends_with_an_embedded_500_and_a_cancelled_task() {
     let record = host.task(&task).await;
     assert_eq!(text(&record, "status"), "cancelled");
     assert_eq!(error_info(&record), vec!["TASK_CANCELLED".to_owned(), task]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_waits_out_its_grace_period_then_ends_the_transfers_in_flight() {
+    let Host {
+        dir: _dir,
+        lab,
+        server,
+        client,
+        report,
+    } = Host::start().await;
+    let big = &report.vms[2].disks[0].vdi.reference;
+    let session = client.session_id().expose().to_owned();
+    let request = Request::get(format!(
+        "/export_raw_vdi?session_id={session}&vdi={big}&format=raw"
+    ))
+    .header(HOST, server.local_addr().to_string())
+    .body(Empty::<Bytes>::new())
+    .unwrap();
+    let response = Endpoint::new(url_of(&server), &Trust::Insecure)
+        .unwrap()
+        .send(request)
+        .await
+        .unwrap();
+    let task = task_id(&response);
+    let mut body = response.into_body();
+    body.frame().await.unwrap().unwrap();
+
+    // The client stalls; the server stops after its grace period all the same.
+    let started = Instant::now();
+    server.shutdown(Duration::from_millis(300)).await;
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    while let Some(Ok(_)) = body.frame().await {}
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let call = vhdsync::xapi::rpc::Call::new(
+            "task.get_status",
+            vec![session.as_str().into(), task.as_str().into()],
+        );
+        let status = lab.handle(&call).unwrap();
+        if status.as_str() == Some("failure") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the export's task is still {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -996,8 +1071,13 @@ fn lab_serve_prints_its_url_first_serves_the_cli_and_stops_on_sigterm() {
         hex::encode(sha2::Sha256::digest(vec![0u8; 8 << 20]))
     };
     assert_eq!(after, empty);
+    // No user in the URL is a usage error; a wrong password is a failure.
     let bad = vhdsync(&["lab", "hash", "--url", url, "--vdi", &vdi]);
+    assert_eq!(bad.status.code(), Some(2));
+    let wrong = url.replacen("http://", "http://root:wrong@", 1);
+    let bad = vhdsync(&["lab", "hash", "--url", &wrong, "--vdi", &vdi]);
     assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("SESSION_AUTHENTICATION_FAILED"));
     terminate(running);
 
     // A restart keeps everything; the data written before is still there.

@@ -12,14 +12,15 @@ use crate::lab::http::LabServer;
 use crate::lab::rpc::LAB_WRITE_ZEROS;
 use crate::lab::{InitReport, Lab, LabError};
 use crate::xapi::HostUrl;
-use crate::xapi::client::XapiClient;
+use crate::xapi::client::{ClientError, XapiClient};
 use crate::xapi::rpc::Value;
 use crate::xapi::tls::{Fingerprint, Trust};
 
 /// How long `serve` lets transfers in flight finish after a signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-/// `lab.write` writes in one call, at disk speed: allow it time.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// `lab.write` and `lab.hash` go through the whole range in one call, at disk speed: allow
+/// them time.
+const LONG_CALL_TIMEOUT: Duration = Duration::from_secs(3600);
 
 pub fn run(command: LabCommand) -> Result<ExitCode, CliError> {
     match command {
@@ -120,7 +121,7 @@ fn write(args: &LabWriteArgs) -> Result<ExitCode, CliError> {
     };
     let offset = to_int(args.offset, "--offset")?;
     let length_value = to_int(length, "the length")?;
-    with_client(&args.host, WRITE_TIMEOUT, |client| async move {
+    with_client(&args.host, LONG_CALL_TIMEOUT, |client| async move {
         client
             .call(
                 "lab.write",
@@ -137,7 +138,7 @@ fn write(args: &LabWriteArgs) -> Result<ExitCode, CliError> {
 }
 
 fn hash(args: &LabHashArgs) -> Result<ExitCode, CliError> {
-    let digest = with_client(&args.host, WRITE_TIMEOUT, |client| async move {
+    let digest = with_client(&args.host, LONG_CALL_TIMEOUT, |client| async move {
         client
             .call("lab.hash", vec![Value::from(args.vdi.as_str())])
             .await
@@ -159,7 +160,7 @@ fn to_int(n: u64, what: &str) -> Result<Value, CliError> {
 fn with_client<T, F, Fut>(host: &LabHostArgs, timeout: Duration, work: F) -> Result<T, CliError>
 where
     F: FnOnce(std::sync::Arc<XapiClient>) -> Fut,
-    Fut: std::future::Future<Output = Result<T, crate::xapi::client::ClientError>>,
+    Fut: std::future::Future<Output = Result<T, ClientError>>,
 {
     let url = HostUrl::parse(&host.url).map_err(|e| CliError::Input(e.to_string()))?;
     let trust = match (&host.fingerprint, host.insecure) {
@@ -176,7 +177,10 @@ where
     runtime.block_on(async {
         let client = XapiClient::connect(url, &trust, None)
             .await
-            .map_err(|e| CliError::Failed(e.to_string()))?
+            .map_err(|e| match e {
+                ClientError::NoCredentials { .. } => CliError::Input(e.to_string()),
+                other => CliError::Failed(other.to_string()),
+            })?
             .with_call_timeout(timeout);
         let client = std::sync::Arc::new(client);
         let result = work(client.clone()).await;

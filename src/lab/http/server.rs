@@ -14,7 +14,7 @@ use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio_rustls::TlsAcceptor;
 
 use super::{HttpError, route, tls};
@@ -90,7 +90,8 @@ impl LabServer {
     }
 
     /// Stop accepting connections, give requests in flight up to `grace` to finish, then
-    /// drop whatever is left.
+    /// abort the connections still open: their transfers fail (an import leaves its VDI
+    /// unchanged) and their tasks say so.
     pub async fn shutdown(mut self, grace: Duration) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(grace);
@@ -116,12 +117,16 @@ async fn accept_loop(
     lab: Lab,
     mut stop: oneshot::Receiver<Duration>,
 ) {
-    let connections = GracefulShutdown::new();
+    let graceful = GracefulShutdown::new();
+    // Owned here so that whatever outlives the grace period is aborted when the set drops.
+    let mut connections = JoinSet::new();
     let grace = loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
-                    tokio::spawn(connection(tcp, peer, acceptor.clone(), lab.clone(), connections.watcher()));
+                    while connections.try_join_next().is_some() {}
+                    let (acceptor, lab) = (acceptor.clone(), lab.clone());
+                    connections.spawn(connection(tcp, peer, acceptor, lab, graceful.watcher()));
                 }
                 Err(e) => {
                     // Out of file descriptors, typically: wait for some to be freed.
@@ -133,11 +138,11 @@ async fn accept_loop(
         }
     };
     drop(listener);
-    if tokio::time::timeout(grace, connections.shutdown())
+    if tokio::time::timeout(grace, graceful.shutdown())
         .await
         .is_err()
     {
-        tracing::info!("stopping with requests still in flight");
+        tracing::info!("stopping with {} connections still busy", connections.len());
     }
 }
 
