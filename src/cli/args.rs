@@ -208,6 +208,9 @@ pub enum LabCommand {
     Write(LabWriteArgs),
     /// Print the SHA-256 of a VDI's whole content (its virtual size).
     Hash(LabHashArgs),
+    /// Inject a fault into a running lab host (it prints the fault's id), or list or clear
+    /// its faults. A fault fires once unless --persistent.
+    Fault(LabFaultArgs),
 }
 
 #[derive(Debug, Args)]
@@ -282,6 +285,69 @@ pub struct LabHashArgs {
     /// The VDI's uuid (or reference).
     #[arg(long)]
     pub vdi: String,
+}
+
+/// What `lab fault` takes to describe a fault to inject, which listing or clearing refuses.
+const FAULT_SPEC: [&str; 10] = [
+    "kind",
+    "after",
+    "seconds",
+    "method",
+    "code",
+    "count",
+    "rate",
+    "on",
+    "vdi",
+    "persistent",
+];
+
+#[derive(Debug, Args)]
+pub struct LabFaultArgs {
+    #[command(flatten)]
+    pub host: LabHostArgs,
+    /// List the faults waiting to fire.
+    #[arg(long, conflicts_with = "clear", conflicts_with_all = FAULT_SPEC)]
+    pub list: bool,
+    /// Clear the fault with this id, or all of them.
+    #[arg(long, value_name = "ID", num_args = 0..=1, conflicts_with_all = FAULT_SPEC)]
+    pub clear: Option<Option<u64>>,
+    /// The fault to inject.
+    #[arg(
+        required_unless_present_any = ["list", "clear"],
+        value_parser = [
+            "drop_export", "drop_import", "fail_export", "fail_import", "sr_full", "stall",
+            "embedded_error", "rpc_error", "bandwidth",
+        ],
+    )]
+    pub kind: Option<String>,
+    /// drop_export, drop_import, embedded_error, stall: after this many bytes.
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    pub after: Option<u64>,
+    /// stall: for this many seconds.
+    #[arg(long, value_name = "N")]
+    pub seconds: Option<u64>,
+    /// rpc_error: the method that fails, e.g. VDI.clone (its Async form fails too).
+    #[arg(long, value_name = "M")]
+    pub method: Option<String>,
+    /// rpc_error: the XAPI error code it answers.
+    #[arg(long, value_name = "C")]
+    pub code: Option<String>,
+    /// rpc_error: fail this many calls (default 1).
+    #[arg(long, value_name = "K")]
+    pub count: Option<u64>,
+    /// bandwidth: bytes per second.
+    #[arg(long, value_name = "BYTES_PER_S", value_parser = parse_size)]
+    pub rate: Option<u64>,
+    /// sr_full: VDI.create, VDI.clone or import; stall: export or import; bandwidth: export,
+    /// import or both (default).
+    #[arg(long, value_name = "WHAT")]
+    pub on: Option<String>,
+    /// Only transfers (or clones) of this VDI (uuid or reference) meet the fault.
+    #[arg(long, value_name = "UUID")]
+    pub vdi: Option<String>,
+    /// Fire every time until cleared, instead of once.
+    #[arg(long)]
+    pub persistent: bool,
 }
 
 /// A byte count: digits with an optional binary unit K, M, G or T, which may be written

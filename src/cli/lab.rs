@@ -1,12 +1,16 @@
-//! `vhdsync lab init|serve|write|hash`: create and run a lab host, and act on a running one
-//! as its guests would (through the `lab.` RPCs, like any other client).
+//! `vhdsync lab init|serve|write|hash|fault`: create and run a lab host, act on a running
+//! one as its guests would, and inject faults into it (through the `lab.` RPCs, like any
+//! other client).
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use super::CliError;
-use super::args::{LabCommand, LabHashArgs, LabHostArgs, LabInitArgs, LabServeArgs, LabWriteArgs};
+use super::args::{
+    LabCommand, LabFaultArgs, LabHashArgs, LabHostArgs, LabInitArgs, LabServeArgs, LabWriteArgs,
+};
 use super::output::print_json;
 use crate::lab::http::LabServer;
 use crate::lab::rpc::LAB_WRITE_ZEROS;
@@ -28,6 +32,7 @@ pub fn run(command: LabCommand) -> Result<ExitCode, CliError> {
         LabCommand::Serve(args) => serve(&args),
         LabCommand::Write(args) => write(&args),
         LabCommand::Hash(args) => hash(&args),
+        LabCommand::Fault(args) => fault(&args),
     }
 }
 
@@ -148,6 +153,88 @@ fn hash(args: &LabHashArgs) -> Result<ExitCode, CliError> {
         .ok_or_else(|| CliError::Failed(format!("lab.hash answered {digest:?}, not a digest")))?;
     println!("{digest}");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Quick calls: the fault registry is in memory.
+const FAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn fault(args: &LabFaultArgs) -> Result<ExitCode, CliError> {
+    if args.list {
+        let faults = with_client(&args.host, FAULT_CALL_TIMEOUT, |client| async move {
+            client.call("lab.list_faults", Vec::new()).await
+        })?;
+        for fault in faults.as_array().unwrap_or_default() {
+            println!("{}", fault_line(fault));
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(id) = args.clear {
+        let params = match id {
+            Some(id) => vec![to_int(id, "the id")?],
+            None => Vec::new(),
+        };
+        let cleared = with_client(&args.host, FAULT_CALL_TIMEOUT, |client| async move {
+            client.call("lab.clear_faults", params).await
+        })?;
+        println!("cleared {} fault(s)", cleared.as_i64().unwrap_or_default());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let spec = fault_spec(args)?;
+    let id = with_client(&args.host, FAULT_CALL_TIMEOUT, |client| async move {
+        client.call("lab.inject_fault", vec![spec]).await
+    })?;
+    println!("{}", id.as_str().unwrap_or_default());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The `lab.inject_fault` spec the options describe; the lab host checks it.
+fn fault_spec(args: &LabFaultArgs) -> Result<Value, CliError> {
+    let mut spec = BTreeMap::new();
+    let kind = args.kind.as_deref().unwrap_or_default();
+    spec.insert("kind", Value::from(kind));
+    let ints = [
+        ("after_bytes", args.after),
+        ("seconds", args.seconds),
+        ("count", args.count),
+        ("bytes_per_second", args.rate),
+    ];
+    for (field, value) in ints {
+        if let Some(n) = value {
+            spec.insert(field, to_int(n, field)?);
+        }
+    }
+    let texts = [
+        ("method", &args.method),
+        ("code", &args.code),
+        ("on", &args.on),
+        ("vdi", &args.vdi),
+    ];
+    for (field, value) in texts {
+        if let Some(text) = value {
+            spec.insert(field, Value::from(text.as_str()));
+        }
+    }
+    if args.persistent {
+        spec.insert("persistent", Value::Bool(true));
+    }
+    Ok(Value::from(spec))
+}
+
+/// A listed fault on one line: `ID KIND field=value…`.
+fn fault_line(fault: &Value) -> String {
+    let text = |value: &Value| match value {
+        Value::Int(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        other => other.as_str().unwrap_or_default().to_owned(),
+    };
+    let field = |name: &str| fault.get(name).map(text).unwrap_or_default();
+    let mut line = format!("{} {}", field("id"), field("kind"));
+    for (name, value) in fault.as_struct().into_iter().flatten() {
+        if name != "id" && name != "kind" {
+            line.push_str(&format!(" {name}={}", text(value)));
+        }
+    }
+    line
 }
 
 fn to_int(n: u64, what: &str) -> Result<Value, CliError> {

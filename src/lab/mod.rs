@@ -1,6 +1,7 @@
 //! The lab host: a simulated XAPI host over real VHD chains.
 
 pub mod db;
+pub mod faults;
 pub mod http;
 pub mod rpc;
 pub mod sr;

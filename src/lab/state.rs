@@ -5,6 +5,7 @@
 //! crash leaves the old state or the new one. Sessions and tasks are not saved, as in XAPI
 //! (whose `session` and `task` tables are not persisted): after a restart every client logs
 //! in again, which npm `xen-api` and the Python SDK do by themselves on `SESSION_INVALID`.
+//! Injected faults are not saved either: they are set up by the test that runs the host.
 //!
 //! Concurrency: RPCs take the database lock for their whole run, storage calls included, so
 //! each one is atomic with respect to the others; the data plane uses the [`FileSr`] directly,
@@ -18,6 +19,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use crate::lab::db::{Db, StateFormatError};
+use crate::lab::faults::Faults;
 use crate::lab::sr::{FileSr, SrError};
 use crate::xapi::rpc::XapiFault;
 
@@ -59,6 +61,7 @@ struct Shared {
     db: Mutex<Db>,
     changed: Condvar,
     sr: Arc<FileSr>,
+    faults: Faults,
 }
 
 impl std::fmt::Debug for Lab {
@@ -115,6 +118,7 @@ impl Lab {
                 db: Mutex::new(db),
                 changed: Condvar::new(),
                 sr: Arc::new(sr),
+                faults: Faults::default(),
             }),
         }
     }
@@ -126,6 +130,11 @@ impl Lab {
     /// The SR holding every VDI's VHD chain; the data plane reads and imports through it.
     pub fn sr(&self) -> &Arc<FileSr> {
         &self.shared.sr
+    }
+
+    /// The faults injected with `lab.inject_fault`, which calls and transfers meet.
+    pub fn faults(&self) -> &Faults {
+        &self.shared.faults
     }
 
     fn lock(&self) -> MutexGuard<'_, Db> {

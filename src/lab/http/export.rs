@@ -7,9 +7,9 @@
 //! size, and a slow client slows the thread down. The task completes before the body ends,
 //! so a client that sees the connection close finds the task's final state. A failure after
 //! the 200 fails the task and is written into the body as a whole `HTTP/1.1 500` response,
-//! as xapi does.
+//! as xapi does. Injected faults act in the [`Sink`], on the bytes as they go out.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hyper::HeaderMap;
@@ -27,6 +27,7 @@ use super::transfer::{
 };
 use crate::image::{Chain, changed};
 use crate::lab::Lab;
+use crate::lab::faults::{Cut, CutKind, Plane, TransferFaults};
 use crate::stream::StreamEncoder;
 use crate::stream::source::{ChainSource, export_params};
 use crate::xapi::rpc::{Value, XapiFault};
@@ -63,6 +64,8 @@ pub(super) async fn handle(lab: Lab, parts: Parts) -> Reply {
 struct Export {
     lab: Lab,
     task: String,
+    /// The VDI's reference, by which faults may name it too.
+    reference: String,
     vdi: Uuid,
     format: Format,
     source: ChainSource,
@@ -106,6 +109,7 @@ fn check(lab: &Lab, params: &Params, headers: &HeaderMap) -> Result<Export, Refu
     Ok(Export {
         lab: lab.clone(),
         task,
+        reference,
         vdi: uuid,
         format,
         source: ChainSource::new(leaf),
@@ -119,6 +123,8 @@ enum Stop {
     Gone(&'static str),
     /// Anything else: the task fails with this and the client gets an embedded 500.
     Failed(XapiFault),
+    /// An injected fault ended the export.
+    Cut(Cut),
 }
 
 impl From<XapiFault> for Stop {
@@ -127,14 +133,36 @@ impl From<XapiFault> for Stop {
     }
 }
 
-/// The body's end of the channel, from a blocking thread.
+/// The body's end of the channel, from a blocking thread, through the injected faults.
 struct Sink<'a> {
     runtime: &'a Handle,
     tx: mpsc::Sender<Bytes>,
+    faults: TransferFaults,
+    sent: u64,
+    started: Instant,
 }
 
 impl Sink<'_> {
-    fn send(&self, frame: Bytes) -> Result<(), Stop> {
+    /// Send a frame as the faults allow: paced, stalled or cut short.
+    fn send(&mut self, mut frame: Bytes) -> Result<(), Stop> {
+        while !frame.is_empty() {
+            let step = self
+                .faults
+                .step(self.sent, frame.len(), self.started.elapsed());
+            std::thread::sleep(step.wait);
+            let part = frame.split_to(step.pass);
+            self.sent += part.len() as u64;
+            if !part.is_empty() {
+                self.deliver(part)?;
+            }
+            if let Some(cut) = step.cut {
+                return Err(Stop::Cut(cut));
+            }
+        }
+        Ok(())
+    }
+
+    fn deliver(&self, frame: Bytes) -> Result<(), Stop> {
         let sent = self
             .runtime
             .block_on(tokio::time::timeout(STALL_TIMEOUT, self.tx.send(frame)));
@@ -148,10 +176,17 @@ impl Sink<'_> {
 
 impl Export {
     fn run(self, runtime: &Handle, tx: mpsc::Sender<Bytes>) {
-        let sink = Sink { runtime, tx };
+        let names = [self.reference.as_str(), &self.vdi.to_string()];
+        let mut sink = Sink {
+            runtime,
+            tx,
+            faults: self.lab.faults().arm(Plane::Export, &names),
+            sent: 0,
+            started: Instant::now(),
+        };
         let outcome = match self.format {
-            Format::Vhd => self.send_vhd(&sink),
-            Format::Raw => self.send_raw(&sink),
+            Format::Vhd => self.send_vhd(&mut sink),
+            Format::Raw => self.send_raw(&mut sink),
         };
         let lab = &self.lab;
         // The task first: the body ends when `sink` drops, and by then the task is final.
@@ -169,12 +204,20 @@ impl Export {
             Err(Stop::Failed(fault)) => {
                 tracing::warn!(vdi = %self.vdi, %fault, "export failed after its 200");
                 let _ = lab.complete_task(&self.task, Err(fault.clone()));
-                let _ = sink.send(reply::embedded_internal_error(&fault));
+                let _ = sink.deliver(reply::embedded_internal_error(&fault));
+            }
+            Err(Stop::Cut(cut)) => {
+                tracing::info!(vdi = %self.vdi, "export: {cut}");
+                let fault = io_error(format!("VDI {}: {cut}", self.vdi));
+                let _ = lab.complete_task(&self.task, Err(fault.clone()));
+                if cut.how == CutKind::Fail {
+                    let _ = sink.deliver(reply::embedded_internal_error(&fault));
+                }
             }
         }
     }
 
-    fn send_vhd(&self, sink: &Sink) -> Result<(), Stop> {
+    fn send_vhd(&self, sink: &mut Sink) -> Result<(), Stop> {
         let params = export_params(self.source.chain(), self.base.as_ref());
         let mut encoder = StreamEncoder::new(params)
             .map_err(|e| internal(format!("VDI {}: encoding the VHD stream: {e}", self.vdi)))?;
@@ -199,7 +242,7 @@ impl Export {
 
     /// The whole virtual size. With a base, blocks that did not change are sent as zeros, as
     /// xapi does (which makes a raw delta of little use, but that is the protocol).
-    fn send_raw(&self, sink: &Sink) -> Result<(), Stop> {
+    fn send_raw(&self, sink: &mut Sink) -> Result<(), Stop> {
         let chain = self.source.chain();
         let changed_blocks = self.base.as_ref().map(|base| changed(chain, Some(base)));
         let total = f64::from(chain.block_count().max(1));

@@ -1,13 +1,14 @@
 //! Routing a call to its handler, with xapi's checks in xapi's order: the name
 //! (`MESSAGE_METHOD_UNKNOWN`), the arity (`MESSAGE_PARAMETER_COUNT_MISMATCH`), then the
-//! session (`SESSION_INVALID`).
+//! session (`SESSION_INVALID`). Then, before the handler runs, any fault injected for the
+//! call (`lab.inject_fault`), so that errors a client makes itself still win.
 
 use super::accessors::Accessor;
 use super::args::{Invocation, Param};
-use super::{accessors, catalog, task};
+use super::{accessors, catalog, lab_calls, task};
 use crate::lab::db::Class;
 use crate::lab::state::Lab;
-use crate::xapi::rpc::{Call, Response, XapiFault};
+use crate::xapi::rpc::{Call, Response, Value, XapiFault};
 
 pub(super) type Handler = fn(&Lab, &Invocation) -> Response;
 
@@ -79,6 +80,9 @@ pub(super) fn dispatch(lab: &Lab, call: &Call) -> Response {
         if message.takes_session {
             check_session(lab, &invocation)?;
         }
+        if let Some(answer) = injected(lab, call, asynchronous) {
+            return answer;
+        }
         return if asynchronous {
             task::run_async(lab, message.run, invocation)
         } else {
@@ -91,7 +95,23 @@ pub(super) fn dispatch(lab: &Lab, call: &Call) -> Response {
         .ok_or_else(unknown)?;
     let invocation = Invocation::new(&call.method, accessor.params(), &call.params, true)?;
     check_session(lab, &invocation)?;
+    if let Some(answer) = injected(lab, call, false) {
+        return answer;
+    }
     accessors::run(lab, class, accessor, &invocation)
+}
+
+/// The answer of a call that meets an injected fault: its error, or for an `Async.` call a
+/// task that failed with it, as xapi reports the errors of asynchronous calls.
+fn injected(lab: &Lab, call: &Call, asynchronous: bool) -> Option<Response> {
+    let fault = lab_calls::injected(lab, &call.method, &call.params)?;
+    if !asynchronous {
+        return Some(Err(fault));
+    }
+    Some(lab.create_task(&call.method).and_then(|task| {
+        lab.complete_task(&task, Err(fault))?;
+        Ok(Value::from(task))
+    }))
 }
 
 fn check_session(lab: &Lab, invocation: &Invocation) -> Result<(), XapiFault> {

@@ -1,21 +1,29 @@
-//! Lab-only calls, in a `lab.` namespace no XAPI class uses, behind the `vhdsync lab write`
-//! and `vhdsync lab hash` commands:
+//! Lab-only calls, in a `lab.` namespace no XAPI class uses, behind the `vhdsync lab write`,
+//! `vhdsync lab hash` and `vhdsync lab fault` commands:
 //!
 //! * `lab.write(session, vdi, offset, length, data)`: a guest write of `length` bytes at
 //!   `offset`. `data` is a seed (an int, or its decimal text) for deterministic pseudo-random
 //!   bytes (SplitMix64, little-endian, restarting at the write's first byte), or the string
 //!   `"zero"` for zeros. Returns void.
 //! * `lab.hash(session, vdi)`: the SHA-256 (lowercase hex) of the VDI's whole content.
+//! * `lab.inject_fault(session, spec)`: add a fault (see [`crate::lab::faults`]) and return
+//!   its id, e.g. `{kind: "drop_export", after_bytes: "1048576", persistent: false,
+//!   vdi: "…"}`. Ints may be typed or decimal text, as XML-RPC carries 64-bit ints.
+//! * `lab.list_faults(session)`: the faults waiting to fire, as structs like the specs, with
+//!   their `id` and how often they `fired`.
+//! * `lab.clear_faults(session[, id])`: remove one fault, or all: how many went.
 //!
 //! `vdi` may be a reference or a uuid. The data goes straight to the SR, in bounded chunks,
-//! without holding the database lock.
+//! without holding the database lock. The faults injected here are met by every other call,
+//! through [`injected`], and by the data plane; `lab.` calls are never faulted.
 
 use uuid::Uuid;
 
-use super::args::{Invocation, Param};
+use super::args::{Fallback, Invocation, Param};
 use super::dispatch::Message;
 use super::faults::StorageCall;
 use crate::lab::db::{Class, DbError};
+use crate::lab::faults::{FaultSpec, RpcFault, VdiFilter};
 use crate::lab::state::Lab;
 use crate::xapi::rpc::{Response, Value, XapiFault};
 
@@ -31,6 +39,13 @@ pub(super) const MESSAGES: &[Message] = &[
         write,
     ),
     Message::sync("hash", &[Param::Required("vdi")], hash),
+    Message::sync("inject_fault", &[Param::Required("spec")], inject_fault),
+    Message::sync("list_faults", &[], list_faults),
+    Message::sync(
+        "clear_faults",
+        &[Param::Optional("id", Fallback::Text(""))],
+        clear_faults,
+    ),
 ];
 
 /// The `data` argument asking for zeros.
@@ -90,6 +105,72 @@ fn hash(lab: &Lab, call: &Invocation) -> Response {
     Ok(Value::from(digest))
 }
 
+fn inject_fault(lab: &Lab, call: &Invocation) -> Response {
+    let spec = FaultSpec::parse(call.record(0)?, |named| {
+        let (reference, uuid) = lab.vdi_by_ref_or_uuid(named)?;
+        Some(VdiFilter {
+            reference,
+            uuid: uuid.to_string(),
+        })
+    })?;
+    let id = lab.faults().inject(spec);
+    Ok(Value::from(id.to_string()))
+}
+
+fn list_faults(lab: &Lab, _: &Invocation) -> Response {
+    let faults: Vec<Value> = lab.faults().list().iter().map(|f| f.to_value()).collect();
+    Ok(Value::Array(faults))
+}
+
+fn clear_faults(lab: &Lab, call: &Invocation) -> Response {
+    let id = match call.value(0) {
+        Value::String(all) if all.is_empty() => None,
+        given => Some(
+            given
+                .as_i64()
+                .and_then(|n| u64::try_from(n).ok())
+                .ok_or_else(|| {
+                    let shown = match given {
+                        Value::Int(n) => n.to_string(),
+                        other => other.as_str().unwrap_or(other.kind()).to_owned(),
+                    };
+                    XapiFault::new("INVALID_VALUE", ["id".to_owned(), shown])
+                })?,
+        ),
+    };
+    let cleared = lab.faults().clear(id);
+    Ok(Value::Int(i64::try_from(cleared).unwrap_or(i64::MAX)))
+}
+
+/// The error an injected fault makes a call answer, if it meets one: an `rpc_error`, or an
+/// `sr_full` on `VDI.create` or `VDI.clone`. `params` are the call's, the session first.
+pub(super) fn injected(lab: &Lab, method: &str, params: &[Value]) -> Option<XapiFault> {
+    // `VDI.create`'s record, or the VDI `VDI.clone` clones.
+    let argument = params.get(1);
+    match lab
+        .faults()
+        .on_rpc(method, argument.and_then(Value::as_str))?
+    {
+        RpcFault::Error { id, code } => Some(XapiFault::new(
+            code,
+            [format!("injected by the lab host (fault {id})")],
+        )),
+        RpcFault::SrFull { .. } => {
+            let requested = match argument {
+                Some(Value::Struct(record)) => record
+                    .get("virtual_size")
+                    .and_then(Value::as_i64)
+                    .and_then(|n| u64::try_from(n).ok()),
+                Some(Value::String(vdi)) => lab
+                    .vdi_by_ref_or_uuid(vdi)
+                    .and_then(|(_, uuid)| lab.sr().virtual_size(uuid).ok()),
+                _ => None,
+            };
+            Some(lab.injected_sr_full(requested.unwrap_or(0)))
+        }
+    }
+}
+
 fn resolve(lab: &Lab, vdi: &str) -> Result<(String, Uuid), XapiFault> {
     lab.vdi_by_ref_or_uuid(vdi).ok_or_else(|| {
         DbError::UuidInvalid {
@@ -106,6 +187,17 @@ fn non_negative(call: &Invocation, index: usize, name: &str) -> Result<u64, Xapi
 }
 
 impl Lab {
+    /// `SR_FULL [requested; maximum]` (protocol reference §4) for an injected fault, the
+    /// SR's free space as the maximum.
+    pub(crate) fn injected_sr_full(&self, requested: u64) -> XapiFault {
+        let sr = self.sr();
+        let free = match (sr.physical_size(), sr.physical_utilisation()) {
+            (Ok(size), Ok(used)) => size.saturating_sub(used),
+            _ => 0,
+        };
+        XapiFault::new("SR_FULL", [requested.to_string(), free.to_string()])
+    }
+
     /// The VDI named by a reference or a uuid: its reference and uuid.
     pub fn vdi_by_ref_or_uuid(&self, vdi: &str) -> Option<(String, Uuid)> {
         self.with_db(|db| {

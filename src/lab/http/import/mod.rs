@@ -10,7 +10,8 @@
 //! staging copy of the VDI's leaf that replaces the leaf only once the whole stream applied,
 //! so a failed import leaves the VDI unchanged; the task then fails, and the 200's body
 //! carries an embedded 500, as xapi's does. On success the task's result is the VDI's
-//! reference as XML-RPC, `<value>OpaqueRef:…</value>`.
+//! reference as XML-RPC, `<value>OpaqueRef:…</value>`. Injected faults refuse the import
+//! (`sr_full`) before the VDI is claimed, and act on the body as the [`BodyReader`] reads it.
 
 mod apply;
 mod pump;
@@ -31,6 +32,7 @@ use super::transfer::{
 };
 use crate::image::Chain;
 use crate::lab::Lab;
+use crate::lab::faults::Plane;
 use crate::lab::sr::ImportGuard;
 use crate::xapi::rpc::{Value, XapiFault};
 use pump::{BodyReader, pump};
@@ -60,7 +62,9 @@ pub(super) async fn handle(lab: Lab, request: Request<Incoming>) -> Reply {
     let task = job.task.clone();
     tokio::task::spawn_blocking(move || {
         let uuid = job.uuid;
-        job.run(BodyReader::new(frames_rx, uuid), reply_tx)
+        let names = [job.vdi.as_str(), &uuid.to_string()];
+        let faults = job.lab.faults().arm(Plane::Import, &names);
+        job.run(BodyReader::new(frames_rx, uuid, faults), reply_tx)
     });
     // hyper answers `Expect: 100-continue` only while no response has started, so the 200
     // waits for the body to start flowing (or to fail).
@@ -143,6 +147,9 @@ fn check(lab: &Lab, params: &Params, headers: &HeaderMap) -> Result<Prepared, Re
         if length > size {
             return Err(Refusal::internal(too_small(&vdi, length)));
         }
+    }
+    if lab.faults().on_import(&[&vdi, &uuid.to_string()]).is_some() {
+        return Err(Refusal::internal(lab.injected_sr_full(length)));
     }
     let guard = sr.begin_import(uuid).map_err(storage)?;
     let before = sr.chain(uuid).map_err(storage)?;
@@ -227,7 +234,10 @@ impl Job {
             Err(fault) => {
                 tracing::warn!(vdi = %uuid, %fault, "import failed; the VDI is unchanged");
                 let _ = lab.complete_task(&task, Err(fault.clone()));
-                let _ = reply.blocking_send(reply::embedded_internal_error(&fault));
+                // A dropped connection says nothing more.
+                if !body.dropped() {
+                    let _ = reply.blocking_send(reply::embedded_internal_error(&fault));
+                }
             }
         }
     }

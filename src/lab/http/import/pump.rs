@@ -1,8 +1,9 @@
 //! Moving the request body from hyper to the blocking thread that applies it: an async pump
 //! reads frames and passes them on through a bounded channel, so the client is held back by
-//! TCP flow control when the disk is slower than the network.
+//! TCP flow control when the disk is slower than the network. The blocking side reads through
+//! the injected faults, which pace, stall or cut the body.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -11,6 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::super::transfer::io_error;
+use crate::lab::faults::{Cut, CutKind, TransferFaults};
 use crate::xapi::rpc::XapiFault;
 
 /// A client that sends nothing for this long is given up on, which frees the VDI.
@@ -55,32 +57,64 @@ pub(super) async fn pump(
 /// The body as the blocking thread reads it.
 pub(super) struct BodyReader {
     frames: mpsc::Receiver<Item>,
+    /// Bytes passed on so far.
     received: u64,
     vdi: Uuid,
+    faults: TransferFaults,
+    started: Instant,
+    /// Bytes of the last frame the faults held back.
+    held: Bytes,
+    /// Where the faults cut the body, reported at the next read.
+    cut: Option<Cut>,
 }
 
 impl BodyReader {
-    /// The body of an import into `vdi`, which errors name.
-    pub fn new(frames: mpsc::Receiver<Item>, vdi: Uuid) -> BodyReader {
+    /// The body of an import into `vdi`, which errors name, read through `faults`.
+    pub fn new(frames: mpsc::Receiver<Item>, vdi: Uuid, faults: TransferFaults) -> BodyReader {
         BodyReader {
             frames,
             received: 0,
             vdi,
+            faults,
+            started: Instant::now(),
+            held: Bytes::new(),
+            cut: None,
         }
     }
 
     /// The next bytes, `None` at the end of the body. Blocks: call on a blocking thread.
     pub fn next(&mut self) -> Result<Option<Bytes>, XapiFault> {
-        match self.frames.blocking_recv() {
-            None => Ok(None),
-            Some(Ok(bytes)) => {
-                self.received += bytes.len() as u64;
-                Ok(Some(bytes))
-            }
-            Some(Err(why)) => Err(io_error(format!(
-                "VDI {}: {why} after {} bytes",
-                self.vdi, self.received
-            ))),
+        let cut = |cut: Cut| io_error(format!("VDI {}: {cut}", self.vdi));
+        if let Some(done) = self.cut {
+            return Err(cut(done));
         }
+        while self.held.is_empty() {
+            match self.frames.blocking_recv() {
+                None => return Ok(None),
+                Some(Ok(bytes)) => self.held = bytes,
+                Some(Err(why)) => {
+                    return Err(io_error(format!(
+                        "VDI {}: {why} after {} bytes",
+                        self.vdi, self.received
+                    )));
+                }
+            }
+        }
+        let step = self
+            .faults
+            .step(self.received, self.held.len(), self.started.elapsed());
+        std::thread::sleep(step.wait);
+        let bytes = self.held.split_to(step.pass);
+        self.received += bytes.len() as u64;
+        self.cut = step.cut;
+        match step.cut {
+            Some(done) if bytes.is_empty() => Err(cut(done)),
+            _ => Ok(Some(bytes)),
+        }
+    }
+
+    /// Whether a fault dropped the connection, after which nothing more is said to the client.
+    pub fn dropped(&self) -> bool {
+        self.cut.is_some_and(|cut| cut.how == CutKind::Drop)
     }
 }
