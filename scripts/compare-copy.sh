@@ -22,7 +22,11 @@ trap 'kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$dir"/{src,dst,st
 
 uuid_of() { python3 -c 'import json,sys; print(json.load(sys.stdin)["vms"][0]["disks"][0]["vdi"]["uuid"])'; }
 src_vdi=$("$bin" lab init --dir src --vm src:${disk_gib}G --json | uuid_of)
-dst_vdi=$("$bin" lab init --dir dst --vm dst:${disk_gib}G --json | uuid_of)
+# A fresh target VDI for every import, as a replication cycle has (a new VDI or a clone):
+# re-importing into a full VDI would also time the copy of its leaf.
+sizes=$(for _ in $(seq $((3 * rounds))); do printf '%sG,' "$disk_gib"; done)
+mapfile -t dst_vdis < <("$bin" lab init --dir dst --vm "dst:${sizes%,}" --json |
+  python3 -c 'import json,sys; [print(d["vdi"]["uuid"]) for d in json.load(sys.stdin)["vms"][0]["disks"]]')
 "$bin" lab serve --dir src > src.url 2> src.log & pids+=($!)
 "$bin" lab serve --dir dst > dst.url 2> dst.log & pids+=($!)
 for f in src.url dst.url; do until [ -s $f ]; do sleep 0.1; done; done
@@ -31,7 +35,7 @@ src=${src_url/:\/\//:\/\/root:lab@}; dst=${dst_url/:\/\//:\/\/root:lab@}
 "$bin" lab write --url "$src" --vdi "$src_vdi" --offset 0 --random $((written_gib << 30)) --seed 1 > /dev/null
 leaf=$(ls -S src/sr/*.vhd 2>/dev/null | head -1 || true)
 export_url="$src_url/export_raw_vdi?vdi=$src_vdi&format=vhd"
-import_url="$dst_url/import_raw_vdi?vdi=$dst_vdi&format=vhd"
+import_url() { echo "$dst_url/import_raw_vdi?vdi=${dst_vdis[$1]}&format=vhd"; }
 curl -sf -u root:lab "$export_url" -o stream.vhd
 len=$(stat -c %s stream.vhd)
 
@@ -41,12 +45,12 @@ time_of() {
   cat "$dir/.t" >> "$dir/$label"
 }
 rm -f copy relay curl_get export curl_put apply
-for _ in $(seq "$rounds"); do
-  time_of copy "$bin" copy-vdi --from "$src" --vdi "$src_vdi" --to "$dst" --target-vdi "$dst_vdi"
-  time_of relay sh -c "curl -sf -u root:lab '$export_url' | curl -sf -u root:lab -T - -H 'Transfer-Encoding:' -H 'Content-Length: $len' '$import_url'"
+for round in $(seq 0 $((rounds - 1))); do
+  time_of copy "$bin" copy-vdi --from "$src" --vdi "$src_vdi" --to "$dst" --target-vdi "${dst_vdis[$((3 * round))]}"
+  time_of relay sh -c "curl -sf -u root:lab '$export_url' | curl -sf -u root:lab -T - -H 'Transfer-Encoding:' -H 'Content-Length: $len' '$(import_url $((3 * round + 1)))'"
   time_of curl_get curl -sf -u root:lab "$export_url" -o /dev/null
   if [ -n "$leaf" ]; then time_of export sh -c "'$bin' export '$leaf' | cat > /dev/null"; fi
-  time_of curl_put curl -sf -u root:lab -T stream.vhd "$import_url"
+  time_of curl_put curl -sf -u root:lab -T stream.vhd "$(import_url $((3 * round + 2)))"
   rm -f out.raw; time_of apply "$bin" apply stream.vhd out.raw --size $((disk_gib << 30))
 done
 

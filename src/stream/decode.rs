@@ -70,6 +70,32 @@ impl StreamDecoder {
         StreamDecoder::default()
     }
 
+    /// A decoder that validates a stream without keeping its block data: its `Block` events
+    /// carry the bitmap and empty `data`, and the data bytes may be [`skip`](Self::skip)ped
+    /// instead of passing through the buffer. For relays, which forward the bytes elsewhere
+    /// and only need the structure checked.
+    pub fn validating() -> StreamDecoder {
+        let mut decoder = StreamDecoder::default();
+        decoder.progress.discard_data = true;
+        decoder
+    }
+
+    /// With an empty buffer: how many of the next stream bytes the decoder has no use for
+    /// (the data of the block just announced, in a [`validating`](Self::validating) decoder).
+    pub fn skippable(&self) -> u64 {
+        self.progress
+            .skip_until
+            .saturating_sub(self.progress.position)
+    }
+
+    /// Account for `n` stream bytes the caller did not hand over; at most
+    /// [`skippable`](Self::skippable). Returns how many were skipped.
+    pub fn skip(&mut self, n: u64) -> u64 {
+        let n = n.min(self.skippable());
+        self.progress.position += n;
+        n
+    }
+
     /// The exact stream length, known once the BAT has been read.
     pub fn total_len(&self) -> Option<u64> {
         self.progress.total_len
@@ -302,6 +328,9 @@ impl Body {
             RegionKind::Bat => (Structure::Bat, self.bat_look_len(region)),
             RegionKind::Locator(i) => (Structure::ParentLocator(i), len),
             RegionKind::Batmap(_) => (Structure::Batmap, len),
+            RegionKind::Block(i) if progress.discard_data => {
+                (Structure::Block(i), self.bitmap_size as usize)
+            }
             RegionKind::Block(i) => (Structure::Block(i), len),
             RegionKind::FinalFooter => (Structure::Footer, len),
         };
@@ -320,7 +349,13 @@ impl Body {
             },
             RegionKind::Block(index) => {
                 let bitmap = progress.take(src, self.bitmap_size as usize);
-                let data = progress.take(src, self.block_size as usize);
+                let data = if progress.discard_data {
+                    // The data is a gap now: stepped over in the buffer, or skipped.
+                    progress.skip_until = region.end;
+                    Bytes::new()
+                } else {
+                    progress.take(src, self.block_size as usize)
+                };
                 progress.blocks_seen += 1;
                 StreamEvent::Block {
                     index,
@@ -379,6 +414,10 @@ impl Body {
 #[derive(Debug, Default)]
 struct Progress {
     position: u64,
+    /// A validating decoder's: block data is not kept.
+    discard_data: bool,
+    /// The end of the block data being discarded.
+    skip_until: u64,
     awaiting: Awaiting,
     total_len: Option<u64>,
     blocks_seen: u32,

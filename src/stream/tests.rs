@@ -7,13 +7,15 @@ use proptest::prelude::*;
 use uuid::Uuid;
 
 use super::test_support::{Layout, decode_in_chunks, encode_to_vec, pattern};
-use super::{EncodeParams, ParentInfo, StreamEncoder, StreamEvent};
+use super::{EncodeParams, ParentInfo, StreamDecoder, StreamEncoder, StreamError, StreamEvent};
 use crate::vhd::{
     BlockSet, DiskType, ParentLocator, PlatformCode, VhdTimestamp,
     batmap::{BatmapHeader, map_checksum},
     locator::encode_utf16le,
     ones_complement_checksum,
 };
+use bytes::BytesMut;
+use tokio_util::codec::Decoder;
 
 const MIB: u64 = 1 << 20;
 const SPAN: u64 = 512 + 2 * MIB;
@@ -419,5 +421,68 @@ proptest! {
         let whole = outcome(&stream, &[stream.len()]);
         prop_assert_eq!(outcome(&stream, &[chunk]), whole.clone());
         prop_assert_eq!(outcome(&stream, &[1]), whole);
+    }
+}
+
+/// Feed `stream` to a validating decoder the way a relay does: skip what it does not need,
+/// hand it only what the awaited structure wants, in chunks of `chunk` bytes.
+fn validate_by_skipping(stream: &[u8], chunk: usize) -> Result<Vec<StreamEvent>, StreamError> {
+    let mut decoder = StreamDecoder::validating();
+    let mut buf = BytesMut::new();
+    let mut events = Vec::new();
+    for piece in stream.chunks(chunk.max(1)) {
+        let mut rest = piece;
+        while !rest.is_empty() {
+            if buf.is_empty() {
+                let skipped = decoder.skip(rest.len() as u64) as usize;
+                rest = &rest[skipped..];
+                if rest.is_empty() {
+                    break;
+                }
+            }
+            let wanted = decoder.bytes_wanted(buf.len()).min(rest.len() as u64) as usize;
+            buf.extend_from_slice(&rest[..wanted]);
+            rest = &rest[wanted..];
+            while let Some(event) = decoder.decode(&mut buf)? {
+                events.push(event);
+            }
+        }
+    }
+    while let Some(event) = decoder.decode_eof(&mut buf)? {
+        events.push(event);
+    }
+    Ok(events)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    #[test]
+    fn a_validating_decoder_skips_data_and_sees_the_same_structure(
+        blocks_in in proptest::collection::btree_set(0u32..32, 0..12),
+        chunk in 1usize..70_000,
+        cut in any::<prop::sample::Index>(),
+    ) {
+        let mut blocks = BlockSet::new(32);
+        blocks_in.iter().for_each(|&i| blocks.insert(i));
+        let mut params = EncodeParams::new(32 * 4096, Uuid::from_u128(5), VhdTimestamp(1), blocks);
+        params.block_size = 4096;
+        let stream = encode_to_vec(params);
+        let full = validate_by_skipping(&stream, chunk).unwrap();
+        let (_, reference) = decode_in_chunks(&stream, &[chunk]);
+        prop_assert_eq!(summarize(&full), summarize(&reference.unwrap()));
+        for event in &full {
+            if let StreamEvent::Block { bitmap, data, .. } = event {
+                prop_assert!(data.is_empty() && bitmap.len() == 512);
+            }
+        }
+        // Any truncation is an error, even one inside skipped data.
+        let cut = cut.index(stream.len());
+        prop_assert!(validate_by_skipping(&stream[..cut], chunk).is_err());
+        // A corrupted final footer is caught.
+        let mut bad = stream.clone();
+        let last = bad.len() - 100;
+        bad[last] ^= 1;
+        prop_assert!(validate_by_skipping(&bad, chunk).is_err());
     }
 }

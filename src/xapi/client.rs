@@ -301,8 +301,10 @@ impl XapiClient {
             if !session.is_empty() && p.contains(session.expose()) {
                 *p = p.replace(session.expose(), "***");
             }
-            if !self.password.is_empty() && p.contains(self.password.expose()) {
-                *p = p.replace(self.password.expose(), "***");
+            // A whole parameter only: a short password ("lab") would otherwise mangle every
+            // parameter that happens to contain it.
+            if !self.password.is_empty() && p == self.password.expose() {
+                *p = "***".into();
             }
         }
         fault

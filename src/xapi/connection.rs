@@ -20,6 +20,9 @@ use super::HostUrl;
 use super::tls::{Fingerprint, Trust, client_config};
 use super::url::Scheme;
 
+/// hyper's read buffer limit per connection.
+const READ_BUFFER: usize = 1 << 20;
+
 /// Failures below the XAPI level: the host could not be reached or spoke no HTTP.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
@@ -116,7 +119,12 @@ impl Endpoint {
     {
         let stream = self.connect().await?;
         let host = self.url.to_string();
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
+            // Data-plane bodies are gigabytes: large reads mean fewer, larger frames and so
+            // less per-frame work downstream (measured: 16 KiB frames cost a third of a
+            // transfer's CPU in wake-ups and timers).
+            .max_buf_size(READ_BUFFER)
+            .handshake(TokioIo::new(stream))
             .await
             .map_err(|e| TransportError::Http {
                 host: host.clone(),
@@ -219,6 +227,26 @@ impl AsyncWrite for MaybeTls {
         match self.get_mut() {
             MaybeTls::Plain(s) => Pin::new(s).poll_write(cx, buf),
             MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    // Vectored writes let hyper send a body's `Bytes` frames as they are (writev), instead
+    // of copying each one into its own write buffer first.
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            MaybeTls::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            MaybeTls::Plain(s) => s.is_write_vectored(),
+            MaybeTls::Tls(s) => s.is_write_vectored(),
         }
     }
 

@@ -167,7 +167,9 @@ struct Run<'a> {
     forwarded: u64,
 }
 
-/// The validating half: the decoder fed a copy of every chunk, its events only counted.
+/// The validating half: a [`StreamDecoder::validating`] decoder that is handed copies of the
+/// structures (footer, header, BAT, bitmaps) and skips the block data, which is most of the
+/// stream and goes to the target untouched.
 struct Validator {
     decoder: StreamDecoder,
     buf: BytesMut,
@@ -175,14 +177,40 @@ struct Validator {
 }
 
 impl Validator {
+    fn new() -> Validator {
+        Validator {
+            decoder: StreamDecoder::validating(),
+            buf: BytesMut::new(),
+            ended: false,
+        }
+    }
+
     /// Decode what `chunk` completes. Returns the bytes of `chunk` past the stream's end.
     fn push(&mut self, chunk: &[u8]) -> Result<usize, TransferErrorKind> {
-        if self.ended {
-            return Ok(chunk.len());
+        let mut rest = chunk;
+        while !rest.is_empty() && !self.ended {
+            if self.buf.is_empty() {
+                let skipped = self.decoder.skip(rest.len() as u64) as usize;
+                rest = &rest[skipped..];
+                if rest.is_empty() {
+                    break;
+                }
+            }
+            // No more than the awaited structure needs, so the buffer empties at its end and
+            // the next block's data can be skipped.
+            let wanted = self
+                .decoder
+                .bytes_wanted(self.buf.len())
+                .min(rest.len() as u64) as usize;
+            self.buf.extend_from_slice(&rest[..wanted]);
+            rest = &rest[wanted..];
+            self.drain(false)?;
         }
-        self.buf.extend_from_slice(chunk);
-        self.drain(false)?;
-        Ok(if self.ended { self.buf.len() } else { 0 })
+        Ok(if self.ended {
+            rest.len() + self.buf.len()
+        } else {
+            0
+        })
     }
 
     fn finish(&mut self) -> Result<(), TransferErrorKind> {
@@ -247,11 +275,7 @@ impl Run<'_> {
     ) -> Result<TransferReport, TransferError> {
         let response = self.open_export().await?;
         let mut body = response.into_body();
-        let mut validator = Validator {
-            decoder: StreamDecoder::new(),
-            buf: BytesMut::new(),
-            ended: false,
-        };
+        let mut validator = Validator::new();
         // The head, until the BAT gives the exact length to announce to the target.
         let mut head: Vec<Bytes> = Vec::new();
         let total = loop {
