@@ -366,3 +366,64 @@ async fn credentials_and_unknown_vdis() {
         "a failed copy leaves the target as it was"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_dropped_mid_stream_fails_cleanly() {
+    let source = Host::start("lab", false).await;
+    let target = Host::start("lab", false).await;
+    let disk = source.disk_uuid();
+    let replica = target.disk_uuid();
+    source.write(&disk, 0, 12 * MIB, 4).await;
+    let before = target.hash(&replica).await;
+    let spec: std::collections::BTreeMap<String, Value> = [
+        ("kind", Value::from("drop_export")),
+        ("after_bytes", Value::Int(5 * MIB as i64)),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    source
+        .call("lab.inject_fault", vec![Value::Struct(spec)])
+        .await;
+    let run = copy_vdi(&[
+        "--from",
+        &source.url(),
+        "--vdi",
+        &disk,
+        "--to",
+        &target.url(),
+        "--target-vdi",
+        &replica,
+        "--json",
+    ])
+    .await;
+    assert!(!run.ok, "a truncated export must not succeed");
+    assert!(run.stdout.is_empty(), "no success document: {}", run.stdout);
+    let host = source.server.base_url();
+    assert!(
+        run.stderr.contains(&host) && run.stderr.contains(&disk) && run.stderr.contains("byte"),
+        "names host, VDI and byte offset: {}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("root:lab"), "{}", run.stderr);
+    // The target's import task failed (failed tasks are left for the administrator), and its
+    // VDI holds what it held.
+    let tasks = target.call("task.get_all_records", vec![]).await;
+    let imports: Vec<&str> = tasks
+        .as_struct()
+        .unwrap()
+        .values()
+        .filter(|t| t.get("name_label").and_then(Value::as_str) == Some("vhdsync import"))
+        .filter_map(|t| t.get("status").and_then(Value::as_str))
+        .collect();
+    assert!(!imports.is_empty(), "the import task is still listed");
+    assert!(
+        imports.iter().all(|s| *s == "failure" || *s == "cancelled"),
+        "the import task ended in failure: {imports:?}"
+    );
+    assert_eq!(
+        target.hash(&replica).await,
+        before,
+        "the target VDI is unchanged"
+    );
+}

@@ -23,7 +23,6 @@ const BLOCK: u64 = 2 * MIB;
 
 struct Host {
     _dir: TempDir,
-    lab: Lab,
     server: LabServer,
     client: XapiClient,
     report: InitReport,
@@ -38,7 +37,7 @@ impl Host {
             .collect();
         let report = Lab::init(dir.path(), "lab", &vms).unwrap();
         let lab = Lab::open(dir.path()).unwrap();
-        let server = LabServer::start(lab.clone(), "127.0.0.1:0".parse().unwrap(), false)
+        let server = LabServer::start(lab, "127.0.0.1:0".parse().unwrap(), false)
             .await
             .unwrap();
         let client = XapiClient::connect(
@@ -50,7 +49,6 @@ impl Host {
         .unwrap();
         Host {
             _dir: dir,
-            lab,
             server,
             client,
             report,
@@ -568,10 +566,18 @@ async fn a_failure_mid_transfer_leaves_the_target_as_it_was() {
         .to_owned();
     let before_digest = target.hash(&replica_disk).await;
 
-    // The target SR fills up in the middle of the next delta's import.
+    // The import connection drops in the middle of the next delta.
     source.write(&disk, 6 * MIB, 16 * MIB, 2).await;
-    let used = target.lab.sr().physical_utilisation().unwrap();
-    target.lab.sr().set_capacity(Some(used + 6 * MIB)).unwrap();
+    let spec: BTreeMap<String, Value> = [
+        ("kind", Value::from("drop_import")),
+        ("after_bytes", Value::Int(3 * MIB as i64)),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    target
+        .call("lab.inject_fault", vec![Value::Struct(spec)])
+        .await;
     let failed = replicate(&job).await;
     assert_eq!(failed.code, 1, "{}", failed.json);
     let error = failed.json["vms"][0]["error"].as_str().unwrap();
@@ -592,8 +598,7 @@ async fn a_failure_mid_transfer_leaves_the_target_as_it_was() {
     assert_eq!(target.vdi_count().await, before_vdis);
     assert_eq!(target.hash(&replica_disk).await, before_digest);
 
-    // Room again: the next run recovers with a delta, and both replicas are right.
-    target.lab.sr().set_capacity(None).unwrap();
+    // The next run recovers with a delta, and both replicas are right.
     let next = replicate(&job).await;
     let r = report(&next);
     assert_eq!(r["mode"], "delta", "{r}");

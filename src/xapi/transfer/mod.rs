@@ -130,11 +130,14 @@ pub async fn transfer_vdi(
     };
     if outcome.is_err() {
         // Best effort: the hosts also fail the tasks themselves when the connections drop.
+        // Failed tasks are left for the hosts' administrators to see (XAPI drops them with
+        // the session); only successful ones are tidied away.
         let _ = source.host.cancel_task(&export_task).await;
         let _ = target.host.cancel_task(&import_task).await;
+    } else {
+        let _ = source.host.destroy_task(&export_task).await;
+        let _ = target.host.destroy_task(&import_task).await;
     }
-    let _ = source.host.destroy_task(&export_task).await;
-    let _ = target.host.destroy_task(&import_task).await;
     outcome
 }
 
