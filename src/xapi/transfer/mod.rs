@@ -42,6 +42,8 @@ const QUEUE_DEPTH: usize = 16;
 /// is known: a 16 Mi-entry BAT is 64 MiB.
 const MAX_HEAD: u64 = 80 << 20;
 const MAX_REDIRECTS: u32 = 3;
+/// How long a failed transfer waits for each host to end its cancelled task.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How much of an error response's body goes into the message.
 const ERROR_BODY_LIMIT: usize = 4096;
 
@@ -134,11 +136,27 @@ pub async fn transfer_vdi(
         // the session); only successful ones are tidied away.
         let _ = source.host.cancel_task(&export_task).await;
         let _ = target.host.cancel_task(&import_task).await;
+        // Cancellation is cooperative: a task is `cancelling` until the host's handler ends
+        // it. Where a transfer reached a host, report only once that host has ended its
+        // task, so that a caller who inspects (or cleans up) the target right after the
+        // error never finds the import still running. A task no handler took stays
+        // `cancelling`, so those are not waited for.
+        tokio::join!(
+            settle(source.host, &export_task, run.received > 0),
+            settle(target.host, &import_task, run.forwarded > 0),
+        );
     } else {
         let _ = source.host.destroy_task(&export_task).await;
         let _ = target.host.destroy_task(&import_task).await;
     }
     outcome
+}
+
+/// Wait (bounded, best effort) for `task` to end, if a transfer on `host` started.
+async fn settle(host: &XapiClient, task: &str, started: bool) {
+    if started {
+        let _ = host.wait_task(task, SETTLE_TIMEOUT).await;
+    }
 }
 
 fn fail(
