@@ -427,3 +427,49 @@ async fn a_source_dropped_mid_stream_fails_cleanly() {
         "the target VDI is unchanged"
     );
 }
+
+/// A pool member that does not hold the SR answers a transfer with a 302 to the one that
+/// does; here each host sends its own transfer on to itself under another name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_of_the_export_and_the_import_are_followed() {
+    let source = Host::start("lab", false).await;
+    let target = Host::start("lab", false).await;
+    let disk = source.disk_uuid();
+    let replica = target.disk_uuid();
+    source.write(&disk, 3 * MIB, 3 * MIB, 5).await;
+    for (host, plane) in [(&source, "export"), (&target, "import")] {
+        let elsewhere = host.server.base_url().replacen("127.0.0.1", "localhost", 1);
+        let spec: std::collections::BTreeMap<String, Value> = [
+            ("kind", Value::from("redirect")),
+            ("on", Value::from(plane)),
+            ("to", Value::from(elsewhere.as_str())),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        host.call("lab.inject_fault", vec![Value::Struct(spec)])
+            .await;
+    }
+    let run = copy_vdi(&[
+        "--from",
+        &source.url(),
+        "--vdi",
+        &disk,
+        "--to",
+        &target.url(),
+        "--target-vdi",
+        &replica,
+        "--json",
+    ])
+    .await;
+    assert!(run.ok, "copy through redirects failed: {}", run.stderr);
+    for host in [&source, &target] {
+        let waiting = host.call("lab.list_faults", vec![]).await;
+        assert_eq!(
+            waiting.as_array().map(|faults| faults.len()),
+            Some(0),
+            "each redirect was met: {waiting:?}"
+        );
+    }
+    assert_eq!(target.hash(&replica).await, source.hash(&disk).await);
+}

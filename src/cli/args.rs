@@ -288,7 +288,7 @@ pub struct LabHashArgs {
 }
 
 /// What `lab fault` takes to describe a fault to inject, which listing or clearing refuses.
-const FAULT_SPEC: [&str; 10] = [
+const FAULT_SPEC: [&str; 11] = [
     "kind",
     "after",
     "seconds",
@@ -297,6 +297,7 @@ const FAULT_SPEC: [&str; 10] = [
     "count",
     "rate",
     "on",
+    "to",
     "vdi",
     "persistent",
 ];
@@ -316,7 +317,7 @@ pub struct LabFaultArgs {
         required_unless_present_any = ["list", "clear"],
         value_parser = [
             "drop_export", "drop_import", "fail_export", "fail_import", "sr_full", "stall",
-            "embedded_error", "rpc_error", "bandwidth",
+            "embedded_error", "rpc_error", "bandwidth", "redirect",
         ],
     )]
     pub kind: Option<String>,
@@ -338,10 +339,13 @@ pub struct LabFaultArgs {
     /// bandwidth: bytes per second.
     #[arg(long, value_name = "BYTES_PER_S", value_parser = parse_size)]
     pub rate: Option<u64>,
-    /// sr_full: VDI.create, VDI.clone or import; stall: export or import; bandwidth: export,
-    /// import or both (default).
+    /// sr_full: VDI.create, VDI.clone or import; stall, redirect: export or import;
+    /// bandwidth: export, import or both (default).
     #[arg(long, value_name = "WHAT")]
     pub on: Option<String>,
+    /// redirect: the base URL the request is sent on to, e.g. http://10.0.0.2.
+    #[arg(long, value_name = "URL")]
+    pub to: Option<String>,
     /// Only transfers (or clones) of this VDI (uuid or reference) meet the fault.
     #[arg(long, value_name = "UUID")]
     pub vdi: Option<String>,

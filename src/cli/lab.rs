@@ -207,6 +207,7 @@ fn fault_spec(args: &LabFaultArgs) -> Result<Value, CliError> {
         ("method", &args.method),
         ("code", &args.code),
         ("on", &args.on),
+        ("to", &args.to),
         ("vdi", &args.vdi),
     ];
     for (field, value) in texts {

@@ -72,6 +72,9 @@ pub enum FaultKind {
     },
     /// The data plane moves at most this many bytes per second.
     Bandwidth { bytes_per_second: u64, on: Planes },
+    /// A transfer request on `on` is answered `302 Found` to the host at base URL `to`, with
+    /// the same path and query, as a pool member that does not hold the SR answers.
+    Redirect { on: Plane, to: String },
 }
 
 /// The VDI a fault is restricted to, by both of its names, since a transfer or a call may
@@ -141,6 +144,7 @@ const KINDS: &[(&str, &[&str])] = &[
     ("embedded_error", &["after_bytes"]),
     ("rpc_error", &["method", "code", "count"]),
     ("bandwidth", &["bytes_per_second", "on"]),
+    ("redirect", &["on", "to"]),
 ];
 
 /// A spec's members, read with errors naming the field.
@@ -274,6 +278,10 @@ impl FaultSpec {
                     },
                 },
             },
+            "redirect" => FaultKind::Redirect {
+                on: plane(given.required_text("on")?)?,
+                to: base_url(given.required_text("to")?)?,
+            },
             _ => return Err(not_a_kind()),
         };
         let persistent = given.flag("persistent")?;
@@ -316,6 +324,19 @@ fn plane(text: &str) -> Result<Plane, SpecError> {
         "import" => Ok(Plane::Import),
         other => Err(invalid("on", other, "export or import")),
     }
+}
+
+/// A redirect's target: `http(s)://host[:port]`, without a path, which the request's own
+/// path and query follow.
+fn base_url(text: &str) -> Result<String, SpecError> {
+    let authority = text
+        .strip_prefix("http://")
+        .or_else(|| text.strip_prefix("https://"))
+        .unwrap_or_default();
+    if authority.is_empty() || authority.contains(['/', '?', '#', '@', ' ']) {
+        return Err(invalid("to", text, "a base URL such as http://10.0.0.2:80"));
+    }
+    Ok(text.to_owned())
 }
 
 fn rpc_error(given: &Members) -> Result<FaultKind, SpecError> {
@@ -361,6 +382,7 @@ impl FaultKind {
             FaultKind::EmbeddedError { .. } => "embedded_error",
             FaultKind::RpcError { .. } => "rpc_error",
             FaultKind::Bandwidth { .. } => "bandwidth",
+            FaultKind::Redirect { .. } => "redirect",
         }
     }
 
@@ -370,6 +392,7 @@ impl FaultKind {
         !matches!(
             self,
             FaultKind::RpcError { .. }
+                | FaultKind::Redirect { .. }
                 | FaultKind::SrFull {
                     on: SrFullOn::VdiCreate
                 }
@@ -513,6 +536,10 @@ impl Fault {
                     }),
                 ),
             ],
+            FaultKind::Redirect { on, to } => vec![
+                ("on", Value::from(plane(on))),
+                ("to", Value::from(to.as_str())),
+            ],
         };
         members.extend(fields.into_iter().map(|(k, v)| (k.to_owned(), v)));
         Value::Struct(members)
@@ -620,6 +647,15 @@ impl Faults {
             registry
                 .fire_first(|fault| sr_full_for(fault, on, &names))
                 .map(|id| RpcFault::SrFull { id })
+        })
+    }
+
+    /// The base URL a transfer request on `plane` is redirected to, if a `redirect` fault
+    /// is waiting for it; the fault fires.
+    pub fn on_transfer_request(&self, plane: Plane) -> Option<String> {
+        self.registry().fire_first(|fault| match &fault.spec.kind {
+            FaultKind::Redirect { on, to } if *on == plane => Some(to.clone()),
+            _ => None,
         })
     }
 
@@ -841,6 +877,35 @@ mod tests {
 
     fn int(n: i64) -> Value {
         Value::Int(n)
+    }
+
+    #[test]
+    fn redirects_fire_once_on_their_plane_and_need_a_base_url() {
+        let faults = Faults::default();
+        let redirect = spec(&[
+            kind("redirect"),
+            ("on", "import".into()),
+            ("to", "http://10.0.0.2:8080".into()),
+        ])
+        .unwrap();
+        faults.inject(redirect);
+        assert_eq!(faults.on_transfer_request(Plane::Export), None);
+        assert_eq!(
+            faults.on_transfer_request(Plane::Import).as_deref(),
+            Some("http://10.0.0.2:8080")
+        );
+        assert_eq!(faults.on_transfer_request(Plane::Import), None, "one-shot");
+        for bad in ["10.0.0.2", "http://", "http://h/path", "ftp://h"] {
+            let refused = spec(&[
+                kind("redirect"),
+                ("on", "export".into()),
+                ("to", bad.into()),
+            ]);
+            assert!(
+                matches!(&refused, Err(SpecError::Invalid { field, .. }) if field == "to"),
+                "{bad}: {refused:?}"
+            );
+        }
     }
 
     #[test]

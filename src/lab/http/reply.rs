@@ -4,7 +4,8 @@
 use bytes::Bytes;
 use hyper::header::{
     ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN,
-    CACHE_CONTROL, CONNECTION, CONTENT_DISPOSITION, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE,
+    CACHE_CONTROL, CONNECTION, CONTENT_DISPOSITION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION,
+    WWW_AUTHENTICATE,
 };
 use hyper::{Response, StatusCode, Version};
 
@@ -67,6 +68,18 @@ pub(super) fn not_found() -> Reply {
     reply
         .headers_mut()
         .insert(CONNECTION, "close".parse().expect("static header"));
+    reply
+}
+
+/// `302 Found` to `location`, as a pool member sends a transfer to the host holding the SR.
+pub(super) fn found(location: &str) -> Reply {
+    let mut reply = Response::new(ReplyBody::empty());
+    *reply.status_mut() = StatusCode::FOUND;
+    let headers = reply.headers_mut();
+    if let Ok(location) = location.parse() {
+        headers.insert(LOCATION, location);
+    }
+    headers.insert(CONNECTION, "close".parse().expect("static header"));
     reply
 }
 

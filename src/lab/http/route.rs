@@ -8,9 +8,22 @@ use hyper::{Method, Request};
 use super::reply::{self, Reply};
 use super::{export, import, rpc};
 use crate::lab::Lab;
+use crate::lab::faults::Plane;
 
 pub(super) async fn handle(lab: Lab, request: Request<Incoming>) -> Reply {
     let path = request.uri().path();
+    let plane = match *request.method() {
+        Method::GET if path.starts_with("/export_raw_vdi") => Some(Plane::Export),
+        Method::PUT if path.starts_with("/import_raw_vdi") => Some(Plane::Import),
+        _ => None,
+    };
+    if let Some(to) = plane.and_then(|plane| lab.faults().on_transfer_request(plane)) {
+        let path_and_query = request
+            .uri()
+            .path_and_query()
+            .map_or(path, |pq| pq.as_str());
+        return reply::found(&format!("{to}{path_and_query}"));
+    }
     match *request.method() {
         Method::GET if path.starts_with("/export_raw_vdi") => {
             let (parts, _) = request.into_parts();
