@@ -63,3 +63,5 @@ cycle full
 "$bin" lab write --url "${src/:\/\//://root:lab@}" --vdi "$disk" --offset 1M --random 8M --seed 2 > /dev/null
 cycle delta
 for i in $(seq "$cycles"); do cycle "no-change"; done
+# With coalescing, the SRs' file counts stay bounded however many cycles ran.
+echo "VHD files after $((cycles + 2)) cycles: source SR $(ls src/sr/*.vhd | wc -l), target SR $(ls dst/sr/*.vhd | wc -l)"

@@ -24,6 +24,11 @@
 //!   snapshot, clone or resize leaves at most unreferenced children, which the next sweep
 //!   (at open or after a destroy) deletes, and a leaf marked hidden but still the VDI's
 //!   leaf, which is harmless: nothing here reads the flag, and the next snapshot sets it anyway.
+//! - Chains deeper than 32 files are coalesced after a destroy, as XenServer's garbage
+//!   collector does: runs of hidden files with one hidden child each are merged into one
+//!   file (see [`coalesce`]), so a VDI snapshotted or cloned every cycle stays far from the
+//!   256-level chain limit. The merge copies data while every VDI lock is held, which
+//!   pauses the SR's other operations for that long; it happens once per ~30 cycles.
 //! - An import writes a staging copy of the VDI's leaf and replaces the leaf with it only once
 //!   the whole stream was applied (see [`ImportGuard`]), so a failed import leaves the VDI's
 //!   content exactly as it was. XenServer writes in place; a lab host that tests clients'
@@ -35,6 +40,7 @@
 //! a snapshot of the same VDI while writes to different VDIs run in parallel. Lock order: VDI
 //! stripe, then the index, then the import set.
 
+mod coalesce;
 mod digest;
 mod error;
 mod guest_write;
@@ -210,7 +216,28 @@ impl FileSr {
         if let Err(e) = sweep::sweep(&self.dir, &index, &importing, op) {
             tracing::warn!(%vdi, error = %e, "destroy: sweeping unreferenced VHD files failed");
         }
+        drop(index);
+        drop(_vdi_lock);
+        // A destroy is what leaves hidden files with a single child to merge.
+        if let Err(e) = self.coalesce(coalesce::COALESCE_DEPTH) {
+            tracing::warn!(error = %e, "coalescing the SR's chains failed; they stay as they were");
+        }
         Ok(())
+    }
+
+    /// Shorten chains deeper than `max_depth` (see [`coalesce`]); returns the number of files
+    /// merged away. Every VDI lock is held, so no chain is opened (nor a file read through its
+    /// parent locator) while files are renamed and deleted; chains opened before keep their
+    /// memory maps of the old files, which stay readable until unmapped.
+    fn coalesce(&self, max_depth: usize) -> Result<usize, SrError> {
+        let _all_vdis: Vec<MutexGuard<'_, ()>> = self.vdi_locks.iter().map(lock).collect();
+        let index = lock(&self.index);
+        let merged = coalesce::coalesce(&self.dir, &index, max_depth)?;
+        if merged > 0 {
+            let importing = lock(&self.importing).clone();
+            sweep::sweep(&self.dir, &index, &importing, Operation::Coalesce)?;
+        }
+        Ok(merged)
     }
 
     /// Grow `vdi` to `new_size` bytes (rounded up to 2 MiB); shrinking is refused. The leaf
@@ -441,6 +468,86 @@ mod tests {
         assert_eq!(round_size(SIZE_GRANULE), SIZE_GRANULE);
         assert_eq!(round_size(SIZE_GRANULE + 1), 2 * SIZE_GRANULE);
         assert_eq!(round_size(u64::MAX), u64::MAX);
+    }
+
+    /// Everything coalescing must keep: each VDI's content, and the delta between each pair.
+    fn observe(sr: &FileSr) -> (Vec<String>, Vec<crate::vhd::BlockSet>) {
+        let vdis = sr.vdis();
+        let hashes = vdis.iter().map(|v| sr.hash(*v).unwrap()).collect();
+        let chains: Vec<Chain> = vdis.iter().map(|v| sr.chain(*v).unwrap()).collect();
+        let mut deltas = Vec::new();
+        for leaf in &chains {
+            for base in &chains {
+                deltas.push(crate::image::changed(leaf, Some(base)));
+            }
+        }
+        (hashes, deltas)
+    }
+
+    fn deepest(sr: &FileSr) -> usize {
+        let depth = |v: &Uuid| sr.chain(*v).unwrap().layers().len();
+        sr.vdis().iter().map(depth).max().unwrap_or(0)
+    }
+
+    /// A guest write of a few sectors, some partial blocks, from a cheap generator.
+    fn scribble(sr: &FileSr, vdi: Uuid, round: u64) {
+        let offset = (round * 7919 * 4096 + round * 512) % (12 << 20);
+        let data: Vec<u8> = (0..(round % 5 + 1) * 1536)
+            .map(|i| (i ^ round) as u8)
+            .collect();
+        sr.write(vdi, offset, &data).unwrap();
+    }
+
+    #[test]
+    fn coalescing_a_replication_source_keeps_content_and_deltas_and_bounds_depth() {
+        // The source side of replication: snapshot every cycle, keep the newest snapshot.
+        let dir = tempfile::tempdir().unwrap();
+        let sr = FileSr::open(dir.path()).unwrap();
+        let live = Uuid::new_v4();
+        sr.create(live, 16 << 20).unwrap();
+        let mut kept: Option<Uuid> = None;
+        for round in 0..12 {
+            scribble(&sr, live, round);
+            let snapshot = Uuid::new_v4();
+            sr.snapshot(live, snapshot).unwrap();
+            if let Some(old) = kept.replace(snapshot) {
+                sr.destroy(old).unwrap();
+            }
+            let before = observe(&sr);
+            sr.coalesce(3).unwrap();
+            assert_eq!(observe(&sr), before, "round {round}");
+            assert!(deepest(&sr) <= 4, "round {round}: depth {}", deepest(&sr));
+        }
+        let files = layout::file_names(dir.path(), Context::sr(Operation::Read)).unwrap();
+        assert_eq!(
+            files.len(),
+            1 + 4,
+            "the index and the chains' files only: {files:?}"
+        );
+    }
+
+    #[test]
+    fn coalescing_replica_clones_keeps_every_retained_replica() {
+        // The target side: each replica a clone of the previous one, three kept.
+        let dir = tempfile::tempdir().unwrap();
+        let sr = FileSr::open(dir.path()).unwrap();
+        let first = Uuid::new_v4();
+        sr.create(first, 16 << 20).unwrap();
+        let mut replicas = std::collections::VecDeque::from([first]);
+        for round in 0..12 {
+            let newest = *replicas.back().unwrap();
+            let next = Uuid::new_v4();
+            sr.clone(newest, next).unwrap();
+            scribble(&sr, next, round);
+            replicas.push_back(next);
+            if replicas.len() > 3 {
+                sr.destroy(replicas.pop_front().unwrap()).unwrap();
+            }
+            let before = observe(&sr);
+            sr.coalesce(2).unwrap();
+            assert_eq!(observe(&sr), before, "round {round}");
+        }
+        assert!(deepest(&sr) <= 5, "depth {}", deepest(&sr));
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub enum Operation {
     Import,
     SetCapacity,
     Measure,
+    Coalesce,
 }
 
 impl fmt::Display for Operation {
@@ -40,6 +41,7 @@ impl fmt::Display for Operation {
             Operation::Import => "import",
             Operation::SetCapacity => "set capacity",
             Operation::Measure => "measure",
+            Operation::Coalesce => "coalesce",
         })
     }
 }
