@@ -67,6 +67,16 @@ impl Host {
             .unwrap_or_else(|e| panic!("{method}: {e}"))
     }
 
+    /// `lab.inject_fault` with the spec's members.
+    async fn inject_fault(&self, members: &[(&str, Value)]) {
+        let spec = members
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect();
+        self.call("lab.inject_fault", vec![Value::Struct(spec)])
+            .await;
+    }
+
     async fn vdi_ref(&self, uuid: &str) -> String {
         self.call("VDI.get_by_uuid", vec![Value::from(uuid)])
             .await
@@ -375,15 +385,11 @@ async fn a_source_dropped_mid_stream_fails_cleanly() {
     let replica = target.disk_uuid();
     source.write(&disk, 0, 12 * MIB, 4).await;
     let before = target.hash(&replica).await;
-    let spec: std::collections::BTreeMap<String, Value> = [
-        ("kind", Value::from("drop_export")),
-        ("after_bytes", Value::Int(5 * MIB as i64)),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
     source
-        .call("lab.inject_fault", vec![Value::Struct(spec)])
+        .inject_fault(&[
+            ("kind", Value::from("drop_export")),
+            ("after_bytes", Value::Int(5 * MIB as i64)),
+        ])
         .await;
     let run = copy_vdi(&[
         "--from",
@@ -439,16 +445,12 @@ async fn redirects_of_the_export_and_the_import_are_followed() {
     source.write(&disk, 3 * MIB, 3 * MIB, 5).await;
     for (host, plane) in [(&source, "export"), (&target, "import")] {
         let elsewhere = host.server.base_url().replacen("127.0.0.1", "localhost", 1);
-        let spec: std::collections::BTreeMap<String, Value> = [
+        host.inject_fault(&[
             ("kind", Value::from("redirect")),
             ("on", Value::from(plane)),
             ("to", Value::from(elsewhere.as_str())),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
-        host.call("lab.inject_fault", vec![Value::Struct(spec)])
-            .await;
+        ])
+        .await;
     }
     let run = copy_vdi(&[
         "--from",
