@@ -10,3 +10,4 @@ pub mod lock;
 pub mod plan;
 pub mod run;
 pub mod runner;
+pub mod seed_file;
