@@ -21,7 +21,7 @@ use crate::xapi::client::XapiClient;
 use crate::xapi::records::VmRecord;
 use crate::xapi::transfer::{Progress, TransferOptions};
 
-fn load_job(path: &std::path::Path) -> Result<Job, CliError> {
+pub(super) fn load_job(path: &std::path::Path) -> Result<Job, CliError> {
     Job::load(path).map_err(|e| CliError::Input(e.to_string()))
 }
 

@@ -273,19 +273,7 @@ impl Cycle<'_> {
     }
 
     async fn target_vms(&self) -> Result<Vec<TargetVm>, CycleError> {
-        let records = self.on_target(self.target.get_all_records::<VmRecord>().await)?;
-        Ok(records
-            .into_iter()
-            .map(|(reference, vm)| TargetVm {
-                reference,
-                uuid: vm.uuid,
-                name_label: vm.name_label,
-                is_a_template: vm.is_a_template,
-                is_a_snapshot: vm.is_a_snapshot,
-                other_config: vm.other_config,
-                blocked_operations: vm.blocked_operations,
-            })
-            .collect())
+        self.on_target(list_target_vms(self.target).await)
     }
 
     async fn source_snapshots(&self, vm: &VmRecord) -> Result<Vec<SourceSnapshot>, CycleError> {
@@ -712,6 +700,23 @@ impl Cycle<'_> {
     }
 }
 
+/// Every VM on `host`, as the planner sees them.
+pub(crate) async fn list_target_vms(host: &XapiClient) -> Result<Vec<TargetVm>, ClientError> {
+    let records = host.get_all_records::<VmRecord>().await?;
+    Ok(records
+        .into_iter()
+        .map(|(reference, vm)| TargetVm {
+            reference,
+            uuid: vm.uuid,
+            name_label: vm.name_label,
+            is_a_template: vm.is_a_template,
+            is_a_snapshot: vm.is_a_snapshot,
+            other_config: vm.other_config,
+            blocked_operations: vm.blocked_operations,
+        })
+        .collect())
+}
+
 /// `VM.create` on `target` from a VM record (`raw`, the source's `get_record` answer),
 /// marked as importing from its first moment: `[Importing…]` name, `Importing…` start
 /// block, XO's epoch datetime and our importing key, `auto_poweron` off, the replica tag.
@@ -852,7 +857,7 @@ fn returned_ref(host: &XapiClient, method: &str, value: Value) -> Result<String,
 
 /// The fields of a VM record that `VM.create` takes (XAPI's constructor), copied from the
 /// source VM so the replica boots the same way.
-const VM_CONSTRUCTOR_FIELDS: &[&str] = &[
+pub(crate) const VM_CONSTRUCTOR_FIELDS: &[&str] = &[
     "name_description",
     "user_version",
     "memory_target",
@@ -945,7 +950,10 @@ pub(crate) async fn remove_entries(
 }
 
 /// A snapshot VM and its disks (VBDs of type Disk), read from the host.
-pub(crate) async fn load_snapshot(host: &XapiClient, reference: &str) -> Result<SourceSnapshot, ClientError> {
+pub(crate) async fn load_snapshot(
+    host: &XapiClient,
+    reference: &str,
+) -> Result<SourceSnapshot, ClientError> {
     let vm: VmRecord = host.get_record(reference).await?;
     let mut disks = Vec::new();
     for vbd_ref in &vm.vbds {

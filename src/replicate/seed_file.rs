@@ -121,7 +121,9 @@ pub fn parse_file_header(b: &[u8; FILE_HEADER_LEN]) -> Result<u32, SeedFileError
         return Err(SeedFileError::UnsupportedVersion(version));
     }
     if b[10..12] != [0, 0] {
-        return Err(SeedFileError::BadHeader("reserved bytes 10..12 are not zero".into()));
+        return Err(SeedFileError::BadHeader(
+            "reserved bytes 10..12 are not zero".into(),
+        ));
     }
     let max = be32(&b[12..16]);
     if max == 0 || max > MAX_FRAME {
@@ -566,7 +568,10 @@ mod tests {
             decode(&trailing, 4096),
             Err(SeedFileError::TrailingData { len: 1, .. })
         ));
-        assert_eq!(decode(b"VHDSEEX\0xxxxxxxxxxxxxx", 7), Err(SeedFileError::BadMagic));
+        assert_eq!(
+            decode(b"VHDSEEX\0xxxxxxxxxxxxxx", 7),
+            Err(SeedFileError::BadMagic)
+        );
     }
 
     #[test]
@@ -578,7 +583,9 @@ mod tests {
         let crc = crc32fast::hash(&file[at..at + 16]);
         file[at + 16..at + 20].copy_from_slice(&crc.to_be_bytes());
         match decode(&file, 64) {
-            Err(SeedFileError::BadFrame { frame: 0, problem, .. }) => {
+            Err(SeedFileError::BadFrame {
+                frame: 0, problem, ..
+            }) => {
                 assert!(problem.contains("uncompressed length"), "{problem}")
             }
             other => panic!("{other:?}"),
