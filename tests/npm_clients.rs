@@ -7,20 +7,18 @@
 //! Without `node`/`npm`, or when `npm ci` cannot reach the registry, the tests print a note
 //! and pass, unless `VHDSYNC_REQUIRE_NPM_CLIENTS` is set (`.ci/run` sets it), where they fail.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::path::{Path, PathBuf};
+use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::{Value as Json, json};
-use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 use uuid::Uuid;
-mod common;
 
 use common::npm::{CLIENT_TIMEOUT, clients, node, run_with_timeout};
 use vhdsync::xapi::HostUrl;
