@@ -330,6 +330,52 @@ impl SeedWriter {
     }
 }
 
+/// A [`SeedWriter`] on its own thread, so compression overlaps the download: the export
+/// reader hands over chunks through a bounded queue (backpressure), the thread compresses
+/// and writes frames.
+struct BackgroundWriter {
+    queue: Option<tokio::sync::mpsc::Sender<Bytes>>,
+    thread: std::thread::JoinHandle<Result<Written, OfflineError>>,
+}
+
+impl BackgroundWriter {
+    fn start(path: &Path, level: i32) -> Result<BackgroundWriter, OfflineError> {
+        let mut writer = SeedWriter::create(path, level)?;
+        let (queue, mut chunks) = tokio::sync::mpsc::channel::<Bytes>(QUEUE_DEPTH * 16);
+        let thread = std::thread::spawn(move || {
+            while let Some(chunk) = chunks.blocking_recv() {
+                writer.push(&chunk)?;
+            }
+            writer.finish()
+        });
+        Ok(BackgroundWriter {
+            queue: Some(queue),
+            thread,
+        })
+    }
+
+    async fn push(&mut self, chunk: Bytes) -> Result<(), OfflineError> {
+        let delivered = match &self.queue {
+            Some(queue) => queue.send(chunk).await.is_ok(),
+            None => false,
+        };
+        if delivered {
+            Ok(())
+        } else {
+            // The thread stopped on an error: it says which.
+            self.queue = None;
+            Err(OfflineError::Failed("the seed file writer stopped".into()))
+        }
+    }
+
+    fn finish(mut self) -> Result<Written, OfflineError> {
+        self.queue = None;
+        self.thread
+            .join()
+            .unwrap_or_else(|_| Err(OfflineError::Failed("the seed file writer panicked".into())))
+    }
+}
+
 /// `GET /export_raw_vdi?format=vhd` of the snapshot VDI into a seed file, the stream
 /// validated as it arrives (checksums, BAT, block count, final footer) and the export task's
 /// verdict awaited before the file is renamed into place.
@@ -363,7 +409,7 @@ async fn export_disk(
             return Err(format!("HTTP status {}", response.status()));
         }
         let mut body = response.into_body();
-        let mut writer = SeedWriter::create(&tmp, level).map_err(|e| e.to_string())?;
+        let mut writer = BackgroundWriter::start(&tmp, level).map_err(|e| e.to_string())?;
         let mut validator = Validator::new();
         let started = Instant::now();
         let mut bytes = 0u64;
@@ -378,8 +424,10 @@ async fn export_disk(
             if extra > 0 {
                 return Err(format!("{extra} bytes after the stream's final footer"));
             }
-            writer.push(&data).map_err(|e| e.to_string())?;
             bytes += data.len() as u64;
+            if let Err(e) = writer.push(data).await {
+                return Err(writer.finish().err().unwrap_or(e).to_string());
+            }
             progress(
                 &disk.userdevice,
                 &Progress {
