@@ -13,13 +13,12 @@ use super::CliError;
 use super::args::{FailoverArgs, TestFailoverArgs};
 use super::output::print_json;
 use super::replicate::load_job;
+use super::seed::{job_identity, lock};
 use super::transfer::{TARGET_PASSWORD_ENV, connect_host, runtime, trust_for};
 use crate::replicate::failover::{
     FailoverError, cleanup, failover as run_failover, test_failover as run_test,
 };
 use crate::replicate::job::Job;
-use crate::replicate::lock::VmLock;
-use crate::replicate::plan::Identity;
 use crate::xapi::client::XapiClient;
 
 fn failover_error(e: FailoverError) -> CliError {
@@ -28,21 +27,6 @@ fn failover_error(e: FailoverError) -> CliError {
     } else {
         CliError::Failed(e.to_string())
     }
-}
-
-fn identity(job: &Job, vm: &str) -> Result<Identity, CliError> {
-    if !job.vms.iter().any(|v| v.eq_ignore_ascii_case(vm)) {
-        return Err(CliError::Input(format!(
-            "--vm {vm}: not a VM of job {:?}",
-            job.name
-        )));
-    }
-    Ok(Identity {
-        job_id: job.job_id.clone(),
-        schedule_id: job.schedule_id.clone(),
-        vm_uuid: vm.to_lowercase(),
-        sr_uuid: job.target_sr.clone(),
-    })
 }
 
 /// The target only: failover must work with the source site gone.
@@ -96,10 +80,9 @@ fn confirm(args: &FailoverArgs, job: &Job) -> Result<(), CliError> {
 
 pub fn failover(args: &FailoverArgs) -> Result<ExitCode, CliError> {
     let job = load_job(&args.job)?;
-    let id = identity(&job, &args.vm)?;
+    let id = job_identity(&job, &args.vm)?;
     confirm(args, &job)?;
-    let _lock = VmLock::acquire(&job.state_dir, &job.job_id, &id.vm_uuid)
-        .map_err(|e| CliError::Locked(e.to_string()))?;
+    let _lock = lock(&job, &id.vm_uuid)?;
     runtime()?.block_on(async {
         let target = connect_target(&job).await?;
         let outcome = run_failover(&target, &id, args.replica.as_deref(), args.start).await;
@@ -123,7 +106,7 @@ pub fn failover(args: &FailoverArgs) -> Result<ExitCode, CliError> {
 pub fn test_failover(args: &TestFailoverArgs) -> Result<ExitCode, CliError> {
     let job = load_job(&args.job)?;
     let vm = match &args.vm {
-        Some(vm) => Some(identity(&job, vm)?),
+        Some(vm) => Some(job_identity(&job, vm)?),
         None => None,
     };
     runtime()?.block_on(async {

@@ -128,25 +128,31 @@ pub fn seed(args: &SeedArgs) -> Result<ExitCode, CliError> {
     })
 }
 
-fn seed_job(job: &Job, vm: &str) -> Result<SeedJob, CliError> {
+/// The identity of `vm`'s replicas under `job`; `vm` must be one of the job's VMs.
+pub(super) fn job_identity(job: &Job, vm: &str) -> Result<Identity, CliError> {
     if !job.vms.iter().any(|v| v.eq_ignore_ascii_case(vm)) {
         return Err(CliError::Input(format!(
             "--vm {vm}: not a VM of job {:?}",
             job.name
         )));
     }
-    Ok(SeedJob {
-        name: job.name.clone(),
-        id: Identity {
-            job_id: job.job_id.clone(),
-            schedule_id: job.schedule_id.clone(),
-            vm_uuid: vm.to_lowercase(),
-            sr_uuid: job.target_sr.clone(),
-        },
+    Ok(Identity {
+        job_id: job.job_id.clone(),
+        schedule_id: job.schedule_id.clone(),
+        vm_uuid: vm.to_lowercase(),
+        sr_uuid: job.target_sr.clone(),
     })
 }
 
-fn lock(job: &Job, vm: &str) -> Result<VmLock, CliError> {
+fn seed_job(job: &Job, vm: &str) -> Result<SeedJob, CliError> {
+    Ok(SeedJob {
+        name: job.name.clone(),
+        id: job_identity(job, vm)?,
+    })
+}
+
+/// The VM's lock, as `replicate` takes it: no cycle runs while this command does.
+pub(super) fn lock(job: &Job, vm: &str) -> Result<VmLock, CliError> {
     VmLock::acquire(&job.state_dir, &job.job_id, vm).map_err(|e| CliError::Locked(e.to_string()))
 }
 

@@ -14,9 +14,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::keys;
 use super::plan::{Identity, TargetVm, is_committed_replica, replica_order};
-use super::run::{destroy_vm_and_disks, list_target_vms, remove_entries, set_entries};
+use super::run::{destroy_vm_and_disks, disk_vdis, list_target_vms, remove_entries, set_entries};
 use crate::xapi::client::{ClientError, XapiClient};
-use crate::xapi::records::{StringMap, VbdRecord, VmRecord};
+use crate::xapi::records::{StringMap, VmRecord};
 use crate::xapi::rpc::Value;
 
 /// Ours: on a failed-over replica, when it was failed over.
@@ -29,29 +29,8 @@ pub const TEST_CLONE_OF: &str = "vhdsync:test_clone_of";
 pub const TEST_TAG: &str = "vhdsync test failover";
 pub const TEST_NAME_PREFIX: &str = "[test] ";
 
-#[derive(Debug, thiserror::Error)]
-pub enum FailoverError {
-    /// No such replica, or not one of this job and VM (exit 2).
-    #[error("{0}")]
-    Invalid(String),
-    /// The host failed a call (exit 1).
-    #[error("{context}: {source}")]
-    Host {
-        context: String,
-        source: ClientError,
-    },
-}
-
-impl FailoverError {
-    pub fn is_input(&self) -> bool {
-        matches!(self, FailoverError::Invalid(_))
-    }
-}
-
-fn host(context: impl Into<String>) -> impl FnOnce(ClientError) -> FailoverError {
-    let context = context.into();
-    move |source| FailoverError::Host { context, source }
-}
+pub use super::op_error::OpError as FailoverError;
+use super::op_error::on_host as host;
 
 /// The replica to fail over to: the one given (it must be a committed replica of this job
 /// and VM), else the newest committed one.
@@ -187,22 +166,10 @@ pub async fn failover(
 /// Remove `keys` from the VM and from each of its disks.
 async fn unlink(target: &XapiClient, vm_ref: &str, keys: &[&str]) -> Result<(), ClientError> {
     remove_entries(target, "VM", vm_ref, "other_config", keys).await?;
-    for vdi in disks_of(target, vm_ref).await? {
+    for vdi in disk_vdis(target, vm_ref).await? {
         remove_entries(target, "VDI", &vdi, "other_config", keys).await?;
     }
     Ok(())
-}
-
-async fn disks_of(target: &XapiClient, vm_ref: &str) -> Result<Vec<String>, ClientError> {
-    let vm: VmRecord = target.get_record(vm_ref).await?;
-    let mut vdis = Vec::new();
-    for vbd in &vm.vbds {
-        let vbd: VbdRecord = target.get_record(vbd).await?;
-        if vbd.is_disk() {
-            vdis.push(vbd.vdi);
-        }
-    }
-    Ok(vdis)
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -304,7 +271,7 @@ async fn prepare_clone(
             vec![Value::from(clone_ref), Value::from(TEST_TAG)],
         )
         .await?;
-    for vdi in disks_of(target, clone_ref).await? {
+    for vdi in disk_vdis(target, clone_ref).await? {
         let record: crate::xapi::records::VdiRecord = target.get_record(&vdi).await?;
         set_entries(target, "VDI", &vdi, "other_config", &marks).await?;
         remove_entries(

@@ -9,6 +9,7 @@ pub mod job;
 pub mod keys;
 pub mod lock;
 pub mod manifest;
+pub mod op_error;
 pub mod plan;
 pub mod run;
 pub mod runner;

@@ -701,7 +701,7 @@ impl Cycle<'_> {
 }
 
 /// Every VM on `host`, as the planner sees them.
-pub(crate) async fn list_target_vms(host: &XapiClient) -> Result<Vec<TargetVm>, ClientError> {
+pub async fn list_target_vms(host: &XapiClient) -> Result<Vec<TargetVm>, ClientError> {
     let records = host.get_all_records::<VmRecord>().await?;
     Ok(records
         .into_iter()
@@ -985,8 +985,8 @@ pub(crate) async fn load_snapshot(
     })
 }
 
-/// `VM.destroy` keeps the disks, as in XAPI: destroy the VM, then its disk VDIs.
-pub async fn destroy_vm_and_disks(host: &XapiClient, vm_ref: &str) -> Result<(), ClientError> {
+/// The VDIs of a VM's disk VBDs.
+pub(crate) async fn disk_vdis(host: &XapiClient, vm_ref: &str) -> Result<Vec<String>, ClientError> {
     let vm: VmRecord = host.get_record(vm_ref).await?;
     let mut vdis = Vec::new();
     for vbd_ref in &vm.vbds {
@@ -995,6 +995,12 @@ pub async fn destroy_vm_and_disks(host: &XapiClient, vm_ref: &str) -> Result<(),
             vdis.push(vbd.vdi);
         }
     }
+    Ok(vdis)
+}
+
+/// `VM.destroy` keeps the disks, as in XAPI: destroy the VM, then its disk VDIs.
+pub async fn destroy_vm_and_disks(host: &XapiClient, vm_ref: &str) -> Result<(), ClientError> {
+    let vdis = disk_vdis(host, vm_ref).await?;
     host.call("VM.destroy", vec![Value::from(vm_ref)]).await?;
     for vdi in vdis {
         host.call("VDI.destroy", vec![Value::from(vdi.as_str())])

@@ -11,34 +11,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use super::keys;
 use super::plan::{Identity, SnapshotDisk};
 use super::run::{load_snapshot, remove_entries, set_entries};
-use crate::xapi::client::{ClientError, XapiClient};
+use crate::xapi::client::XapiClient;
 use crate::xapi::records::{SrRecord, StringMap, VdiRecord, VmRecord};
 use crate::xapi::rpc::Value;
 
-/// Why seeding refused or failed.
-#[derive(Debug, thiserror::Error)]
-pub enum SeedError {
-    /// The arguments or the objects they name do not fit (exit 2).
-    #[error("{0}")]
-    Invalid(String),
-    /// A host failed a call (exit 1).
-    #[error("{context}: {source}")]
-    Host {
-        context: String,
-        source: ClientError,
-    },
-}
-
-impl SeedError {
-    pub fn is_input(&self) -> bool {
-        matches!(self, SeedError::Invalid(_))
-    }
-}
-
-fn host(context: impl Into<String>) -> impl FnOnce(ClientError) -> SeedError {
-    let context = context.into();
-    move |source| SeedError::Host { context, source }
-}
+pub use super::op_error::OpError as SeedError;
+use super::op_error::on_host as host;
 
 /// One disk of the pair: the source snapshot's VDI and the target VM's at its userdevice.
 #[derive(Debug, Clone, PartialEq)]
