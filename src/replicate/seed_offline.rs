@@ -254,13 +254,13 @@ struct Written {
     frames: u64,
 }
 
-/// Appends frames to a seed file, hashing what goes in and out.
+/// Appends frames to a seed file, hashing what it writes. (The stream's own digest is
+/// taken by the reader, which balances the two threads.)
 struct SeedWriter {
     encoder: SeedEncoder,
     file: File,
     pending: BytesMut,
     file_hash: Sha256,
-    stream_hash: Sha256,
     path: PathBuf,
 }
 
@@ -272,7 +272,6 @@ impl SeedWriter {
             file: File::create(path).map_err(fail)?,
             pending: BytesMut::with_capacity(DEFAULT_FRAME as usize),
             file_hash: Sha256::new(),
-            stream_hash: Sha256::new(),
             path: path.to_owned(),
         };
         let header = writer.encoder.header();
@@ -288,7 +287,6 @@ impl SeedWriter {
     }
 
     fn push(&mut self, mut data: &[u8]) -> Result<(), OfflineError> {
-        self.stream_hash.update(data);
         let max = self.encoder.max_frame() as usize;
         while !data.is_empty() {
             let take = (max - self.pending.len()).min(data.len());
@@ -324,7 +322,7 @@ impl SeedWriter {
             file_size: totals.compressed,
             file_sha256: hex::encode(self.file_hash.finalize()),
             stream_length: totals.uncompressed,
-            stream_sha256: hex::encode(self.stream_hash.finalize()),
+            stream_sha256: String::new(),
             frames: totals.frames,
         })
     }
@@ -411,6 +409,7 @@ async fn export_disk(
         let mut body = response.into_body();
         let mut writer = BackgroundWriter::start(&tmp, level).map_err(|e| e.to_string())?;
         let mut validator = Validator::new();
+        let mut stream_hash = Sha256::new();
         let started = Instant::now();
         let mut bytes = 0u64;
         while let Some(frame) = body.frame().await {
@@ -425,6 +424,7 @@ async fn export_disk(
                 return Err(format!("{extra} bytes after the stream's final footer"));
             }
             bytes += data.len() as u64;
+            stream_hash.update(&data);
             if let Err(e) = writer.push(data).await {
                 return Err(writer.finish().err().unwrap_or(e).to_string());
             }
@@ -446,7 +446,8 @@ async fn export_disk(
             .task_outcome(&task, TASK_TIMEOUT)
             .await
             .map_err(|e| format!("the export task: {e}"))?;
-        let written = writer.finish().map_err(|e| e.to_string())?;
+        let mut written = writer.finish().map_err(|e| e.to_string())?;
+        written.stream_sha256 = hex::encode(stream_hash.finalize());
         std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(written)
     }
