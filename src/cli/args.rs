@@ -39,6 +39,119 @@ pub enum Command {
     Status(StatusArgs),
     /// Replicate a VM between two embedded lab hosts: a full, guest writes, a delta.
     Demo(DemoArgs),
+    /// Link a source snapshot and a target VM holding its disks as a job's base and replica
+    /// (xo-cr-seed's arguments; also run as `xo-cr-seed`).
+    Seed(SeedArgs),
+    /// Offline seed: snapshot a job's VM and write its disks as seed files and a manifest.
+    SeedExport(SeedExportArgs),
+    /// Offline seed: create the replica from seed files on the job's target SR.
+    SeedImport(SeedImportArgs),
+    /// Make a VM's replica bootable (and start it), after losing the source site.
+    Failover(FailoverArgs),
+    /// Boot a clone of a VM's newest replica to test it; --cleanup removes the clones.
+    TestFailover(TestFailoverArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SeedArgs {
+    /// Source host URL, e.g. https://root:pass@10.0.0.1 (percent-encode special characters).
+    pub source_url: String,
+    /// The source snapshot the target VM's disks were made from.
+    pub snapshot_uuid: String,
+    /// Target host URL.
+    pub target_url: String,
+    /// The VM on the target holding the snapshot's disks.
+    pub target_vm_uuid: String,
+    /// The replication job's id (a UUID, as in Xen Orchestra or the job file's job_id).
+    pub job_id: String,
+    /// The job's schedule id (a UUID).
+    pub schedule_id: String,
+    /// Read the source password from this file (else VHDSYNC_SOURCE_PASSWORD, else the URL).
+    #[arg(long, value_name = "FILE")]
+    pub source_password_file: Option<PathBuf>,
+    /// Read the target password from this file.
+    #[arg(long, value_name = "FILE")]
+    pub target_password_file: Option<PathBuf>,
+    /// Pin the source's certificate (see `vhdsync trust`).
+    #[arg(long, value_name = "sha256:HEX")]
+    pub source_fingerprint: Option<String>,
+    /// Pin the target's certificate.
+    #[arg(long, value_name = "sha256:HEX")]
+    pub target_fingerprint: Option<String>,
+    /// Accept any certificate (what xo-cr-seed does; the default when run as `xo-cr-seed`).
+    #[arg(long)]
+    pub insecure: bool,
+    /// Print one JSON document.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SeedExportArgs {
+    /// The job file (TOML).
+    #[arg(long)]
+    pub job: PathBuf,
+    /// The VM of the job to export.
+    #[arg(long, value_name = "UUID")]
+    pub vm: String,
+    /// The directory to write the seed files and manifest.json into (created; must be empty).
+    #[arg(short = 'o', long = "output", value_name = "DIR")]
+    pub output: PathBuf,
+    /// zstd level.
+    #[arg(long, default_value_t = 3)]
+    pub level: i32,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SeedImportArgs {
+    /// The job file (TOML).
+    #[arg(long)]
+    pub job: PathBuf,
+    /// The directory written by seed-export.
+    pub dir: PathBuf,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct FailoverArgs {
+    /// The job file (TOML).
+    #[arg(long)]
+    pub job: PathBuf,
+    /// The source VM whose replica takes over.
+    #[arg(long, value_name = "UUID")]
+    pub vm: String,
+    /// This replica instead of the newest valid one.
+    #[arg(long, value_name = "UUID")]
+    pub replica: Option<String>,
+    /// Start the replica.
+    #[arg(long)]
+    pub start: bool,
+    /// Do not ask for confirmation (required when stdin is not a terminal).
+    #[arg(long)]
+    pub yes: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TestFailoverArgs {
+    /// The job file (TOML).
+    #[arg(long)]
+    pub job: PathBuf,
+    /// The source VM whose newest replica is cloned.
+    #[arg(long, value_name = "UUID", required_unless_present = "cleanup")]
+    pub vm: Option<String>,
+    /// Start the clone.
+    #[arg(long, conflicts_with = "cleanup")]
+    pub start: bool,
+    /// Remove the job's test clones instead (all VMs, or only --vm's).
+    #[arg(long)]
+    pub cleanup: bool,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

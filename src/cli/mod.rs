@@ -3,10 +3,12 @@
 mod args;
 mod demo;
 mod error;
+mod failover;
 mod inspect;
 mod lab;
 mod output;
 mod replicate;
+mod seed;
 mod streams;
 mod transfer;
 
@@ -20,7 +22,7 @@ pub use error::CliError;
 /// 0 success, 1 the work failed (or `check` found problems), 2 usage or input error,
 /// 3 another run holds the lock.
 pub fn run() -> ExitCode {
-    let cli = match args::Cli::try_parse() {
+    let cli = match args::Cli::try_parse_from(seed::command_line(std::env::args_os())) {
         Ok(cli) => cli,
         Err(e) => {
             let code = if e.use_stderr() { 2 } else { 0 };
@@ -53,6 +55,11 @@ fn dispatch(command: args::Command) -> Result<ExitCode, CliError> {
         Command::Status(a) => replicate::status(&a),
         Command::Demo(a) => demo::demo(&a),
         Command::Lab(a) => lab::run(a.command),
+        Command::Seed(a) => seed::seed(&a),
+        Command::SeedExport(a) => seed::seed_export(&a),
+        Command::SeedImport(a) => seed::seed_import(&a),
+        Command::Failover(a) => failover::failover(&a),
+        Command::TestFailover(a) => failover::test_failover(&a),
     }
 }
 

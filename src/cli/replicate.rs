@@ -16,12 +16,12 @@ use crate::replicate::plan::{
     Identity, TargetVm, is_committed_replica, is_interrupted_replica, replica_datetime,
     replica_order,
 };
+use crate::replicate::run::list_target_vms;
 use crate::replicate::runner::{JobProgress, VmOutcome, run_job};
 use crate::xapi::client::XapiClient;
-use crate::xapi::records::VmRecord;
 use crate::xapi::transfer::{Progress, TransferOptions};
 
-fn load_job(path: &std::path::Path) -> Result<Job, CliError> {
+pub(super) fn load_job(path: &std::path::Path) -> Result<Job, CliError> {
     Job::load(path).map_err(|e| CliError::Input(e.to_string()))
 }
 
@@ -206,21 +206,9 @@ pub fn status(args: &StatusArgs) -> Result<ExitCode, CliError> {
     runtime()?.block_on(async {
         let trust = trust_for(job.target.fingerprint.as_deref(), job.insecure)?;
         let target = connect_host(job.target.url.clone(), job.target.password_file.as_deref(), TARGET_PASSWORD_ENV, &trust).await?;
-        let vms: Vec<TargetVm> = target
-            .get_all_records::<VmRecord>()
+        let vms: Vec<TargetVm> = list_target_vms(&target)
             .await
-            .map_err(|e| CliError::Failed(e.to_string()))?
-            .into_iter()
-            .map(|(reference, vm)| TargetVm {
-                reference,
-                uuid: vm.uuid,
-                name_label: vm.name_label,
-                is_a_template: vm.is_a_template,
-                is_a_snapshot: vm.is_a_snapshot,
-                other_config: vm.other_config,
-                blocked_operations: vm.blocked_operations,
-            })
-            .collect();
+            .map_err(|e| CliError::Failed(e.to_string()))?;
         let _ = target.logout().await;
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
         let mut stale = Vec::new();

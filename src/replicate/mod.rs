@@ -4,9 +4,15 @@
 //!
 //! [`keys`] and [`plan`] are pure (floor 1); the runner carries their decisions out.
 
+pub mod failover;
 pub mod job;
 pub mod keys;
 pub mod lock;
+pub mod manifest;
+pub mod op_error;
 pub mod plan;
 pub mod run;
 pub mod runner;
+pub mod seed;
+pub mod seed_file;
+pub mod seed_offline;

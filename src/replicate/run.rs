@@ -273,19 +273,7 @@ impl Cycle<'_> {
     }
 
     async fn target_vms(&self) -> Result<Vec<TargetVm>, CycleError> {
-        let records = self.on_target(self.target.get_all_records::<VmRecord>().await)?;
-        Ok(records
-            .into_iter()
-            .map(|(reference, vm)| TargetVm {
-                reference,
-                uuid: vm.uuid,
-                name_label: vm.name_label,
-                is_a_template: vm.is_a_template,
-                is_a_snapshot: vm.is_a_snapshot,
-                other_config: vm.other_config,
-                blocked_operations: vm.blocked_operations,
-            })
-            .collect())
+        self.on_target(list_target_vms(self.target).await)
     }
 
     async fn source_snapshots(&self, vm: &VmRecord) -> Result<Vec<SourceSnapshot>, CycleError> {
@@ -443,76 +431,11 @@ impl Cycle<'_> {
         vm: &VmRecord,
         now: i64,
     ) -> Result<String, CycleError> {
-        let mut args: BTreeMap<String, Value> = BTreeMap::new();
-        if let Some(record) = raw.as_struct() {
-            for field in VM_CONSTRUCTOR_FIELDS {
-                if let Some(value) = record.get(*field) {
-                    args.insert((*field).to_owned(), value.clone());
-                }
-            }
-        }
-        let mut other_config: StringMap = vm
-            .other_config
-            .iter()
-            .filter(|(k, _)| !k.starts_with("xo:"))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        other_config.extend(self.replica_keys(keys::IMPORTING_DATETIME));
-        other_config.insert(keys::IMPORTING.into(), keys::datetime(now));
-        other_config.insert(keys::AUTO_POWERON.into(), "false".into());
-        let blocked: StringMap = keys::BLOCKED_OPERATIONS
-            .iter()
-            .map(|op| ((*op).to_owned(), keys::IMPORTING_BLOCKED.to_owned()))
-            .collect();
-        let mut tags = vm.tags.clone();
-        if !tags.iter().any(|t| t == keys::REPLICA_TAG) {
-            tags.push(keys::REPLICA_TAG.into());
-        }
-        args.insert(
-            "name_label".into(),
-            Value::from(format!("{}{}", keys::IMPORTING_VM_PREFIX, vm.name_label).as_str()),
-        );
-        args.insert("is_a_template".into(), Value::Bool(false));
-        args.insert("affinity".into(), Value::from(NULL_REF));
-        args.insert("ha_always_run".into(), Value::Bool(false));
-        args.insert("ha_restart_priority".into(), Value::from(""));
-        args.insert("other_config".into(), string_map(&other_config));
-        args.insert("blocked_operations".into(), string_map(&blocked));
-        args.insert(
-            "tags".into(),
-            Value::Array(tags.iter().map(|t| Value::from(t.as_str())).collect()),
-        );
-        for reference in ["suspend_SR", "appliance", "snapshot_schedule"] {
-            if args.contains_key(reference) {
-                args.insert(reference.into(), Value::from(NULL_REF));
-            }
-        }
-        let created = self.on_target(
-            self.target
-                .call("VM.create", vec![Value::Struct(args)])
-                .await,
-        )?;
-        created.as_str().map(str::to_owned).ok_or_else(|| {
-            self.fail(
-                None,
-                Some(self.target),
-                "VM.create returned no reference".into(),
-            )
-        })
+        self.on_target(create_replica_vm(self.target, &self.id, raw, vm, now).await)
     }
 
-    /// The XO keys of a replica and its disks, with `datetime`.
     fn replica_keys(&self, datetime: &str) -> StringMap {
-        [
-            (keys::DATETIME, datetime),
-            (keys::JOB, &self.id.job_id),
-            (keys::SCHEDULE, &self.id.schedule_id),
-            (keys::VM, &self.id.vm_uuid),
-            (keys::SR, &self.id.sr_uuid),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect()
+        replica_keys(&self.id, datetime)
     }
 
     async fn fill_replica(
@@ -726,25 +649,9 @@ impl Cycle<'_> {
                 clone
             }
             DiskPlan::Full => {
-                let args: BTreeMap<String, Value> = [
-                    ("name_label", Value::from(name.as_str())),
-                    ("name_description", Value::from("")),
-                    ("SR", Value::from(sr_ref)),
-                    ("virtual_size", Value::Int(disk.virtual_size as i64)),
-                    ("type", Value::from("user")),
-                    ("sharable", Value::Bool(false)),
-                    ("read_only", Value::Bool(false)),
-                    ("other_config", string_map(&other_config)),
-                    ("xenstore_data", Value::Struct(BTreeMap::new())),
-                    ("sm_config", Value::Struct(BTreeMap::new())),
-                    ("tags", Value::Array(Vec::new())),
-                ]
-                .into_iter()
-                .map(|(k, v)| (k.to_owned(), v))
-                .collect();
-                let created =
-                    self.on_target(target.call("VDI.create", vec![Value::Struct(args)]).await)?;
-                let created = created.as_str().unwrap_or_default().to_owned();
+                let created = self.on_target(
+                    create_vdi(target, &name, sr_ref, disk.virtual_size, &other_config).await,
+                )?;
                 self.created_vdis.push(created.clone());
                 created
             }
@@ -758,28 +665,7 @@ impl Cycle<'_> {
         vdi_ref: &str,
         disk: &SnapshotDisk,
     ) -> Result<(), CycleError> {
-        let args: BTreeMap<String, Value> = [
-            ("VM", Value::from(vm_ref)),
-            ("VDI", Value::from(vdi_ref)),
-            ("userdevice", Value::from(disk.userdevice.as_str())),
-            ("bootable", Value::Bool(disk.userdevice == "0")),
-            ("mode", Value::from("RW")),
-            ("type", Value::from("Disk")),
-            ("empty", Value::Bool(false)),
-            ("unpluggable", Value::Bool(false)),
-            ("other_config", Value::Struct(BTreeMap::new())),
-            ("qos_algorithm_type", Value::from("")),
-            ("qos_algorithm_params", Value::Struct(BTreeMap::new())),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
-        self.on_target(
-            self.target
-                .call("VBD.create", vec![Value::Struct(args)])
-                .await,
-        )?;
-        Ok(())
+        self.on_target(attach_disk(self.target, vm_ref, vdi_ref, &disk.userdevice).await)
     }
 
     async fn set_on_target(
@@ -814,9 +700,164 @@ impl Cycle<'_> {
     }
 }
 
+/// Every VM on `host`, as the planner sees them.
+pub async fn list_target_vms(host: &XapiClient) -> Result<Vec<TargetVm>, ClientError> {
+    let records = host.get_all_records::<VmRecord>().await?;
+    Ok(records
+        .into_iter()
+        .map(|(reference, vm)| TargetVm {
+            reference,
+            uuid: vm.uuid,
+            name_label: vm.name_label,
+            is_a_template: vm.is_a_template,
+            is_a_snapshot: vm.is_a_snapshot,
+            other_config: vm.other_config,
+            blocked_operations: vm.blocked_operations,
+        })
+        .collect())
+}
+
+/// `VM.create` on `target` from a VM record (`raw`, the source's `get_record` answer),
+/// marked as importing from its first moment: `[Importing…]` name, `Importing…` start
+/// block, XO's epoch datetime and our importing key, `auto_poweron` off, the replica tag.
+pub(crate) async fn create_replica_vm(
+    target: &XapiClient,
+    id: &Identity,
+    raw: &Value,
+    vm: &VmRecord,
+    now: i64,
+) -> Result<String, ClientError> {
+    let mut args: BTreeMap<String, Value> = BTreeMap::new();
+    if let Some(record) = raw.as_struct() {
+        for field in VM_CONSTRUCTOR_FIELDS {
+            if let Some(value) = record.get(*field) {
+                args.insert((*field).to_owned(), value.clone());
+            }
+        }
+    }
+    let mut other_config: StringMap = vm
+        .other_config
+        .iter()
+        .filter(|(k, _)| !k.starts_with("xo:"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    other_config.extend(replica_keys(id, keys::IMPORTING_DATETIME));
+    other_config.insert(keys::IMPORTING.into(), keys::datetime(now));
+    other_config.insert(keys::AUTO_POWERON.into(), "false".into());
+    let blocked: StringMap = keys::BLOCKED_OPERATIONS
+        .iter()
+        .map(|op| ((*op).to_owned(), keys::IMPORTING_BLOCKED.to_owned()))
+        .collect();
+    let mut tags = vm.tags.clone();
+    if !tags.iter().any(|t| t == keys::REPLICA_TAG) {
+        tags.push(keys::REPLICA_TAG.into());
+    }
+    args.insert(
+        "name_label".into(),
+        Value::from(format!("{}{}", keys::IMPORTING_VM_PREFIX, vm.name_label).as_str()),
+    );
+    args.insert("is_a_template".into(), Value::Bool(false));
+    args.insert("affinity".into(), Value::from(NULL_REF));
+    args.insert("ha_always_run".into(), Value::Bool(false));
+    args.insert("ha_restart_priority".into(), Value::from(""));
+    args.insert("other_config".into(), string_map(&other_config));
+    args.insert("blocked_operations".into(), string_map(&blocked));
+    args.insert(
+        "tags".into(),
+        Value::Array(tags.iter().map(|t| Value::from(t.as_str())).collect()),
+    );
+    for reference in ["suspend_SR", "appliance", "snapshot_schedule"] {
+        if args.contains_key(reference) {
+            args.insert(reference.into(), Value::from(NULL_REF));
+        }
+    }
+    let created = target.call("VM.create", vec![Value::Struct(args)]).await?;
+    returned_ref(target, "VM.create", created)
+}
+
+/// The XO keys of a replica and its disks, with `datetime`.
+pub(crate) fn replica_keys(id: &Identity, datetime: &str) -> StringMap {
+    [
+        (keys::DATETIME, datetime),
+        (keys::JOB, &id.job_id),
+        (keys::SCHEDULE, &id.schedule_id),
+        (keys::VM, &id.vm_uuid),
+        (keys::SR, &id.sr_uuid),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
+/// A new empty user VDI of `size` bytes on `sr_ref`.
+pub(crate) async fn create_vdi(
+    target: &XapiClient,
+    name: &str,
+    sr_ref: &str,
+    size: u64,
+    other_config: &StringMap,
+) -> Result<String, ClientError> {
+    let args: BTreeMap<String, Value> = [
+        ("name_label", Value::from(name)),
+        ("name_description", Value::from("")),
+        ("SR", Value::from(sr_ref)),
+        ("virtual_size", Value::Int(size as i64)),
+        ("type", Value::from("user")),
+        ("sharable", Value::Bool(false)),
+        ("read_only", Value::Bool(false)),
+        ("other_config", string_map(other_config)),
+        ("xenstore_data", Value::Struct(BTreeMap::new())),
+        ("sm_config", Value::Struct(BTreeMap::new())),
+        ("tags", Value::Array(Vec::new())),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let created = target.call("VDI.create", vec![Value::Struct(args)]).await?;
+    Ok(created.as_str().unwrap_or_default().to_owned())
+}
+
+/// A read-write disk VBD plugging `vdi_ref` into `vm_ref` at `userdevice` (0 boots).
+pub(crate) async fn attach_disk(
+    target: &XapiClient,
+    vm_ref: &str,
+    vdi_ref: &str,
+    userdevice: &str,
+) -> Result<(), ClientError> {
+    let args: BTreeMap<String, Value> = [
+        ("VM", Value::from(vm_ref)),
+        ("VDI", Value::from(vdi_ref)),
+        ("userdevice", Value::from(userdevice)),
+        ("bootable", Value::Bool(userdevice == "0")),
+        ("mode", Value::from("RW")),
+        ("type", Value::from("Disk")),
+        ("empty", Value::Bool(false)),
+        ("unpluggable", Value::Bool(false)),
+        ("other_config", Value::Struct(BTreeMap::new())),
+        ("qos_algorithm_type", Value::from("")),
+        ("qos_algorithm_params", Value::Struct(BTreeMap::new())),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    target.call("VBD.create", vec![Value::Struct(args)]).await?;
+    Ok(())
+}
+
+fn returned_ref(host: &XapiClient, method: &str, value: Value) -> Result<String, ClientError> {
+    value
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| ClientError::Protocol {
+            host: host.host(),
+            method: method.into(),
+            message: "returned no reference".into(),
+        })
+}
+
 /// The fields of a VM record that `VM.create` takes (XAPI's constructor), copied from the
 /// source VM so the replica boots the same way.
-const VM_CONSTRUCTOR_FIELDS: &[&str] = &[
+pub(crate) const VM_CONSTRUCTOR_FIELDS: &[&str] = &[
     "name_description",
     "user_version",
     "memory_target",
@@ -855,7 +896,7 @@ const VM_CONSTRUCTOR_FIELDS: &[&str] = &[
     "NVRAM",
 ];
 
-fn string_map(map: &StringMap) -> Value {
+pub(crate) fn string_map(map: &StringMap) -> Value {
     Value::Struct(
         map.iter()
             .map(|(k, v)| (k.clone(), Value::from(v.as_str())))
@@ -865,7 +906,7 @@ fn string_map(map: &StringMap) -> Value {
 
 /// Set map entries: `remove_from_<map>` then `add_to_<map>`, since `add` refuses an existing
 /// key (`MAP_DUPLICATE_KEY`) and `remove` ignores a missing one.
-async fn set_entries(
+pub(crate) async fn set_entries(
     host: &XapiClient,
     class: &str,
     reference: &str,
@@ -891,7 +932,7 @@ async fn set_entries(
     Ok(())
 }
 
-async fn remove_entries(
+pub(crate) async fn remove_entries(
     host: &XapiClient,
     class: &str,
     reference: &str,
@@ -909,7 +950,10 @@ async fn remove_entries(
 }
 
 /// A snapshot VM and its disks (VBDs of type Disk), read from the host.
-async fn load_snapshot(host: &XapiClient, reference: &str) -> Result<SourceSnapshot, ClientError> {
+pub(crate) async fn load_snapshot(
+    host: &XapiClient,
+    reference: &str,
+) -> Result<SourceSnapshot, ClientError> {
     let vm: VmRecord = host.get_record(reference).await?;
     let mut disks = Vec::new();
     for vbd_ref in &vm.vbds {
@@ -941,8 +985,8 @@ async fn load_snapshot(host: &XapiClient, reference: &str) -> Result<SourceSnaps
     })
 }
 
-/// `VM.destroy` keeps the disks, as in XAPI: destroy the VM, then its disk VDIs.
-pub async fn destroy_vm_and_disks(host: &XapiClient, vm_ref: &str) -> Result<(), ClientError> {
+/// The VDIs of a VM's disk VBDs.
+pub(crate) async fn disk_vdis(host: &XapiClient, vm_ref: &str) -> Result<Vec<String>, ClientError> {
     let vm: VmRecord = host.get_record(vm_ref).await?;
     let mut vdis = Vec::new();
     for vbd_ref in &vm.vbds {
@@ -951,6 +995,12 @@ pub async fn destroy_vm_and_disks(host: &XapiClient, vm_ref: &str) -> Result<(),
             vdis.push(vbd.vdi);
         }
     }
+    Ok(vdis)
+}
+
+/// `VM.destroy` keeps the disks, as in XAPI: destroy the VM, then its disk VDIs.
+pub async fn destroy_vm_and_disks(host: &XapiClient, vm_ref: &str) -> Result<(), ClientError> {
+    let vdis = disk_vdis(host, vm_ref).await?;
     host.call("VM.destroy", vec![Value::from(vm_ref)]).await?;
     for vdi in vdis {
         host.call("VDI.destroy", vec![Value::from(vdi.as_str())])

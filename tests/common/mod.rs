@@ -1,6 +1,9 @@
 //! Helpers shared by integration tests: a file-SR-like chain builder over real VHD files.
 #![allow(dead_code)]
 
+pub mod lab_pair;
+pub mod npm;
+
 use std::path::{Path, PathBuf};
 
 use uuid::Uuid;

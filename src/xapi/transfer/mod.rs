@@ -9,7 +9,7 @@
 //! succeeded, so the target cannot complete an import the source disowns. Any failure aborts
 //! the upload mid-body, which fails the target's task, and cancels both tasks.
 
-mod body;
+pub(crate) mod body;
 mod error;
 mod progress;
 
@@ -191,14 +191,14 @@ struct Run<'a> {
 /// The validating half: a [`StreamDecoder::validating`] decoder that is handed copies of the
 /// structures (footer, header, BAT, bitmaps) and skips the block data, which is most of the
 /// stream and goes to the target untouched.
-struct Validator {
-    decoder: StreamDecoder,
+pub(crate) struct Validator {
+    pub(crate) decoder: StreamDecoder,
     buf: BytesMut,
     ended: bool,
 }
 
 impl Validator {
-    fn new() -> Validator {
+    pub(crate) fn new() -> Validator {
         Validator {
             decoder: StreamDecoder::validating(),
             buf: BytesMut::new(),
@@ -207,7 +207,7 @@ impl Validator {
     }
 
     /// Decode what `chunk` completes. Returns the bytes of `chunk` past the stream's end.
-    fn push(&mut self, chunk: &[u8]) -> Result<usize, TransferErrorKind> {
+    pub(crate) fn push(&mut self, chunk: &[u8]) -> Result<usize, TransferErrorKind> {
         let mut rest = chunk;
         while !rest.is_empty() && !self.ended {
             if self.buf.is_empty() {
@@ -234,7 +234,7 @@ impl Validator {
         })
     }
 
-    fn finish(&mut self) -> Result<(), TransferErrorKind> {
+    pub(crate) fn finish(&mut self) -> Result<(), TransferErrorKind> {
         if !self.ended {
             self.drain(true)?;
         }
@@ -615,7 +615,7 @@ impl Run<'_> {
     }
 }
 
-fn encode(value: &str) -> String {
+pub(crate) fn encode(value: &str) -> String {
     utf8_percent_encode(value, QUERY_VALUE).to_string()
 }
 

@@ -1,0 +1,272 @@
+//! `seed` (also run as `xo-cr-seed`), `seed-export` and `seed-import`.
+
+use std::ffi::OsString;
+use std::io::IsTerminal;
+use std::path::Path;
+use std::process::ExitCode;
+
+use serde_json::json;
+
+use super::CliError;
+use super::args::{SeedArgs, SeedExportArgs, SeedImportArgs};
+use super::output::print_json;
+use super::replicate::{connect_job, load_job};
+use super::transfer::{SOURCE_PASSWORD_ENV, TARGET_PASSWORD_ENV, connect, runtime, trust_for};
+use crate::replicate::job::Job;
+use crate::replicate::lock::VmLock;
+use crate::replicate::plan::Identity;
+use crate::replicate::seed::{SeedError, seed as run_seed};
+use crate::replicate::seed_offline::{OfflineError, SeedJob, export, import};
+use crate::xapi::transfer::Progress;
+
+/// The name under which the binary behaves as `vhdsync seed`, for xo-cr-seed runbooks.
+pub const XO_CR_SEED: &str = "xo-cr-seed";
+
+/// The command line to parse: as given, or, when run as `xo-cr-seed`, `vhdsync seed` with
+/// its arguments. xo-cr-seed verifies no certificate, so neither does this form unless a
+/// fingerprint is pinned (a warning says so).
+pub fn command_line(args: impl Iterator<Item = OsString>) -> Vec<OsString> {
+    let mut args: Vec<OsString> = args.collect();
+    let invoked_as = args
+        .first()
+        .and_then(|a| Path::new(a).file_name())
+        .map(|n| n.to_string_lossy().into_owned());
+    if invoked_as.as_deref() != Some(XO_CR_SEED) {
+        return args;
+    }
+    let rest = args.split_off(1.min(args.len()));
+    let pinned = rest
+        .iter()
+        .any(|a| a.to_string_lossy().ends_with("-fingerprint"));
+    let mut line: Vec<OsString> = vec!["vhdsync".into(), "seed".into()];
+    if !pinned && !rest.is_empty() {
+        line.push("--insecure".into());
+    }
+    line.extend(rest);
+    line
+}
+
+fn seed_error(e: SeedError) -> CliError {
+    if e.is_input() {
+        CliError::Input(e.to_string())
+    } else {
+        CliError::Failed(e.to_string())
+    }
+}
+
+fn offline_error(e: OfflineError) -> CliError {
+    if e.is_input() {
+        CliError::Input(e.to_string())
+    } else {
+        CliError::Failed(e.to_string())
+    }
+}
+
+pub fn seed(args: &SeedArgs) -> Result<ExitCode, CliError> {
+    let source_trust = trust_for(args.source_fingerprint.as_deref(), args.insecure)?;
+    let target_trust = trust_for(args.target_fingerprint.as_deref(), args.insecure)?;
+    if args.insecure {
+        eprintln!(
+            "vhdsync: warning: host certificates are not verified (pin them with --source-fingerprint/--target-fingerprint)"
+        );
+    }
+    for (what, value) in [
+        ("the job id", &args.job_id),
+        ("the schedule id", &args.schedule_id),
+        ("the snapshot", &args.snapshot_uuid),
+        ("the target VM", &args.target_vm_uuid),
+    ] {
+        crate::replicate::seed::check_uuid(what, value).map_err(seed_error)?;
+    }
+    runtime()?.block_on(async {
+        let source = connect(
+            &args.source_url,
+            args.source_password_file.as_deref(),
+            SOURCE_PASSWORD_ENV,
+            &source_trust,
+        )
+        .await?;
+        let target = connect(
+            &args.target_url,
+            args.target_password_file.as_deref(),
+            TARGET_PASSWORD_ENV,
+            &target_trust,
+        )
+        .await?;
+        let outcome = run_seed(
+            &source,
+            &target,
+            &args.snapshot_uuid.to_lowercase(),
+            &args.target_vm_uuid.to_lowercase(),
+            &args.job_id,
+            &args.schedule_id,
+        )
+        .await;
+        let _ = source.logout().await;
+        let _ = target.logout().await;
+        let report = outcome.map_err(seed_error)?;
+        if args.json {
+            print_json(&json!(report))?;
+        } else {
+            println!(
+                "seeded: snapshot {} of VM {} is the base of target VM {} ({:?}) on SR {}",
+                report.snapshot,
+                report.source_vm,
+                report.target_vm,
+                report.target_name,
+                report.target_sr
+            );
+            for d in &report.disks {
+                println!(
+                    "  disk {}: {} bytes, source VDI {} -> target VDI {}",
+                    d.userdevice, d.virtual_size, d.source_vdi, d.target_vdi
+                );
+            }
+            println!("the job's next replicate of this VM sends a delta");
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// The identity of `vm`'s replicas under `job`; `vm` must be one of the job's VMs.
+pub(super) fn job_identity(job: &Job, vm: &str) -> Result<Identity, CliError> {
+    if !job.vms.iter().any(|v| v.eq_ignore_ascii_case(vm)) {
+        return Err(CliError::Input(format!(
+            "--vm {vm}: not a VM of job {:?}",
+            job.name
+        )));
+    }
+    Ok(Identity {
+        job_id: job.job_id.clone(),
+        schedule_id: job.schedule_id.clone(),
+        vm_uuid: vm.to_lowercase(),
+        sr_uuid: job.target_sr.clone(),
+    })
+}
+
+fn seed_job(job: &Job, vm: &str) -> Result<SeedJob, CliError> {
+    Ok(SeedJob {
+        name: job.name.clone(),
+        id: job_identity(job, vm)?,
+    })
+}
+
+/// The VM's lock, as `replicate` takes it: no cycle runs while this command does.
+pub(super) fn lock(job: &Job, vm: &str) -> Result<VmLock, CliError> {
+    VmLock::acquire(&job.state_dir, &job.job_id, vm).map_err(|e| CliError::Locked(e.to_string()))
+}
+
+/// One line per disk every few seconds on a terminal, nothing otherwise.
+fn progress(json: bool) -> impl FnMut(&str, &Progress) + Send {
+    let tty = !json && std::io::stderr().is_terminal();
+    let mut last = std::time::Instant::now();
+    move |disk: &str, p: &Progress| {
+        if tty && last.elapsed().as_secs() >= 2 {
+            last = std::time::Instant::now();
+            eprintln!(
+                "vhdsync: disk {disk}: {} bytes, {:.1} MB/s",
+                p.bytes,
+                p.rate() / 1e6
+            );
+        }
+    }
+}
+
+pub fn seed_export(args: &SeedExportArgs) -> Result<ExitCode, CliError> {
+    let job = load_job(&args.job)?;
+    let seed = seed_job(&job, &args.vm)?;
+    let _lock = lock(&job, &seed.id.vm_uuid)?;
+    runtime()?.block_on(async {
+        let (source, target) = connect_job(&job).await?;
+        let _ = target.logout().await;
+        let mut display = progress(args.json);
+        let outcome = export(&source, &seed, &args.output, args.level, &mut display).await;
+        let _ = source.logout().await;
+        let manifest = outcome.map_err(offline_error)?;
+        if args.json {
+            print_json(&json!(manifest))?;
+        } else {
+            println!(
+                "exported VM {} ({}) as snapshot {} into {}",
+                manifest.vm_name,
+                manifest.vm_uuid,
+                manifest.snapshot_uuid,
+                args.output.display()
+            );
+            for d in &manifest.disks {
+                println!(
+                    "  disk {}: {} ({} bytes of VHD stream in {} bytes, {} frames; virtual size {})",
+                    d.userdevice, d.file, d.stream_length, d.file_size, d.frames, d.virtual_size
+                );
+            }
+            println!(
+                "carry the directory to the target site, then run: vhdsync seed-import --job {} {}",
+                args.job.display(),
+                args.output.display()
+            );
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+pub fn seed_import(args: &SeedImportArgs) -> Result<ExitCode, CliError> {
+    let job = load_job(&args.job)?;
+    let manifest = crate::replicate::manifest::Manifest::load(&args.dir)
+        .map_err(|e| CliError::Input(e.to_string()))?;
+    let seed = seed_job(&job, &manifest.vm_uuid)?;
+    let _lock = lock(&job, &seed.id.vm_uuid)?;
+    runtime()?.block_on(async {
+        let (source, target) = connect_job(&job).await?;
+        let mut display = progress(args.json);
+        let outcome = import(&source, &target, &seed, &args.dir, &mut display).await;
+        let _ = source.logout().await;
+        let _ = target.logout().await;
+        let report = outcome.map_err(offline_error)?;
+        if args.json {
+            print_json(&json!(report))?;
+        } else {
+            println!(
+                "imported replica {} ({:?}), linked to source snapshot {}",
+                report.replica, report.replica_name, report.snapshot
+            );
+            for d in &report.disks {
+                println!(
+                    "  disk {}: {} ({} bytes) -> VDI {}",
+                    d.userdevice, d.file, d.stream_bytes, d.replica_vdi
+                );
+            }
+            println!("the job's next replicate of this VM sends a delta");
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(args: &[&str]) -> Vec<String> {
+        command_line(args.iter().map(OsString::from))
+            .into_iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn runs_as_xo_cr_seed_by_its_name() {
+        assert_eq!(
+            line(&["/usr/local/bin/xo-cr-seed", "a", "b"]),
+            ["vhdsync", "seed", "--insecure", "a", "b"]
+        );
+        assert_eq!(
+            line(&["xo-cr-seed", "-h"]),
+            ["vhdsync", "seed", "--insecure", "-h"]
+        );
+        assert_eq!(line(&["xo-cr-seed"]), ["vhdsync", "seed"]);
+        assert_eq!(
+            line(&["xo-cr-seed", "--source-fingerprint", "sha256:00"]),
+            ["vhdsync", "seed", "--source-fingerprint", "sha256:00"]
+        );
+        assert_eq!(line(&["vhdsync", "seed", "x"]), ["vhdsync", "seed", "x"]);
+    }
+}

@@ -1,0 +1,441 @@
+//! Failover and test failover on the target host.
+//!
+//! * [`failover`] makes a replica the VM: its start block goes, and so does `xo:copy_of` on
+//!   the VM and its disks, so that no later cycle ever clones its (now written) disks as a
+//!   delta base; without the start block, retention and XO's replica listing skip it too.
+//! * [`test_failover`] boots a fast clone (`VM.clone`) of the newest replica, stripped of
+//!   every replication key and marked as ours, so the replica chain is untouched and the
+//!   next cycle is still a delta; [`cleanup`] removes those clones.
+//!
+//! The choices are pure functions ([`pick_replica`], [`is_test_clone`]); the rest carries
+//! them out.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::keys;
+use super::plan::{Identity, TargetVm, is_committed_replica, replica_order};
+use super::run::{destroy_vm_and_disks, disk_vdis, list_target_vms, remove_entries, set_entries};
+use crate::xapi::client::{ClientError, XapiClient};
+use crate::xapi::records::{StringMap, VmRecord};
+use crate::xapi::rpc::Value;
+
+/// Ours: on a failed-over replica, when it was failed over.
+pub const FAILED_OVER: &str = "vhdsync:failed_over";
+/// Ours: on a test clone (VM and disks), the job whose replica it was cloned from.
+pub const TEST_FAILOVER_JOB: &str = "vhdsync:test_failover";
+/// Ours: on a test clone, the source VM and the replica it was cloned from.
+pub const TEST_FAILOVER_VM: &str = "vhdsync:test_failover_vm";
+pub const TEST_CLONE_OF: &str = "vhdsync:test_clone_of";
+pub const TEST_TAG: &str = "vhdsync test failover";
+pub const TEST_NAME_PREFIX: &str = "[test] ";
+
+pub use super::op_error::OpError as FailoverError;
+use super::op_error::on_host as host;
+
+/// The replica to fail over to: the one given (it must be a committed replica of this job
+/// and VM), else the newest committed one.
+pub fn pick_replica<'a>(
+    vms: &'a [TargetVm],
+    id: &Identity,
+    given: Option<&str>,
+) -> Result<&'a TargetVm, String> {
+    let mut replicas: Vec<&TargetVm> = vms
+        .iter()
+        .filter(|vm| !vm.is_a_snapshot && is_committed_replica(vm, id))
+        .collect();
+    replicas.sort_by_key(|vm| std::cmp::Reverse(replica_order(vm)));
+    match given {
+        Some(uuid) => replicas
+            .into_iter()
+            .find(|vm| vm.uuid.eq_ignore_ascii_case(uuid))
+            .ok_or_else(|| {
+                let what = vms
+                    .iter()
+                    .find(|vm| vm.uuid.eq_ignore_ascii_case(uuid))
+                    .map_or("no VM with that UUID on the target", |vm| {
+                        if vm.other_config.contains_key(FAILED_OVER) {
+                            "it was already failed over"
+                        } else {
+                            "it is not a committed, start-blocked replica of this job and VM"
+                        }
+                    });
+                format!("--replica {uuid}: {what}")
+            }),
+        None => replicas.into_iter().next().ok_or_else(|| {
+            format!(
+                "no valid replica of VM {} by job {} on SR {} on the target",
+                id.vm_uuid, id.job_id, id.sr_uuid
+            )
+        }),
+    }
+}
+
+/// A test clone made by `test-failover` for this job (and, when given, this source VM).
+pub fn is_test_clone(vm: &TargetVm, job_id: &str, vm_uuid: Option<&str>) -> bool {
+    !vm.is_a_snapshot
+        && vm.other_config.get(TEST_FAILOVER_JOB).map(String::as_str) == Some(job_id)
+        && vm_uuid.is_none_or(|uuid| {
+            vm.other_config.get(TEST_FAILOVER_VM).map(String::as_str) == Some(uuid)
+        })
+}
+
+/// The replication keys a test clone must not carry: every `xo:` key (so neither tool
+/// takes it for a replica or a base) and our own markers.
+pub fn replication_keys(config: &StringMap) -> Vec<&str> {
+    config
+        .keys()
+        .map(String::as_str)
+        .filter(|k| k.starts_with("xo:") || *k == keys::IMPORTING || *k == keys::COMMITTED_MS)
+        .collect()
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FailoverReport {
+    pub replica: String,
+    pub name: String,
+    pub started: bool,
+    pub note: String,
+}
+
+/// Remove the replica's start block and its `xo:copy_of` links; start it if asked.
+pub async fn failover(
+    target: &XapiClient,
+    id: &Identity,
+    replica: Option<&str>,
+    start: bool,
+) -> Result<FailoverReport, FailoverError> {
+    let vms = list_target_vms(target)
+        .await
+        .map_err(host("listing the target's VMs"))?;
+    let chosen = pick_replica(&vms, id, replica)
+        .map_err(FailoverError::Invalid)?
+        .clone();
+    let on = |what: &str| host(format!("{what} of replica {}", chosen.uuid));
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    set_entries(
+        target,
+        "VM",
+        &chosen.reference,
+        "other_config",
+        &[(FAILED_OVER, keys::datetime(now).as_str())],
+    )
+    .await
+    .map_err(on("marking"))?;
+    remove_entries(
+        target,
+        "VM",
+        &chosen.reference,
+        "blocked_operations",
+        &keys::BLOCKED_OPERATIONS,
+    )
+    .await
+    .map_err(on("unblocking"))?;
+    unlink(
+        target,
+        &chosen.reference,
+        &[keys::COPY_OF, keys::CONTENT_KEY],
+    )
+    .await
+    .map_err(on("unlinking the disks"))?;
+    if start {
+        target
+            .call(
+                "VM.start",
+                vec![
+                    Value::from(chosen.reference.as_str()),
+                    Value::Bool(false),
+                    Value::Bool(false),
+                ],
+            )
+            .await
+            .map_err(on("starting"))?;
+    }
+    Ok(FailoverReport {
+        replica: chosen.uuid.clone(),
+        name: chosen.name_label.clone(),
+        started: start,
+        note: format!(
+            "replica {} is now a VM of its own and no longer takes deltas; the next replicate of VM {} starts a new chain with a full",
+            chosen.uuid, id.vm_uuid
+        ),
+    })
+}
+
+/// Remove `keys` from the VM and from each of its disks.
+async fn unlink(target: &XapiClient, vm_ref: &str, keys: &[&str]) -> Result<(), ClientError> {
+    remove_entries(target, "VM", vm_ref, "other_config", keys).await?;
+    for vdi in disk_vdis(target, vm_ref).await? {
+        remove_entries(target, "VDI", &vdi, "other_config", keys).await?;
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TestCloneReport {
+    pub clone: String,
+    pub name: String,
+    pub replica: String,
+    pub started: bool,
+}
+
+/// Clone the newest replica as `[test] <name>`, strip the clone of every replication key,
+/// tag it, and start it if asked. The replica itself is not written.
+pub async fn test_failover(
+    target: &XapiClient,
+    id: &Identity,
+    start: bool,
+) -> Result<TestCloneReport, FailoverError> {
+    let vms = list_target_vms(target)
+        .await
+        .map_err(host("listing the target's VMs"))?;
+    let replica = pick_replica(&vms, id, None)
+        .map_err(FailoverError::Invalid)?
+        .clone();
+    let name = format!("{TEST_NAME_PREFIX}{}", replica.name_label);
+    let created = target
+        .call(
+            "VM.clone",
+            vec![
+                Value::from(replica.reference.as_str()),
+                Value::from(name.as_str()),
+            ],
+        )
+        .await
+        .map_err(host(format!("cloning replica {}", replica.uuid)))?;
+    let clone_ref = created.as_str().unwrap_or_default().to_owned();
+    let prepared = prepare_clone(target, &clone_ref, id, &replica, start).await;
+    match prepared {
+        Ok(uuid) => Ok(TestCloneReport {
+            clone: uuid,
+            name,
+            replica: replica.uuid,
+            started: start,
+        }),
+        Err(e) => {
+            let _ = target
+                .call("VM.hard_shutdown", vec![Value::from(clone_ref.as_str())])
+                .await;
+            let _ = destroy_vm_and_disks(target, &clone_ref).await;
+            Err(host(format!(
+                "preparing the test clone of {}",
+                replica.uuid
+            ))(e))
+        }
+    }
+}
+
+async fn prepare_clone(
+    target: &XapiClient,
+    clone_ref: &str,
+    id: &Identity,
+    replica: &TargetVm,
+    start: bool,
+) -> Result<String, ClientError> {
+    let marks = [
+        (TEST_FAILOVER_JOB, id.job_id.as_str()),
+        (TEST_FAILOVER_VM, id.vm_uuid.as_str()),
+        (TEST_CLONE_OF, replica.uuid.as_str()),
+    ];
+    let vm: VmRecord = target.get_record(clone_ref).await?;
+    // Marks first: a clone half-stripped by a failure is still found by --cleanup.
+    set_entries(target, "VM", clone_ref, "other_config", &marks).await?;
+    remove_entries(
+        target,
+        "VM",
+        clone_ref,
+        "other_config",
+        &replication_keys(&vm.other_config),
+    )
+    .await?;
+    remove_entries(
+        target,
+        "VM",
+        clone_ref,
+        "blocked_operations",
+        &keys::BLOCKED_OPERATIONS,
+    )
+    .await?;
+    if vm.tags.iter().any(|t| t == keys::REPLICA_TAG) {
+        target
+            .call(
+                "VM.remove_tags",
+                vec![Value::from(clone_ref), Value::from(keys::REPLICA_TAG)],
+            )
+            .await?;
+    }
+    target
+        .call(
+            "VM.add_tags",
+            vec![Value::from(clone_ref), Value::from(TEST_TAG)],
+        )
+        .await?;
+    for vdi in disk_vdis(target, clone_ref).await? {
+        let record: crate::xapi::records::VdiRecord = target.get_record(&vdi).await?;
+        set_entries(target, "VDI", &vdi, "other_config", &marks).await?;
+        remove_entries(
+            target,
+            "VDI",
+            &vdi,
+            "other_config",
+            &replication_keys(&record.other_config),
+        )
+        .await?;
+    }
+    if start {
+        target
+            .call(
+                "VM.start",
+                vec![
+                    Value::from(clone_ref),
+                    Value::Bool(false),
+                    Value::Bool(false),
+                ],
+            )
+            .await?;
+    }
+    Ok(vm.uuid)
+}
+
+/// Shut down and destroy this job's test clones (of `vm_uuid`'s replicas only, if given),
+/// with their disks. Returns their UUIDs.
+pub async fn cleanup(
+    target: &XapiClient,
+    job_id: &str,
+    vm_uuid: Option<&str>,
+) -> Result<Vec<String>, FailoverError> {
+    let vms = list_target_vms(target)
+        .await
+        .map_err(host("listing the target's VMs"))?;
+    let mut removed = Vec::new();
+    for vm in vms.iter().filter(|vm| is_test_clone(vm, job_id, vm_uuid)) {
+        let record: VmRecord = target
+            .get_record(&vm.reference)
+            .await
+            .map_err(host(format!("reading test clone {}", vm.uuid)))?;
+        if record.power_state != "Halted" {
+            target
+                .call("VM.hard_shutdown", vec![Value::from(vm.reference.as_str())])
+                .await
+                .map_err(host(format!("shutting down test clone {}", vm.uuid)))?;
+        }
+        destroy_vm_and_disks(target, &vm.reference)
+            .await
+            .map_err(host(format!("destroying test clone {}", vm.uuid)))?;
+        removed.push(vm.uuid.clone());
+    }
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replicate::plan::{is_interrupted_replica, replica_victims};
+
+    fn id() -> Identity {
+        Identity {
+            job_id: "job".into(),
+            schedule_id: "sched".into(),
+            vm_uuid: "vm".into(),
+            sr_uuid: "sr".into(),
+        }
+    }
+
+    fn config(pairs: &[(&str, &str)]) -> StringMap {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).into(), (*v).into()))
+            .collect()
+    }
+
+    fn replica(uuid: &str, datetime: &str) -> TargetVm {
+        TargetVm {
+            reference: format!("ref-{uuid}"),
+            uuid: uuid.into(),
+            name_label: uuid.into(),
+            other_config: config(&[
+                (keys::JOB, "job"),
+                (keys::VM, "vm"),
+                (keys::SR, "sr"),
+                (keys::DATETIME, datetime),
+                (keys::COPY_OF, "snap"),
+            ]),
+            blocked_operations: config(&[("start", keys::START_BLOCKED)]),
+            ..TargetVm::default()
+        }
+    }
+
+    /// What `failover` leaves: marked, unblocked, unlinked.
+    fn failed_over(mut vm: TargetVm) -> TargetVm {
+        vm.other_config.insert(FAILED_OVER.into(), "x".into());
+        vm.other_config.remove(keys::COPY_OF);
+        vm.blocked_operations.clear();
+        vm
+    }
+
+    /// What `test_failover` leaves on the clone.
+    fn test_clone(of: &TargetVm) -> TargetVm {
+        let mut config = of.other_config.clone();
+        for key in replication_keys(&of.other_config) {
+            config.remove(key);
+        }
+        config.insert(TEST_FAILOVER_JOB.into(), "job".into());
+        config.insert(TEST_FAILOVER_VM.into(), "vm".into());
+        TargetVm {
+            reference: "ref-clone".into(),
+            uuid: "clone".into(),
+            name_label: format!("{TEST_NAME_PREFIX}{}", of.name_label),
+            other_config: config,
+            ..TargetVm::default()
+        }
+    }
+
+    #[test]
+    fn picks_the_newest_valid_replica_or_the_one_given() {
+        let vms = vec![
+            replica("old", "20240101T00:00:00Z"),
+            replica("new", "20240102T00:00:00Z"),
+            failed_over(replica("newest-but-failed-over", "20240103T00:00:00Z")),
+        ];
+        assert_eq!(pick_replica(&vms, &id(), None).unwrap().uuid, "new");
+        assert_eq!(pick_replica(&vms, &id(), Some("OLD")).unwrap().uuid, "old");
+        for (given, expected) in [
+            ("newest-but-failed-over", "already failed over"),
+            ("nope", "no VM with that UUID"),
+        ] {
+            let err = pick_replica(&vms, &id(), Some(given)).unwrap_err();
+            assert!(err.contains(expected), "{err}");
+        }
+        assert!(
+            pick_replica(&[], &id(), None)
+                .unwrap_err()
+                .contains("no valid replica")
+        );
+    }
+
+    #[test]
+    fn the_runner_never_takes_a_test_clone_or_a_failed_over_replica_for_a_replica() {
+        let r = replica("r", "20240101T00:00:00Z");
+        let clone = test_clone(&r);
+        let gone = failed_over(replica("f", "20230101T00:00:00Z"));
+        assert!(clone.other_config.keys().all(|k| !k.starts_with("xo:")));
+        for vm in [&clone, &gone] {
+            assert!(!is_committed_replica(vm, &id()), "{}", vm.uuid);
+            assert!(!is_interrupted_replica(vm, &id()), "{}", vm.uuid);
+            assert!(!vm.other_config.contains_key(keys::COPY_OF));
+        }
+        let all = vec![r.clone(), clone.clone(), gone];
+        // Retention 0 would delete every replica it knows: only the real one.
+        let victims: Vec<&str> = replica_victims(&all, &id(), 0)
+            .iter()
+            .map(|v| v.uuid.as_str())
+            .collect();
+        assert_eq!(victims, ["r"]);
+        assert!(is_test_clone(&clone, "job", None));
+        assert!(is_test_clone(&clone, "job", Some("vm")));
+        assert!(!is_test_clone(&clone, "job", Some("other-vm")));
+        assert!(!is_test_clone(&clone, "other-job", None));
+        assert!(!is_test_clone(&r, "job", None));
+    }
+}
