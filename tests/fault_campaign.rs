@@ -14,19 +14,17 @@
 //! digests taken just before its cycle, and "looks valid" is judged from the raw metadata.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
+mod support;
+
+use support::{Host, url};
 use tempfile::TempDir;
-use vhdsync::lab::http::LabServer;
-use vhdsync::lab::{InitReport, Lab};
 use vhdsync::replicate::keys;
 use vhdsync::replicate::run::{CycleError, CycleSettings, Phase, replicate_vm};
-use vhdsync::xapi::HostUrl;
-use vhdsync::xapi::client::XapiClient;
-use vhdsync::xapi::records::{VbdRecord, VdiRecord, VmRecord};
+use vhdsync::xapi::records::VmRecord;
 use vhdsync::xapi::rpc::Value;
-use vhdsync::xapi::tls::Trust;
 use vhdsync::xapi::transfer::TransferOptions;
 
 const MIB: u64 = 1 << 20;
@@ -55,119 +53,6 @@ impl Rng {
     fn within(&mut self, range: std::ops::Range<u64>) -> u64 {
         range.start + self.next() % (range.end - range.start)
     }
-}
-
-struct Host {
-    _dir: TempDir,
-    server: LabServer,
-    client: XapiClient,
-    report: InitReport,
-}
-
-impl Host {
-    async fn start(vms: &[(&str, &[u64])]) -> Host {
-        let dir = scratch_dir();
-        let vms: Vec<(String, Vec<u64>)> = vms
-            .iter()
-            .map(|(n, d)| ((*n).to_owned(), d.to_vec()))
-            .collect();
-        let report = Lab::init(dir.path(), "lab", &vms).unwrap();
-        let server = LabServer::start(
-            Lab::open(dir.path()).unwrap(),
-            "127.0.0.1:0".parse().unwrap(),
-            false,
-        )
-        .await
-        .unwrap();
-        let client = XapiClient::connect(
-            HostUrl::parse(&url(&server)).unwrap(),
-            &Trust::Insecure,
-            None,
-        )
-        .await
-        .unwrap();
-        Host {
-            _dir: dir,
-            server,
-            client,
-            report,
-        }
-    }
-
-    async fn call(&self, method: &str, params: Vec<Value>) -> Value {
-        self.client
-            .call(method, params)
-            .await
-            .unwrap_or_else(|e| panic!("{method}: {e}"))
-    }
-
-    async fn hash(&self, vdi: &str) -> String {
-        self.call("lab.hash", vec![Value::from(vdi)])
-            .await
-            .as_str()
-            .unwrap()
-            .to_owned()
-    }
-
-    async fn inject(&self, members: Vec<(&str, Value)>) {
-        let spec = members
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v))
-            .collect();
-        self.call("lab.inject_fault", vec![Value::Struct(spec)])
-            .await;
-    }
-
-    async fn clear_faults(&self) {
-        self.call("lab.clear_faults", vec![]).await;
-    }
-
-    /// A VM's disks: userdevice -> VDI uuid.
-    async fn disks(&self, vm_ref: &str) -> BTreeMap<String, String> {
-        let vm: VmRecord = self.client.get_record(vm_ref).await.unwrap();
-        let mut disks = BTreeMap::new();
-        for vbd in &vm.vbds {
-            let vbd: VbdRecord = self.client.get_record(vbd).await.unwrap();
-            if vbd.is_disk() {
-                let vdi: VdiRecord = self.client.get_record(&vbd.vdi).await.unwrap();
-                disks.insert(vbd.userdevice, vdi.uuid);
-            }
-        }
-        disks
-    }
-
-    /// VDIs no VM uses: leaks.
-    async fn unused_vdis(&self) -> Vec<String> {
-        let vms = self.client.get_all_records::<VmRecord>().await.unwrap();
-        let mut used = BTreeSet::new();
-        for (reference, _) in &vms {
-            used.extend(self.disks(reference).await.into_values());
-        }
-        self.client
-            .get_all_records::<VdiRecord>()
-            .await
-            .unwrap()
-            .into_iter()
-            .filter(|(_, vdi)| !used.contains(&vdi.uuid))
-            .map(|(_, vdi)| format!("{} ({})", vdi.uuid, vdi.name_label))
-            .collect()
-    }
-}
-
-/// The lab hosts fsync their state on every change, which dominates a long campaign on a
-/// disk: in memory (`/dev/shm`) where there is one.
-fn scratch_dir() -> TempDir {
-    let shm = Path::new("/dev/shm");
-    if shm.is_dir()
-        && let Ok(dir) = tempfile::tempdir_in(shm)
-    {
-        return dir;
-    }
-    tempfile::tempdir().unwrap()
-}
-
-fn url(server: &LabServer) -> String {
-    server.base_url().replacen("://", "://root:lab@", 1)
 }
 
 fn int(n: u64) -> Value {
@@ -382,8 +267,8 @@ struct Campaign {
 
 impl Campaign {
     async fn start() -> Campaign {
-        let source = Host::start(&[("web01", &DISKS)]).await;
-        let target = Host::start(&[]).await;
+        let source = Host::start("lab", &[("web01", &DISKS)]).await;
+        let target = Host::start("lab", &[]).await;
         let vm = &source.report.vms[0];
         let vm_uuid = vm.ids.uuid.clone();
         let disks = vm.disks.iter().map(|d| d.vdi.reference.clone()).collect();
@@ -395,8 +280,8 @@ impl Campaign {
                 "name = \"cr\"\njob_id = \"{JOB_ID}\"\nschedule_id = \"{SCHEDULE_ID}\"\n\
                  source = \"{}\"\ntarget = \"{}\"\ntarget_sr = \"{}\"\nvms = [\"{vm_uuid}\"]\n\
                  retention = {RETENTION}\nstate_dir = \"{}\"\n",
-                url(&source.server),
-                url(&target.server),
+                url(&source.server, "lab"),
+                url(&target.server, "lab"),
                 target.report.sr.uuid,
                 dir.path().join("state").display(),
             ),

@@ -148,6 +148,7 @@ pub async fn replicate_vm(
     }
 
     cycle.phase = Phase::Cleanup;
+    tracing::info!(vm = vm_uuid, "cleaning up interrupted runs");
     let mut cleaned_up = cycle.clean_target().await?;
     let mut vm = vm;
     for untagged in cycle.untagged_snapshots(&vm).await? {
@@ -166,6 +167,7 @@ pub async fn replicate_vm(
     let base = select_base(&snapshots, &cycle.id).cloned();
 
     cycle.phase = Phase::Snapshot;
+    tracing::info!(vm = vm_uuid, base = ?base.as_ref().map(|b| &b.uuid), "snapshot");
     let now = unix_now();
     let snapshot = cycle.snapshot(&vm_ref, &vm, now).await?;
     let outcome = cycle
@@ -182,6 +184,7 @@ pub async fn replicate_vm(
     };
 
     cycle.phase = Phase::Retention;
+    tracing::info!(vm = vm_uuid, replica = %replica_uuid, "committed; retention");
     let mut deleted_replicas = Vec::new();
     let vms = cycle.target_vms().await?;
     for victim in replica_victims(&vms, &cycle.id, settings.retention) {
@@ -572,6 +575,7 @@ impl Cycle<'_> {
         }
 
         self.phase = Phase::Transfer;
+        tracing::debug!(vm = %self.id.vm_uuid, disks = disks.len(), "transfer");
         let mut reports = Vec::new();
         for (disk, disk_plan, vdi_ref) in &disks {
             let base = match disk_plan {
