@@ -12,13 +12,14 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+mod support;
+
 use bytes::BytesMut;
+use support::Host;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::codec::Decoder;
 use uuid::Uuid;
 use vhdsync::image::{Chain, CreateOptions, VhdWriter, create};
-use vhdsync::lab::Lab;
-use vhdsync::lab::http::LabServer;
 use vhdsync::stream::{ChainExport, StreamDecoder};
 use vhdsync::vhd::{VhdTimestamp, ones_complement_checksum};
 use vhdsync::xapi::HostUrl;
@@ -146,19 +147,6 @@ fn nested_xml(depth: usize) -> String {
     doc
 }
 
-async fn lab() -> (tempfile::TempDir, LabServer) {
-    let dir = tempfile::tempdir().unwrap();
-    Lab::init(dir.path(), "lab", &[]).unwrap();
-    let server = LabServer::start(
-        Lab::open(dir.path()).unwrap(),
-        "127.0.0.1:0".parse().unwrap(),
-        false,
-    )
-    .await
-    .unwrap();
-    (dir, server)
-}
-
 /// Send `head` then `body` on a raw connection and return the status line of the answer
 /// (empty if the host closed without one).
 async fn raw_exchange(addr: &str, head: &str, body: &[u8]) -> String {
@@ -223,7 +211,8 @@ async fn hostile_claims_fail_fast_in_bounded_memory() {
 
     // A JSON-RPC request to the lab host claiming a 10 GiB body (one JSON string): refused
     // from the header, and the host goes on serving.
-    let (_dir, server) = lab().await;
+    let lab = Host::start("lab", &[]).await;
+    let server = &lab.server;
     let addr = server.base_url().trim_start_matches("http://").to_owned();
     let ten_gib: u64 = 10 << 30;
     let head = format!(

@@ -6,10 +6,11 @@
 
 use std::time::{Duration, Instant};
 
+mod support;
+
+use support::{Host, url};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use vhdsync::lab::Lab;
-use vhdsync::lab::http::LabServer;
 use vhdsync::xapi::HostUrl;
 use vhdsync::xapi::client::XapiClient;
 use vhdsync::xapi::records::VmRecord;
@@ -51,21 +52,15 @@ fn post(addr: &str, path: &str, content_type: &str, body: &str) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_lab_host_survives_misbehaving_clients_and_serves_the_others() {
-    let dir = tempfile::tempdir().unwrap();
-    let report = Lab::init(dir.path(), "lab", &[("web01".into(), vec![8 << 20])]).unwrap();
-    let server = LabServer::start(
-        Lab::open(dir.path()).unwrap(),
-        "127.0.0.1:0".parse().unwrap(),
-        false,
-    )
-    .await
-    .unwrap();
-    let addr = server.base_url().trim_start_matches("http://").to_owned();
-    let url = server.base_url().replacen("://", "://root:lab@", 1);
-    let good = XapiClient::connect(HostUrl::parse(&url).unwrap(), &Trust::Insecure, None)
-        .await
-        .unwrap();
-    let vdi = report.vms[0].disks[0].vdi.reference.clone();
+    let host = Host::start("lab", &[("web01", &[8 << 20])]).await;
+    let addr = host
+        .server
+        .base_url()
+        .trim_start_matches("http://")
+        .to_owned();
+    let url = url(&host.server, "lab");
+    let good = &host.client;
+    let vdi = host.report.vms[0].disks[0].vdi.reference.clone();
     good.call(
         "lab.write",
         vec![
