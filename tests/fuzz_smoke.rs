@@ -1,125 +1,26 @@
-//! A stable-Rust stand-in for the cargo-fuzz targets in `fuzz/`: the bodies of `footer_parse`,
-//! `header_parse` and `image_check`, copied here unchanged in meaning, run over 20,000
-//! deterministic inputs. Most are mutations of valid images written by the crate's own writer
-//! and of the committed malformed corpus; the rest are random bytes. This keeps the fuzz targets'
-//! assertions exercised on every `cargo test`, where nightly and libFuzzer are not available.
+//! A stable-Rust stand-in for the cargo-fuzz targets in `fuzz/`: the target bodies themselves
+//! (`fuzz/bodies.rs`, included here) run over deterministic inputs. Most are mutations of
+//! valid inputs (images written by the crate's own writer and the committed malformed corpus,
+//! encoded streams, RPC documents, a job file); the rest are random bytes. This keeps the fuzz
+//! targets' assertions exercised on every `cargo test`, where nightly and libFuzzer are not
+//! available.
+
+#[path = "../fuzz/bodies.rs"]
+mod bodies;
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use bytes::Bytes;
-use uuid::Uuid;
-use vhdsync::image::{
-    Chain, CreateOptions, ParentLink, VhdLayer, VhdWriter, check::check_bytes, create,
-    locate_footer,
+use bodies::{
+    footer_parse, header_parse, image_check, job_parse, jsonrpc_decode, seed_frames, stream_decode,
+    xmlrpc_decode,
 };
-use vhdsync::vhd::batmap::BatmapHeader;
-use vhdsync::vhd::{Bat, DiskType, DynamicHeader, Footer, VhdTimestamp, ones_complement_checksum};
+use uuid::Uuid;
+use vhdsync::image::{Chain, CreateOptions, ParentLink, VhdWriter, create};
+use vhdsync::stream::ChainExport;
+use vhdsync::vhd::{DiskType, Footer, VhdTimestamp, ones_complement_checksum};
 
 const INPUTS: usize = 20_000;
-
-// ---------------------------------------------------------------------------------------------
-// The fuzz target bodies (keep in step with fuzz/fuzz_targets/*.rs).
-
-/// `footer_parse`.
-fn footer_parse(data: &[u8]) {
-    let _ = locate_footer(data);
-    footer_round_trip(data);
-    if let Some(head) = data.get(..512) {
-        let mut sealed = head.to_vec();
-        sealed[..8].copy_from_slice(b"conectix");
-        let sum = ones_complement_checksum(&sealed, 64);
-        sealed[64..68].copy_from_slice(&sum.to_be_bytes());
-        footer_round_trip(&sealed);
-    }
-}
-
-fn footer_round_trip(bytes: &[u8]) {
-    if let Ok((footer, _)) = Footer::parse(bytes, 0) {
-        let (again, _) = Footer::parse(&footer.encode(), 0).expect("an encoded footer parses");
-        assert_eq!(
-            Footer {
-                checksum: again.checksum,
-                ..footer
-            },
-            again
-        );
-    }
-}
-
-/// `header_parse`.
-fn header_parse(data: &[u8]) {
-    header_round_trip(data);
-    if let Some(head) = data.get(..1024) {
-        let mut sealed = head.to_vec();
-        sealed[..8].copy_from_slice(b"cxsparse");
-        let sum = ones_complement_checksum(&sealed, 36);
-        sealed[36..40].copy_from_slice(&sum.to_be_bytes());
-        header_round_trip(&sealed);
-    }
-    let entries = data
-        .get(..4)
-        .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
-    let table = data.get(4..).unwrap_or_default();
-    if let Ok(bat) = Bat::parse(table, entries, 1536) {
-        assert_eq!(Bat::parse(&bat.encode(), entries, 1536).as_ref(), Ok(&bat));
-    }
-    if let Ok(Some(batmap)) = BatmapHeader::parse(data, 2048) {
-        assert_eq!(
-            BatmapHeader::parse(&batmap.encode(), 2048),
-            Ok(Some(batmap))
-        );
-    }
-}
-
-fn header_round_trip(bytes: &[u8]) {
-    let Ok(header) = DynamicHeader::parse(bytes, 512) else {
-        return;
-    };
-    let again = DynamicHeader::parse(&header.encode(), 512).expect("an encoded header parses");
-    assert_eq!(
-        DynamicHeader {
-            checksum: again.checksum,
-            ..header.clone()
-        },
-        again
-    );
-    for (i, locator) in header.parent_locators.iter().enumerate() {
-        let _ = locator.reserved_bytes(i as u8, 1088);
-        let _ = locator.decode_path(i as u8, bytes, 0);
-    }
-}
-
-/// `image_check`. Returns whether the image opened, for the summary line.
-fn image_check(data: &[u8]) -> bool {
-    const READ_CAP: u64 = 16 << 20;
-    let checked = check_bytes(data);
-    let opened = VhdLayer::from_bytes(Path::new("fuzz.vhd"), Bytes::copy_from_slice(data));
-    match &opened {
-        Ok(_) => assert!(checked.is_ok(), "opens but check cannot read it"),
-        Err(e) => assert!(
-            !matches!(&checked, Ok(report) if report.is_clean()),
-            "open refuses it ({e}) but check finds it clean"
-        ),
-    }
-    let Ok(layer) = opened else { return false };
-    let _ = layer.parent_locator_paths();
-    let Ok(chain) = Chain::from_layers(vec![layer]) else {
-        return true;
-    };
-    let end = chain.virtual_size().min(READ_CAP);
-    let mut buf = vec![0u8; 64 << 10];
-    let mut at = 0;
-    while at < end {
-        let n = (end - at).min(buf.len() as u64) as usize;
-        chain.read_at(at, &mut buf[..n]);
-        at += n as u64;
-    }
-    for index in 0..end.div_ceil(u64::from(chain.block_size())) as u32 {
-        let _ = chain.block_data(index);
-    }
-    true
-}
 
 // ---------------------------------------------------------------------------------------------
 // Inputs.
@@ -177,8 +78,8 @@ fn seeds() -> Vec<Vec<u8>> {
     fixed.extend_from_slice(&Footer::new(DiskType::Fixed, 16 << 10, Uuid::from_u128(7)).encode());
 
     let mut seeds = vec![
-        std::fs::read(base).unwrap(),
-        std::fs::read(child).unwrap(),
+        std::fs::read(&base).unwrap(),
+        std::fs::read(&child).unwrap(),
         fixed,
     ];
     let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/malformed");
@@ -189,7 +90,54 @@ fn seeds() -> Vec<Vec<u8>> {
         .collect();
     files.sort();
     seeds.extend(files.into_iter().map(|p| std::fs::read(p).unwrap()));
+    // Full and delta exports of the same chain, for the stream decoder.
+    for (leaf, parent) in [(&child, None), (&child, Some(&base))] {
+        let parent = parent.map(|p| Chain::open(p).unwrap());
+        let export = ChainExport::new(
+            Chain::open(leaf).unwrap(),
+            parent.as_ref(),
+            Uuid::from_u128(9),
+            VhdTimestamp(0),
+        )
+        .unwrap();
+        seeds.push(export.frames().flat_map(|f| f.unwrap().to_vec()).collect());
+    }
     seeds
+}
+
+/// Well-formed documents for the text parsers: XML-RPC calls, responses and faults,
+/// JSON-RPC requests and responses, and a complete job file.
+fn text_seeds() -> Vec<Vec<u8>> {
+    let vm = "3b2c5d6e-7f80-4912-a3b4-c5d6e7f80912";
+    let sr = "6f1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
+    [
+        "<?xml version=\"1.0\"?><methodCall><methodName>VM.get_record</methodName><params>\
+         <param><value><string>OpaqueRef:1</string></value></param><param><value><struct>\
+         <member><name>a</name><value><array><data><value><i4>7</i4></value><value>\
+         <boolean>1</boolean></value><value><double>1.5</double></value></data></array>\
+         </value></member></struct></value></param></params></methodCall>",
+        "<methodResponse><params><param><value><struct><member><name>Status</name><value>\
+         Success</value></member><member><name>Value</name><value>x</value></member>\
+         </struct></value></param></params></methodResponse>",
+        "<methodResponse><params><param><value><struct><member><name>Status</name><value>\
+         Failure</value></member><member><name>ErrorDescription</name><value><array><data>\
+         <value>SR_FULL</value><value>1</value></data></array></value></member></struct>\
+         </value></param></params></methodResponse>",
+        r#"{"jsonrpc":"2.0","id":1,"method":"VM.get_all_records","params":["OpaqueRef:s",{"k":[1,2.5,true,null]}]}"#,
+        r#"{"jsonrpc":"2.0","id":"a","result":{"OpaqueRef:1":{"uuid":"u","VBDs":[]}}}"#,
+        r#"{"jsonrpc":"2.0","id":3,"error":{"code":1,"message":"SESSION_INVALID","data":["OpaqueRef:x"]}}"#,
+    ]
+    .into_iter()
+    .map(|text| text.as_bytes().to_vec())
+    .chain([format!(
+        "name = \"nightly\"\nsource = \"https://root@10.0.0.1\"\n\
+         target = \"https://root@10.0.0.2\"\ntarget_sr = \"{sr}\"\nvms = [\"{vm}\"]\n\
+         retention = 3\nfull_interval = 7\nconcurrency = 2\nstate_dir = \"/var/lib/vhdsync\"\n\
+         [tls]\nsource_fingerprint = \"sha256:{}\"\ninsecure = false\n",
+        "ab".repeat(32)
+    )
+    .into_bytes()])
+    .collect()
 }
 
 /// Values on the edges of sizes, offsets and counts.
@@ -278,6 +226,108 @@ fn defect(payload: &(dyn std::any::Any + Send)) -> String {
         .chars()
         .map(|c| if c.is_ascii_digit() { '#' } else { c })
         .collect()
+}
+
+/// The stream, RPC and job file bodies over mutations of their seeds (text mutations keep to
+/// the seed's length scale: bytes flipped, cut, duplicated, or a digit run replaced by a big
+/// number).
+#[test]
+fn stream_rpc_and_job_bodies_survive_mutated_inputs() {
+    let streams: Vec<Vec<u8>> = seeds().into_iter().rev().take(2).collect();
+    let texts = text_seeds();
+    let mut rng = Rng(0x5EED_F022_5A1E_0002);
+    let mut accepted = [0usize; 4];
+    for n in 0..INPUTS / 4 {
+        // Each stream is decoded four times, one byte at a time among them: fewer of those.
+        if n % 10 == 0 {
+            let pick = rng.below(streams.len());
+            let stream = mutate(&mut rng, &streams[pick]);
+            accepted[0] += usize::from(stream_decode(&stream));
+        }
+        let pick = rng.below(texts.len());
+        let text = mutate_text(&mut rng, &texts[pick]);
+        accepted[1] += usize::from(xmlrpc_decode(&text));
+        accepted[2] += usize::from(jsonrpc_decode(&text));
+        accepted[3] += usize::from(job_parse(&text));
+    }
+    println!(
+        "fuzz smoke: {} streams and {} texts; accepted: {} streams, {} XML-RPC, {} JSON-RPC, {} jobs",
+        INPUTS / 40,
+        INPUTS / 4,
+        accepted[0],
+        accepted[1],
+        accepted[2],
+        accepted[3]
+    );
+    // Unmutated seeds are accepted, so the bodies' round-trip assertions are reached.
+    for seed in &streams {
+        assert!(stream_decode(seed), "a valid export decodes");
+    }
+    assert!(texts.iter().filter(|t| xmlrpc_decode(t)).count() >= 3);
+    assert!(texts.iter().filter(|t| jsonrpc_decode(t)).count() >= 3);
+    assert!(job_parse(texts.last().unwrap()), "the seed job parses");
+    assert!(accepted.iter().all(|&a| a > 0), "{accepted:?}");
+}
+
+/// The seed file body over mutations of a real seed file (a few frames of compressible and
+/// random data), and over random bytes behind a valid file header.
+#[test]
+fn seed_frames_body_survives_mutated_files() {
+    use vhdsync::replicate::seed_file::SeedEncoder;
+    let mut rng = Rng(0x5EED_F022_5A1E_0003);
+    let mut encoder = SeedEncoder::new(1, 1 << 16).unwrap();
+    let mut file = encoder.header().to_vec();
+    for frame in [vec![0u8; 3000], rng.bytes(2000), b"vhdsync".repeat(100)] {
+        file.extend_from_slice(&encoder.frame(&frame).unwrap());
+    }
+    file.extend_from_slice(&encoder.end().0);
+    assert!(seed_frames(&file), "a valid seed file decodes");
+    let mut accepted = 0;
+    for n in 0..INPUTS / 20 {
+        let input = if n % 4 == 0 {
+            let len = rng.below(256);
+            rng.bytes(len)
+        } else {
+            mutate(&mut rng, &file)
+        };
+        accepted += usize::from(seed_frames(&input));
+    }
+    println!(
+        "fuzz smoke: {} seed files, {accepted} accepted",
+        INPUTS / 20
+    );
+}
+
+fn mutate_text(rng: &mut Rng, seed: &[u8]) -> Vec<u8> {
+    let mut bytes = seed.to_vec();
+    for _ in 0..1 + rng.below(3) {
+        let len = bytes.len();
+        match rng.below(5) {
+            0 if len > 0 => {
+                let at = rng.below(len);
+                const PUNCTUATION: &[u8] = b"<>{}[]\"=,:\n/0123456789.-e aA";
+                bytes[at] = PUNCTUATION[rng.below(PUNCTUATION.len())];
+            }
+            1 => bytes.truncate(rng.below(len + 1)),
+            2 if len > 0 => {
+                let at = rng.below(len);
+                let run = rng.below(32).min(len - at);
+                let piece = bytes[at..at + run].to_vec();
+                bytes.splice(at..at, piece);
+            }
+            3 if len > 0 => {
+                let at = rng.below(len);
+                let number =
+                    ["99999999999999999999", "-1", "4294967296", "1e400", "0x10"][rng.below(5)];
+                bytes.splice(at..at, number.bytes());
+            }
+            _ if len > 0 => {
+                bytes.remove(rng.below(len));
+            }
+            _ => {}
+        }
+    }
+    bytes
 }
 
 #[test]

@@ -321,7 +321,9 @@ pub fn snapshot_victims<'a>(
         .iter()
         .filter(|s| s.is_job_snapshot(id) && s.is_exported())
         .collect();
-    exported.sort_by_key(|s| std::cmp::Reverse(s.datetime()));
+    // The base first, as the newest whatever its time stamp says: two cycles in one second
+    // give equal datetimes, and the base must still count as one of the `keep`.
+    exported.sort_by_key(|s| (s.uuid != base_uuid, std::cmp::Reverse(s.datetime())));
     let mut victims: Vec<&SourceSnapshot> = exported
         .into_iter()
         .skip(keep as usize)
@@ -559,5 +561,13 @@ mod tests {
             ["s1", "s2"]
         );
         assert_eq!(names(snapshot_victims(&snaps, &id(), 2, "s3")), ["s1"]);
+        // Found by the fault campaign: a base made in the same second as the previous one.
+        let same_second = vec![
+            snapshot("old", "20240103T00:00:00Z", &[EXPORTED]),
+            snapshot("base", "20240103T00:00:00Z", &[EXPORTED]),
+        ];
+        for order in [same_second.clone(), same_second.into_iter().rev().collect()] {
+            assert_eq!(names(snapshot_victims(&order, &id(), 1, "base")), ["old"]);
+        }
     }
 }

@@ -148,15 +148,26 @@ pub async fn replicate_vm(
     }
 
     cycle.phase = Phase::Cleanup;
+    tracing::info!(vm = vm_uuid, "cleaning up interrupted runs");
     let mut cleaned_up = cycle.clean_target().await?;
+    let mut vm = vm;
+    for untagged in cycle.untagged_snapshots(&vm).await? {
+        cycle.on_source(destroy_vm_and_disks(source, &untagged).await)?;
+        vm.snapshots.retain(|s| *s != untagged);
+        cleaned_up.push(format!("untagged source snapshot {untagged}"));
+    }
     let snapshots = cycle.source_snapshots(&vm).await?;
     for stale in unexported_snapshots(&snapshots, &cycle.id) {
         cycle.on_source(destroy_vm_and_disks(source, &stale.reference).await)?;
         cleaned_up.push(format!("source snapshot {}", stale.uuid));
     }
+    for orphan in cycle.on_source(orphaned_disks(source, &cycle.id, true).await)? {
+        cleaned_up.push(format!("orphaned source snapshot disk {orphan}"));
+    }
     let base = select_base(&snapshots, &cycle.id).cloned();
 
     cycle.phase = Phase::Snapshot;
+    tracing::info!(vm = vm_uuid, base = ?base.as_ref().map(|b| &b.uuid), "snapshot");
     let now = unix_now();
     let snapshot = cycle.snapshot(&vm_ref, &vm, now).await?;
     let outcome = cycle
@@ -173,6 +184,7 @@ pub async fn replicate_vm(
     };
 
     cycle.phase = Phase::Retention;
+    tracing::info!(vm = vm_uuid, replica = %replica_uuid, "committed; retention");
     let mut deleted_replicas = Vec::new();
     let vms = cycle.target_vms().await?;
     for victim in replica_victims(&vms, &cycle.id, settings.retention) {
@@ -269,7 +281,25 @@ impl Cycle<'_> {
                 cleaned.push(format!("interrupted replica {}", vm.uuid));
             }
         }
+        for orphan in self.on_target(orphaned_disks(self.target, &self.id, false).await)? {
+            cleaned.push(format!("orphaned replica disk {orphan}"));
+        }
         Ok(cleaned)
+    }
+
+    /// Snapshots of `vm` with this job's snapshot name but none of the job's keys: a run
+    /// stopped between `VM.snapshot` and the tagging left them, and no rule based on the keys
+    /// would ever remove them.
+    async fn untagged_snapshots(&self, vm: &VmRecord) -> Result<Vec<String>, CycleError> {
+        let name = keys::snapshot_name(&self.settings.job_name, &vm.name_label);
+        let mut untagged = Vec::new();
+        for reference in &vm.snapshots {
+            let snapshot: VmRecord = self.on_source(self.source.get_record(reference).await)?;
+            if snapshot.name_label == name && !snapshot.other_config.contains_key(keys::JOB) {
+                untagged.push(reference.clone());
+            }
+        }
+        Ok(untagged)
     }
 
     async fn target_vms(&self) -> Result<Vec<TargetVm>, CycleError> {
@@ -468,6 +498,7 @@ impl Cycle<'_> {
         }
 
         self.phase = Phase::Transfer;
+        tracing::debug!(vm = %self.id.vm_uuid, disks = disks.len(), "transfer");
         let mut reports = Vec::new();
         for (disk, disk_plan, vdi_ref) in &disks {
             let base = match disk_plan {
@@ -983,6 +1014,37 @@ pub(crate) async fn load_snapshot(
         other_config: vm.other_config,
         disks,
     })
+}
+
+/// Destroy the disks of this job and VM that no VM uses any more (snapshot disks on the
+/// source, replica disks on the target SR), returning their UUIDs. They are what a destroy
+/// cut short between the VM and its disks leaves (a failed retention or rollback, a killed
+/// run): [`destroy_vm_and_disks`] removes the VM first so that a half-deleted replica never
+/// looks valid, and this sweep finishes the job on the next run.
+async fn orphaned_disks(
+    host: &XapiClient,
+    id: &Identity,
+    snapshots: bool,
+) -> Result<Vec<String>, ClientError> {
+    let mut destroyed = Vec::new();
+    for (reference, vdi) in host.get_all_records::<VdiRecord>().await? {
+        if is_orphaned_disk(&vdi, id, snapshots) {
+            host.call("VDI.destroy", vec![Value::from(reference.as_str())])
+                .await?;
+            destroyed.push(vdi.uuid);
+        }
+    }
+    Ok(destroyed)
+}
+
+/// A disk of this job and VM, on the job's SR for a replica disk, that no VBD attaches.
+fn is_orphaned_disk(vdi: &VdiRecord, id: &Identity, snapshot: bool) -> bool {
+    let config = &vdi.other_config;
+    vdi.vbds.is_empty()
+        && vdi.is_a_snapshot == snapshot
+        && config.get(keys::JOB) == Some(&id.job_id)
+        && config.get(keys::VM) == Some(&id.vm_uuid)
+        && (snapshot || config.get(keys::SR) == Some(&id.sr_uuid))
 }
 
 /// The VDIs of a VM's disk VBDs.

@@ -8,6 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::Request;
+use hyper::body::Body;
 use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST};
 
 use super::connection::{Endpoint, TransportError};
@@ -231,6 +232,8 @@ impl XapiClient {
 
     async fn send_with(&self, protocol: Protocol, call: &Call) -> Result<Value, ClientError> {
         self.requests.fetch_add(1, Ordering::Relaxed);
+        // The method only: the parameters hold the session, and a login's the password.
+        tracing::trace!(host = %self.host(), method = %call.method, ?protocol, "RPC");
         let url = self.endpoint.url();
         let (path, content_type, body) = match protocol {
             Protocol::JsonRpc => (
@@ -261,6 +264,15 @@ impl XapiClient {
                 .headers()
                 .get(CONTENT_TYPE)
                 .is_some_and(|v| v.as_bytes() == b"application/json");
+            // A length claimed past the cap is refused from the header, before any of the
+            // body is read: a host trickling a 10 GiB answer is not waited for.
+            let claimed = response.body().size_hint().lower();
+            if claimed > MAX_RPC_RESPONSE as u64 {
+                return Err(self.protocol_error(
+                    &call.method,
+                    format!("the answer claims {claimed} bytes, more than the {MAX_RPC_RESPONSE} accepted"),
+                ));
+            }
             let body = Limited::new(response.into_body(), MAX_RPC_RESPONSE)
                 .collect()
                 .await

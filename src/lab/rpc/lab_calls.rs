@@ -12,6 +12,8 @@
 //! * `lab.list_faults(session)`: the faults waiting to fire, as structs like the specs, with
 //!   their `id` and how often they `fired`.
 //! * `lab.clear_faults(session[, id])`: remove one fault, or all: how many went.
+//! * `lab.sessions(session)`: the references (the secrets) of the open sessions, so that a
+//!   test can check no client ever prints one.
 //!
 //! `vdi` may be a reference or a uuid. The data goes straight to the SR, in bounded chunks,
 //! without holding the database lock. The faults injected here are met by every other call,
@@ -41,6 +43,7 @@ pub(super) const MESSAGES: &[Message] = &[
     Message::sync("hash", &[Param::Required("vdi")], hash),
     Message::sync("inject_fault", &[Param::Required("spec")], inject_fault),
     Message::sync("list_faults", &[], list_faults),
+    Message::sync("sessions", &[], sessions),
     Message::sync(
         "clear_faults",
         &[Param::Optional("id", Fallback::Text(""))],
@@ -120,6 +123,15 @@ fn inject_fault(lab: &Lab, call: &Invocation) -> Response {
 fn list_faults(lab: &Lab, _: &Invocation) -> Response {
     let faults: Vec<Value> = lab.faults().list().iter().map(|f| f.to_value()).collect();
     Ok(Value::Array(faults))
+}
+
+fn sessions(lab: &Lab, _: &Invocation) -> Response {
+    let open = lab.with_db(|db| {
+        db.records(Class::Session)
+            .map(|(reference, _)| Value::from(reference.as_str()))
+            .collect()
+    });
+    Ok(Value::Array(open))
 }
 
 fn clear_faults(lab: &Lab, call: &Invocation) -> Response {

@@ -357,6 +357,8 @@ impl Run<'_> {
             query.push_str(&format!("&base={}", encode(base)));
         }
         let side = self.source;
+        // Not the query: it carries the session.
+        tracing::debug!(host = %side.host.host(), vdi = side.vdi, base = ?self.base, "export");
         let mut endpoint = side.host.endpoint().clone();
         for _ in 0..=MAX_REDIRECTS {
             let request = Request::get(format!("{}/export_raw_vdi?{query}", endpoint.url().path))
@@ -394,6 +396,7 @@ impl Run<'_> {
     /// `PUT /import_raw_vdi` with the exact length on its own task.
     async fn open_import(&mut self, total: u64) -> Result<Upload, TransferError> {
         let side = self.target;
+        tracing::debug!(host = %side.host.host(), vdi = side.vdi, bytes = total, "import");
         let base_query = format!(
             "vdi={}&format=vhd&session_id={}",
             encode(side.vdi),

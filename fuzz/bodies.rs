@@ -1,0 +1,309 @@
+//! The bodies of the fuzz targets, one function per target. The cargo-fuzz binaries in
+//! `fuzz_targets/` and the stable `tests/fuzz_smoke.rs` both include this file (with
+//! `#[path]`), so the assertions libFuzzer checks are exactly the ones `cargo test` checks.
+//! Every body must never panic on any input; the assertions state what must hold besides.
+
+// Each fuzz binary calls one of these bodies.
+#![allow(dead_code)]
+
+use std::path::Path;
+
+use bytes::{Bytes, BytesMut};
+use tokio_util::codec::Decoder;
+use vhdsync::image::{Chain, VhdLayer, check::check_bytes, locate_footer};
+use vhdsync::replicate::job::Job;
+use vhdsync::replicate::seed_file::{
+    SeedDecoder, SeedEncoder, SeedEvent, SeedFileError, file_header,
+};
+use vhdsync::stream::{StreamDecoder, StreamEvent};
+use vhdsync::vhd::batmap::BatmapHeader;
+use vhdsync::vhd::{Bat, DynamicHeader, Footer, ones_complement_checksum};
+use vhdsync::xapi::rpc::jsonrpc;
+use vhdsync::xapi::rpc::xmlrpc::{self, IntEncoding};
+
+/// `footer_parse`: footer parsing and location (end footer, 511-byte footers, fallback to the
+/// copy at offset 0); a footer that parses re-encodes to bytes that parse back to it.
+pub fn footer_parse(data: &[u8]) {
+    let _ = locate_footer(data);
+    footer_round_trip(data);
+    // Also with a valid cookie and checksum, so that inputs reach the field checks instead of
+    // nearly all stopping at the checksum.
+    if let Some(head) = data.get(..512) {
+        let mut sealed = head.to_vec();
+        sealed[..8].copy_from_slice(b"conectix");
+        let sum = ones_complement_checksum(&sealed, 64);
+        sealed[64..68].copy_from_slice(&sum.to_be_bytes());
+        footer_round_trip(&sealed);
+    }
+}
+
+fn footer_round_trip(bytes: &[u8]) {
+    if let Ok((footer, _)) = Footer::parse(bytes, 0) {
+        let (again, _) = Footer::parse(&footer.encode(), 0).expect("an encoded footer parses");
+        assert_eq!(
+            Footer {
+                checksum: again.checksum,
+                ..footer
+            },
+            again
+        );
+    }
+}
+
+/// `header_parse`: the dynamic header, parent locator, BAT and batmap parsers, none of which
+/// may allocate from an unchecked count; whatever parses round-trips.
+pub fn header_parse(data: &[u8]) {
+    header_round_trip(data);
+    // Also with a valid cookie and checksum, so that inputs reach the field checks.
+    if let Some(head) = data.get(..1024) {
+        let mut sealed = head.to_vec();
+        sealed[..8].copy_from_slice(b"cxsparse");
+        let sum = ones_complement_checksum(&sealed, 36);
+        sealed[36..40].copy_from_slice(&sum.to_be_bytes());
+        header_round_trip(&sealed);
+    }
+    // The first four bytes as the entry count: up to u32::MAX, which must fail before sizing.
+    let entries = data
+        .get(..4)
+        .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+    let table = data.get(4..).unwrap_or_default();
+    if let Ok(bat) = Bat::parse(table, entries, 1536) {
+        assert_eq!(Bat::parse(&bat.encode(), entries, 1536).as_ref(), Ok(&bat));
+    }
+    if let Ok(Some(batmap)) = BatmapHeader::parse(data, 2048) {
+        assert_eq!(
+            BatmapHeader::parse(&batmap.encode(), 2048),
+            Ok(Some(batmap))
+        );
+    }
+}
+
+/// Parse, re-encode and re-parse a header; decode every locator with the input as payload.
+fn header_round_trip(bytes: &[u8]) {
+    let Ok(header) = DynamicHeader::parse(bytes, 512) else {
+        return;
+    };
+    let again = DynamicHeader::parse(&header.encode(), 512).expect("an encoded header parses");
+    assert_eq!(
+        DynamicHeader {
+            checksum: again.checksum,
+            ..header.clone()
+        },
+        again
+    );
+    for (i, locator) in header.parent_locators.iter().enumerate() {
+        let _ = locator.reserved_bytes(i as u8, 1088);
+        let _ = locator.decode_path(i as u8, bytes, 0);
+    }
+}
+
+/// `image_check`: everything that looks at a whole VHD file (`check_bytes`,
+/// `VhdLayer::from_bytes`, and reading the content of what opens, capped so an iteration stays
+/// fast). The two views agree: what opens can be checked, and what is refused cannot check
+/// clean. Returns whether the image opened.
+pub fn image_check(data: &[u8]) -> bool {
+    /// Read at most this much virtual disk per input: a corrupt footer may claim 2040 GiB.
+    const READ_CAP: u64 = 16 << 20;
+    let checked = check_bytes(data);
+    let opened = VhdLayer::from_bytes(Path::new("fuzz.vhd"), Bytes::copy_from_slice(data));
+    match &opened {
+        Ok(_) => assert!(checked.is_ok(), "opens but check cannot read it"),
+        Err(e) => assert!(
+            !matches!(&checked, Ok(report) if report.is_clean()),
+            "open refuses it ({e}) but check finds it clean"
+        ),
+    }
+    let Ok(layer) = opened else { return false };
+    let _ = layer.parent_locator_paths();
+    let Ok(chain) = Chain::from_layers(vec![layer]) else {
+        return true;
+    };
+    let end = chain.virtual_size().min(READ_CAP);
+    let mut buf = vec![0u8; 64 << 10];
+    let mut at = 0;
+    while at < end {
+        let n = (end - at).min(buf.len() as u64) as usize;
+        chain.read_at(at, &mut buf[..n]);
+        at += n as u64;
+    }
+    for index in 0..end.div_ceil(u64::from(chain.block_size())) as u32 {
+        let _ = chain.block_data(index);
+    }
+    true
+}
+
+/// The events of `data` fed `chunk` bytes at a time, and whether the stream ended cleanly.
+fn decode_stream(data: &[u8], chunk: usize) -> (Vec<StreamEvent>, bool) {
+    let mut decoder = StreamDecoder::new();
+    let mut buf = BytesMut::new();
+    let mut events = Vec::new();
+    for piece in data.chunks(chunk) {
+        buf.extend_from_slice(piece);
+        loop {
+            match decoder.decode(&mut buf) {
+                Ok(Some(event)) => events.push(event),
+                Ok(None) => break,
+                Err(_) => return (events, false),
+            }
+        }
+    }
+    loop {
+        match decoder.decode_eof(&mut buf) {
+            Ok(Some(event)) => events.push(event),
+            Ok(None) => break,
+            Err(_) => return (events, false),
+        }
+    }
+    let ended = matches!(events.last(), Some(StreamEvent::End(_)));
+    assert!(ended, "a clean EOF comes only after the final footer");
+    assert_eq!(decoder.total_len(), Some(data.len() as u64));
+    (events, true)
+}
+
+/// `stream_decode`: the VHD stream decoder, whole and in small chunks, sees the same events
+/// however the input is split, and ends every input with the final footer or an error.
+/// Returns whether the stream decoded cleanly.
+pub fn stream_decode(data: &[u8]) -> bool {
+    let (whole, whole_ok) = decode_stream(data, data.len().max(1));
+    for chunk in [1, 511, 4096] {
+        let (split, split_ok) = decode_stream(data, chunk);
+        assert_eq!(split_ok, whole_ok, "chunk size {chunk} changed the outcome");
+        if whole_ok {
+            assert_eq!(split, whole, "chunk size {chunk} changed the events");
+        }
+    }
+    whole_ok
+}
+
+/// `xmlrpc_decode`: every XML-RPC decoder; whatever one accepts re-encodes into a document it
+/// accepts again, encoded identically. Returns whether any decoder accepted the input.
+pub fn xmlrpc_decode(data: &[u8]) -> bool {
+    let mut accepted = false;
+    if let Ok(call) = xmlrpc::decode_call(data) {
+        accepted = true;
+        let encoded = xmlrpc::encode_call(&call, IntEncoding::Typed);
+        let again = xmlrpc::decode_call(&encoded).expect("an encoded call decodes");
+        assert_eq!(xmlrpc::encode_call(&again, IntEncoding::Typed), encoded);
+    }
+    if let Ok(response) = xmlrpc::decode_response(data) {
+        accepted = true;
+        let encoded = xmlrpc::encode_response(&response, IntEncoding::Typed);
+        let again = xmlrpc::decode_response(&encoded).expect("an encoded response decodes");
+        assert_eq!(xmlrpc::encode_response(&again, IntEncoding::Typed), encoded);
+    }
+    if let Ok(value) = xmlrpc::decode_value(&String::from_utf8_lossy(data)) {
+        accepted = true;
+        let encoded = xmlrpc::encode_value(&value, IntEncoding::Typed);
+        let again = xmlrpc::decode_value(&encoded).expect("an encoded value decodes");
+        assert_eq!(xmlrpc::encode_value(&again, IntEncoding::Typed), encoded);
+    }
+    accepted
+}
+
+/// `jsonrpc_decode`: the JSON-RPC decoders; whatever they accept re-encodes into a message
+/// they accept again. Returns whether either accepted the input.
+pub fn jsonrpc_decode(data: &[u8]) -> bool {
+    let mut accepted = false;
+    if let Ok(request) = jsonrpc::decode_request(data) {
+        accepted = true;
+        let encoded = jsonrpc::encode_request(&request);
+        let again = jsonrpc::decode_request(&encoded).expect("an encoded request decodes");
+        assert_eq!(again.id, request.id);
+        assert_eq!(again.call.method, request.call.method);
+    }
+    if let Ok(response) = jsonrpc::decode_response(data) {
+        accepted = true;
+        let encoded = jsonrpc::encode_response(&response);
+        let again = jsonrpc::decode_response(&encoded).expect("an encoded response decodes");
+        assert_eq!(again.id, response.id);
+        assert_eq!(again.response.is_ok(), response.response.is_ok());
+    }
+    accepted
+}
+
+/// `job_parse`: the job file parser. A refusal names the file, and the line when it has one
+/// within the text; an accepted job is self-consistent. Returns whether the job parsed.
+pub fn job_parse(data: &[u8]) -> bool {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return false;
+    };
+    match Job::parse(text, Path::new("/etc/vhdsync/fuzz.toml")) {
+        Ok(job) => {
+            assert!(!job.vms.is_empty(), "a job without VMs parsed");
+            assert!(!job.name.is_empty(), "a job without a name parsed");
+            true
+        }
+        Err(e) => {
+            let message = e.to_string();
+            assert!(
+                message.starts_with("/etc/vhdsync/fuzz.toml"),
+                "the error names the file: {message}"
+            );
+            let lines = text.split('\n').count();
+            assert!(e.line <= lines, "line {} of a {lines}-line file", e.line);
+            false
+        }
+    }
+}
+
+fn seed_payload(data: &[u8], chunk: usize) -> Result<Vec<u8>, SeedFileError> {
+    let mut decoder = SeedDecoder::new();
+    let mut buf = BytesMut::new();
+    let mut payload = Vec::new();
+    let mut push = |event: SeedEvent| {
+        if let SeedEvent::Frame { data, .. } = event {
+            payload.extend_from_slice(&data);
+        }
+    };
+    for piece in data.chunks(chunk) {
+        buf.extend_from_slice(piece);
+        while let Some(event) = decoder.decode(&mut buf)? {
+            push(event);
+        }
+    }
+    while let Some(event) = decoder.decode_eof(&mut buf)? {
+        push(event);
+    }
+    Ok(payload)
+}
+
+fn seed_check(data: &[u8]) -> bool {
+    let whole = seed_payload(data, data.len().max(1));
+    for chunk in [1, 20, 4096] {
+        let split = seed_payload(data, chunk);
+        assert_eq!(
+            split.is_ok(),
+            whole.is_ok(),
+            "chunk size {chunk} changed the verdict"
+        );
+        if let (Ok(a), Ok(b)) = (&split, &whole) {
+            assert_eq!(a, b, "chunk size {chunk} changed the payload");
+        }
+    }
+    let accepted = whole.is_ok();
+    if let Ok(payload) = whole
+        && !payload.is_empty()
+    {
+        let mut encoder = SeedEncoder::new(1, 1 << 16).expect("a valid level and frame size");
+        let mut file = encoder.header().to_vec();
+        for frame in payload.chunks(1 << 16) {
+            file.extend_from_slice(&encoder.frame(frame).expect("a frame within the size"));
+        }
+        file.extend_from_slice(&encoder.end().0);
+        assert_eq!(
+            seed_payload(&file, 4096).expect("a re-encoded file decodes"),
+            payload
+        );
+    }
+    accepted
+}
+
+/// `seed_frames`: the seed file decoder, on the bytes as given and behind a valid file header
+/// (so mutations reach the frames), whole and in small chunks. It never panics, gives the same
+/// payload and verdict however the input is split, and a file it accepts re-encodes to one
+/// that decodes to the same payload. Returns whether either form was accepted.
+pub fn seed_frames(data: &[u8]) -> bool {
+    let mut framed = file_header(1 << 16).to_vec();
+    framed.extend_from_slice(data);
+    seed_check(data) | seed_check(&framed)
+}
