@@ -2,35 +2,13 @@
 //! (every other 4 KiB, then every fourth sector), so every block is merged sector by sector
 //! through the bitmaps rather than sliced from one layer.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use uuid::Uuid;
-use vhdsync::image::{BlockData, Chain, CreateOptions, ParentLink, VhdLayer, VhdWriter, create};
-use vhdsync::vhd::VhdTimestamp;
+use vhdsync::bench::chain::layer;
+use vhdsync::image::{BlockData, Chain, VhdWriter};
 
 const DISK: u64 = 64 << 20;
-
-fn layer(dir: &Path, name: &str, parent: Option<&Path>) -> PathBuf {
-    let path = dir.join(name);
-    let options = match parent {
-        None => CreateOptions::dynamic(DISK),
-        Some(p) => CreateOptions::differencing(
-            DISK,
-            ParentLink {
-                uuid: VhdLayer::open(p).unwrap().footer().unique_id,
-                timestamp: VhdTimestamp(0),
-                relative_path: p.file_name().unwrap().to_string_lossy().into_owned(),
-            },
-        ),
-    };
-    let options = CreateOptions {
-        uuid: Uuid::new_v4(),
-        ..options
-    };
-    create(&path, &options).unwrap();
-    path
-}
 
 /// Write `len` bytes of `fill` every `stride` bytes over the whole disk.
 fn scatter(path: &Path, stride: u64, len: usize, fill: u8) {
@@ -43,11 +21,11 @@ fn scatter(path: &Path, stride: u64, len: usize, fill: u8) {
 
 fn bench_read(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
-    let root = layer(dir.path(), "root.vhd", None);
+    let root = layer(dir.path(), "root.vhd", DISK, None).unwrap();
     scatter(&root, 1 << 20, 1 << 20, 1);
-    let mid = layer(dir.path(), "mid.vhd", Some(&root));
+    let mid = layer(dir.path(), "mid.vhd", DISK, Some(&root)).unwrap();
     scatter(&mid, 8192, 4096, 2);
-    let leaf = layer(dir.path(), "leaf.vhd", Some(&mid));
+    let leaf = layer(dir.path(), "leaf.vhd", DISK, Some(&mid)).unwrap();
     scatter(&leaf, 2048, 512, 3);
     let chain = Chain::open(&leaf).unwrap();
     let blocks = (DISK / u64::from(chain.block_size())) as u32;

@@ -24,13 +24,13 @@ pub struct SparseChain {
 /// Build the chain in `dir`: half the root's blocks allocated, every 8th of base's and every
 /// 16th of mid's; the leaf empty.
 pub fn sparse_chain(dir: &Path) -> Result<SparseChain, BenchError> {
-    let root = layer(dir, "root.vhd", None)?;
+    let root = layer(dir, "root.vhd", MAX_VIRTUAL_SIZE, None)?;
     allocate(&root, 0, 2)?;
-    let base = layer(dir, "base.vhd", Some(&root))?;
+    let base = layer(dir, "base.vhd", MAX_VIRTUAL_SIZE, Some(&root))?;
     allocate(&base, 1, 8)?;
-    let mid = layer(dir, "mid.vhd", Some(&base))?;
+    let mid = layer(dir, "mid.vhd", MAX_VIRTUAL_SIZE, Some(&base))?;
     allocate(&mid, 3, 16)?;
-    let leaf = layer(dir, "leaf.vhd", Some(&mid))?;
+    let leaf = layer(dir, "leaf.vhd", MAX_VIRTUAL_SIZE, Some(&mid))?;
     Ok(SparseChain {
         root,
         base,
@@ -43,12 +43,19 @@ fn image_error(e: ImageError) -> BenchError {
     BenchError::new("building the 2 TiB chain", e.to_string())
 }
 
-fn layer(dir: &Path, name: &str, parent: Option<&Path>) -> Result<PathBuf, BenchError> {
+/// A new empty VHD `dir/name` of `virtual_size`: dynamic, or differencing on `parent` (in the
+/// same folder).
+pub fn layer(
+    dir: &Path,
+    name: &str,
+    virtual_size: u64,
+    parent: Option<&Path>,
+) -> Result<PathBuf, BenchError> {
     let path = dir.join(name);
     let options = match parent {
-        None => CreateOptions::dynamic(MAX_VIRTUAL_SIZE),
+        None => CreateOptions::dynamic(virtual_size),
         Some(p) => CreateOptions::differencing(
-            MAX_VIRTUAL_SIZE,
+            virtual_size,
             ParentLink {
                 uuid: VhdLayer::open(p).map_err(image_error)?.footer().unique_id,
                 timestamp: VhdTimestamp(0),

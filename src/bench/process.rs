@@ -122,6 +122,7 @@ fn slug(what: &str) -> String {
 /// Run `command` to its end: its time and peak RSS, and its stdout.
 pub fn run(command: Command, what: &str, logs: &Logs) -> Result<(Sample, String), BenchError> {
     let (stdout_path, stdout) = logs.file(&format!("{}.stdout", slug(what)))?;
+    settle();
     let started = Instant::now();
     let peak_rss = spawn(command, what, Stdio::from(stdout), logs)?.wait()?;
     let seconds = started.elapsed().as_secs_f64();
@@ -139,6 +140,7 @@ pub fn run_pipe(
     logs: &Logs,
 ) -> Result<Sample, BenchError> {
     let (_, stdout) = logs.file(&format!("{}.stdout", slug(what)))?;
+    settle();
     let started = Instant::now();
     let mut head = spawn(first, what, Stdio::piped(), logs)?;
     let pipe = head
@@ -160,6 +162,13 @@ pub fn run_pipe(
     let peak_rss = head_rss?;
     tail_ok?;
     Ok(Sample { seconds, peak_rss })
+}
+
+/// Flush every dirty page before a measured run, so that no run pays for the writeback of
+/// the step before it (a guest write, another side's output file).
+fn settle() {
+    // SAFETY: sync(2) takes no arguments and cannot fail.
+    unsafe { libc::sync() };
 }
 
 /// A program on PATH, for the reference tools that may be missing.
