@@ -56,7 +56,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 3)]
     pub runs: usize,
     /// Work in this folder (default: a new one in the temporary directory). It needs about
-    /// five times --size free; the data is deleted at the end, bench.json and logs/ stay.
+    /// three times --size free; the data is deleted at the end, bench.json and logs/ stay.
     #[arg(long)]
     pub dir: Option<PathBuf>,
     /// Print the result as one JSON document instead of the table.

@@ -155,6 +155,8 @@ fn measure(
             apply_fast.reference.push(lab.qemu_convert(qemu, false)?);
             apply_durable.reference.push(lab.qemu_convert(qemu, true)?);
         }
+        // The raw file is not needed again this round: free its space for the copies.
+        lab.remove_out()?;
         copy.ours.push(lab.copy_vdi()?);
         if let Some(curl) = &curl {
             copy.reference.push(lab.curl_relay(curl, stream_len)?);
