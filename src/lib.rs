@@ -5,6 +5,7 @@
 //! 2. [`image`]: VHD files on disk.
 //! 4. [`cli`]: the command line, the only place that prints or picks exit codes.
 
+pub mod bench;
 pub mod cli;
 pub mod image;
 pub mod lab;

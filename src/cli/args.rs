@@ -50,6 +50,9 @@ pub enum Command {
     Failover(FailoverArgs),
     /// Boot a clone of a VM's newest replica to test it; --cleanup removes the clones.
     TestFailover(TestFailoverArgs),
+    /// Measure vhdsync against cat, qemu-img and a curl relay on the same bytes, between two
+    /// lab hosts it starts, and judge the performance targets.
+    Bench(BenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -150,6 +153,26 @@ pub struct TestFailoverArgs {
     /// Remove the job's test clones instead (all VMs, or only --vm's).
     #[arg(long)]
     pub cleanup: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Virtual size of the benchmark disk, all of it written with random data.
+    #[arg(long, default_value = "4G", value_parser = parse_size)]
+    pub size: u64,
+    /// Share of the disk the guest rewrites before each delta cycle.
+    #[arg(long, default_value = "25%", value_parser = parse_percent)]
+    pub changed: f64,
+    /// Runs of each measurement; the median is reported with the spread.
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Work in this folder (default: a new one in the temporary directory). It needs about
+    /// three times --size free; the data is deleted at the end, bench.json and logs/ stay.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Print the result as one JSON document instead of the table.
     #[arg(long)]
     pub json: bool,
 }
@@ -499,6 +522,17 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(bad)
 }
 
+/// A percentage from 0 to 100, with or without `%`.
+fn parse_percent(text: &str) -> Result<f64, String> {
+    let number = text.trim().strip_suffix('%').unwrap_or(text.trim());
+    match number.parse::<f64>() {
+        Ok(p) if (0.0..=100.0).contains(&p) => Ok(p),
+        _ => Err(format!(
+            "{text:?} is not a percentage from 0 to 100, e.g. 25%"
+        )),
+    }
+}
+
 /// `NAME:SIZE[,SIZE...]`.
 fn parse_vm(text: &str) -> Result<(String, Vec<u64>), String> {
     let (name, sizes) = text
@@ -530,6 +564,15 @@ mod tests {
         assert_eq!(parse_size("7B"), Ok(7));
         for bad in ["", "M", "1.5G", "-1", "12X", "99999999999T", "1IB", "+1"] {
             assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn percentages_take_an_optional_sign() {
+        assert_eq!(parse_percent("25%"), Ok(25.0));
+        assert_eq!(parse_percent("12.5"), Ok(12.5));
+        for bad in ["", "%", "101%", "-1", "x%"] {
+            assert!(parse_percent(bad).is_err(), "{bad}");
         }
     }
 

@@ -1,6 +1,7 @@
 //! The command line: argument parsing, output, and exit codes. The only module that prints.
 
 mod args;
+mod bench;
 mod demo;
 mod error;
 mod failover;
@@ -54,6 +55,7 @@ fn dispatch(command: args::Command) -> Result<ExitCode, CliError> {
         Command::Replicate(a) => replicate::replicate(&a),
         Command::Status(a) => replicate::status(&a),
         Command::Demo(a) => demo::demo(&a),
+        Command::Bench(a) => bench::bench(&a),
         Command::Lab(a) => lab::run(a.command),
         Command::Seed(a) => seed::seed(&a),
         Command::SeedExport(a) => seed::seed_export(&a),
