@@ -338,6 +338,23 @@ impl Campaign {
         }
     }
 
+    /// New random content over the whole of both disks, so that a delta sends every block.
+    async fn rewrite_every_block(&self, rng: &mut Rng) {
+        for (d, disk) in self.disks.iter().enumerate() {
+            self.source
+                .call(
+                    "lab.write",
+                    vec![
+                        Value::from(disk.as_str()),
+                        int(0),
+                        int(DISKS[d]),
+                        int(rng.next() >> 1),
+                    ],
+                )
+                .await;
+        }
+    }
+
     /// The guest content now: what the next snapshot will hold.
     async fn source_digests(&self) -> BTreeMap<String, String> {
         let mut digests = BTreeMap::new();
@@ -563,14 +580,15 @@ async fn fault_campaign() {
 
     for kill in 0..KILLS {
         let when = format!("kill {kill}");
-        // Big enough writes and a bandwidth limit make the run last for a couple of seconds.
-        campaign.guest_writes(&mut rng, 2 * MIB).await;
+        // Every block changed (8 MiB to send) and a 1 MiB/s limit make the run last about
+        // 8 s, well past the latest kill at 2 s, however fast the machine.
+        campaign.rewrite_every_block(&mut rng).await;
         let expected = campaign.source_digests().await;
         campaign
             .source
             .inject(vec![
                 ("kind", Value::from("bandwidth")),
-                ("bytes_per_second", int(2 * MIB)),
+                ("bytes_per_second", int(MIB)),
                 ("on", Value::from("export")),
                 ("persistent", Value::Bool(true)),
             ])
