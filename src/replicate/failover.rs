@@ -331,23 +331,8 @@ pub async fn cleanup(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::replicate::plan::fixtures::{config, id};
     use crate::replicate::plan::{is_interrupted_replica, replica_victims};
-
-    fn id() -> Identity {
-        Identity {
-            job_id: "job".into(),
-            schedule_id: "sched".into(),
-            vm_uuid: "vm".into(),
-            sr_uuid: "sr".into(),
-        }
-    }
-
-    fn config(pairs: &[(&str, &str)]) -> StringMap {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).into(), (*v).into()))
-            .collect()
-    }
 
     fn replica(uuid: &str, datetime: &str) -> TargetVm {
         TargetVm {

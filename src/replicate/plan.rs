@@ -333,11 +333,12 @@ pub fn snapshot_victims<'a>(
     victims
 }
 
+/// Fixtures the planning tests here and in the failover module share.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod fixtures {
+    use super::{Identity, StringMap};
 
-    fn id() -> Identity {
+    pub(crate) fn id() -> Identity {
         Identity {
             job_id: "job".into(),
             schedule_id: "sched".into(),
@@ -346,12 +347,18 @@ mod tests {
         }
     }
 
-    fn config(pairs: &[(&str, &str)]) -> StringMap {
+    pub(crate) fn config(pairs: &[(&str, &str)]) -> StringMap {
         pairs
             .iter()
             .map(|(k, v)| ((*k).into(), (*v).into()))
             .collect()
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::{config, id};
+    use super::*;
 
     fn job_keys(datetime: &str, extra: &[(&str, &str)]) -> StringMap {
         let mut c = config(&[
