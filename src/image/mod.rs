@@ -9,6 +9,7 @@ mod layer;
 mod mapping;
 mod raw;
 mod view;
+mod writeback;
 mod writer;
 
 pub use chain::{Chain, MAX_CHAIN_DEPTH};
@@ -17,4 +18,5 @@ pub use error::{ImageError, ImageErrorKind};
 pub use layer::{BlockState, LocatedFooter, VhdLayer, locate_footer};
 pub use raw::{RawSink, write_raw};
 pub use view::BlockData;
+pub use writeback::Writeback;
 pub use writer::{CreateOptions, ParentLink, VhdWriter, create};

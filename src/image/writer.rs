@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use uuid::Uuid;
 
-use super::{ImageError, ImageErrorKind, locate_footer};
+use super::{ImageError, ImageErrorKind, Writeback, locate_footer};
 use crate::vhd::{
     self, Bat, DiskType, DynamicHeader, ErrorKind, FOOTER_SIZE, Footer, FormatError, HEADER_SIZE,
     ParentLocator, PlatformCode, SECTOR_SIZE, Structure, VhdTimestamp, bitmap,
@@ -146,6 +146,8 @@ pub struct VhdWriter {
     dirty_entries: Vec<u32>,
     /// New blocks written since the last flush whose data is not yet synced.
     unsynced: bool,
+    /// Set for a stream of writes, which then keeps little of the file in the page cache.
+    writeback: Option<Writeback>,
 }
 
 impl VhdWriter {
@@ -246,7 +248,22 @@ impl VhdWriter {
             end_of_data,
             dirty_entries: Vec::new(),
             unsynced: false,
+            writeback: None,
         })
+    }
+
+    /// Treat the writes to come as one forward stream (an import, an apply), whose pages are
+    /// written back and dropped behind it (see [`Writeback`]).
+    pub fn streaming(mut self) -> VhdWriter {
+        self.writeback = Some(Writeback::durable());
+        self
+    }
+
+    /// Tell the writeback about `len` bytes written at `offset`.
+    fn wrote(&mut self, offset: u64, len: u64) {
+        if let Some(writeback) = &mut self.writeback {
+            writeback.wrote(&self.file, offset, len);
+        }
     }
 
     pub fn virtual_size(&self) -> u64 {
@@ -349,6 +366,7 @@ impl VhdWriter {
                 self.file
                     .write_all_at(data, data_at + within)
                     .map_err(|e| self.io("write block data", e))?;
+                self.wrote(data_at + within, data.len() as u64);
                 let mut current = vec![0u8; self.bitmap_size as usize];
                 self.file
                     .read_exact_at(&mut current, bitmap_at)
@@ -383,6 +401,7 @@ impl VhdWriter {
                 self.file
                     .write_all_at(&self.footer.encode(), end)
                     .map_err(|e| self.io("write footer", e))?;
+                self.wrote(bitmap_at, end + FOOTER_SIZE as u64 - bitmap_at);
                 self.bat.set(index, sector);
                 self.dirty_entries.push(index);
                 self.unsynced = true;

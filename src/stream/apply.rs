@@ -5,7 +5,7 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use crate::image::{CreateOptions, ImageError, VhdWriter, create};
+use crate::image::{CreateOptions, ImageError, VhdWriter, Writeback, create};
 use crate::vhd::{SECTOR_SIZE, bitmap};
 
 /// Where applied blocks go.
@@ -53,8 +53,9 @@ pub struct RawTarget {
     path: PathBuf,
     file: File,
     size: u64,
-    /// `None` when the caller gave up durability: no writeback kicks, no fdatasync.
-    writeback: Option<WritebackPacer>,
+    writeback: Writeback,
+    /// Whether `finish` waits for the disk (fdatasync).
+    durable: bool,
 }
 
 impl RawTarget {
@@ -81,15 +82,17 @@ impl RawTarget {
             path: path.to_path_buf(),
             file,
             size,
-            writeback: Some(WritebackPacer::default()),
+            writeback: Writeback::durable(),
+            durable: true,
         })
     }
 
-    /// Leave the writes in the page cache for the kernel to flush in its own time, as
-    /// `qemu-img convert` does by default (cache=unsafe): faster, but a crash or power loss
-    /// soon after can lose them.
+    /// Never wait for the disk, as `qemu-img convert` does by default (cache=unsafe): the
+    /// writeback is started as the writes go but nothing waits for it, so a crash or power
+    /// loss soon after can lose them.
     pub fn without_sync(mut self) -> RawTarget {
-        self.writeback = None;
+        self.writeback = Writeback::lazy();
+        self.durable = false;
         self
     }
 }
@@ -129,15 +132,14 @@ impl ApplyTarget for RawTarget {
                     op: "write",
                     source: e,
                 })?;
-            if let Some(writeback) = &mut self.writeback {
-                writeback.wrote(&self.file, piece.len() as u64);
-            }
+            self.writeback
+                .wrote(&self.file, offset + from, piece.len() as u64);
         }
         Ok(())
     }
 
     fn finish(&mut self) -> Result<(), ApplyError> {
-        if self.writeback.is_none() {
+        if !self.durable {
             return Ok(());
         }
         self.file.sync_data().map_err(|e| ApplyError::Io {
@@ -145,34 +147,6 @@ impl ApplyTarget for RawTarget {
             op: "fdatasync",
             source: e,
         })
-    }
-}
-
-/// Starts the kernel's writeback of the dirty pages every [`WritebackPacer::EVERY`] bytes, so
-/// the disk writes overlap the decoding and the closing fdatasync only waits for the tail,
-/// instead of for the whole image at once. It also keeps the dirty page cache small.
-#[derive(Default)]
-pub(crate) struct WritebackPacer {
-    unsent: u64,
-}
-
-impl WritebackPacer {
-    const EVERY: u64 = 2 << 20;
-
-    /// Count `len` bytes just written through any descriptor of `file`.
-    pub(crate) fn wrote(&mut self, file: &File, len: u64) {
-        use std::os::fd::AsRawFd;
-        self.unsent += len;
-        if self.unsent < Self::EVERY {
-            return;
-        }
-        self.unsent = 0;
-        // SAFETY: sync_file_range reads no memory of ours; it takes a descriptor we own and
-        // the whole-file range (0, 0). Only a hint: an error (e.g. on a file system without
-        // support) changes nothing, since `finish` calls fdatasync anyway.
-        unsafe {
-            libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
-        }
     }
 }
 
@@ -188,7 +162,7 @@ impl VhdTarget {
             create(path, &CreateOptions::dynamic(size))?;
         }
         Ok(VhdTarget {
-            writer: VhdWriter::open(path)?,
+            writer: VhdWriter::open(path)?.streaming(),
         })
     }
 }

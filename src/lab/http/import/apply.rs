@@ -7,7 +7,6 @@
 //!   over a block no layer of the VDI allocates is skipped: its content is already zeros, and
 //!   writing it would only allocate space (vhd-tool skips them too on prezeroed targets).
 
-use std::fs::File;
 use std::path::PathBuf;
 
 use bytes::BytesMut;
@@ -18,7 +17,7 @@ use super::super::transfer::{TaskProgress, io_error};
 use super::pump::BodyReader;
 use super::too_small;
 use crate::image::{Chain, changed};
-use crate::stream::apply::{ApplyError, ApplyTarget, VhdTarget, WritebackPacer};
+use crate::stream::apply::{ApplyError, ApplyTarget, VhdTarget};
 use crate::stream::{StreamDecoder, StreamEvent};
 use crate::vhd::header::bitmap_size;
 use crate::vhd::{BlockSet, SECTOR_SIZE};
@@ -36,19 +35,11 @@ pub(super) struct Context<'a> {
 }
 
 impl Context<'_> {
-    fn open_target(&self) -> Result<Staging, XapiFault> {
-        let open = || -> Result<Staging, ApplyError> {
-            Ok(Staging {
-                target: VhdTarget::open(&self.target, None)?,
-                file: File::open(&self.target).map_err(|source| ApplyError::Io {
-                    path: self.target.clone(),
-                    op: "open",
-                    source,
-                })?,
-                writeback: WritebackPacer::default(),
-            })
-        };
-        open().map_err(|e| self.write_error(e))
+    /// The staging copy, whose pages are written back and dropped as the import goes (see
+    /// `image::Writeback`): the disk writes overlap the transfer, and the closing fdatasync
+    /// waits only for the tail.
+    fn open_target(&self) -> Result<VhdTarget, XapiFault> {
+        VhdTarget::open(&self.target, None).map_err(|e| self.write_error(e))
     }
 
     fn write_error(&self, e: ApplyError) -> XapiFault {
@@ -67,7 +58,7 @@ pub(super) fn vhd(
 ) -> Result<(), XapiFault> {
     let mut decoder = StreamDecoder::new();
     let mut buffer = BytesMut::new();
-    let mut target: Option<Staging> = None;
+    let mut target: Option<VhdTarget> = None;
     let mut block_size = 0u64;
     let mut ended = false;
     let malformed = |e: &dyn std::fmt::Display| {
@@ -164,34 +155,9 @@ pub(super) fn raw(
     writer.target.finish().map_err(|e| import.write_error(e))
 }
 
-/// The staging copy, whose writeback is started as the import goes: the disk writes overlap
-/// the transfer, and the closing fdatasync waits only for the tail.
-struct Staging {
-    target: VhdTarget,
-    /// The same file, for the writeback hints.
-    file: File,
-    writeback: WritebackPacer,
-}
-
-impl ApplyTarget for Staging {
-    fn virtual_size(&self) -> u64 {
-        self.target.virtual_size()
-    }
-
-    fn write_block(&mut self, offset: u64, present: &[u8], data: &[u8]) -> Result<(), ApplyError> {
-        self.target.write_block(offset, present, data)?;
-        self.writeback.wrote(&self.file, data.len() as u64);
-        Ok(())
-    }
-
-    fn finish(&mut self) -> Result<(), ApplyError> {
-        self.target.finish()
-    }
-}
-
 /// Writes raw blocks, skipping zeros where the VDI holds nothing.
 struct RawWriter {
-    target: Staging,
+    target: VhdTarget,
     /// Blocks some layer of the VDI allocates.
     allocated: BlockSet,
     /// A bitmap with every sector present.
