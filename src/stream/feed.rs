@@ -12,6 +12,7 @@ use tokio_util::codec::Decoder;
 use super::apply::{ApplyError, ApplyTarget};
 use super::{StreamDecoder, StreamError, StreamEvent};
 use crate::vhd::Footer;
+use crate::vhd::header::bitmap_size;
 
 /// Decoded blocks queued for the writer thread; each is at most one 2 MiB block.
 const BLOCKS_IN_FLIGHT: usize = 4;
@@ -55,11 +56,19 @@ where
     let mut open_target = Some(open_target);
     let mut decoder = StreamDecoder::new();
     let mut buf = BytesMut::new();
+    let mut buffers = Buffers::default();
     let mut eof = false;
     let mut block_size = 0u64;
+    // A block's bitmap and data: what each read buffer is sized for.
+    let mut block_bytes = 0usize;
     std::thread::scope(|scope| {
         let mut writer: Option<Writer<'_, T>> = None;
         let outcome = (|| loop {
+            // Between structures, before the decoder reserves room for the next one (and, were
+            // the buffer still shared with queued blocks, allocates it afresh).
+            if buf.is_empty() && block_bytes > 0 {
+                buffers.reuse(&mut buf, block_bytes);
+            }
             let event = if eof {
                 decoder.decode_eof(&mut buf)?
             } else {
@@ -71,7 +80,10 @@ where
                         writer = Some(Writer::spawn(scope, open(&footer)?));
                     }
                 }
-                Some(StreamEvent::Header(header)) => block_size = u64::from(header.block_size),
+                Some(StreamEvent::Header(header)) => {
+                    block_size = u64::from(header.block_size);
+                    block_bytes = (bitmap_size(header.block_size) + block_size) as usize;
+                }
                 Some(StreamEvent::Block {
                     index,
                     bitmap,
@@ -139,63 +151,76 @@ fn read_some(input: &mut impl Read, into: &mut [u8]) -> std::io::Result<usize> {
     }
 }
 
-/// A block on its way to the writer: its bitmap, then its data, in one buffer that the
-/// writer sends back for reuse.
+/// The read buffers. Blocks go to the writer as slices of the buffer they were read into, so
+/// a buffer stays shared until the writer has written every block in it; reading into a
+/// fresh allocation each time would cost a page fault and a kernel-zeroed page per 4 KiB
+/// (measured: twice qemu-img's system time per GiB), so at each block's start the reader
+/// takes back a buffer the writer is done with. At most `BLOCKS_IN_FLIGHT + 2` are ever in
+/// use: queued, being written, being read.
+#[derive(Default)]
+struct Buffers {
+    /// Buffers handed over with blocks that may still be queued or being written, with the
+    /// size each was allocated with.
+    lent: Vec<(BytesMut, usize)>,
+    /// The size the reader's current buffer was allocated with (0: not known, never reused).
+    current: usize,
+}
+
+impl Buffers {
+    /// Make the empty `buf` one with room for `want` bytes that no block still uses.
+    fn reuse(&mut self, buf: &mut BytesMut, want: usize) {
+        if buf.try_reclaim(want) {
+            return;
+        }
+        // Buffers too small for what the stream now needs (its header's) are let go.
+        self.lent.retain(|(_, size)| *size >= want);
+        let (spare, size) = match self.lent.iter_mut().position(|(b, _)| b.try_reclaim(want)) {
+            Some(free) => self.lent.swap_remove(free),
+            None => (BytesMut::with_capacity(want), want),
+        };
+        let lent = std::mem::replace(buf, spare);
+        let lent_size = std::mem::replace(&mut self.current, size);
+        if self.lent.len() < BLOCKS_IN_FLIGHT + 2 {
+            self.lent.push((lent, lent_size));
+        }
+    }
+}
+
+/// A block on its way to the writer.
 struct BlockWrite {
     offset: u64,
-    bitmap_len: usize,
-    buffer: Vec<u8>,
+    bitmap: Bytes,
+    data: Bytes,
 }
 
 /// The writer thread and the queue to it. The thread hands the target back when the queue
 /// closes, so that only a fully validated stream gets its target finished.
-///
-/// Blocks travel in a handful of buffers that go round between the two threads, rather than
-/// as slices of the reader's buffer: a slice still queued keeps that allocation shared, so
-/// every block read would need a fresh one, and fresh memory costs a page fault and a
-/// kernel-zeroed page per 4 KiB (measured: about twice qemu-img's system time per GiB).
-/// Copying the block once into a warm buffer is cheaper, and lets the reader's buffer be
-/// reused in place.
 struct Writer<'scope, T> {
     queue: mpsc::SyncSender<BlockWrite>,
-    spares: mpsc::Receiver<Vec<u8>>,
     thread: std::thread::ScopedJoinHandle<'scope, Result<(T, u32), ApplyError>>,
 }
 
 impl<'scope, T: ApplyTarget + Send + 'scope> Writer<'scope, T> {
     fn spawn<'env>(scope: &'scope std::thread::Scope<'scope, 'env>, mut target: T) -> Self {
         let (queue, blocks) = mpsc::sync_channel::<BlockWrite>(BLOCKS_IN_FLIGHT);
-        let (give_back, spares) = mpsc::channel::<Vec<u8>>();
         let thread = scope.spawn(move || {
             let mut written = 0u32;
             for block in blocks {
-                let (bitmap, data) = block.buffer.split_at(block.bitmap_len);
-                target.write_block(block.offset, bitmap, data)?;
+                target.write_block(block.offset, &block.bitmap, &block.data)?;
                 written += 1;
-                // The reader may have finished; the buffer is then simply freed.
-                let _ = give_back.send(block.buffer);
             }
             Ok((target, written))
         });
-        Writer {
-            queue,
-            spares,
-            thread,
-        }
+        Writer { queue, thread }
     }
 
-    /// Queue a block's write. At most `BLOCKS_IN_FLIGHT + 2` buffers ever exist: one is
-    /// allocated only when none has come back.
+    /// Queue a block's write.
     fn send(&self, offset: u64, bitmap: Bytes, data: Bytes) -> Result<(), FeedError> {
-        let mut buffer = self.spares.try_recv().unwrap_or_default();
-        buffer.clear();
-        buffer.extend_from_slice(&bitmap);
-        buffer.extend_from_slice(&data);
         self.queue
             .send(BlockWrite {
                 offset,
-                bitmap_len: bitmap.len(),
-                buffer,
+                bitmap,
+                data,
             })
             .map_err(|_| FeedError::WriterLost)
     }
