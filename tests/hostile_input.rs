@@ -271,3 +271,31 @@ async fn hostile_claims_fail_fast_in_bounded_memory() {
         "names the host: {message}"
     );
 }
+
+/// A creating call or a uuid lookup answered with something other than a string is a
+/// protocol error naming the host and the method, not an empty reference used later.
+#[tokio::test]
+async fn an_answer_of_the_wrong_type_names_the_host_and_the_method() {
+    let host = Host::start("pw", &[("web01", &[1 << 20])]).await;
+    let vms = host.call("VM.get_all", vec![]).await;
+    let vm = vms.as_array().unwrap()[0].clone();
+    let uuid = host
+        .client
+        .call_for_string("VM.get_uuid", vec![vm])
+        .await
+        .unwrap();
+    assert_eq!(uuid.len(), 36, "a uuid: {uuid}");
+
+    let message = host
+        .client
+        .call_for_string("VM.get_all", vec![])
+        .await
+        .expect_err("a list is not a string")
+        .to_string();
+    assert!(
+        message.contains(&host.client.host())
+            && message.contains("VM.get_all")
+            && message.contains("expected a string"),
+        "{message}"
+    );
+}

@@ -414,14 +414,29 @@ impl Bench {
         Ok(bench)
     }
 
-    fn call(&self, on_target: bool, method: &str, params: Vec<Value>) -> Result<Value, BenchError> {
-        let host = if on_target {
+    fn host(&self, on_target: bool) -> &XapiClient {
+        if on_target {
             &self.target
         } else {
             &self.source
-        };
+        }
+    }
+
+    fn call(&self, on_target: bool, method: &str, params: Vec<Value>) -> Result<Value, BenchError> {
         self.runtime
-            .block_on(host.call(method, params))
+            .block_on(self.host(on_target).call(method, params))
+            .map_err(|e| BenchError::new(method, e.to_string()))
+    }
+
+    /// A call whose answer must be a string (a reference, a uuid).
+    fn call_for_string(
+        &self,
+        on_target: bool,
+        method: &str,
+        params: Vec<Value>,
+    ) -> Result<String, BenchError> {
+        self.runtime
+            .block_on(self.host(on_target).call_for_string(method, params))
             .map_err(|e| BenchError::new(method, e.to_string()))
     }
 
@@ -537,8 +552,7 @@ impl Bench {
         record.insert("read_only".into(), Value::Bool(false));
         record.insert("other_config".into(), Value::Struct(BTreeMap::new()));
         let reference = self.call(true, "VDI.create", vec![Value::Struct(record)])?;
-        let uuid = self.call(true, "VDI.get_uuid", vec![reference])?;
-        Ok(uuid.as_str().unwrap_or_default().to_owned())
+        self.call_for_string(true, "VDI.get_uuid", vec![reference])
     }
 
     fn destroy_target_vdi(&self, uuid: &str) -> Result<(), BenchError> {

@@ -194,8 +194,8 @@ pub async fn test_failover(
         .map_err(FailoverError::Invalid)?
         .clone();
     let name = format!("{TEST_NAME_PREFIX}{}", replica.name_label);
-    let created = target
-        .call(
+    let clone_ref = target
+        .call_for_string(
             "VM.clone",
             vec![
                 Value::from(replica.reference.as_str()),
@@ -204,7 +204,6 @@ pub async fn test_failover(
         )
         .await
         .map_err(host(format!("cloning replica {}", replica.uuid)))?;
-    let clone_ref = created.as_str().unwrap_or_default().to_owned();
     let prepared = prepare_clone(target, &clone_ref, id, &replica, start).await;
     match prepared {
         Ok(uuid) => Ok(TestCloneReport {

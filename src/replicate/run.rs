@@ -530,7 +530,7 @@ impl Cycle<'_> {
             })?;
             let replica_vdi = self.on_target(
                 self.target
-                    .call("VDI.get_uuid", vec![Value::from(vdi_ref.as_str())])
+                    .call_for_string("VDI.get_uuid", vec![Value::from(vdi_ref.as_str())])
                     .await,
             )?;
             reports.push(DiskReport {
@@ -540,7 +540,7 @@ impl Cycle<'_> {
                 bytes_sent: result.bytes,
                 blocks: result.blocks,
                 source_vdi: disk.vdi_uuid.clone(),
-                replica_vdi: replica_vdi.as_str().unwrap_or_default().to_owned(),
+                replica_vdi,
             });
         }
 
@@ -624,10 +624,10 @@ impl Cycle<'_> {
         }
         let uuid = self.on_target(
             self.target
-                .call("VM.get_uuid", vec![Value::from(replica_ref)])
+                .call_for_string("VM.get_uuid", vec![Value::from(replica_ref)])
                 .await,
         )?;
-        Ok((uuid.as_str().unwrap_or_default().to_owned(), name, reports))
+        Ok((uuid, name, reports))
     }
 
     /// A clone of the previous replica's disk (grown to the disk's size if needed), or a new
@@ -648,7 +648,7 @@ impl Cycle<'_> {
             DiskPlan::Delta { replica_vdi, .. } => {
                 let clone = self.on_target(
                     target
-                        .call(
+                        .call_for_string(
                             "VDI.clone",
                             vec![
                                 Value::from(replica_vdi.as_str()),
@@ -657,7 +657,6 @@ impl Cycle<'_> {
                         )
                         .await,
                 )?;
-                let clone = clone.as_str().unwrap_or_default().to_owned();
                 self.created_vdis.push(clone.clone());
                 let size: VdiRecord = self.on_target(target.get_record(&clone).await)?;
                 if size.virtual_size < disk.virtual_size {
@@ -844,8 +843,9 @@ pub(crate) async fn create_vdi(
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
-    let created = target.call("VDI.create", vec![Value::Struct(args)]).await?;
-    Ok(created.as_str().unwrap_or_default().to_owned())
+    target
+        .call_for_string("VDI.create", vec![Value::Struct(args)])
+        .await
 }
 
 /// A read-write disk VBD plugging `vdi_ref` into `vm_ref` at `userdevice` (0 boots).

@@ -119,14 +119,13 @@ pub async fn export(
         .await
         .map_err(|e| OfflineError::Failed(e.to_string()))?;
     let name = keys::snapshot_name(&job.name, &vm.name_label);
-    let created = source
-        .call(
+    let snapshot_ref = source
+        .call_for_string(
             "VM.snapshot",
             vec![Value::from(vm_ref.as_str()), Value::from(name.as_str())],
         )
         .await
         .map_err(|e| OfflineError::Failed(format!("snapshot of VM {}: {e}", vm.uuid)))?;
-    let snapshot_ref = created.as_str().unwrap_or_default().to_owned();
     let outcome = export_snapshot(
         source,
         job,
@@ -706,7 +705,7 @@ async fn fill(
             .await
             .map_err(|e| OfflineError::Failed(e.to_string()))?;
         let uuid = target
-            .call("VDI.get_uuid", vec![Value::from(vdi.as_str())])
+            .call_for_string("VDI.get_uuid", vec![Value::from(vdi.as_str())])
             .await
             .map_err(|e| OfflineError::Failed(e.to_string()))?;
         reports.push(ImportedDisk {
@@ -714,7 +713,7 @@ async fn fill(
             virtual_size: disk.virtual_size,
             file: disk.file.clone(),
             stream_bytes: disk.stream_length,
-            replica_vdi: uuid.as_str().unwrap_or_default().to_owned(),
+            replica_vdi: uuid,
         });
     }
     // Commit: the same metadata as `seed`, on the replica and on the source snapshot.

@@ -193,6 +193,23 @@ impl XapiClient {
         }
     }
 
+    /// Call `method`, whose answer is a string (a new object's reference, a uuid): any other
+    /// answer, or an empty string, is a protocol error naming the host and the method.
+    pub async fn call_for_string(
+        &self,
+        method: &str,
+        params: Vec<Value>,
+    ) -> Result<String, ClientError> {
+        match self.call(method, params).await? {
+            Value::String(answer) if !answer.is_empty() => Ok(answer),
+            other => {
+                let mut shown = format!("{other:?}");
+                shown.truncate(120);
+                Err(self.protocol_error(method, format!("expected a string, got {shown}")))
+            }
+        }
+    }
+
     /// Call a method that takes no session (`system.listMethods`).
     pub async fn call_without_session(
         &self,
