@@ -152,7 +152,7 @@ fn measure(
         // Which side writes first alternates: a write is faster into pages the run before
         // it has just freed, and on a VM whose balloon hands free memory back to its host,
         // much slower into memory free for a few seconds (`scripts/page-cache-reuse.py`).
-        let qemu_first = round % 2 == 1;
+        let reference_first = round % 2 == 1;
         for durable in [false, true] {
             let sides = if durable {
                 &mut apply_durable
@@ -160,7 +160,7 @@ fn measure(
                 &mut apply_fast
             };
             match &qemu {
-                Some(qemu) if qemu_first => {
+                Some(qemu) if reference_first => {
                     sides.reference.push(lab.qemu_convert(qemu, durable)?);
                     sides.ours.push(lab.apply(durable)?);
                 }
@@ -173,9 +173,18 @@ fn measure(
         }
         // The raw file is not needed again this round: free its space for the copies.
         lab.remove_out()?;
-        copy.ours.push(lab.copy_vdi()?);
-        if let Some(curl) = &curl {
-            copy.reference.push(lab.curl_relay(curl, stream_len)?);
+        // Alternated too: the first of the two may read the source VDI from disk, the second
+        // from the page cache.
+        match &curl {
+            Some(curl) if reference_first => {
+                copy.reference.push(lab.curl_relay(curl, stream_len)?);
+                copy.ours.push(lab.copy_vdi()?);
+            }
+            Some(curl) => {
+                copy.ours.push(lab.copy_vdi()?);
+                copy.reference.push(lab.curl_relay(curl, stream_len)?);
+            }
+            None => copy.ours.push(lab.copy_vdi()?),
         }
     }
     let (full, delta, unchanged) = lab.cycles(runs, changed_bytes)?;
