@@ -131,15 +131,28 @@ pub fn run(command: Command, what: &str, logs: &Logs) -> Result<(Sample, String)
     Ok((Sample { seconds, peak_rss }, out))
 }
 
+/// Where the second process of a pipe writes its output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PipeEnd {
+    /// Nowhere (/dev/null): it only drains the pipe.
+    Discard,
+    /// To the step's stdout log: it relays and answers something worth reading.
+    Log,
+}
+
 /// Run `first | second` to the end of both: the time until both ended, and the peak RSS of
 /// `first` (the measured side; `second` only drains or relays).
 pub fn run_pipe(
     first: Command,
     second: Command,
+    end: PipeEnd,
     what: &str,
     logs: &Logs,
 ) -> Result<Sample, BenchError> {
-    let (_, stdout) = logs.file(&format!("{}.stdout", slug(what)))?;
+    let output = match end {
+        PipeEnd::Discard => Stdio::null(),
+        PipeEnd::Log => Stdio::from(logs.file(&format!("{}.stdout", slug(what)))?.1),
+    };
     settle();
     let started = Instant::now();
     let mut head = spawn(first, what, Stdio::piped(), logs)?;
@@ -150,12 +163,7 @@ pub fn run_pipe(
         .ok_or_else(|| BenchError::new(what, "no pipe from the first process".into()))?;
     let mut second = second;
     second.stdin(Stdio::from(pipe));
-    let tail = spawn(
-        second,
-        &format!("{what} (drain)"),
-        Stdio::from(stdout),
-        logs,
-    );
+    let tail = spawn(second, &format!("{what} (drain)"), output, logs);
     let head_rss = head.wait();
     let tail_ok = tail.and_then(Running::wait);
     let seconds = started.elapsed().as_secs_f64();
@@ -221,11 +229,29 @@ mod tests {
         first.args(["-c", "1000000", "/dev/zero"]);
         let mut second = Command::new("sh");
         second.args(["-c", "test $(wc -c) = 1000000"]);
-        run_pipe(first, second, "pipe", &logs).unwrap();
+        run_pipe(first, second, PipeEnd::Discard, "pipe", &logs).unwrap();
         let mut short = Command::new("head");
         short.args(["-c", "10", "/dev/zero"]);
         let mut check = Command::new("sh");
         check.args(["-c", "test $(wc -c) = 1000000"]);
-        assert!(run_pipe(short, check, "short pipe", &logs).is_err());
+        assert!(run_pipe(short, check, PipeEnd::Discard, "short pipe", &logs).is_err());
+    }
+
+    #[test]
+    fn a_drained_pipe_writes_no_log_and_a_relay_logs_its_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = Logs::new(dir.path()).unwrap();
+        let pipe = |end, what| {
+            let mut first = Command::new("head");
+            first.args(["-c", "100000", "/dev/zero"]);
+            let mut second = Command::new("sh");
+            second.args(["-c", "wc -c"]);
+            run_pipe(first, second, end, what, &logs).unwrap();
+        };
+        pipe(PipeEnd::Discard, "drained");
+        assert!(!dir.path().join("drained.stdout").exists());
+        pipe(PipeEnd::Log, "relayed");
+        let answer = std::fs::read_to_string(dir.path().join("relayed.stdout")).unwrap();
+        assert_eq!(answer.trim(), "100000");
     }
 }

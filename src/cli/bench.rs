@@ -16,7 +16,7 @@ use super::output::print_json;
 use crate::bench::BenchError;
 use crate::bench::chain::sparse_chain;
 use crate::bench::measure::{MIB, Row, Sample, Side, Summary, Target};
-use crate::bench::process::{Logs, find_program, run, run_pipe};
+use crate::bench::process::{Logs, PipeEnd, find_program, run, run_pipe};
 use crate::bench::report::{Setting, cpu_model, filesystem_of, json, table};
 use crate::image::{Chain, changed};
 use crate::lab::Lab;
@@ -491,22 +491,33 @@ impl Bench {
         command
     }
 
+    /// The pipe's far end: `cat`, whose output `run_pipe` discards.
     fn drain() -> Command {
-        let mut cat = Command::new("cat");
-        cat.stdout(Stdio::null());
-        cat
+        Command::new("cat")
     }
 
     fn export(&self) -> Result<Sample, BenchError> {
         let mut export = self.vhdsync(["export"]);
         export.arg(&self.leaf);
-        run_pipe(export, Bench::drain(), "vhdsync export | cat", &self.logs)
+        run_pipe(
+            export,
+            Bench::drain(),
+            PipeEnd::Discard,
+            "vhdsync export | cat",
+            &self.logs,
+        )
     }
 
     fn cat(&self) -> Result<Sample, BenchError> {
         let mut cat = Command::new("cat");
         cat.arg(&self.stream);
-        run_pipe(cat, Bench::drain(), "cat | cat", &self.logs)
+        run_pipe(
+            cat,
+            Bench::drain(),
+            PipeEnd::Discard,
+            "cat | cat",
+            &self.logs,
+        )
     }
 
     fn remove_out(&self) -> Result<(), BenchError> {
@@ -600,7 +611,7 @@ impl Bench {
                 "{}/import_raw_vdi?vdi={target_vdi}&format=vhd",
                 self.server(true).url
             ));
-        let sample = run_pipe(get, put, "curl GET | curl PUT", &self.logs)?;
+        let sample = run_pipe(get, put, PipeEnd::Log, "curl GET | curl PUT", &self.logs)?;
         self.destroy_target_vdi(&target_vdi)?;
         Ok(sample)
     }
