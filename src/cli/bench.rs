@@ -115,6 +115,30 @@ struct Sides {
     reference: Vec<Sample>,
 }
 
+impl Sides {
+    /// One run of each side, the reference first when `reference_first`; ours alone when
+    /// there is no reference (its tool is missing).
+    fn run_both(
+        &mut self,
+        reference_first: bool,
+        ours: impl FnOnce() -> Result<Sample, BenchError>,
+        reference: Option<impl FnOnce() -> Result<Sample, BenchError>>,
+    ) -> Result<(), BenchError> {
+        match reference {
+            Some(reference) if reference_first => {
+                self.reference.push(reference()?);
+                self.ours.push(ours()?);
+            }
+            Some(reference) => {
+                self.ours.push(ours()?);
+                self.reference.push(reference()?);
+            }
+            None => self.ours.push(ours()?),
+        }
+        Ok(())
+    }
+}
+
 fn summary(samples: &[Sample], what: &str) -> Result<Summary, BenchError> {
     Summary::of(samples).ok_or_else(|| BenchError::new(what, "no run completed".into()))
 }
@@ -159,33 +183,22 @@ fn measure(
             } else {
                 &mut apply_fast
             };
-            match &qemu {
-                Some(qemu) if reference_first => {
-                    sides.reference.push(lab.qemu_convert(qemu, durable)?);
-                    sides.ours.push(lab.apply(durable)?);
-                }
-                Some(qemu) => {
-                    sides.ours.push(lab.apply(durable)?);
-                    sides.reference.push(lab.qemu_convert(qemu, durable)?);
-                }
-                None => sides.ours.push(lab.apply(durable)?),
-            }
+            sides.run_both(
+                reference_first,
+                || lab.apply(durable),
+                qemu.as_ref().map(|qemu| || lab.qemu_convert(qemu, durable)),
+            )?;
         }
         // The raw file is not needed again this round: free its space for the copies.
         lab.remove_out()?;
         // Alternated too: the first of the two may read the source VDI from disk, the second
         // from the page cache.
-        match &curl {
-            Some(curl) if reference_first => {
-                copy.reference.push(lab.curl_relay(curl, stream_len)?);
-                copy.ours.push(lab.copy_vdi()?);
-            }
-            Some(curl) => {
-                copy.ours.push(lab.copy_vdi()?);
-                copy.reference.push(lab.curl_relay(curl, stream_len)?);
-            }
-            None => copy.ours.push(lab.copy_vdi()?),
-        }
+        copy.run_both(
+            reference_first,
+            || lab.copy_vdi(),
+            curl.as_ref()
+                .map(|curl| || lab.curl_relay(curl, stream_len)),
+        )?;
     }
     let (full, delta, unchanged) = lab.cycles(runs, changed_bytes)?;
     step("timing changed() on a 2 TiB 3-layer chain");
