@@ -1250,6 +1250,38 @@ fn sessions_are_neither_listed_nor_reported_as_events() {
     assert_eq!(later.get("events"), Some(&Value::Array(vec![])));
 }
 
+/// Whether the saved state file holds `text`.
+fn saved_state_holds(dir: &Path, text: &str) -> bool {
+    std::fs::read_to_string(dir.join("state.json")).is_ok_and(|state| state.contains(text))
+}
+
+#[test]
+fn changes_are_saved_behind_the_calls_within_the_flush_interval_and_at_the_last_drop() {
+    let f = Fixture::new();
+    let vm = f.vm();
+    let started = Instant::now();
+    f.ok(
+        "VM.add_to_other_config",
+        &[vm.as_str().into(), "saved-later".into(), "1".into()],
+    );
+    // The call returned before the save; the flusher saves within 2 s (xapi's flush timer).
+    while !saved_state_holds(f.dir(), "saved-later") {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the change was never saved"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    f.ok(
+        "VM.add_to_other_config",
+        &[vm.as_str().into(), "saved-at-drop".into(), "1".into()],
+    );
+    let dir = f.dir().to_path_buf();
+    let _kept_dir = f._dir;
+    drop(f.lab);
+    assert!(saved_state_holds(&dir, "saved-at-drop"));
+}
+
 #[test]
 fn state_persists_across_reopen_but_sessions_do_not() {
     let f = Fixture::new();
@@ -1273,6 +1305,8 @@ fn state_persists_across_reopen_but_sessions_do_not() {
     let before = records(&f.lab, &f.session);
     let hash = f.hash(&disk0);
 
+    // Saving runs behind the calls, as xapi's database flush does; `flush` saves now.
+    f.lab.flush().unwrap();
     let reopened = Lab::open(f.dir()).unwrap();
     assert!(!reopened.session_valid(&f.session));
     let session = login(&reopened);

@@ -75,11 +75,14 @@ fn lab_error(e: LabError) -> CliError {
 
 fn serve(args: &LabServeArgs) -> Result<ExitCode, CliError> {
     let lab = Lab::open(&args.dir).map_err(lab_error)?;
+    // Kept to save the state once serving stopped: transfers cut off by the shutdown may
+    // still hold clones of the lab on blocking threads, so its last drop may never come.
+    let state = lab.clone();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| CliError::Failed(format!("starting the runtime: {e}")))?;
-    let served = runtime.block_on(async {
+    let served: Result<(), CliError> = runtime.block_on(async {
         // Catch the signals before announcing the URL: whoever reads it may signal at once.
         let mut terminate =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -98,7 +101,9 @@ fn serve(args: &LabServeArgs) -> Result<ExitCode, CliError> {
     });
     // Blocking threads still streaming a transfer's last frames are not waited for long.
     runtime.shutdown_timeout(Duration::from_secs(1));
-    served.map(|()| ExitCode::SUCCESS)
+    served?;
+    state.flush().map_err(lab_error)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The URL on the first line, the fingerprint on the second, flushed at once for whoever

@@ -2,6 +2,7 @@
 
 pub mod db;
 pub mod faults;
+mod flusher;
 pub mod http;
 pub mod rpc;
 pub mod sr;

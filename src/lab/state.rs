@@ -1,5 +1,6 @@
 //! The lab host's state: the object database behind a mutex, saved to `<dir>/state.json`
-//! after every change to a persistent object, and the file SR in `<dir>/sr`.
+//! behind the calls that change a persistent object (see [`crate::lab::flusher`]), and the file
+//! SR in `<dir>/sr`.
 //!
 //! Saving writes a temp file, fsyncs it, renames it into place and fsyncs the directory, so a
 //! crash leaves the old state or the new one. Sessions and tasks are not saved, as in XAPI
@@ -20,6 +21,7 @@ use std::time::Instant;
 
 use crate::lab::db::{Db, StateFormatError};
 use crate::lab::faults::Faults;
+use crate::lab::flusher::{FLUSH_INTERVAL, Flusher};
 use crate::lab::sr::{FileSr, SrError};
 use crate::xapi::rpc::XapiFault;
 
@@ -62,6 +64,18 @@ struct Shared {
     changed: Condvar,
     sr: Arc<FileSr>,
     faults: Faults,
+    flusher: Flusher,
+    /// Held across a whole save, so that saves run one at a time and the newest state is the
+    /// one written last.
+    saving: Mutex<()>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        if let Err(e) = self.flush() {
+            tracing::error!(error = %e, "saving the lab state at shutdown failed");
+        }
+    }
 }
 
 impl std::fmt::Debug for Lab {
@@ -94,7 +108,7 @@ impl Lab {
         };
         let db = Db::from_state_json(&bytes).map_err(|source| LabError::State { path, source })?;
         let sr = FileSr::open(&dir.join(SR_DIR))?;
-        let lab = Lab::assemble(dir, db, sr);
+        let lab = Lab::assemble(dir, db, sr)?;
         lab.with_db_mut(|db| lab.scan_all(db))
             .map_err(LabError::Setup)?;
         Ok(lab)
@@ -108,19 +122,34 @@ impl Lab {
             });
         }
         let sr = FileSr::open(&dir.join(SR_DIR))?;
-        Ok(Lab::assemble(dir, db, sr))
+        Lab::assemble(dir, db, sr)
     }
 
-    fn assemble(dir: &Path, db: Db, sr: FileSr) -> Lab {
-        Lab {
-            shared: Arc::new(Shared {
-                dir: dir.to_path_buf(),
-                db: Mutex::new(db),
-                changed: Condvar::new(),
-                sr: Arc::new(sr),
-                faults: Faults::default(),
-            }),
-        }
+    fn assemble(dir: &Path, db: Db, sr: FileSr) -> Result<Lab, LabError> {
+        let shared = Arc::new(Shared {
+            dir: dir.to_path_buf(),
+            db: Mutex::new(db),
+            changed: Condvar::new(),
+            sr: Arc::new(sr),
+            faults: Faults::default(),
+            flusher: Flusher::new(),
+            saving: Mutex::new(()),
+        });
+        // The thread holds no reference that would keep the lab alive: the last clone's drop
+        // stops it and saves.
+        let weak = Arc::downgrade(&shared);
+        shared
+            .flusher
+            .spawn(FLUSH_INTERVAL, move || {
+                weak.upgrade()
+                    .map(|shared| shared.flush().map_err(|e| e.to_string()))
+            })
+            .map_err(|source| LabError::Io {
+                action: "start the state flusher for",
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        Ok(Lab { shared })
     }
 
     pub fn dir(&self) -> &Path {
@@ -138,12 +167,7 @@ impl Lab {
     }
 
     fn lock(&self) -> MutexGuard<'_, Db> {
-        // A panic mid-change can leave the database inconsistent only in memory; carrying on
-        // serves the other clients, and the state file still holds the last whole save.
-        self.shared
-            .db
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.shared.lock_db()
     }
 
     /// Read the database.
@@ -151,9 +175,8 @@ impl Lab {
         read(&self.lock())
     }
 
-    /// Change the database. Whatever `change` did, even when it failed half-way, is saved if
-    /// a persistent object changed, and waiters are woken. A failed save fails the call and
-    /// is retried with the next change.
+    /// Change the database. Whatever `change` did, even when it failed half-way, is saved
+    /// within [`FLUSH_INTERVAL`] if a persistent object changed, and waiters are woken.
     pub(crate) fn with_db_mut<T>(
         &self,
         change: impl FnOnce(&mut Db) -> Result<T, XapiFault>,
@@ -161,17 +184,19 @@ impl Lab {
         let mut db = self.lock();
         let before = db.generation();
         let outcome = change(&mut db);
-        let saved = if db.take_unsaved() {
-            self.save(&db).inspect_err(|_| db.mark_unsaved())
-        } else {
-            Ok(())
-        };
+        if db.is_unsaved() {
+            self.shared.flusher.dirty();
+        }
         if db.generation() != before {
             self.shared.changed.notify_all();
         }
-        let value = outcome?;
-        saved.map_err(|e| XapiFault::new("INTERNAL_ERROR", [e.to_string()]))?;
-        Ok(value)
+        outcome
+    }
+
+    /// Save now whatever changed since the last save; `lab init` and a stopping `lab serve`
+    /// call it so that a failure is reported, not just logged.
+    pub fn flush(&self) -> Result<(), LabError> {
+        self.shared.flush()
     }
 
     /// Wait until `ready` finds something or `deadline` passes, then answer `on_timeout`; both
@@ -199,10 +224,33 @@ impl Lab {
                 .0;
         }
     }
+}
 
-    /// Save the persistent objects: temp file, fsync, rename, fsync of the directory.
-    fn save(&self, db: &Db) -> Result<(), LabError> {
-        let dir = &self.shared.dir;
+impl Shared {
+    fn lock_db(&self) -> MutexGuard<'_, Db> {
+        // A panic mid-change can leave the database inconsistent only in memory; carrying on
+        // serves the other clients, and the state file still holds the last whole save.
+        self.db.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Save what changed since the last save. The state is serialised under the database lock
+    /// and written outside it, so calls wait for the copy, not for the disk.
+    fn flush(&self) -> Result<(), LabError> {
+        let _saving = self.saving.lock().unwrap_or_else(PoisonError::into_inner);
+        let bytes = {
+            let mut db = self.lock_db();
+            if !db.take_unsaved() {
+                return Ok(());
+            }
+            db.to_state_json()
+        };
+        self.save(&bytes)
+            .inspect_err(|_| self.lock_db().mark_unsaved())
+    }
+
+    /// Write the state file: temp file, fsync, rename, fsync of the directory.
+    fn save(&self, state: &[u8]) -> Result<(), LabError> {
+        let dir = &self.dir;
         let temp = dir.join(STATE_TEMP);
         let path = dir.join(STATE_FILE);
         let io = |action: &'static str, path: &Path| {
@@ -214,8 +262,7 @@ impl Lab {
             }
         };
         let mut file = File::create(&temp).map_err(io("create", &temp))?;
-        file.write_all(&db.to_state_json())
-            .map_err(io("write", &temp))?;
+        file.write_all(state).map_err(io("write", &temp))?;
         file.sync_all().map_err(io("fsync", &temp))?;
         std::fs::rename(&temp, &path).map_err(io("rename into place", &path))?;
         File::open(dir)

@@ -157,6 +157,11 @@ impl Db {
         self.generation
     }
 
+    /// Whether a persistent object changed since the last [`Db::take_unsaved`].
+    pub fn is_unsaved(&self) -> bool {
+        self.unsaved
+    }
+
     /// Whether a persistent object changed since the last call; clears the flag.
     pub fn take_unsaved(&mut self) -> bool {
         std::mem::take(&mut self.unsaved)

@@ -73,8 +73,11 @@ impl Lab {
         })?;
         let lab = Lab::create(dir, Db::new(PasswordHash::new(password)))?;
         lab.sr().set_capacity(Some(sr_capacity))?;
-        lab.with_db_mut(|db| populate(&lab, db, vms))
-            .map_err(LabError::Setup)
+        let report = lab
+            .with_db_mut(|db| populate(&lab, db, vms))
+            .map_err(LabError::Setup)?;
+        lab.flush()?;
+        Ok(report)
     }
 }
 
