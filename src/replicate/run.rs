@@ -719,7 +719,7 @@ impl Cycle<'_> {
     async fn set_keys(
         &self,
         host: &XapiClient,
-        class: &str,
+        class: &'static str,
         reference: &str,
         keys: &StringMap,
     ) -> Result<(), CycleError> {
@@ -935,47 +935,95 @@ pub(crate) fn string_map(map: &StringMap) -> Value {
     )
 }
 
-/// Set map entries: `remove_from_<map>` then `add_to_<map>`, since `add` refuses an existing
-/// key (`MAP_DUPLICATE_KEY`) and `remove` ignores a missing one.
+/// Set map entries in as few calls as the map allows. The map is read once: an entry it
+/// already holds is left alone, an absent key is added, a changed one is removed and added
+/// again (`add_to_<map>` refuses an existing key with `MAP_DUPLICATE_KEY`; `remove_from_<map>`
+/// ignores a missing one). A key another client added since the read is replaced the same way.
+/// Why: each call is a round trip to the host, and a cycle sets dozens of keys.
 pub(crate) async fn set_entries(
     host: &XapiClient,
-    class: &str,
+    class: &'static str,
     reference: &str,
     map: &str,
     entries: &[(&str, &str)],
 ) -> Result<(), ClientError> {
+    let held = host.get_string_map(class, reference, map).await?;
     for (key, value) in entries {
-        host.call(
-            &format!("{class}.remove_from_{map}"),
-            vec![Value::from(reference), Value::from(*key)],
-        )
-        .await?;
-        host.call(
-            &format!("{class}.add_to_{map}"),
-            vec![
-                Value::from(reference),
-                Value::from(*key),
-                Value::from(*value),
-            ],
-        )
-        .await?;
+        match held.get(*key) {
+            Some(current) if current == value => {}
+            Some(_) => replace_entry(host, class, reference, map, key, value).await?,
+            None => match add_entry(host, class, reference, map, key, value).await {
+                Err(e) if e.xapi_code() == Some("MAP_DUPLICATE_KEY") => {
+                    replace_entry(host, class, reference, map, key, value).await?
+                }
+                added => added?,
+            },
+        }
     }
     Ok(())
 }
 
-pub(crate) async fn remove_entries(
+async fn add_entry(
     host: &XapiClient,
     class: &str,
     reference: &str,
     map: &str,
+    key: &str,
+    value: &str,
+) -> Result<(), ClientError> {
+    host.call(
+        &format!("{class}.add_to_{map}"),
+        vec![Value::from(reference), Value::from(key), Value::from(value)],
+    )
+    .await
+    .map(drop)
+}
+
+async fn replace_entry(
+    host: &XapiClient,
+    class: &str,
+    reference: &str,
+    map: &str,
+    key: &str,
+    value: &str,
+) -> Result<(), ClientError> {
+    remove_entry(host, class, reference, map, key).await?;
+    add_entry(host, class, reference, map, key, value).await
+}
+
+async fn remove_entry(
+    host: &XapiClient,
+    class: &str,
+    reference: &str,
+    map: &str,
+    key: &str,
+) -> Result<(), ClientError> {
+    host.call(
+        &format!("{class}.remove_from_{map}"),
+        vec![Value::from(reference), Value::from(key)],
+    )
+    .await
+    .map(drop)
+}
+
+/// Remove map entries. For more than one key the map is read first and only the keys it
+/// holds are removed; a single key is removed blind, which costs the same one call.
+pub(crate) async fn remove_entries(
+    host: &XapiClient,
+    class: &'static str,
+    reference: &str,
+    map: &str,
     keys: &[&str],
 ) -> Result<(), ClientError> {
+    let held = match keys.len() {
+        0 => return Ok(()),
+        1 => None,
+        _ => Some(host.get_string_map(class, reference, map).await?),
+    };
     for key in keys {
-        host.call(
-            &format!("{class}.remove_from_{map}"),
-            vec![Value::from(reference), Value::from(*key)],
-        )
-        .await?;
+        if held.as_ref().is_none_or(|held| held.contains_key(*key)) {
+            remove_entry(host, class, reference, map, key).await?;
+        }
     }
     Ok(())
 }

@@ -2,7 +2,7 @@
 //! [`Record`] class.
 
 use super::client::{ClientError, XapiClient};
-use super::records::Record;
+use super::records::{Record, StringMap, string_map};
 use super::rpc::Value;
 
 impl XapiClient {
@@ -44,6 +44,18 @@ impl XapiClient {
         let reference = self.get_by_uuid::<R>(uuid).await?;
         let record = self.get_record::<R>(&reference).await?;
         Ok((reference, record))
+    }
+
+    /// `<class>.get_<field>(ref)` of a `(string -> string) map` field, e.g. `other_config`.
+    pub async fn get_string_map(
+        &self,
+        class: &'static str,
+        reference: &str,
+        field: &str,
+    ) -> Result<StringMap, ClientError> {
+        let method = format!("{class}.get_{field}");
+        let value = self.call(&method, vec![Value::from(reference)]).await?;
+        string_map(class, field, &value).map_err(|e| self.record_error(&method, e))
     }
 
     fn record_error(&self, method: &str, e: super::records::RecordError) -> ClientError {

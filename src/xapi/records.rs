@@ -120,26 +120,40 @@ impl<'a> Fields<'a> {
     }
 
     fn map(&self, field: &str) -> Result<StringMap, RecordError> {
-        let Some(v) = self.map.get(field) else {
-            return Ok(StringMap::new());
-        };
-        let members = v.as_struct().ok_or_else(|| self.wrong(field, "a map", v))?;
-        members
-            .iter()
-            .map(|(key, item)| {
-                // Map values are strings in every map replication touches; a number or bool
-                // is kept in its text form rather than refused.
-                let text = match item {
-                    Value::String(s) | Value::DateTime(s) => s.clone(),
-                    Value::Int(i) => i.to_string(),
-                    Value::Bool(b) => b.to_string(),
-                    Value::Double(d) => d.to_string(),
-                    other => return Err(self.wrong(field, "a map of strings", other)),
-                };
-                Ok((key.clone(), text))
-            })
-            .collect()
+        match self.map.get(field) {
+            None => Ok(StringMap::new()),
+            Some(v) => string_map(self.class, field, v),
+        }
     }
+}
+
+/// A `(string -> string) map` field's value, such as a `get_other_config` answer.
+pub fn string_map(
+    class: &'static str,
+    field: &str,
+    value: &Value,
+) -> Result<StringMap, RecordError> {
+    let wrong = |expected: &str, found: &Value| RecordError {
+        class,
+        field: field.into(),
+        problem: format!("expected {expected}, found {}", found.kind()),
+    };
+    let members = value.as_struct().ok_or_else(|| wrong("a map", value))?;
+    members
+        .iter()
+        .map(|(key, item)| {
+            // Map values are strings in every map replication touches; a number or bool is
+            // kept in its text form rather than refused.
+            let text = match item {
+                Value::String(s) | Value::DateTime(s) => s.clone(),
+                Value::Int(i) => i.to_string(),
+                Value::Bool(b) => b.to_string(),
+                Value::Double(d) => d.to_string(),
+                other => return Err(wrong("a map of strings", other)),
+            };
+            Ok((key.clone(), text))
+        })
+        .collect()
 }
 
 /// The `VM` fields replication reads.
