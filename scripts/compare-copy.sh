@@ -16,7 +16,7 @@ rounds=${ROUNDS:-5}
 bin=$(realpath "${VHDSYNC:-target/release/vhdsync}")
 dir=${DIR:-$(mktemp -d)}
 cd "$dir"
-rm -rf src dst
+rm -rf src dst src.url dst.url
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$dir"/{src,dst,stream.vhd,out.raw}' EXIT
 

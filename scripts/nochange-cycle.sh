@@ -11,7 +11,7 @@ cycles=${2:-3}
 bin=$(realpath "${VHDSYNC:-target/release/vhdsync}")
 dir=${DIR:-$(mktemp -d)}
 cd "$dir"
-rm -rf src dst state
+rm -rf src dst state src.url dst.url
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$dir"/{src,dst,state}' EXIT
 
