@@ -13,6 +13,7 @@ use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST};
 
 use super::connection::{Endpoint, TransportError};
 use super::rpc::{Call, RpcCodecError, Value, XapiFault, jsonrpc, xmlrpc};
+use super::rpc_pool::RpcPool;
 use super::tls::Trust;
 use super::{HostUrl, Secret};
 
@@ -65,6 +66,7 @@ pub struct XapiClient {
     protocol: Mutex<Option<Protocol>>,
     session: Mutex<Secret>,
     call_timeout: Duration,
+    connections: RpcPool,
     /// RPC requests sent, logins and retries included: what a cycle costs the host.
     requests: AtomicU64,
 }
@@ -102,6 +104,7 @@ impl XapiClient {
             protocol: Mutex::new(None),
             session: Mutex::new(Secret::default()),
             call_timeout: Duration::from_secs(120),
+            connections: RpcPool::default(),
             requests: AtomicU64::new(0),
         };
         client.login().await?;
@@ -275,7 +278,7 @@ impl XapiClient {
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| self.protocol_error(&call.method, e.to_string()))?;
         let exchange = async {
-            let response = self.endpoint.send(request).await?;
+            let (response, connection) = self.connections.send(&self.endpoint, request).await?;
             let status = response.status();
             let is_json = response
                 .headers()
@@ -295,6 +298,7 @@ impl XapiClient {
                 .await
                 .map_err(|e| self.protocol_error(&call.method, format!("reading the answer: {e}")))?
                 .to_bytes();
+            self.connections.give_back(connection);
             Ok::<_, ClientError>((status, is_json, body))
         };
         let (status, is_json, body) = tokio::time::timeout(self.call_timeout, exchange)

@@ -1,5 +1,6 @@
 //! Opening HTTP/1.1 connections to a host, plain or TLS. XAPI closes data-plane connections
-//! after each transfer, so a connection carries one request; RPC calls open their own.
+//! after each transfer, so a data-plane connection carries one request; RPC calls reuse theirs
+//! (`rpc_pool`).
 
 use std::io;
 use std::pin::Pin;
@@ -8,6 +9,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::body::{Body, Incoming};
+use hyper::client::conn::http1::SendRequest;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
@@ -117,30 +119,41 @@ impl Endpoint {
         B::Data: Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        let mut sender = self.handshake().await?;
+        sender
+            .send_request(request)
+            .await
+            .map_err(|e| self.http_error(&e))
+    }
+
+    /// Open a connection and start HTTP/1.1 on it; its driver runs as a task of its own.
+    pub async fn handshake<B>(&self) -> Result<SendRequest<B>, TransportError>
+    where
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let stream = self.connect().await?;
-        let host = self.url.to_string();
-        let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
+        let (sender, connection) = hyper::client::conn::http1::Builder::new()
             // Data-plane bodies are gigabytes: large reads mean fewer, larger frames and so
             // less per-frame work downstream (measured: 16 KiB frames cost a third of a
             // transfer's CPU in wake-ups and timers).
             .max_buf_size(READ_BUFFER)
             .handshake(TokioIo::new(stream))
             .await
-            .map_err(|e| TransportError::Http {
-                host: host.clone(),
-                message: e.to_string(),
-            })?;
+            .map_err(|e| self.http_error(&e))?;
         tokio::spawn(async move {
             // Errors surface through the response future; nothing more to report here.
             let _ = connection.await;
         });
-        sender
-            .send_request(request)
-            .await
-            .map_err(|e| TransportError::Http {
-                host,
-                message: error_chain(&e),
-            })
+        Ok(sender)
+    }
+
+    pub fn http_error(&self, e: &dyn std::error::Error) -> TransportError {
+        TransportError::Http {
+            host: self.url.to_string(),
+            message: error_chain(e),
+        }
     }
 
     /// A TCP connection, wrapped in TLS for https.

@@ -6,6 +6,7 @@ pub mod connection;
 mod objects;
 pub mod records;
 pub mod rpc;
+mod rpc_pool;
 mod secret;
 pub mod task;
 pub mod tls;
