@@ -947,63 +947,26 @@ pub(crate) async fn set_entries(
     map: &str,
     entries: &[(&str, &str)],
 ) -> Result<(), ClientError> {
-    let held = host.get_string_map(class, reference, map).await?;
+    let field = MapField {
+        host,
+        class,
+        reference,
+        map,
+    };
+    let held = field.read().await?;
     for (key, value) in entries {
         match held.get(*key) {
             Some(current) if current == value => {}
-            Some(_) => replace_entry(host, class, reference, map, key, value).await?,
-            None => match add_entry(host, class, reference, map, key, value).await {
+            Some(_) => field.replace(key, value).await?,
+            None => match field.add(key, value).await {
                 Err(e) if e.xapi_code() == Some("MAP_DUPLICATE_KEY") => {
-                    replace_entry(host, class, reference, map, key, value).await?
+                    field.replace(key, value).await?
                 }
                 added => added?,
             },
         }
     }
     Ok(())
-}
-
-async fn add_entry(
-    host: &XapiClient,
-    class: &str,
-    reference: &str,
-    map: &str,
-    key: &str,
-    value: &str,
-) -> Result<(), ClientError> {
-    host.call(
-        &format!("{class}.add_to_{map}"),
-        vec![Value::from(reference), Value::from(key), Value::from(value)],
-    )
-    .await
-    .map(drop)
-}
-
-async fn replace_entry(
-    host: &XapiClient,
-    class: &str,
-    reference: &str,
-    map: &str,
-    key: &str,
-    value: &str,
-) -> Result<(), ClientError> {
-    remove_entry(host, class, reference, map, key).await?;
-    add_entry(host, class, reference, map, key, value).await
-}
-
-async fn remove_entry(
-    host: &XapiClient,
-    class: &str,
-    reference: &str,
-    map: &str,
-    key: &str,
-) -> Result<(), ClientError> {
-    host.call(
-        &format!("{class}.remove_from_{map}"),
-        vec![Value::from(reference), Value::from(key)],
-    )
-    .await
-    .map(drop)
 }
 
 /// Remove map entries. For more than one key the map is read first and only the keys it
@@ -1015,17 +978,64 @@ pub(crate) async fn remove_entries(
     map: &str,
     keys: &[&str],
 ) -> Result<(), ClientError> {
+    let field = MapField {
+        host,
+        class,
+        reference,
+        map,
+    };
     let held = match keys.len() {
         0 => return Ok(()),
         1 => None,
-        _ => Some(host.get_string_map(class, reference, map).await?),
+        _ => Some(field.read().await?),
     };
     for key in keys {
         if held.as_ref().is_none_or(|held| held.contains_key(*key)) {
-            remove_entry(host, class, reference, map, key).await?;
+            field.remove(key).await?;
         }
     }
     Ok(())
+}
+
+/// One `(string -> string) map` field of one object on a host, e.g. a VM's `other_config`.
+struct MapField<'a> {
+    host: &'a XapiClient,
+    class: &'static str,
+    reference: &'a str,
+    map: &'a str,
+}
+
+impl MapField<'_> {
+    async fn read(&self) -> Result<StringMap, ClientError> {
+        self.host
+            .get_string_map(self.class, self.reference, self.map)
+            .await
+    }
+
+    async fn add(&self, key: &str, value: &str) -> Result<(), ClientError> {
+        let params = vec![
+            Value::from(self.reference),
+            Value::from(key),
+            Value::from(value),
+        ];
+        self.host
+            .call(&format!("{}.add_to_{}", self.class, self.map), params)
+            .await
+            .map(drop)
+    }
+
+    async fn replace(&self, key: &str, value: &str) -> Result<(), ClientError> {
+        self.remove(key).await?;
+        self.add(key, value).await
+    }
+
+    async fn remove(&self, key: &str) -> Result<(), ClientError> {
+        let params = vec![Value::from(self.reference), Value::from(key)];
+        self.host
+            .call(&format!("{}.remove_from_{}", self.class, self.map), params)
+            .await
+            .map(drop)
+    }
 }
 
 /// A snapshot VM and its disks (VBDs of type Disk), read from the host.
