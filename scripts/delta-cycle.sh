@@ -10,32 +10,14 @@ set -euo pipefail
 disk=${1:-1G}
 delta=${2:-256M}
 cycles=${3:-4}
+here=$(dirname "$(realpath "$0")")
 bin=$(realpath "${VHDSYNC:-target/release/vhdsync}")
 dir=${DIR:-$(mktemp -d)}
 cd "$dir"
-rm -rf src dst state src.url dst.url
-pids=()
-trap 'kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$dir"/{src,dst,state}' EXIT
-
-json() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
-init=$("$bin" lab init --dir src --vm "bench:$disk" --json)
-vm=$(echo "$init" | json 'd["vms"][0]["uuid"]')
+source "$here/lab-pair.sh"
+lab_pair "bench:$disk" 1 delta-cycle
 vdi=$(echo "$init" | json 'd["vms"][0]["disks"][0]["vdi"]["uuid"]')
-sr=$("$bin" lab init --dir dst --json | json 'd["sr"]["uuid"]')
-"$bin" lab serve --dir src > src.url 2> src.log & pids+=($!)
-"$bin" lab serve --dir dst > dst.url 2> dst.log & pids+=($!)
-for f in src.url dst.url; do until [ -s $f ]; do sleep 0.05; done; done
-src=$(head -1 src.url); dst=$(head -1 dst.url)
-cat > job.toml <<TOML
-name = "delta-cycle"
-source = "${src/:\/\//://root:lab@}"
-target = "${dst/:\/\//://root:lab@}"
-target_sr = "$sr"
-vms = ["$vm"]
-retention = 1
-state_dir = "$dir/state"
-TOML
-write() { "$bin" lab write --url "${src/:\/\//://root:lab@}" --vdi "$vdi" --offset "$1" --random "$2" --seed "$3" > /dev/null; }
+write() { "$bin" lab write --url "$src" --vdi "$vdi" --offset "$1" --random "$2" --seed "$3" > /dev/null; }
 cycle() {
   local start end out
   start=$(date +%s.%N)
