@@ -174,6 +174,17 @@ fn fail(
     }
 }
 
+/// A data-plane request that could not be built (a path or header from the host's URL that
+/// HTTP refuses).
+fn unbuildable(side: VdiOn<'_>, e: &hyper::http::Error) -> TransferError {
+    fail(
+        Phase::Setup,
+        side,
+        None,
+        TransferErrorKind::Connection(e.to_string()),
+    )
+}
+
 struct Run<'a> {
     source: VdiOn<'a>,
     target: VdiOn<'a>,
@@ -364,14 +375,7 @@ impl Run<'_> {
             let request = Request::get(format!("{}/export_raw_vdi?{query}", endpoint.url().path))
                 .header(HOST, endpoint.url().authority())
                 .body(Empty::<Bytes>::new())
-                .map_err(|e| {
-                    fail(
-                        Phase::Setup,
-                        side,
-                        None,
-                        TransferErrorKind::Connection(e.to_string()),
-                    )
-                })?;
+                .map_err(|e| unbuildable(side, &e))?;
             let response = self.send(&endpoint, request, side, Phase::Export).await?;
             match redirect(&endpoint, &response) {
                 Redirect::No if response.status() == StatusCode::OK => return Ok(response),
@@ -412,14 +416,7 @@ impl Run<'_> {
             .header(HOST, endpoint.url().authority())
             .header(CONTENT_LENGTH, 0)
             .body(Empty::<Bytes>::new())
-            .map_err(|e| {
-                fail(
-                    Phase::Setup,
-                    side,
-                    None,
-                    TransferErrorKind::Connection(e.to_string()),
-                )
-            })?;
+            .map_err(|e| unbuildable(side, &e))?;
             let response = self.send(&endpoint, probe, side, Phase::Import).await?;
             match redirect(&endpoint, &response) {
                 Redirect::To(_) if redirects == MAX_REDIRECTS => {
@@ -448,14 +445,7 @@ impl Run<'_> {
         .header(HOST, endpoint.url().authority())
         .header(CONTENT_LENGTH, total)
         .body(body)
-        .map_err(|e| {
-            fail(
-                Phase::Setup,
-                side,
-                None,
-                TransferErrorKind::Connection(e.to_string()),
-            )
-        })?;
+        .map_err(|e| unbuildable(side, &e))?;
         let response = tokio::spawn(async move {
             endpoint
                 .send(request)
