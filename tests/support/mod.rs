@@ -114,8 +114,8 @@ impl Host {
     }
 }
 
-/// The lab hosts fsync their state on every change, which dominates a long campaign on a
-/// disk: in memory (`/dev/shm`) where there is one.
+/// The lab hosts' SRs fsync every VDI change, which dominates a long campaign on a disk: in
+/// memory (`/dev/shm`) where there is one.
 pub fn scratch_dir() -> TempDir {
     let shm = Path::new("/dev/shm");
     if shm.is_dir()
