@@ -18,19 +18,6 @@ source "$here/lab-pair.sh"
 lab_pair "bench:$disk" 1 delta-cycle
 vdi=$(echo "$init" | json 'd["vms"][0]["disks"][0]["vdi"]["uuid"]')
 write() { "$bin" lab write --url "$src" --vdi "$vdi" --offset "$1" --random "$2" --seed "$3" > /dev/null; }
-cycle() {
-  local start end out
-  start=$(date +%s.%N)
-  out=$("$bin" replicate --job job.toml --json)
-  end=$(date +%s.%N)
-  python3 - "$1" "$start" "$end" "$out" <<'PY'
-import json, sys
-label, start, end, out = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), json.loads(sys.argv[4])
-r = out["vms"][0]["report"]
-wall = end - start
-print(f"{label:<10} {r['mode']:<6} sent {r['bytes_sent']:>11} B  rpc calls {out['rpc_calls']:>4}  wall {wall:6.3f} s  {r['bytes_sent'] / wall / 1e6:6.0f} MB/s")
-PY
-}
 write 0 "$disk" 1
 cycle full
 for round in $(seq "$cycles"); do

@@ -6,6 +6,8 @@
 # Needs $bin (the vhdsync binary) and $dir (the current directory). Sets $init (the source's
 # `lab init --json` report), $vm, $src and $dst (URLs with root:lab credentials), and writes
 # job.toml.
+#
+#   cycle LABEL      one `vhdsync replicate` of the job: mode, bytes, blocks, calls, wall, rate
 json() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
 lab_pair() {
   rm -rf src dst state src.url dst.url
@@ -30,4 +32,19 @@ vms = ["$vm"]
 retention = $2
 state_dir = "$dir/state"
 TOML
+}
+
+cycle() {
+  local start end out
+  start=$(date +%s.%N)
+  out=$("$bin" replicate --job job.toml --json)
+  end=$(date +%s.%N)
+  python3 - "$1" "$start" "$end" "$out" <<'PY'
+import json, sys
+label, start, end, out = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), json.loads(sys.argv[4])
+r = out["vms"][0]["report"]
+blocks = sum(d["blocks"] for d in r["disks"])
+wall = end - start
+print(f"{label:<10} {r['mode']:<6} sent {r['bytes_sent']:>11} B ({blocks:>4} blocks)  rpc calls {out['rpc_calls']:>4}  wall {wall:6.3f} s  {r['bytes_sent'] / wall / 1e6:6.0f} MB/s")
+PY
 }

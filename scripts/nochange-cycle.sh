@@ -15,19 +15,6 @@ cd "$dir"
 source "$here/lab-pair.sh"
 lab_pair "web01:${disk_mib}M,${disk_mib}M" 3 nochange
 disk=$(echo "$init" | json 'd["vms"][0]["disks"][0]["vdi"]["uuid"]')
-cycle() {
-  local label=$1 start end out
-  start=$(date +%s.%N)
-  out=$("$bin" replicate --job job.toml --json)
-  end=$(date +%s.%N)
-  python3 - "$label" "$start" "$end" "$out" <<'PY'
-import json, sys
-label, start, end, out = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), json.loads(sys.argv[4])
-r = out["vms"][0]["report"]
-blocks = sum(d["blocks"] for d in r["disks"])
-print(f"{label:<10} {r['mode']:<6} sent {r['bytes_sent']:>11} B ({blocks:>4} blocks)  rpc calls {out['rpc_calls']:>4}  wall {end - start:6.3f} s (cycle {r['seconds']:.3f} s)")
-PY
-}
 "$bin" lab write --url "$src" --vdi "$disk" --offset 0 --random $((disk_mib / 2))M --seed 1 > /dev/null
 cycle full
 "$bin" lab write --url "$src" --vdi "$disk" --offset 1M --random 8M --seed 2 > /dev/null
