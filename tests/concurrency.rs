@@ -3,12 +3,12 @@
 //! VMs of one job in parallel processes, which both succeed with correct replicas. (The lock's
 //! message naming the holder is in `tests/replicate.rs`.)
 
-mod support;
+mod common;
 
 use std::path::Path;
 use std::process::Output;
 
-use support::{Host, url};
+use common::lab_pair::{Host, url};
 use vhdsync::xapi::rpc::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_vhdsync");
@@ -50,8 +50,8 @@ async fn check_replica(source: &Host, target: &Host, out: &Output) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_run_per_vm_and_parallel_runs_for_different_vms() {
-    let source = Host::start("lab", &[("web01", &[4 * MIB]), ("db01", &[4 * MIB])]).await;
-    let target = Host::start("lab", &[]).await;
+    let source = Host::start(&[("web01", &[4 * MIB]), ("db01", &[4 * MIB])]).await;
+    let target = Host::start(&[]).await;
     let vms: Vec<String> = source
         .report
         .vms

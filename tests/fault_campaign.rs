@@ -17,9 +17,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
-mod support;
+mod common;
 
-use support::{Host, url};
+use common::lab_pair::{Host, url};
 use tempfile::TempDir;
 use vhdsync::replicate::keys;
 use vhdsync::replicate::run::{CycleError, CycleSettings, Phase, replicate_vm};
@@ -267,8 +267,8 @@ struct Campaign {
 
 impl Campaign {
     async fn start() -> Campaign {
-        let source = Host::start("lab", &[("web01", &DISKS)]).await;
-        let target = Host::start("lab", &[]).await;
+        let source = Host::start(&[("web01", &DISKS)]).await;
+        let target = Host::start(&[]).await;
         let vm = &source.report.vms[0];
         let vm_uuid = vm.ids.uuid.clone();
         let disks = vm.disks.iter().map(|d| d.vdi.reference.clone()).collect();
@@ -415,7 +415,7 @@ impl Campaign {
             let mut digests = None;
             if hash(&vm.uuid) {
                 let mut hashed = BTreeMap::new();
-                for (device, vdi) in self.target.disks(&reference).await {
+                for (device, vdi) in self.target.disk_uuids(&reference).await {
                     hashed.insert(device, self.target.hash(&vdi).await);
                 }
                 digests = Some(hashed);

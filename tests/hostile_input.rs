@@ -12,10 +12,10 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-mod support;
+mod common;
 
 use bytes::BytesMut;
-use support::Host;
+use common::lab_pair::Host;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::codec::Decoder;
 use uuid::Uuid;
@@ -211,7 +211,7 @@ async fn hostile_claims_fail_fast_in_bounded_memory() {
 
     // A JSON-RPC request to the lab host claiming a 10 GiB body (one JSON string): refused
     // from the header, and the host goes on serving.
-    let lab = Host::start("lab", &[]).await;
+    let lab = Host::start(&[]).await;
     let server = &lab.server;
     let addr = server.base_url().trim_start_matches("http://").to_owned();
     let ten_gib: u64 = 10 << 30;
@@ -276,7 +276,7 @@ async fn hostile_claims_fail_fast_in_bounded_memory() {
 /// protocol error naming the host and the method, not an empty reference used later.
 #[tokio::test]
 async fn an_answer_of_the_wrong_type_names_the_host_and_the_method() {
-    let host = Host::start("pw", &[("web01", &[1 << 20])]).await;
+    let host = Host::start_with_password(&[("web01", &[1 << 20])], "pw").await;
     let vms = host.call("VM.get_all", vec![]).await;
     let vm = vms.as_array().unwrap()[0].clone();
     let uuid = host

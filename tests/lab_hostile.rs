@@ -6,9 +6,9 @@
 
 use std::time::{Duration, Instant};
 
-mod support;
+mod common;
 
-use support::{Host, url};
+use common::lab_pair::{Host, url};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use vhdsync::xapi::HostUrl;
@@ -52,7 +52,7 @@ fn post(addr: &str, path: &str, content_type: &str, body: &str) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_lab_host_survives_misbehaving_clients_and_serves_the_others() {
-    let host = Host::start("lab", &[("web01", &[8 << 20])]).await;
+    let host = Host::start(&[("web01", &[8 << 20])]).await;
     let addr = host
         .server
         .base_url()

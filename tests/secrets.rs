@@ -5,14 +5,14 @@
 //! (target), so they are not in `ps` either; one run also has one in the URL. The session ids
 //! are those the lab hosts hand out while each run is going (`lab.sessions`).
 
-mod support;
+mod common;
 
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use support::Host;
+use common::lab_pair::Host;
 use vhdsync::xapi::rpc::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_vhdsync");
@@ -119,8 +119,8 @@ fn check(run: &Run, what: &str, secrets: &[&str]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_password_or_session_id_in_any_output() {
-    let source = Host::start(SOURCE_PASSWORD, &[("web01", &[4 * MIB])]).await;
-    let target = Host::start(TARGET_PASSWORD, &[]).await;
+    let source = Host::start_with_password(&[("web01", &[4 * MIB])], SOURCE_PASSWORD).await;
+    let target = Host::start_with_password(&[], TARGET_PASSWORD).await;
     let vm = &source.report.vms[0];
     let disk = vm.disks[0].vdi.reference.clone();
     let dir = tempfile::tempdir().unwrap();

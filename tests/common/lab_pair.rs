@@ -1,6 +1,8 @@
-//! Two lab hosts served in-process (a source and a target), a job file for them, and the
-//! `vhdsync` binary run against them: what the seeding and failover tests share.
+//! Lab hosts served in-process (a source and a target), a job file for them, and the
+//! `vhdsync` binary run against them: what the tests that drive whole cycles share (seeding,
+//! failover, the fault campaign, secrets, concurrency, hostile input).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -33,7 +35,7 @@ impl Host {
     }
 
     pub async fn start_with_password(vms: &[(&str, &[u64])], password: &str) -> Host {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = scratch_dir();
         let vms: Vec<(String, Vec<u64>)> = vms
             .iter()
             .map(|(n, d)| ((*n).to_owned(), d.to_vec()))
@@ -134,6 +136,57 @@ impl Host {
     pub async fn snapshot(&self, vm_ref: &str, name: &str) -> String {
         self.text("VM.snapshot", &[vm_ref, name]).await
     }
+
+    /// `lab.inject_fault` with the spec's members.
+    pub async fn inject(&self, members: Vec<(&str, Value)>) {
+        let spec = members
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        self.call("lab.inject_fault", vec![Value::Struct(spec)])
+            .await;
+    }
+
+    pub async fn clear_faults(&self) {
+        self.call("lab.clear_faults", vec![]).await;
+    }
+
+    /// A VM's disks: userdevice -> VDI uuid.
+    pub async fn disk_uuids(&self, vm_ref: &str) -> BTreeMap<String, String> {
+        self.disks(vm_ref)
+            .await
+            .into_iter()
+            .map(|(userdevice, _, vdi)| (userdevice, vdi.uuid))
+            .collect()
+    }
+
+    /// VDIs no VM uses: leaks.
+    pub async fn unused_vdis(&self) -> Vec<String> {
+        let mut used = BTreeSet::new();
+        for (reference, _) in &self.vms().await {
+            used.extend(self.disk_uuids(reference).await.into_values());
+        }
+        self.client
+            .get_all_records::<VdiRecord>()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|(_, vdi)| !used.contains(&vdi.uuid))
+            .map(|(_, vdi)| format!("{} ({})", vdi.uuid, vdi.name_label))
+            .collect()
+    }
+}
+
+/// The lab hosts' SRs fsync every VDI change, which dominates a long campaign on a disk: in
+/// memory (`/dev/shm`) where there is one.
+pub fn scratch_dir() -> TempDir {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir()
+        && let Ok(dir) = tempfile::tempdir_in(shm)
+    {
+        return dir;
+    }
+    tempfile::tempdir().unwrap()
 }
 
 /// The server's URL with root's password percent-encoded, as XO's docs tell users to write.
