@@ -6,124 +6,16 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use tempfile::TempDir;
-use vhdsync::lab::http::LabServer;
-use vhdsync::lab::{InitReport, Lab};
+mod common;
+
+use common::lab_pair::{Host, Run, vhdsync};
 use vhdsync::replicate::keys;
 use vhdsync::replicate::lock::VmLock;
-use vhdsync::xapi::HostUrl;
-use vhdsync::xapi::client::XapiClient;
-use vhdsync::xapi::records::{VbdRecord, VdiRecord, VmRecord};
 use vhdsync::xapi::rpc::Value;
-use vhdsync::xapi::tls::Trust;
 
 const MIB: u64 = 1 << 20;
 const BIN: &str = env!("CARGO_BIN_EXE_vhdsync");
 const BLOCK: u64 = 2 * MIB;
-
-struct Host {
-    _dir: TempDir,
-    server: LabServer,
-    client: XapiClient,
-    report: InitReport,
-}
-
-impl Host {
-    async fn start(vms: &[(&str, &[u64])]) -> Host {
-        let dir = tempfile::tempdir().unwrap();
-        let vms: Vec<(String, Vec<u64>)> = vms
-            .iter()
-            .map(|(n, d)| ((*n).to_owned(), d.to_vec()))
-            .collect();
-        let report = Lab::init(dir.path(), "lab", &vms).unwrap();
-        let lab = Lab::open(dir.path()).unwrap();
-        let server = LabServer::start(lab, "127.0.0.1:0".parse().unwrap(), false)
-            .await
-            .unwrap();
-        let client = XapiClient::connect(
-            HostUrl::parse(&url(&server)).unwrap(),
-            &Trust::Insecure,
-            None,
-        )
-        .await
-        .unwrap();
-        Host {
-            _dir: dir,
-            server,
-            client,
-            report,
-        }
-    }
-
-    async fn call(&self, method: &str, params: Vec<Value>) -> Value {
-        self.client
-            .call(method, params)
-            .await
-            .unwrap_or_else(|e| panic!("{method}: {e}"))
-    }
-
-    async fn write(&self, vdi: &str, offset: u64, len: u64, seed: u64) {
-        self.call(
-            "lab.write",
-            vec![
-                Value::from(vdi),
-                Value::Int(offset as i64),
-                Value::Int(len as i64),
-                Value::Int(seed as i64),
-            ],
-        )
-        .await;
-    }
-
-    async fn hash(&self, vdi: &str) -> String {
-        self.call("lab.hash", vec![Value::from(vdi)])
-            .await
-            .as_str()
-            .unwrap()
-            .to_owned()
-    }
-
-    async fn vms(&self) -> Vec<(String, VmRecord)> {
-        self.client.get_all_records::<VmRecord>().await.unwrap()
-    }
-
-    /// The replicas on this host (committed or not): VMs carrying `xo:backup:job`, no snapshots.
-    async fn replicas(&self) -> Vec<(String, VmRecord)> {
-        self.vms()
-            .await
-            .into_iter()
-            .filter(|(_, vm)| !vm.is_a_snapshot && vm.other_config.contains_key(keys::JOB))
-            .collect()
-    }
-
-    /// A VM's disks: (userdevice, VDI ref, VDI record), by userdevice.
-    async fn disks(&self, vm_ref: &str) -> Vec<(String, String, VdiRecord)> {
-        let vm: VmRecord = self.client.get_record(vm_ref).await.unwrap();
-        let mut disks = Vec::new();
-        for vbd in &vm.vbds {
-            let vbd: VbdRecord = self.client.get_record(vbd).await.unwrap();
-            if vbd.is_disk() {
-                let vdi: VdiRecord = self.client.get_record(&vbd.vdi).await.unwrap();
-                disks.push((vbd.userdevice, vbd.vdi, vdi));
-            }
-        }
-        disks.sort_by(|a, b| a.0.cmp(&b.0));
-        disks
-    }
-
-    /// Every VDI on the SR: a leak check.
-    async fn vdi_count(&self) -> usize {
-        self.client
-            .get_all_records::<VdiRecord>()
-            .await
-            .unwrap()
-            .len()
-    }
-}
-
-fn url(server: &LabServer) -> String {
-    server.base_url().replacen("://", "://root:lab@", 1)
-}
 
 fn write_job(
     dir: &Path,
@@ -138,8 +30,8 @@ fn write_job(
         &path,
         format!(
             "name = \"cr\"\nsource = \"{}\"\ntarget = \"{}\"\ntarget_sr = \"{}\"\nvms = [\"{vm}\"]\nretention = {retention}\nstate_dir = \"state\"\n{extra}",
-            url(&source.server),
-            url(&target.server),
+            source.url(),
+            target.url(),
             target.report.sr.uuid,
         ),
     )
@@ -147,30 +39,9 @@ fn write_job(
     path
 }
 
-struct Run {
-    code: i32,
-    json: serde_json::Value,
-    stderr: String,
-}
-
+/// `replicate --json` of the job, successful or not.
 async fn replicate(job: &Path) -> Run {
-    let out = tokio::time::timeout(
-        Duration::from_secs(180),
-        tokio::process::Command::new(BIN)
-            .arg("replicate")
-            .arg("--job")
-            .arg(job)
-            .arg("--json")
-            .output(),
-    )
-    .await
-    .expect("replicate finishes")
-    .unwrap();
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        json: serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    vhdsync(&["replicate", "--job", job.to_str().unwrap(), "--json"]).await
 }
 
 /// The one VM's report of a run that must have succeeded.
@@ -209,8 +80,8 @@ async fn a_full_then_five_deltas_with_retention() {
     let dir = tempfile::tempdir().unwrap();
     let job = write_job(dir.path(), &source, &target, &vm.ids.uuid, 3, "");
 
-    source.write(&disks[0], 0, 7 * MIB, 1).await;
-    source.write(&disks[1], MIB, 3 * MIB, 2).await;
+    source.write(&disks[0], 0, 7 * MIB, Some(1)).await;
+    source.write(&disks[1], MIB, 3 * MIB, Some(2)).await;
     let first = replicate(&job).await;
     let r = report(&first);
     assert_eq!(r["mode"], "full");
@@ -231,7 +102,7 @@ async fn a_full_then_five_deltas_with_retention() {
                 let offset =
                     (seed * 7_919 * 512 + round * 3 * MIB) % (size - 64 * 1024) / 512 * 512;
                 let len = 512 * (1 + seed % 100);
-                source.write(&disks[d], offset, len, seed).await;
+                source.write(&disks[d], offset, len, Some(seed)).await;
                 dirty[d].extend(offset / BLOCK..=(offset + len - 1) / BLOCK);
             }
         }
@@ -308,7 +179,7 @@ async fn a_full_then_five_deltas_with_retention() {
             vec![Value::from(oldest_ref.as_str()), Value::from("start")],
         )
         .await;
-    source.write(&disks[0], 0, 512, 99).await;
+    source.write(&disks[0], 0, 512, Some(99)).await;
     report(&replicate(&job).await);
     let after: Vec<String> = target
         .replicas()
@@ -427,8 +298,8 @@ async fn a_chain_with_xo_classic_metadata_continues_with_a_delta() {
     let target = Host::start(&[("old replica", &[6 * MIB, 4 * MIB])]).await;
     let vm = &source.report.vms[0];
     let disks: Vec<String> = vm.disks.iter().map(|d| d.vdi.reference.clone()).collect();
-    source.write(&disks[0], 0, 3 * MIB, 1).await;
-    source.write(&disks[1], MIB, MIB, 2).await;
+    source.write(&disks[0], 0, 3 * MIB, Some(1)).await;
+    source.write(&disks[1], MIB, MIB, Some(2)).await;
     let dir = tempfile::tempdir().unwrap();
     let job = write_job(dir.path(), &source, &target, &vm.ids.uuid, 2, "");
     let ids = vhdsync::replicate::job::Job::load(&job).unwrap();
@@ -473,11 +344,11 @@ async fn a_chain_with_xo_classic_metadata_continues_with_a_delta() {
             .args([
                 "copy-vdi",
                 "--from",
-                &url(&source.server),
+                &source.url(),
                 "--vdi",
                 snap_ref,
                 "--to",
-                &url(&target.server),
+                &target.url(),
                 "--target-vdi",
                 old_ref,
             ])
@@ -533,7 +404,7 @@ async fn a_chain_with_xo_classic_metadata_continues_with_a_delta() {
         )
         .await;
 
-    source.write(&disks[0], 4 * MIB, 4096, 3).await;
+    source.write(&disks[0], 4 * MIB, 4096, Some(3)).await;
     let run = replicate(&job).await;
     let r = report(&run);
     assert_eq!(r["mode"], "delta", "continued, not a new full: {r}");
@@ -550,7 +421,7 @@ async fn a_failure_mid_transfer_leaves_the_target_as_it_was() {
     let disk = vm.disks[0].vdi.reference.clone();
     let dir = tempfile::tempdir().unwrap();
     let job = write_job(dir.path(), &source, &target, &vm.ids.uuid, 2, "");
-    source.write(&disk, 0, 4 * MIB, 1).await;
+    source.write(&disk, 0, 4 * MIB, Some(1)).await;
     let first = replicate(&job).await;
     let replica = report(&first)["replica"].as_str().unwrap().to_owned();
     let before_vms: Vec<String> = target
@@ -567,7 +438,7 @@ async fn a_failure_mid_transfer_leaves_the_target_as_it_was() {
     let before_digest = target.hash(&replica_disk).await;
 
     // The import connection drops in the middle of the next delta.
-    source.write(&disk, 6 * MIB, 16 * MIB, 2).await;
+    source.write(&disk, 6 * MIB, 16 * MIB, Some(2)).await;
     let spec: BTreeMap<String, Value> = [
         ("kind", Value::from("drop_import")),
         ("after_bytes", Value::Int(3 * MIB as i64)),

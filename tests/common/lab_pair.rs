@@ -10,6 +10,7 @@ use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use tempfile::TempDir;
 use vhdsync::lab::http::LabServer;
 use vhdsync::lab::{InitReport, Lab};
+use vhdsync::replicate::keys;
 use vhdsync::xapi::HostUrl;
 use vhdsync::xapi::client::XapiClient;
 use vhdsync::xapi::records::{VbdRecord, VdiRecord, VmRecord};
@@ -103,6 +104,15 @@ impl Host {
 
     pub async fn vms(&self) -> Vec<(String, VmRecord)> {
         self.client.get_all_records::<VmRecord>().await.unwrap()
+    }
+
+    /// The replicas on this host (committed or not): VMs carrying `xo:backup:job`, no snapshots.
+    pub async fn replicas(&self) -> Vec<(String, VmRecord)> {
+        self.vms()
+            .await
+            .into_iter()
+            .filter(|(_, vm)| !vm.is_a_snapshot && vm.other_config.contains_key(keys::JOB))
+            .collect()
     }
 
     pub async fn vm(&self, reference: &str) -> VmRecord {
