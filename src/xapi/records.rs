@@ -53,11 +53,7 @@ impl<'a> Fields<'a> {
     }
 
     fn wrong(&self, field: &str, expected: &str, found: &Value) -> RecordError {
-        RecordError {
-            class: self.class,
-            field: field.into(),
-            problem: format!("expected {expected}, found {}", found.kind()),
-        }
+        wrong_type(self.class, field, expected, found)
     }
 
     fn text(&self, field: &str) -> Result<String, RecordError> {
@@ -133,12 +129,9 @@ pub fn string_map(
     field: &str,
     value: &Value,
 ) -> Result<StringMap, RecordError> {
-    let wrong = |expected: &str, found: &Value| RecordError {
-        class,
-        field: field.into(),
-        problem: format!("expected {expected}, found {}", found.kind()),
-    };
-    let members = value.as_struct().ok_or_else(|| wrong("a map", value))?;
+    let members = value
+        .as_struct()
+        .ok_or_else(|| wrong_type(class, field, "a map", value))?;
     members
         .iter()
         .map(|(key, item)| {
@@ -149,11 +142,19 @@ pub fn string_map(
                 Value::Int(i) => i.to_string(),
                 Value::Bool(b) => b.to_string(),
                 Value::Double(d) => d.to_string(),
-                other => return Err(wrong("a map of strings", other)),
+                other => return Err(wrong_type(class, field, "a map of strings", other)),
             };
             Ok((key.clone(), text))
         })
         .collect()
+}
+
+fn wrong_type(class: &'static str, field: &str, expected: &str, found: &Value) -> RecordError {
+    RecordError {
+        class,
+        field: field.into(),
+        problem: format!("expected {expected}, found {}", found.kind()),
+    }
 }
 
 /// The `VM` fields replication reads.
