@@ -2,10 +2,11 @@
 //! changes a persistent object only marks the state dirty, and a flusher thread writes the
 //! whole state at most every [`FLUSH_INTERVAL`] (xapi's `Db_globs.db_FLUSH_TIMER`, 2 s).
 //!
-//! Why: saving is a whole-file write and two fsyncs. Done inside every call, it cost 1.3 to
-//! 1.6 ms per mutating RPC on an idle disk and far more while an import's writeback filled the
-//! disk queue, so a replication cycle's hundred metadata calls timed the lab's disk, not the
-//! client. xapi never paid that: a lab that did was slower than the host it stands for.
+//! Why: saving is a whole-file write and two fsyncs, each a disk cache flush on the SR's
+//! filesystem. Done inside every call, under the database lock, it cost 1.3 to 1.6 ms per
+//! mutating RPC on an idle disk, so a replication cycle's hundred metadata calls timed the
+//! lab's disk, not the client. xapi never paid that: a lab that did was slower than the host
+//! it stands for.
 //!
 //! What a crash loses is what it loses on xapi: a `kill -9` of the lab host may forget the
 //! changes of its last [`FLUSH_INTERVAL`]. A clean stop (SIGTERM, or dropping the last
