@@ -148,6 +148,7 @@ fn seed_job(job: &Job, vm: &str) -> Result<SeedJob, CliError> {
     Ok(SeedJob {
         name: job.name.clone(),
         id: job_identity(job, vm)?,
+        throttle: None,
     })
 }
 

@@ -51,6 +51,8 @@ pub enum TransferErrorKind {
     Connection(String),
     #[error("the target closed the import before taking the whole stream")]
     TargetClosed,
+    #[error("the target VDI holds {size} bytes, smaller than the {needed}-byte disk sent to it")]
+    TargetTooSmall { size: u64, needed: u64 },
     #[error("too many redirects (last to {0})")]
     Redirects(String),
     #[error("cancelled")]

@@ -1,0 +1,275 @@
+//! seed-export: snapshot a job's VM and read each disk's export into a seed file.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::Path;
+use std::time::Instant;
+
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+
+use super::writer::{BackgroundWriter, Written};
+use super::{OfflineError, SeedJob, SeedProgress, unix_now};
+use crate::replicate::keys;
+use crate::replicate::manifest::{FORMAT, MANIFEST, Manifest, ManifestDisk, record_subset};
+use crate::replicate::plan::SnapshotDisk;
+use crate::replicate::run::{VM_CONSTRUCTOR_FIELDS, destroy_vm_and_disks, load_snapshot};
+use crate::replicate::seed::{source_seed_keys, write_source};
+use crate::xapi::client::XapiClient;
+use crate::xapi::records::VmRecord;
+use crate::xapi::rpc::Value;
+use crate::xapi::transfer::{
+    ChunkStream, ExportStream, Progress, Throttle, Throttled, TransferOptions, VdiOn, open_export,
+};
+
+/// Snapshot `id.vm_uuid`, tag the snapshot as the job's exported base (see below), and
+/// write every disk as a seed file into `dir` (created, must be empty), then the manifest.
+///
+/// The snapshot is marked exported now, not at import: a job snapshot left unexported is
+/// what an interrupted run leaves, and the next `replicate` would delete it.
+pub async fn export(
+    source: &XapiClient,
+    job: &SeedJob,
+    dir: &Path,
+    level: i32,
+    progress: SeedProgress<'_>,
+) -> Result<Manifest, OfflineError> {
+    prepare_dir(dir)?;
+    let (vm_ref, vm) = source
+        .record_by_uuid::<VmRecord>(&job.id.vm_uuid)
+        .await
+        .map_err(|e| OfflineError::Invalid(format!("VM {}: {e}", job.id.vm_uuid)))?;
+    if vm.is_a_snapshot || vm.is_a_template {
+        return Err(OfflineError::Invalid(format!(
+            "{} is a snapshot or template, not a VM",
+            job.id.vm_uuid
+        )));
+    }
+    let raw = source
+        .call("VM.get_record", vec![Value::from(vm_ref.as_str())])
+        .await
+        .map_err(|e| OfflineError::Failed(e.to_string()))?;
+    let name = keys::snapshot_name(&job.name, &vm.name_label);
+    let snapshot_ref = source
+        .call_for_string(
+            "VM.snapshot",
+            vec![Value::from(vm_ref.as_str()), Value::from(name.as_str())],
+        )
+        .await
+        .map_err(|e| OfflineError::Failed(format!("snapshot of VM {}: {e}", vm.uuid)))?;
+    let outcome = export_snapshot(
+        source,
+        job,
+        (&vm_ref, &vm),
+        &raw,
+        &snapshot_ref,
+        dir,
+        level,
+        progress,
+    )
+    .await;
+    if outcome.is_err() {
+        // Not a base without its seed files: remove it, as the runner does.
+        let _ = destroy_vm_and_disks(source, &snapshot_ref).await;
+    }
+    outcome
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn export_snapshot(
+    source: &XapiClient,
+    job: &SeedJob,
+    (vm_ref, vm): (&str, &VmRecord),
+    raw: &Value,
+    snapshot_ref: &str,
+    dir: &Path,
+    level: i32,
+    progress: SeedProgress<'_>,
+) -> Result<Manifest, OfflineError> {
+    let snapshot = load_snapshot(source, snapshot_ref)
+        .await
+        .map_err(|e| OfflineError::Failed(e.to_string()))?;
+    let datetime = keys::datetime(unix_now());
+    write_source(
+        source,
+        &source_seed_keys(&job.id, &datetime, snapshot_ref, &snapshot.disks),
+    )
+    .await?;
+    let live = load_snapshot(source, vm_ref)
+        .await
+        .map_err(|e| OfflineError::Failed(e.to_string()))?;
+    let mut disks = Vec::new();
+    for disk in &snapshot.disks {
+        let file = format!("disk-{}.seed", disk.userdevice);
+        let written = export_disk(
+            source,
+            disk,
+            &dir.join(&file),
+            level,
+            job.throttle.clone(),
+            progress,
+        )
+        .await?;
+        let name_label = source
+            .call(
+                "VDI.get_name_label",
+                vec![Value::from(disk.vdi_ref.as_str())],
+            )
+            .await
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        disks.push(ManifestDisk {
+            userdevice: disk.userdevice.clone(),
+            virtual_size: disk.virtual_size,
+            name_label,
+            snapshot_vdi: disk.vdi_uuid.clone(),
+            vm_vdi: live
+                .disks
+                .iter()
+                .find(|d| d.userdevice == disk.userdevice)
+                .map(|d| d.vdi_uuid.clone())
+                .unwrap_or_default(),
+            file,
+            file_size: written.file_size,
+            file_sha256: written.file_sha256,
+            stream_length: written.stream_length,
+            stream_sha256: written.stream_sha256,
+            frames: written.frames,
+        });
+    }
+    let mut fields: Vec<&str> = VM_CONSTRUCTOR_FIELDS.to_vec();
+    fields.extend(["name_label", "tags", "other_config"]);
+    let manifest = Manifest {
+        format: FORMAT.into(),
+        version: 1,
+        job_name: job.name.clone(),
+        job_id: job.id.job_id.clone(),
+        schedule_id: job.id.schedule_id.clone(),
+        vm_uuid: vm.uuid.clone(),
+        vm_name: vm.name_label.clone(),
+        snapshot_uuid: snapshot.uuid.clone(),
+        snapshot_datetime: datetime,
+        vm_record: record_subset(raw, &fields),
+        disks,
+    };
+    let text =
+        serde_json::to_vec_pretty(&manifest).map_err(|e| OfflineError::Failed(e.to_string()))?;
+    write_atomically(&dir.join(MANIFEST), &text)?;
+    Ok(manifest)
+}
+
+fn prepare_dir(dir: &Path) -> Result<(), OfflineError> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| OfflineError::Invalid(format!("{}: {e}", dir.display())))?;
+    let mut entries = std::fs::read_dir(dir)
+        .map_err(|e| OfflineError::Invalid(format!("{}: {e}", dir.display())))?;
+    if entries.next().is_some() {
+        return Err(OfflineError::Invalid(format!(
+            "{}: not empty; seed-export writes into a new or empty directory",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), OfflineError> {
+    let tmp = path.with_extension("tmp");
+    let fail = |e: std::io::Error| OfflineError::Failed(format!("{}: {e}", path.display()));
+    let mut file = File::create(&tmp).map_err(fail)?;
+    let result = file
+        .write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, path));
+    result.map_err(|e| OfflineError::Failed(format!("{}: {e}", path.display())))
+}
+
+/// `GET /export_raw_vdi?format=vhd` of the snapshot VDI into a seed file: the export half's
+/// stream, validated as it arrives (checksums, BAT, block count, final footer), its last
+/// bytes released only once the export task succeeded, and the file renamed into place only
+/// then.
+async fn export_disk(
+    source: &XapiClient,
+    disk: &SnapshotDisk,
+    path: &Path,
+    level: i32,
+    throttle: Option<Throttle>,
+    progress: SeedProgress<'_>,
+) -> Result<Written, OfflineError> {
+    let context = format!("export of disk {} (VDI {})", disk.userdevice, disk.vdi_uuid);
+    let side = VdiOn {
+        host: source,
+        vdi: &disk.vdi_ref,
+    };
+    let options = TransferOptions::default();
+    let export = open_export(
+        side,
+        None,
+        "vhdsync seed-export",
+        &options,
+        &CancellationToken::new(),
+    )
+    .await
+    .map_err(|e| OfflineError::Failed(format!("{context}: {e}")))?;
+    let tmp = path.with_extension("seed.tmp");
+    let mut stream = Throttled::new(export, throttle);
+    let outcome = write_seed(&mut stream, &tmp, level, &disk.userdevice, progress).await;
+    stream.into_inner().close().await;
+    let outcome = outcome.and_then(|written| {
+        std::fs::rename(&tmp, path)
+            .map_err(|e| OfflineError::Failed(format!("{}: {e}", path.display())))?;
+        Ok(written)
+    });
+    outcome.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        match e {
+            OfflineError::Failed(message) => OfflineError::Failed(format!("{context}: {message}")),
+            other => other,
+        }
+    })
+}
+
+/// The whole stream into a seed file at `tmp`, with the stream's digest.
+async fn write_seed(
+    stream: &mut Throttled<ExportStream<'_>>,
+    tmp: &Path,
+    level: i32,
+    userdevice: &str,
+    progress: SeedProgress<'_>,
+) -> Result<Written, OfflineError> {
+    let total = stream.get_ref().total_len();
+    let mut writer = BackgroundWriter::start(tmp, level)?;
+    let mut stream_hash = Sha256::new();
+    let started = Instant::now();
+    let mut bytes = 0u64;
+    loop {
+        let chunk = match stream.next_chunk().await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => break,
+            Err(e) => {
+                // The writer's own failure, if any, is the first cause.
+                let _ = writer.finish().await;
+                return Err(OfflineError::Failed(e.to_string()));
+            }
+        };
+        bytes += chunk.len() as u64;
+        stream_hash.update(&chunk);
+        if let Err(e) = writer.push(chunk).await {
+            return Err(writer.finish().await.err().unwrap_or(e));
+        }
+        let (blocks, blocks_total) = stream.blocks();
+        progress(
+            userdevice,
+            &Progress {
+                bytes,
+                total: Some(total),
+                blocks,
+                blocks_total,
+                elapsed: started.elapsed(),
+            },
+        );
+    }
+    let mut written = writer.finish().await?;
+    written.stream_sha256 = hex::encode(stream_hash.finalize());
+    Ok(written)
+}
