@@ -2,6 +2,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::xapi::transfer::parse_rate;
+
 /// Incremental replication of XenServer / XCP-ng VMs, and a toolbox for VHD files.
 #[derive(Debug, Parser)]
 #[command(name = "vhdsync", version, about)]
@@ -103,6 +105,10 @@ pub struct SeedExportArgs {
     /// zstd level.
     #[arg(long, default_value_t = 3)]
     pub level: i32,
+    /// Limit the transfer to this many bytes per second: a byte count or a size such as
+    /// 50MiB or 100MB (overrides the job's max_rate).
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    pub max_rate: Option<u64>,
     #[arg(long)]
     pub json: bool,
 }
@@ -114,6 +120,10 @@ pub struct SeedImportArgs {
     pub job: PathBuf,
     /// The directory written by seed-export.
     pub dir: PathBuf,
+    /// Limit the transfer to this many bytes per second: a byte count or a size such as
+    /// 50MiB or 100MB (overrides the job's max_rate).
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    pub max_rate: Option<u64>,
     #[arg(long)]
     pub json: bool,
 }
@@ -188,6 +198,10 @@ pub struct ReplicateArgs {
     /// Abort a disk's transfer when no byte moves for this many seconds.
     #[arg(long, default_value_t = 120, value_name = "SECONDS")]
     pub stall_timeout: u64,
+    /// Limit the transfer to this many bytes per second: a byte count or a size such as
+    /// 50MiB or 100MB, shared by all the job's transfers (overrides the job's max_rate).
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    pub max_rate: Option<u64>,
     /// Print one JSON document for the whole run.
     #[arg(long)]
     pub json: bool,
@@ -251,6 +265,10 @@ pub struct CopyVdiArgs {
     /// Abort when no byte moves for this many seconds.
     #[arg(long, default_value_t = 120, value_name = "SECONDS")]
     pub stall_timeout: u64,
+    /// Limit the transfer to this many bytes per second: a byte count or a size such as
+    /// 50MiB or 100MB.
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    pub max_rate: Option<u64>,
     /// Print one JSON summary document instead of progress.
     #[arg(long)]
     pub json: bool,

@@ -19,7 +19,7 @@ use crate::replicate::plan::{
 use crate::replicate::run::list_target_vms;
 use crate::replicate::runner::{JobProgress, VmOutcome, run_job};
 use crate::xapi::client::XapiClient;
-use crate::xapi::transfer::{Progress, TransferOptions};
+use crate::xapi::transfer::{Progress, Throttle, TransferOptions};
 
 pub(super) fn load_job(path: &std::path::Path) -> Result<Job, CliError> {
     Job::load(path).map_err(|e| CliError::Input(e.to_string()))
@@ -53,6 +53,8 @@ pub fn replicate(args: &ReplicateArgs) -> Result<ExitCode, CliError> {
     let vms: Vec<String> = args.vms.iter().map(|v| v.to_lowercase()).collect();
     let transfer = TransferOptions {
         stall_timeout: Duration::from_secs(args.stall_timeout.max(1)),
+        // One limit for the whole run, as Xen Orchestra's maxExportRate is per job.
+        throttle: args.max_rate.or(job.max_rate).map(Throttle::new),
         ..TransferOptions::default()
     };
     runtime()?.block_on(async {

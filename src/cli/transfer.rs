@@ -13,7 +13,7 @@ use super::output::print_json;
 use crate::xapi::client::XapiClient;
 use crate::xapi::connection::Endpoint;
 use crate::xapi::tls::{Fingerprint, Trust};
-use crate::xapi::transfer::{Progress, TransferOptions, VdiOn, transfer_vdi};
+use crate::xapi::transfer::{Progress, Throttle, TransferOptions, VdiOn, transfer_vdi};
 use crate::xapi::{HostUrl, Secret};
 
 /// Environment variables holding the passwords, read when no password file is given.
@@ -98,6 +98,7 @@ pub fn copy_vdi(args: &CopyVdiArgs) -> Result<ExitCode, CliError> {
         .await?;
         let options = TransferOptions {
             stall_timeout: Duration::from_secs(args.stall_timeout.max(1)),
+            throttle: args.max_rate.map(Throttle::new),
             ..TransferOptions::default()
         };
         let mut display = ProgressDisplay::new(args.json);

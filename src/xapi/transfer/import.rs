@@ -68,15 +68,19 @@ pub async fn check_fits(target: VdiOn<'_>, virtual_size: u64) -> Result<(), Tran
             .map_err(|e| setup(e.into()))?
     };
     let size = host
-        .call_for_string("VDI.get_virtual_size", vec![reference.as_str().into()])
+        .call("VDI.get_virtual_size", vec![reference.as_str().into()])
         .await
         .map_err(|e| setup(e.into()))?;
-    // XAPI's int64 comes as a string in XML-RPC's and JSON-RPC's answers alike.
-    let size: u64 = size.parse().map_err(|_| {
-        setup(TransferErrorKind::Connection(format!(
-            "VDI.get_virtual_size answered {size:?}"
-        )))
-    })?;
+    // An int64: typed in JSON-RPC, decimal text in XML-RPC; `as_i64` reads both.
+    let size = size
+        .as_i64()
+        .and_then(|n| u64::try_from(n).ok())
+        .ok_or_else(|| {
+            setup(TransferErrorKind::Connection(format!(
+                "VDI.get_virtual_size of {}: not a size: {size:?}",
+                target.vdi
+            )))
+        })?;
     if size < virtual_size {
         return Err(setup(TransferErrorKind::TargetTooSmall {
             size,
