@@ -86,7 +86,10 @@ pub async fn open_export<'a>(
         opened = stream.open(base) => Some(opened),
         () = cancel.cancelled() => None,
     };
-    let opened = opened.unwrap_or_else(|| Err(stream.export_failed(TransferErrorKind::Cancelled)));
+    let opened = match opened {
+        Some(opened) => opened,
+        None => Err(stream.export_failed(TransferErrorKind::Cancelled)),
+    };
     match opened {
         Ok(()) => Ok(stream),
         Err(e) => {

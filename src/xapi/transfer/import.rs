@@ -120,11 +120,12 @@ pub async fn import_stream<S: ChunkStream>(
         outcome = import.run(stream, progress) => Some(outcome),
         () = cancel.cancelled() => None,
     };
-    let outcome = outcome.unwrap_or_else(|| {
-        Err(ImportError::Import(
+    let outcome = match outcome {
+        Some(outcome) => outcome,
+        None => Err(ImportError::Import(
             import.failed(TransferErrorKind::Cancelled),
-        ))
-    });
+        )),
+    };
     if outcome.is_ok() {
         let _ = target.host.destroy_task(&task).await;
     } else {
