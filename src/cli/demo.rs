@@ -14,10 +14,14 @@ use super::replicate::connect_job;
 use super::transfer::runtime;
 use crate::lab::Lab;
 use crate::lab::http::LabServer;
+use tokio_util::sync::CancellationToken;
+
+use crate::replicate::clock::SystemClock;
 use crate::replicate::job::Job;
 use crate::replicate::run::CycleReport;
-use crate::replicate::runner::{VmOutcome, run_job};
+use crate::replicate::runner::{RunOptions, VmOutcome, run_job};
 use crate::xapi::client::XapiClient;
+use crate::xapi::records::VmRecord;
 use crate::xapi::rpc::Value;
 use crate::xapi::transfer::TransferOptions;
 
@@ -93,7 +97,7 @@ async fn run(dir: &Path) -> Result<ExitCode, CliError> {
         ),
     )
     .map_err(|e| failed("writing job.toml")(e.to_string()))?;
-    let job = Job::load(&job_path).map_err(|e| CliError::Failed(e.to_string()))?;
+    let job = Job::load(&job_path)?;
     let (source, target) = connect_job(&job).await?;
     let (source, target) = (Arc::new(source), Arc::new(target));
 
@@ -159,16 +163,8 @@ async fn run(dir: &Path) -> Result<ExitCode, CliError> {
     println!();
 
     step(&format!("starting the replica {:?}", last.replica_name));
-    let replica_ref = target
-        .call("VM.get_by_uuid", vec![Value::from(last.replica.as_str())])
-        .await
-        .map_err(|e| failed("finding the replica")(e.to_string()))?;
-    let start = target
-        .call(
-            "VM.start",
-            vec![replica_ref, Value::Bool(false), Value::Bool(false)],
-        )
-        .await;
+    let replica_ref = target.get_by_uuid::<VmRecord>(&last.replica).await?;
+    let start = target.start_vm(&replica_ref).await;
     match start {
         Err(e) if e.xapi_code() == Some("OPERATION_BLOCKED") => {
             println!("    refused, as it must be: {e}")
@@ -198,15 +194,13 @@ async fn cycle(
     source: &Arc<XapiClient>,
     target: &Arc<XapiClient>,
 ) -> Result<CycleReport, CliError> {
-    let outcomes = run_job(
-        job,
-        source.clone(),
-        target.clone(),
-        &[],
-        TransferOptions::default(),
-        Arc::new(Mutex::new(|_: &str, _: &str, _: &_| {})),
-    )
-    .await;
+    let options = RunOptions {
+        transfer: TransferOptions::default(),
+        progress: Arc::new(Mutex::new(|_: &str, _: &str, _: &_| {})),
+        cancel: CancellationToken::new(),
+        clock: Arc::new(SystemClock),
+    };
+    let outcomes = run_job(job, source.clone(), target.clone(), &[], options).await;
     match outcomes.into_iter().next() {
         Some((_, VmOutcome::Replicated(report))) => {
             println!(
@@ -215,8 +209,11 @@ async fn cycle(
             );
             Ok(*report)
         }
-        Some((_, VmOutcome::Failed(e))) => Err(CliError::Failed(format!("demo: {e}"))),
-        Some((_, VmOutcome::Locked(e))) => Err(CliError::Locked(format!("demo: {e}"))),
+        Some((_, VmOutcome::Failed(e))) => Err(e.into()),
+        Some((_, VmOutcome::Locked(e))) => Err(e.into()),
+        Some((vm, VmOutcome::Panicked(message))) => Err(CliError::Failed(format!(
+            "demo: VM {vm}: the cycle panicked: {message}"
+        ))),
         None => Err(CliError::Failed("demo: the job ran no VM".into())),
     }
 }
