@@ -453,6 +453,8 @@ async fn a_failure_mid_transfer_leaves_the_target_as_it_was() {
     assert_eq!(failed.code, 1, "{}", failed.json);
     let error = failed.json["vms"][0]["error"].as_str().unwrap();
     assert_eq!(failed.json["vms"][0]["phase"], "transfer", "{error}");
+    // The target dropped the import: the report says so in a kind callers can match.
+    assert_eq!(failed.json["vms"][0]["kind"], "target_refused", "{error}");
     assert!(
         error.contains("disk 0") && error.contains(&vm.ids.uuid),
         "names VM and disk: {error}"
@@ -484,4 +486,143 @@ async fn a_failure_mid_transfer_leaves_the_target_as_it_was() {
         names.contains(&replica),
         "the previous replica is kept (retention 2)"
     );
+}
+
+/// The job of `write_job` as the library loads it, its lock files in `dir`.
+fn load_job(dir: &Path, source: &Host, target: &Host, vm: &str) -> vhdsync::replicate::job::Job {
+    let path = write_job(dir, source, target, vm, 2, "");
+    let mut job = vhdsync::replicate::job::Job::load(&path).unwrap();
+    job.state_dir = dir.join("state");
+    job
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_cycle_ends_cancelled_and_leaves_no_replica() {
+    use std::sync::Arc;
+    use tokio_util::sync::CancellationToken;
+    use vhdsync::replicate::clock::SystemClock;
+    use vhdsync::replicate::run::{ErrorKind, Phase, replicate_vm};
+    use vhdsync::xapi::transfer::{Progress, TransferOptions};
+
+    let source = Host::start(&[("web01", &[24 * MIB])]).await;
+    let target = Host::start(&[]).await;
+    let vm = &source.report.vms[0];
+    source
+        .write(&vm.disks[0].vdi.reference, 0, 16 * MIB, Some(3))
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let job = load_job(dir.path(), &source, &target, &vm.ids.uuid);
+    let settings = job.cycle_settings(TransferOptions::default(), Arc::new(SystemClock));
+    let source_vms = source.vms().await.len();
+
+    // Cancelled before it starts: nothing is touched.
+    let cancelled = CancellationToken::new();
+    cancelled.cancel();
+    let mut quiet = |_: &str, _: &Progress| {};
+    let early = replicate_vm(
+        &source.client,
+        &target.client,
+        &settings,
+        &vm.ids.uuid,
+        &mut quiet,
+        &cancelled,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(early.kind(), ErrorKind::Cancelled, "{early}");
+
+    // Cancelled once bytes move (an operator's ctrl-c): the transfer stops, and what the
+    // cycle made goes away on both sides.
+    let cancel = CancellationToken::new();
+    let mut cancel_on_progress = |_: &str, p: &Progress| {
+        if p.bytes > 0 {
+            cancel.cancel();
+        }
+    };
+    let error = replicate_vm(
+        &source.client,
+        &target.client,
+        &settings,
+        &vm.ids.uuid,
+        &mut cancel_on_progress,
+        &cancel,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Cancelled, "{error}");
+    assert_eq!(error.phase, Phase::Transfer, "{error}");
+    assert_eq!(error.disk.as_deref(), Some("0"), "{error}");
+    assert!(target.replicas().await.is_empty(), "a replica was left");
+    assert!(target.unused_vdis().await.is_empty(), "disks were left");
+    assert_eq!(source.vms().await.len(), source_vms, "the snapshot was left");
+
+    // Nothing in the way of the next run, which is a full.
+    let mut quiet = |_: &str, _: &Progress| {};
+    let report = replicate_vm(
+        &source.client,
+        &target.client,
+        &settings,
+        &vm.ids.uuid,
+        &mut quiet,
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.mode, "full");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_cycle_is_reported_as_a_failed_vm() {
+    use std::sync::{Arc, Mutex};
+    use tokio_util::sync::CancellationToken;
+    use vhdsync::replicate::clock::SystemClock;
+    use vhdsync::replicate::runner::{RunOptions, VmOutcome, run_job};
+    use vhdsync::xapi::transfer::{Progress, TransferOptions};
+
+    let source = Host::start(&[("web01", &[4 * MIB])]).await;
+    let target = Host::start(&[]).await;
+    let vm = &source.report.vms[0];
+    source
+        .write(&vm.disks[0].vdi.reference, 0, MIB, Some(4))
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let job = load_job(dir.path(), &source, &target, &vm.ids.uuid);
+    let connect = |host: &Host| {
+        let url = vhdsync::xapi::HostUrl::parse(&host.url()).unwrap();
+        async move {
+            vhdsync::xapi::client::XapiClient::connect(
+                url,
+                &vhdsync::xapi::tls::Trust::Insecure,
+                None,
+            )
+            .await
+            .unwrap()
+        }
+    };
+    // A progress display with a bug: the VM's task panics in the middle of its transfer.
+    let options = RunOptions {
+        transfer: TransferOptions::default(),
+        progress: Arc::new(Mutex::new(|_: &str, _: &str, p: &Progress| {
+            assert!(p.bytes == 0, "the display cannot show {} bytes", p.bytes);
+        })),
+        cancel: CancellationToken::new(),
+        clock: Arc::new(SystemClock),
+    };
+    let outcomes = run_job(
+        &job,
+        Arc::new(connect(&source).await),
+        Arc::new(connect(&target).await),
+        &[],
+        options,
+    )
+    .await;
+    assert_eq!(outcomes.len(), 1, "the VM is missing from the outcomes");
+    let (vm_uuid, outcome) = &outcomes[0];
+    assert_eq!(vm_uuid, &vm.ids.uuid);
+    match outcome {
+        VmOutcome::Panicked(message) => {
+            assert!(message.contains("the display cannot show"), "{message}")
+        }
+        other => panic!("not reported as panicked: {other:?}"),
+    }
 }
