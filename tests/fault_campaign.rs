@@ -21,9 +21,9 @@ mod common;
 
 use common::lab_pair::{Host, url};
 use tempfile::TempDir;
-use vhdsync::replicate::keys;
 use tokio_util::sync::CancellationToken;
 use vhdsync::replicate::clock::SystemClock;
+use vhdsync::replicate::keys;
 use vhdsync::replicate::run::{CycleError, CycleSettings, Phase, replicate_vm};
 use vhdsync::xapi::records::VmRecord;
 use vhdsync::xapi::rpc::Value;

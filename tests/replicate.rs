@@ -554,7 +554,11 @@ async fn a_cancelled_cycle_ends_cancelled_and_leaves_no_replica() {
     assert_eq!(error.disk.as_deref(), Some("0"), "{error}");
     assert!(target.replicas().await.is_empty(), "a replica was left");
     assert!(target.unused_vdis().await.is_empty(), "disks were left");
-    assert_eq!(source.vms().await.len(), source_vms, "the snapshot was left");
+    assert_eq!(
+        source.vms().await.len(),
+        source_vms,
+        "the snapshot was left"
+    );
 
     // Nothing in the way of the next run, which is a full.
     let mut quiet = |_: &str, _: &Progress| {};

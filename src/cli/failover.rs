@@ -77,8 +77,14 @@ pub fn failover(args: &FailoverArgs) -> Result<ExitCode, CliError> {
     let _lock = lock(&job, &id.vm_uuid)?;
     runtime()?.block_on(async {
         let target = connect_target(&job).await?;
-        let outcome =
-            run_failover(&target, &id, args.replica.as_deref(), args.start, &SystemClock).await;
+        let outcome = run_failover(
+            &target,
+            &id,
+            args.replica.as_deref(),
+            args.start,
+            &SystemClock,
+        )
+        .await;
         let _ = target.logout().await;
         let report = outcome?;
         if args.json {

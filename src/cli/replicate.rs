@@ -155,9 +155,25 @@ fn report(
             .iter()
             .map(|(vm, outcome)| match outcome {
                 VmOutcome::Replicated(r) => json!({"vm": vm, "status": "replicated", "report": r}),
-                VmOutcome::Locked(e) => json!({"vm": vm, "status": "locked", "error": e.to_string()}),
-                VmOutcome::Failed(e) => failure_json(vm, Some(e.phase), e.disk.as_deref(), e.host.as_deref(), &e.kind(), &e.to_string()),
-                VmOutcome::Panicked(message) => failure_json(vm, None, None, None, &ErrorKind::Panicked, &format!("VM {vm}: the cycle panicked: {message}")),
+                VmOutcome::Locked(e) => {
+                    json!({"vm": vm, "status": "locked", "error": e.to_string()})
+                }
+                VmOutcome::Failed(e) => failure_json(
+                    vm,
+                    Some(e.phase),
+                    e.disk.as_deref(),
+                    e.host.as_deref(),
+                    &e.kind(),
+                    &e.to_string(),
+                ),
+                VmOutcome::Panicked(message) => failure_json(
+                    vm,
+                    None,
+                    None,
+                    None,
+                    &ErrorKind::Panicked,
+                    &format!("VM {vm}: the cycle panicked: {message}"),
+                ),
             })
             .collect();
         print_json(
@@ -223,7 +239,9 @@ fn failure_json(
             doc["xapi_code"] = json!(code);
             doc["xapi_params"] = json!(params);
         }
-        ErrorKind::StreamInvalid { offset: Some(offset) } => doc["offset"] = json!(offset),
+        ErrorKind::StreamInvalid {
+            offset: Some(offset),
+        } => doc["offset"] = json!(offset),
         _ => {}
     }
     doc

@@ -217,23 +217,32 @@ mod tests {
         );
         let table = [
             (
-                transfer(TransferPhase::Import, TransferErrorKind::Status {
-                    status: 500,
-                    body: String::new(),
-                }),
+                transfer(
+                    TransferPhase::Import,
+                    TransferErrorKind::Status {
+                        status: 500,
+                        body: String::new(),
+                    },
+                ),
                 "target_refused",
             ),
             (
-                transfer(TransferPhase::Export, TransferErrorKind::Status {
-                    status: 404,
-                    body: String::new(),
-                }),
+                transfer(
+                    TransferPhase::Export,
+                    TransferErrorKind::Status {
+                        status: 404,
+                        body: String::new(),
+                    },
+                ),
                 "http_status",
             ),
             (
-                transfer(TransferPhase::Export, TransferErrorKind::Stall {
-                    after: std::time::Duration::from_secs(1),
-                }),
+                transfer(
+                    TransferPhase::Export,
+                    TransferErrorKind::Stall {
+                        after: std::time::Duration::from_secs(1),
+                    },
+                ),
                 "stall",
             ),
             (
@@ -245,9 +254,12 @@ mod tests {
                 "cancelled",
             ),
             (
-                transfer(TransferPhase::Export, TransferErrorKind::EmbeddedError {
-                    status_line: "x".into(),
-                }),
+                transfer(
+                    TransferPhase::Export,
+                    TransferErrorKind::EmbeddedError {
+                        status_line: "x".into(),
+                    },
+                ),
                 "embedded_error",
             ),
         ];

@@ -153,7 +153,9 @@ async fn unlink(target: &XapiClient, vm_ref: &str, keys: &[&str]) -> Result<(), 
         .remove_entries(Class::Vm, vm_ref, config, keys)
         .await?;
     for vdi in target.disk_vdis(vm_ref).await? {
-        target.remove_entries(Class::Vdi, &vdi, config, keys).await?;
+        target
+            .remove_entries(Class::Vdi, &vdi, config, keys)
+            .await?;
     }
     Ok(())
 }

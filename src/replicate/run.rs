@@ -21,11 +21,12 @@ pub use super::error::{CycleCause, CycleError, ErrorKind, Phase};
 use super::inventory::{destroy_orphaned_disks, list_target_vms, load_snapshot, target_vdis};
 use super::keys;
 use super::plan::{
-    CyclePlan, DiskPlan, Identity, SnapshotDisk, SourceSnapshot, TargetVm,
-    is_interrupted_replica, plan_cycle, replica_victims, select_base, snapshot_victims,
-    unexported_snapshots,
+    CyclePlan, DiskPlan, Identity, SnapshotDisk, SourceSnapshot, TargetVm, is_interrupted_replica,
+    plan_cycle, replica_victims, select_base, snapshot_victims, unexported_snapshots,
 };
-use super::replica::{create_replica_disk, create_replica_vm, importing_disk, replica_tags, roll_back};
+use super::replica::{
+    create_replica_disk, create_replica_vm, importing_disk, replica_tags, roll_back,
+};
 use crate::xapi::client::{ClientError, XapiClient};
 use crate::xapi::ops::{Class, MapName};
 use crate::xapi::records::VmRecord;
@@ -109,12 +110,20 @@ pub async fn replicate_vm(
     };
     let (vm_ref, vm) = cycle.on_source(source.record_by_uuid::<VmRecord>(vm_uuid).await)?;
     if vm.is_a_template || vm.is_a_snapshot {
-        return Err(cycle.fail(None, None, CycleCause::Invalid("it is a template or a snapshot, not a VM")));
+        return Err(cycle.fail(
+            None,
+            None,
+            CycleCause::Invalid("it is a template or a snapshot, not a VM"),
+        ));
     }
     if vm.other_config.get(keys::JOB) == Some(&settings.job_id)
         && vm.blocked_operations.contains_key("start")
     {
-        return Err(cycle.fail(None, None, CycleCause::Invalid("it is a replica made by this very job")));
+        return Err(cycle.fail(
+            None,
+            None,
+            CycleCause::Invalid("it is a replica made by this very job"),
+        ));
     }
 
     cycle.enter(Phase::Cleanup)?;
@@ -330,7 +339,9 @@ impl Cycle<'_> {
                 let vdi = disk.vdi_ref.as_str();
                 source.set_entries(Class::Vdi, vdi, config, &common).await?;
                 let content = [(keys::CONTENT_KEY, disk.vdi_uuid.as_str())];
-                source.set_entries(Class::Vdi, vdi, config, &content).await?;
+                source
+                    .set_entries(Class::Vdi, vdi, config, &content)
+                    .await?;
                 let removed = [keys::SR, keys::EXPORTED, keys::COPY_OF];
                 source
                     .remove_entries(Class::Vdi, vdi, config, &removed)
@@ -358,7 +369,8 @@ impl Cycle<'_> {
         progress: DiskProgress<'_>,
     ) -> Result<Replicated, CycleError> {
         self.enter(Phase::ReplicaCreation)?;
-        let (sr_ref, candidates) = self.on_target(target_vdis(self.target, &self.id.sr_uuid).await)?;
+        let (sr_ref, candidates) =
+            self.on_target(target_vdis(self.target, &self.id.sr_uuid).await)?;
         let plan = plan_cycle(
             &snapshot.disks,
             base,
@@ -366,9 +378,8 @@ impl Cycle<'_> {
             self.settings.full_interval,
         );
         let raw_vm = self.on_source(self.source.vm_record_value(vm_ref).await)?;
-        let replica_ref = self.on_target(
-            create_replica_vm(self.target, &self.id, &raw_vm, vm, now).await,
-        )?;
+        let replica_ref =
+            self.on_target(create_replica_vm(self.target, &self.id, &raw_vm, vm, now).await)?;
         let outcome = self
             .fill_replica(&replica_ref, vm, snapshot, &plan, &sr_ref, now, progress)
             .await;
@@ -552,8 +563,14 @@ impl Cycle<'_> {
             }
             DiskPlan::Full => {
                 let created = self.on_target(
-                    create_replica_disk(target, &self.id, sr_ref, &disk.vdi_uuid, disk.virtual_size)
-                        .await,
+                    create_replica_disk(
+                        target,
+                        &self.id,
+                        sr_ref,
+                        &disk.vdi_uuid,
+                        disk.virtual_size,
+                    )
+                    .await,
                 )?;
                 self.created_vdis.push(created.clone());
                 Ok(created)

@@ -30,7 +30,11 @@ pub enum VmOutcome {
 pub type JobProgress = Arc<Mutex<dyn FnMut(&str, &str, &Progress) + Send>>;
 
 impl Job {
-    pub fn cycle_settings(&self, transfer: TransferOptions, clock: Arc<dyn Clock>) -> CycleSettings {
+    pub fn cycle_settings(
+        &self,
+        transfer: TransferOptions,
+        clock: Arc<dyn Clock>,
+    ) -> CycleSettings {
         CycleSettings {
             job_name: self.name.clone(),
             job_id: self.job_id.clone(),

@@ -305,11 +305,7 @@ pub async fn seed(
     })
 }
 
-async fn find_vm(
-    host: &XapiClient,
-    uuid: &str,
-    what: &str,
-) -> Result<(String, VmRecord), OpError> {
+async fn find_vm(host: &XapiClient, uuid: &str, what: &str) -> Result<(String, VmRecord), OpError> {
     match host.record_by_uuid::<VmRecord>(uuid).await {
         Ok(found) => Ok(found),
         Err(e) if e.xapi_code() == Some("UUID_INVALID") => Err(OpError::Invalid(format!(

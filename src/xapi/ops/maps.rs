@@ -149,7 +149,9 @@ impl MapField<'_> {
 
     async fn remove(&self, key: &str) -> Result<(), ClientError> {
         let params = vec![Value::from(self.reference), Value::from(key)];
-        self.host.call_unit(&self.method("remove_from"), params).await
+        self.host
+            .call_unit(&self.method("remove_from"), params)
+            .await
     }
 
     fn method(&self, verb: &str) -> String {

@@ -116,8 +116,11 @@ impl XapiClient {
     }
 
     pub async fn set_vm_name_label(&self, vm: &str, name: &str) -> Result<(), ClientError> {
-        self.call_unit("VM.set_name_label", vec![Value::from(vm), Value::from(name)])
-            .await
+        self.call_unit(
+            "VM.set_name_label",
+            vec![Value::from(vm), Value::from(name)],
+        )
+        .await
     }
 
     /// `ha_restart_priority` = `""`: HA never restarts the VM.
