@@ -496,39 +496,46 @@ fn load_job(dir: &Path, source: &Host, target: &Host, vm: &str) -> vhdsync::repl
     job
 }
 
+/// One cycle of the library's `replicate_vm` between the two hosts.
+async fn cycle(
+    source: &Host,
+    target: &Host,
+    settings: &vhdsync::replicate::run::CycleSettings,
+    vm: &str,
+    progress: &mut (dyn FnMut(&str, &vhdsync::xapi::transfer::Progress) + Send),
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Result<vhdsync::replicate::run::CycleReport, vhdsync::replicate::run::CycleError> {
+    let (source, target) = (&source.client, &target.client);
+    vhdsync::replicate::run::replicate_vm(source, target, settings, vm, progress, cancel).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_cycle_ends_cancelled_and_leaves_no_replica() {
     use std::sync::Arc;
     use tokio_util::sync::CancellationToken;
     use vhdsync::replicate::clock::SystemClock;
-    use vhdsync::replicate::run::{ErrorKind, Phase, replicate_vm};
+    use vhdsync::replicate::run::{ErrorKind, Phase};
     use vhdsync::xapi::transfer::{Progress, TransferOptions};
 
     let source = Host::start(&[("web01", &[24 * MIB])]).await;
     let target = Host::start(&[]).await;
     let vm = &source.report.vms[0];
+    let uuid = vm.ids.uuid.as_str();
     source
         .write(&vm.disks[0].vdi.reference, 0, 16 * MIB, Some(3))
         .await;
     let dir = tempfile::tempdir().unwrap();
-    let job = load_job(dir.path(), &source, &target, &vm.ids.uuid);
+    let job = load_job(dir.path(), &source, &target, uuid);
     let settings = job.cycle_settings(TransferOptions::default(), Arc::new(SystemClock));
     let source_vms = source.vms().await.len();
+    let mut quiet = |_: &str, _: &Progress| {};
 
     // Cancelled before it starts: nothing is touched.
     let cancelled = CancellationToken::new();
     cancelled.cancel();
-    let mut quiet = |_: &str, _: &Progress| {};
-    let early = replicate_vm(
-        &source.client,
-        &target.client,
-        &settings,
-        &vm.ids.uuid,
-        &mut quiet,
-        &cancelled,
-    )
-    .await
-    .unwrap_err();
+    let early = cycle(&source, &target, &settings, uuid, &mut quiet, &cancelled)
+        .await
+        .unwrap_err();
     assert_eq!(early.kind(), ErrorKind::Cancelled, "{early}");
 
     // Cancelled once bytes move (an operator's ctrl-c): the transfer stops, and what the
@@ -539,11 +546,11 @@ async fn a_cancelled_cycle_ends_cancelled_and_leaves_no_replica() {
             cancel.cancel();
         }
     };
-    let error = replicate_vm(
-        &source.client,
-        &target.client,
+    let error = cycle(
+        &source,
+        &target,
         &settings,
-        &vm.ids.uuid,
+        uuid,
         &mut cancel_on_progress,
         &cancel,
     )
@@ -561,17 +568,10 @@ async fn a_cancelled_cycle_ends_cancelled_and_leaves_no_replica() {
     );
 
     // Nothing in the way of the next run, which is a full.
-    let mut quiet = |_: &str, _: &Progress| {};
-    let report = replicate_vm(
-        &source.client,
-        &target.client,
-        &settings,
-        &vm.ids.uuid,
-        &mut quiet,
-        &CancellationToken::new(),
-    )
-    .await
-    .unwrap();
+    let next = CancellationToken::new();
+    let report = cycle(&source, &target, &settings, uuid, &mut quiet, &next)
+        .await
+        .unwrap();
     assert_eq!(report.mode, "full");
 }
 

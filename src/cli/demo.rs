@@ -29,8 +29,12 @@ const MIB: u64 = 1 << 20;
 const PASSWORD: &str = "demo";
 const DISKS: [u64; 2] = [256 * MIB, 64 * MIB];
 
-fn failed(what: &str) -> impl Fn(String) -> CliError + '_ {
-    move |e| CliError::Failed(format!("demo: {what}: {e}"))
+/// For `map_err`: a step of the demo failed.
+fn failed<E>(what: &str) -> impl FnOnce(E) -> CliError
+where
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    CliError::step(format!("demo: {what}"))
 }
 
 pub fn demo(args: &DemoArgs) -> Result<ExitCode, CliError> {
@@ -41,7 +45,7 @@ pub fn demo(args: &DemoArgs) -> Result<ExitCode, CliError> {
             true,
         ),
     };
-    std::fs::create_dir_all(&dir).map_err(|e| failed("creating the folder")(e.to_string()))?;
+    std::fs::create_dir_all(&dir).map_err(failed("creating the folder"))?;
     let outcome = runtime()?.block_on(run(&dir));
     if args.keep {
         println!("files kept in {}", dir.display());
@@ -62,21 +66,19 @@ async fn run(dir: &Path) -> Result<ExitCode, CliError> {
     let source_dir = dir.join("source");
     let target_dir = dir.join("target");
     let disks: Vec<(String, Vec<u64>)> = vec![("web01".into(), DISKS.to_vec())];
-    let source_report = Lab::init(&source_dir, PASSWORD, &disks)
-        .map_err(|e| failed("source lab")(e.to_string()))?;
-    let target_report =
-        Lab::init(&target_dir, PASSWORD, &[]).map_err(|e| failed("target lab")(e.to_string()))?;
-    let source_lab = Lab::open(&source_dir).map_err(|e| failed("source lab")(e.to_string()))?;
-    let target_lab = Lab::open(&target_dir).map_err(|e| failed("target lab")(e.to_string()))?;
+    let source_report = Lab::init(&source_dir, PASSWORD, &disks).map_err(failed("source lab"))?;
+    let target_report = Lab::init(&target_dir, PASSWORD, &[]).map_err(failed("target lab"))?;
+    let source_lab = Lab::open(&source_dir).map_err(failed("source lab"))?;
+    let target_lab = Lab::open(&target_dir).map_err(failed("target lab"))?;
     let any_port = "127.0.0.1:0"
         .parse()
-        .map_err(|e: std::net::AddrParseError| failed("address")(e.to_string()))?;
+        .map_err(failed::<std::net::AddrParseError>("address"))?;
     let source_server = LabServer::start(source_lab, any_port, false)
         .await
-        .map_err(|e| failed("source server")(e.to_string()))?;
+        .map_err(failed("source server"))?;
     let target_server = LabServer::start(target_lab, any_port, false)
         .await
-        .map_err(|e| failed("target server")(e.to_string()))?;
+        .map_err(failed("target server"))?;
     let with_login = |url: String| url.replacen("://", &format!("://root:{PASSWORD}@"), 1);
     println!(
         "    source {}   target {}",
@@ -96,7 +98,7 @@ async fn run(dir: &Path) -> Result<ExitCode, CliError> {
             vm.ids.uuid
         ),
     )
-    .map_err(|e| failed("writing job.toml")(e.to_string()))?;
+    .map_err(failed("writing job.toml"))?;
     let job = Job::load(&job_path)?;
     let (source, target) = connect_job(&job).await?;
     let (source, target) = (Arc::new(source), Arc::new(target));
@@ -236,13 +238,13 @@ async fn guest_write(
     )
     .await
     .map(|_| ())
-    .map_err(|e| failed("guest write")(e.to_string()))
+    .map_err(failed("guest write"))
 }
 
 async fn lab_hash(host: &XapiClient, vdi_uuid: &str) -> Result<String, CliError> {
     let digest = host
         .call("lab.hash", vec![Value::from(vdi_uuid)])
         .await
-        .map_err(|e| failed("digest")(e.to_string()))?;
+        .map_err(failed("digest"))?;
     Ok(digest.as_str().unwrap_or_default().to_owned())
 }

@@ -1,6 +1,7 @@
 use crate::image::{ImageError, ImageErrorKind};
 use crate::replicate::job::JobError;
 use crate::replicate::lock::LockError;
+use crate::replicate::manifest::ManifestError;
 use crate::replicate::op_error::OpError;
 use crate::replicate::run::CycleError;
 use crate::replicate::seed_offline::OfflineError;
@@ -16,6 +17,15 @@ pub enum CliError {
     /// The work itself failed, said as text (exit 1).
     #[error("{0}")]
     Failed(String),
+    /// A step of a command failed (exit 1): what it was doing, and the step's own error.
+    #[error("{what}: {source}")]
+    Step {
+        what: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// An unreadable or invalid seed manifest (exit 2).
+    #[error(transparent)]
+    Manifest(Box<ManifestError>),
     /// An unreadable or invalid job file (exit 2).
     #[error(transparent)]
     Job(Box<JobError>),
@@ -51,6 +61,7 @@ macro_rules! boxed_from {
 }
 
 boxed_from!(
+    Manifest(ManifestError),
     Job(JobError),
     Lock(LockError),
     Host(ClientError),
@@ -61,10 +72,25 @@ boxed_from!(
 );
 
 impl CliError {
+    /// For `map_err`: `what` failed with the error given.
+    pub fn step<E>(what: impl Into<String>) -> impl FnOnce(E) -> CliError
+    where
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let what = what.into();
+        move |e| CliError::Step {
+            what,
+            source: e.into(),
+        }
+    }
+
     pub fn exit_code(&self) -> u8 {
         match self {
-            CliError::Input(_) | CliError::Job(_) => 2,
-            CliError::Failed(_) | CliError::Host(_) | CliError::Cycle(_) => 1,
+            CliError::Input(_) | CliError::Job(_) | CliError::Manifest(_) => 2,
+            CliError::Failed(_)
+            | CliError::Step { .. }
+            | CliError::Host(_)
+            | CliError::Cycle(_) => 1,
             CliError::Lock(_) => 3,
             CliError::Op(e) => input_or_failed(e.is_input()),
             CliError::Offline(e) => input_or_failed(e.is_input()),

@@ -198,8 +198,7 @@ pub fn seed_export(args: &SeedExportArgs) -> Result<ExitCode, CliError> {
 
 pub fn seed_import(args: &SeedImportArgs) -> Result<ExitCode, CliError> {
     let job = load_job(&args.job)?;
-    let manifest = crate::replicate::manifest::Manifest::load(&args.dir)
-        .map_err(|e| CliError::Input(e.to_string()))?;
+    let manifest = crate::replicate::manifest::Manifest::load(&args.dir)?;
     let seed = seed_job(&job, &manifest.vm_uuid)?;
     let _lock = lock(&job, &seed.id.vm_uuid)?;
     runtime()?.block_on(async {

@@ -25,7 +25,7 @@ use super::clock::Clock;
 use super::inventory::load_snapshot;
 use super::keys;
 use super::manifest::{FORMAT, MANIFEST, Manifest, ManifestDisk, record_subset};
-use super::op_error::OpError;
+use super::op_error::{OpError, on_host};
 use super::plan::{Identity, SnapshotDisk};
 use super::replica::{create_replica_disk, create_replica_vm, roll_back};
 use super::seed::{SeedFacts, SeededReplica, link, source_seed_keys, write_source};
@@ -56,14 +56,17 @@ pub enum OfflineError {
     /// A seed file is corrupt or truncated (exit 2): which file, and where in it.
     #[error("seed file {file}: {error}")]
     SeedFile { file: PathBuf, error: SeedFileError },
-    /// A host or the local disk failed (exit 1).
+    /// A host failed a call (exit 1).
+    #[error(transparent)]
+    Host(OpError),
+    /// The local disk or a transfer failed (exit 1).
     #[error("{0}")]
     Failed(String),
 }
 
 impl OfflineError {
     pub fn is_input(&self) -> bool {
-        !matches!(self, OfflineError::Failed(_))
+        !matches!(self, OfflineError::Failed(_) | OfflineError::Host(_))
     }
 }
 
@@ -71,7 +74,7 @@ impl From<OpError> for OfflineError {
     fn from(e: OpError) -> Self {
         match e {
             OpError::Invalid(m) => OfflineError::Invalid(m),
-            other => OfflineError::Failed(other.to_string()),
+            host => OfflineError::Host(host),
         }
     }
 }
@@ -119,12 +122,12 @@ pub async fn export(
     let raw = source
         .vm_record_value(&vm_ref)
         .await
-        .map_err(|e| OfflineError::Failed(e.to_string()))?;
+        .map_err(on_host("reading the VM record"))?;
     let name = keys::snapshot_name(&job.name, &vm.name_label);
     let snapshot_ref = source
         .snapshot_vm(&vm_ref, &name)
         .await
-        .map_err(|e| OfflineError::Failed(format!("snapshot of VM {}: {e}", vm.uuid)))?;
+        .map_err(on_host(format!("snapshot of VM {}", vm.uuid)))?;
     let outcome = export_snapshot(
         source,
         job,
@@ -156,7 +159,7 @@ async fn export_snapshot(
 ) -> Result<Manifest, OfflineError> {
     let snapshot = load_snapshot(source, snapshot_ref)
         .await
-        .map_err(|e| OfflineError::Failed(e.to_string()))?;
+        .map_err(on_host("reading the snapshot's disks"))?;
     let datetime = keys::datetime(job.clock.unix());
     write_source(
         source,
@@ -165,7 +168,7 @@ async fn export_snapshot(
     .await?;
     let live = load_snapshot(source, vm_ref)
         .await
-        .map_err(|e| OfflineError::Failed(e.to_string()))?;
+        .map_err(on_host("reading the VM's disks"))?;
     let mut disks = Vec::new();
     for disk in &snapshot.disks {
         let file = format!("disk-{}.seed", disk.userdevice);
@@ -598,7 +601,7 @@ pub async fn import(
         })?;
     let snapshot = load_snapshot(source, &snapshot_ref)
         .await
-        .map_err(|e| OfflineError::Failed(e.to_string()))?;
+        .map_err(on_host("reading the source snapshot's disks"))?;
     for disk in &manifest.disks {
         if !snapshot
             .disks
@@ -626,7 +629,7 @@ pub async fn import(
     let now = job.clock.unix();
     let replica_ref = create_replica_vm(target, &id, &raw, &vm, now)
         .await
-        .map_err(|e| OfflineError::Failed(format!("creating the replica VM: {e}")))?;
+        .map_err(on_host("creating the replica VM"))?;
     let mut created = Vec::new();
     let outcome = fill(
         source,
@@ -666,12 +669,12 @@ async fn fill(
     for disk in &manifest.disks {
         let vdi = create_replica_disk(target, id, sr_ref, &disk.snapshot_vdi, disk.virtual_size)
             .await
-            .map_err(|e| OfflineError::Failed(format!("disk {}: {e}", disk.userdevice)))?;
+            .map_err(on_host(format!("disk {}", disk.userdevice)))?;
         created.push(vdi.clone());
         target
             .attach_disk(replica_ref, &vdi, &disk.userdevice)
             .await
-            .map_err(|e| OfflineError::Failed(format!("disk {}: {e}", disk.userdevice)))?;
+            .map_err(on_host(format!("disk {}", disk.userdevice)))?;
         vdis.push(vdi);
     }
     let mut reports = Vec::new();
@@ -680,11 +683,11 @@ async fn fill(
         target
             .set_vdi_name_label(vdi, &disk.name_label)
             .await
-            .map_err(|e| OfflineError::Failed(e.to_string()))?;
+            .map_err(on_host("naming the replica disk"))?;
         let uuid = target
             .vdi_uuid(vdi)
             .await
-            .map_err(|e| OfflineError::Failed(e.to_string()))?;
+            .map_err(on_host("reading the replica disk's uuid"))?;
         reports.push(ImportedDisk {
             userdevice: disk.userdevice.clone(),
             virtual_size: disk.virtual_size,
@@ -716,7 +719,7 @@ async fn fill(
     let snapshot_ref = source
         .get_by_uuid::<VmRecord>(&manifest.snapshot_uuid)
         .await
-        .map_err(|e| OfflineError::Failed(e.to_string()))?;
+        .map_err(on_host("finding the source snapshot"))?;
     let facts = SeedFacts {
         id,
         snapshot_ref: &snapshot_ref,
@@ -732,7 +735,7 @@ async fn fill(
     let replica: VmRecord = target
         .get_record(replica_ref)
         .await
-        .map_err(|e| OfflineError::Failed(e.to_string()))?;
+        .map_err(on_host("reading the replica"))?;
     let seeded = SeededReplica {
         vm_ref: replica_ref,
         tags: &replica.tags,
