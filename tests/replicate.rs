@@ -630,3 +630,65 @@ async fn a_panicking_cycle_is_reported_as_a_failed_vm() {
         other => panic!("not reported as panicked: {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_stops_the_run_and_removes_what_it_created() {
+    let source = Host::start(&[("web01", &[16 * MIB])]).await;
+    let target = Host::start(&[]).await;
+    let vm = &source.report.vms[0];
+    source
+        .write(&vm.disks[0].vdi.reference, 0, 8 * MIB, Some(5))
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let job = write_job(dir.path(), &source, &target, &vm.ids.uuid, 2, "");
+    // The export stalls after its first MiB, long enough to be interrupted mid-transfer (the
+    // cancelled transfer waits, bounded, for the source to end its export task).
+    source
+        .inject(vec![
+            ("kind", Value::from("stall")),
+            ("on", Value::from("export")),
+            ("seconds", Value::Int(8)),
+            ("after_bytes", Value::Int(MIB as i64)),
+        ])
+        .await;
+    let child = tokio::process::Command::new(BIN)
+        .args(["replicate", "--json", "--stall-timeout", "60", "--job"])
+        .arg(&job)
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while target.replicas().await.is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no replica was begun"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pid = child.id().unwrap().to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
+        .await
+        .expect("the run did not stop on SIGINT")
+        .unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("no JSON: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(out.status.code(), Some(1), "{doc}");
+    assert_eq!(doc["vms"][0]["kind"], "cancelled", "{doc}");
+    assert!(
+        target.replicas().await.is_empty(),
+        "a replica was left: {doc}"
+    );
+    assert!(
+        target.unused_vdis().await.is_empty(),
+        "disks were left: {doc}"
+    );
+}

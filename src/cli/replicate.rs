@@ -78,26 +78,35 @@ pub fn replicate(args: &ReplicateArgs) -> Result<ExitCode, CliError> {
 }
 
 /// A token cancelled on SIGINT or SIGTERM: the cycles stop, destroy what they created, and
-/// report `cancelled`. Cancel it when the run is over to end the listener.
+/// report `cancelled`. A second signal exits at once (130), leaving the clean-up to the
+/// next run. Cancel the token when the run is over to end the listener.
 fn cancel_on_signal() -> CancellationToken {
     let cancel = CancellationToken::new();
     let token = cancel.clone();
     tokio::spawn(async move {
-        let terminate = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut signal) => {
-                    signal.recv().await;
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let mut signal = async || {
+            let terminated = async {
+                match terminate.as_mut() {
+                    Some(signal) => drop(signal.recv().await),
+                    None => std::future::pending().await,
                 }
-                Err(_) => std::future::pending().await,
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                () = terminated => {}
             }
         };
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            () = terminate => {}
+            () = signal() => {}
             () = token.cancelled() => return,
         }
         eprintln!("vhdsync: interrupted: stopping and removing what this run created");
         token.cancel();
+        signal().await;
+        eprintln!("vhdsync: interrupted again: exiting; the next run cleans up");
+        std::process::exit(130);
     });
     cancel
 }
