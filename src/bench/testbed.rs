@@ -153,7 +153,7 @@ impl<'a> Testbed<'a> {
         let source = connect(&source_server)?;
         let target = connect(&target_server)?;
         let vm = &source_report.vms[0];
-        let mut bench = Testbed {
+        let mut testbed = Testbed {
             exe,
             data: data.to_path_buf(),
             logs,
@@ -176,12 +176,12 @@ impl<'a> Testbed<'a> {
             "writing {} MiB of random data as the guest",
             size / MIB
         ));
-        bench.guest_write(0, size, 1)?;
-        bench.leaf = bench.leaf_path(&source_dir)?;
-        let mut export = bench.vhdsync(["export"]);
-        export.arg(&bench.leaf).arg("-o").arg(&bench.stream);
-        run_measured(export, "export to a file", &bench.logs)?;
-        Ok(bench)
+        testbed.guest_write(0, size, 1)?;
+        testbed.leaf = testbed.leaf_path(&source_dir)?;
+        let mut export = testbed.vhdsync(["export"]);
+        export.arg(&testbed.leaf).arg("-o").arg(&testbed.stream);
+        run_measured(export, "export to a file", &testbed.logs)?;
+        Ok(testbed)
     }
 
     fn host(&self, on_target: bool) -> &XapiClient {
