@@ -21,14 +21,15 @@ mod import;
 mod writer;
 
 use std::path::PathBuf;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
 
 pub use self::export::export;
 pub use self::import::{ImportReport, ImportedDisk, import, scan};
+use super::clock::Clock;
+use super::op_error::OpError;
 use super::plan::Identity;
-use super::seed::SeedError;
 use super::seed_file::SeedFileError;
-use crate::xapi::transfer::{Progress, Throttle};
+use crate::xapi::transfer::{Progress, Throttle, TransferError};
 
 /// Why an offline seed failed.
 #[derive(Debug, thiserror::Error)]
@@ -39,22 +40,34 @@ pub enum OfflineError {
     /// A seed file is corrupt or truncated (exit 2): which file, and where in it.
     #[error("seed file {file}: {error}")]
     SeedFile { file: PathBuf, error: SeedFileError },
-    /// A host or the local disk failed (exit 1).
+    /// A host failed a call (exit 1).
+    #[error(transparent)]
+    Host(OpError),
+    /// A disk's transfer failed (exit 1).
+    #[error("{context}: {source}")]
+    Transfer {
+        context: String,
+        source: Box<TransferError>,
+    },
+    /// The local disk failed (exit 1).
     #[error("{0}")]
     Failed(String),
 }
 
 impl OfflineError {
     pub fn is_input(&self) -> bool {
-        !matches!(self, OfflineError::Failed(_))
+        !matches!(
+            self,
+            OfflineError::Failed(_) | OfflineError::Host(_) | OfflineError::Transfer { .. }
+        )
     }
 }
 
-impl From<SeedError> for OfflineError {
-    fn from(e: SeedError) -> Self {
+impl From<OpError> for OfflineError {
+    fn from(e: OpError) -> Self {
         match e {
-            SeedError::Invalid(m) => OfflineError::Invalid(m),
-            other => OfflineError::Failed(other.to_string()),
+            OpError::Invalid(m) => OfflineError::Invalid(m),
+            host => OfflineError::Host(host),
         }
     }
 }
@@ -64,15 +77,11 @@ impl From<SeedError> for OfflineError {
 pub struct SeedJob {
     pub name: String,
     pub id: Identity,
+    /// The time of the snapshot and of the commit.
+    pub clock: Arc<dyn Clock>,
     /// The bandwidth limit (`max_rate`) on every disk's stream.
     pub throttle: Option<Throttle>,
 }
 
 /// Per-disk progress: (userdevice, progress).
 pub type SeedProgress<'a> = &'a mut (dyn FnMut(&str, &Progress) + Send);
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}

@@ -9,13 +9,15 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use super::writer::{BackgroundWriter, Written};
-use super::{OfflineError, SeedJob, SeedProgress, unix_now};
+use super::{OfflineError, SeedJob, SeedProgress};
+use crate::replicate::inventory::load_snapshot;
 use crate::replicate::keys;
 use crate::replicate::manifest::{FORMAT, MANIFEST, Manifest, ManifestDisk, record_subset};
+use crate::replicate::op_error::on_host;
 use crate::replicate::plan::SnapshotDisk;
-use crate::replicate::run::{VM_CONSTRUCTOR_FIELDS, destroy_vm_and_disks, load_snapshot};
 use crate::replicate::seed::{source_seed_keys, write_source};
 use crate::xapi::client::XapiClient;
+use crate::xapi::ops::VM_CONSTRUCTOR_FIELDS;
 use crate::xapi::records::VmRecord;
 use crate::xapi::rpc::Value;
 use crate::xapi::transfer::{
@@ -46,17 +48,14 @@ pub async fn export(
         )));
     }
     let raw = source
-        .call("VM.get_record", vec![Value::from(vm_ref.as_str())])
+        .vm_record_value(&vm_ref)
         .await
-        .map_err(|e| OfflineError::Failed(e.to_string()))?;
+        .map_err(on_host("reading the VM record"))?;
     let name = keys::snapshot_name(&job.name, &vm.name_label);
     let snapshot_ref = source
-        .call_for_string(
-            "VM.snapshot",
-            vec![Value::from(vm_ref.as_str()), Value::from(name.as_str())],
-        )
+        .snapshot_vm(&vm_ref, &name)
         .await
-        .map_err(|e| OfflineError::Failed(format!("snapshot of VM {}: {e}", vm.uuid)))?;
+        .map_err(on_host(format!("snapshot of VM {}", vm.uuid)))?;
     let outcome = export_snapshot(
         source,
         job,
@@ -70,7 +69,7 @@ pub async fn export(
     .await;
     if outcome.is_err() {
         // Not a base without its seed files: remove it, as the runner does.
-        let _ = destroy_vm_and_disks(source, &snapshot_ref).await;
+        let _ = source.destroy_vm_and_disks(&snapshot_ref).await;
     }
     outcome
 }
@@ -88,8 +87,8 @@ async fn export_snapshot(
 ) -> Result<Manifest, OfflineError> {
     let snapshot = load_snapshot(source, snapshot_ref)
         .await
-        .map_err(|e| OfflineError::Failed(e.to_string()))?;
-    let datetime = keys::datetime(unix_now());
+        .map_err(on_host("reading the snapshot's disks"))?;
+    let datetime = keys::datetime(job.clock.unix());
     write_source(
         source,
         &source_seed_keys(&job.id, &datetime, snapshot_ref, &snapshot.disks),
@@ -97,7 +96,7 @@ async fn export_snapshot(
     .await?;
     let live = load_snapshot(source, vm_ref)
         .await
-        .map_err(|e| OfflineError::Failed(e.to_string()))?;
+        .map_err(on_host("reading the VM's disks"))?;
     let mut disks = Vec::new();
     for disk in &snapshot.disks {
         let file = format!("disk-{}.seed", disk.userdevice);
@@ -111,13 +110,8 @@ async fn export_snapshot(
         )
         .await?;
         let name_label = source
-            .call(
-                "VDI.get_name_label",
-                vec![Value::from(disk.vdi_ref.as_str())],
-            )
+            .vdi_name_label(&disk.vdi_ref)
             .await
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
             .unwrap_or_default();
         disks.push(ManifestDisk {
             userdevice: disk.userdevice.clone(),
@@ -210,10 +204,21 @@ async fn export_disk(
         &CancellationToken::new(),
     )
     .await
-    .map_err(|e| OfflineError::Failed(format!("{context}: {e}")))?;
+    .map_err(|source| OfflineError::Transfer {
+        context: context.clone(),
+        source: Box::new(source),
+    })?;
     let tmp = path.with_extension("seed.tmp");
     let mut stream = Throttled::new(export, throttle);
-    let outcome = write_seed(&mut stream, &tmp, level, &disk.userdevice, progress).await;
+    let outcome = write_seed(
+        &mut stream,
+        &tmp,
+        level,
+        &context,
+        &disk.userdevice,
+        progress,
+    )
+    .await;
     stream.into_inner().close().await;
     let outcome = outcome.and_then(|written| {
         std::fs::rename(&tmp, path)
@@ -234,6 +239,7 @@ async fn write_seed(
     stream: &mut Throttled<ExportStream<'_>>,
     tmp: &Path,
     level: i32,
+    context: &str,
     userdevice: &str,
     progress: SeedProgress<'_>,
 ) -> Result<Written, OfflineError> {
@@ -246,10 +252,12 @@ async fn write_seed(
         let chunk = match stream.next_chunk().await {
             Ok(Some(chunk)) => chunk,
             Ok(None) => break,
-            Err(e) => {
-                // The writer's own failure, if any, is the first cause.
+            Err(source) => {
                 let _ = writer.finish().await;
-                return Err(OfflineError::Failed(e.to_string()));
+                return Err(OfflineError::Transfer {
+                    context: context.to_owned(),
+                    source: Box::new(source),
+                });
             }
         };
         bytes += chunk.len() as u64;

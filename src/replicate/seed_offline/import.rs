@@ -4,25 +4,26 @@
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio_util::sync::CancellationToken;
 
 use super::frames::SeedFrames;
-use super::{OfflineError, SeedJob, SeedProgress, unix_now};
+use super::{OfflineError, SeedJob, SeedProgress};
+use crate::replicate::clock::Clock;
+use crate::replicate::inventory::load_snapshot;
 use crate::replicate::keys;
 use crate::replicate::manifest::{MANIFEST, Manifest, ManifestDisk};
+use crate::replicate::op_error::on_host;
 use crate::replicate::plan::{Identity, SnapshotDisk};
-use crate::replicate::run::{attach_disk, create_replica_vm, create_vdi, load_snapshot};
-use crate::replicate::seed::{DiskPair, SeedFacts, seed_writes, write_source, write_target};
+use crate::replicate::replica::{create_replica_disk, create_replica_vm, roll_back};
+use crate::replicate::seed::{DiskPair, SeedFacts, SeededReplica, link};
 use crate::replicate::seed_file::{
     END_LEN, FILE_HEADER_LEN, FRAME_HEADER_LEN, Record, SeedFileError, parse_file_header,
     parse_record,
 };
 use crate::xapi::client::XapiClient;
 use crate::xapi::records::Record as _;
-use crate::xapi::records::{SrRecord, StringMap, VmRecord};
-use crate::xapi::rpc::Value;
+use crate::xapi::records::{SrRecord, VmRecord};
 use crate::xapi::transfer::{
     ImportError, Throttle, Throttled, TransferOptions, VdiOn, import_stream,
 };
@@ -173,7 +174,7 @@ pub async fn import(
         })?;
     let snapshot = load_snapshot(source, &snapshot_ref)
         .await
-        .map_err(|e| OfflineError::Failed(e.to_string()))?;
+        .map_err(on_host("reading the source snapshot's disks"))?;
     for disk in &manifest.disks {
         if !snapshot
             .disks
@@ -198,10 +199,10 @@ pub async fn import(
             OfflineError::Invalid(format!("{}: vm_record: {e}", dir.join(MANIFEST).display()))
         })?
     };
-    let now = unix_now();
+    let now = job.clock.unix();
     let replica_ref = create_replica_vm(target, &id, &raw, &vm, now)
         .await
-        .map_err(|e| OfflineError::Failed(format!("creating the replica VM: {e}")))?;
+        .map_err(on_host("creating the replica VM"))?;
     let mut created = Vec::new();
     let outcome = fill(
         source,
@@ -213,24 +214,15 @@ pub async fn import(
         &sr_ref,
         &replica_ref,
         &mut created,
+        job.clock.as_ref(),
         job.throttle.as_ref(),
         progress,
     )
     .await;
-    match outcome {
-        Ok(report) => Ok(report),
-        Err(e) => {
-            let _ = target
-                .call("VM.destroy", vec![Value::from(replica_ref.as_str())])
-                .await;
-            for vdi in &created {
-                let _ = target
-                    .call("VDI.destroy", vec![Value::from(vdi.as_str())])
-                    .await;
-            }
-            Err(e)
-        }
+    if outcome.is_err() {
+        roll_back(target, &replica_ref, &created).await;
     }
+    outcome
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -244,23 +236,20 @@ async fn fill(
     sr_ref: &str,
     replica_ref: &str,
     created: &mut Vec<String>,
+    clock: &dyn Clock,
     throttle: Option<&Throttle>,
     progress: SeedProgress<'_>,
 ) -> Result<ImportReport, OfflineError> {
-    let mut importing: StringMap =
-        crate::replicate::run::replica_keys(id, keys::IMPORTING_DATETIME);
     let mut vdis = Vec::new();
     for disk in &manifest.disks {
-        importing.insert(keys::COPY_OF.into(), disk.snapshot_vdi.clone());
-        importing.insert(keys::CONTENT_KEY.into(), disk.snapshot_vdi.clone());
-        let name = format!("{}{}", keys::IMPORTING_VDI_PREFIX, disk.snapshot_vdi);
-        let vdi = create_vdi(target, &name, sr_ref, disk.virtual_size, &importing)
+        let vdi = create_replica_disk(target, id, sr_ref, &disk.snapshot_vdi, disk.virtual_size)
             .await
-            .map_err(|e| OfflineError::Failed(format!("disk {}: {e}", disk.userdevice)))?;
+            .map_err(on_host(format!("disk {}", disk.userdevice)))?;
         created.push(vdi.clone());
-        attach_disk(target, replica_ref, &vdi, &disk.userdevice)
+        target
+            .attach_disk(replica_ref, &vdi, &disk.userdevice)
             .await
-            .map_err(|e| OfflineError::Failed(format!("disk {}: {e}", disk.userdevice)))?;
+            .map_err(on_host(format!("disk {}", disk.userdevice)))?;
         vdis.push(vdi);
     }
     let mut reports = Vec::new();
@@ -275,19 +264,13 @@ async fn fill(
         )
         .await?;
         target
-            .call(
-                "VDI.set_name_label",
-                vec![
-                    Value::from(vdi.as_str()),
-                    Value::from(disk.name_label.as_str()),
-                ],
-            )
+            .set_vdi_name_label(vdi, &disk.name_label)
             .await
-            .map_err(|e| OfflineError::Failed(e.to_string()))?;
+            .map_err(on_host("naming the replica disk"))?;
         let uuid = target
-            .call_for_string("VDI.get_uuid", vec![Value::from(vdi.as_str())])
+            .vdi_uuid(vdi)
             .await
-            .map_err(|e| OfflineError::Failed(e.to_string()))?;
+            .map_err(on_host("reading the replica disk's uuid"))?;
         reports.push(ImportedDisk {
             userdevice: disk.userdevice.clone(),
             virtual_size: disk.virtual_size,
@@ -319,20 +302,15 @@ async fn fill(
     let snapshot_ref = source
         .get_by_uuid::<VmRecord>(&manifest.snapshot_uuid)
         .await
-        .map_err(|e| OfflineError::Failed(e.to_string()))?;
+        .map_err(on_host("finding the source snapshot"))?;
     let facts = SeedFacts {
         id,
         snapshot_ref: &snapshot_ref,
         snapshot_uuid: &manifest.snapshot_uuid,
         datetime: &manifest.snapshot_datetime,
         source_vm_name: &manifest.vm_name,
-        target_vm_ref: replica_ref,
-        committed_ms: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis()),
     };
-    let mut writes = seed_writes(&facts, &pairs);
-    writes.target_name = keys::replica_name(
+    let name = keys::replica_name(
         &manifest.vm_name,
         &manifest.job_name,
         keys::parse_datetime(&manifest.snapshot_datetime).unwrap_or(0),
@@ -340,13 +318,17 @@ async fn fill(
     let replica: VmRecord = target
         .get_record(replica_ref)
         .await
-        .map_err(|e| OfflineError::Failed(e.to_string()))?;
-    write_target(target, replica_ref, &replica, &writes).await?;
-    write_source(source, &writes.source).await?;
+        .map_err(on_host("reading the replica"))?;
+    let seeded = SeededReplica {
+        vm_ref: replica_ref,
+        tags: &replica.tags,
+        name: &name,
+    };
+    link(source, target, &facts, &pairs, seeded, clock.unix_ms()).await?;
     let uuid = replica.uuid;
     Ok(ImportReport {
         replica: uuid,
-        replica_name: writes.target_name,
+        replica_name: name,
         snapshot: manifest.snapshot_uuid.clone(),
         disks: reports,
     })
@@ -380,6 +362,9 @@ async fn import_disk(
     .map(|_| ())
     .map_err(|e| match e {
         ImportError::Source(e) => e,
-        ImportError::Import(e) => OfflineError::Failed(format!("{context}: {e}")),
+        ImportError::Import(source) => OfflineError::Transfer {
+            context,
+            source: Box::new(source),
+        },
     })
 }
