@@ -165,7 +165,9 @@ impl ErrorKind {
             {
                 ErrorKind::TargetRefused
             }
-            TransferErrorKind::TargetClosed => ErrorKind::TargetRefused,
+            TransferErrorKind::TargetClosed | TransferErrorKind::TargetFailed(_) => {
+                ErrorKind::TargetRefused
+            }
             // What XAPI's import says of it.
             TransferErrorKind::TargetTooSmall { needed, .. } => ErrorKind::Xapi {
                 code: "VDI_TOO_SMALL".into(),

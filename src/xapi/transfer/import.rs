@@ -298,7 +298,7 @@ impl Import<'_> {
             .task_outcome(self.task, VERDICT_TIMEOUT)
             .await
         {
-            Err(e) if e.xapi_code().is_some() => self.failed(e.into()),
+            Err(e) if e.xapi_code().is_some() => self.failed(TransferErrorKind::TargetFailed(e)),
             _ => self.failed(kind),
         }
     }
