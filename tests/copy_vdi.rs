@@ -481,6 +481,29 @@ async fn redirects_of_the_export_and_the_import_are_followed() {
     assert_eq!(target.hash(&replica).await, source.hash(&disk).await);
 }
 
+/// `copy-vdi` of `disk` on `source` into `replica` on `target`, with `extra` arguments.
+async fn copy_between(
+    source: &Host,
+    disk: &str,
+    target: &Host,
+    replica: &str,
+    extra: &[&str],
+) -> Run {
+    let (from, to) = (source.url(), target.url());
+    let mut args = vec![
+        "--from",
+        &from,
+        "--vdi",
+        disk,
+        "--to",
+        &to,
+        "--target-vdi",
+        replica,
+    ];
+    args.extend_from_slice(extra);
+    copy_vdi(&args).await
+}
+
 /// A pinned https host redirecting the export to plain http must not be followed: the
 /// request would carry the session id in clear text to whoever listens there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -511,19 +534,13 @@ async fn a_redirect_from_https_to_http_is_refused() {
             ),
         ])
         .await;
-    let run = copy_vdi(&[
-        "--from",
-        &source.url(),
-        "--from-fingerprint",
-        &fingerprint,
-        "--vdi",
+    let run = copy_between(
+        &source,
         &disk,
-        "--to",
-        &target.url(),
-        "--target-vdi",
+        &target,
         &replica,
-        "--json",
-    ])
+        &["--from-fingerprint", &fingerprint, "--json"],
+    )
     .await;
     assert!(!run.ok, "the downgrade must fail the copy");
     assert!(
@@ -551,17 +568,7 @@ async fn a_copy_into_a_smaller_vdi_says_so() {
     let replica = target.disk_uuid();
     source.write(&disk, 0, 4 * MIB, 9).await;
     let before = target.hash(&replica).await;
-    let run = copy_vdi(&[
-        "--from",
-        &source.url(),
-        "--vdi",
-        &disk,
-        "--to",
-        &target.url(),
-        "--target-vdi",
-        &replica,
-    ])
-    .await;
+    let run = copy_between(&source, &disk, &target, &replica, &[]).await;
     assert!(!run.ok);
     assert!(
         run.stderr.contains(&replica)
@@ -628,19 +635,13 @@ async fn max_rate_limits_a_copy() {
     let disk = source.disk_uuid();
     let replica = target.disk_uuid();
     source.write(&disk, 0, 4 * MIB, 6).await;
-    let run = copy_vdi(&[
-        "--from",
-        &source.url(),
-        "--vdi",
+    let run = copy_between(
+        &source,
         &disk,
-        "--to",
-        &target.url(),
-        "--target-vdi",
+        &target,
         &replica,
-        "--max-rate",
-        "4MiB",
-        "--json",
-    ])
+        &["--max-rate", "4MiB", "--json"],
+    )
     .await;
     assert!(run.ok, "{}", run.stderr);
     let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
