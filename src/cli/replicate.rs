@@ -9,35 +9,20 @@ use serde_json::json;
 
 use super::CliError;
 use super::args::{ReplicateArgs, StatusArgs};
+use super::connect::{connect_job, connect_job_target};
 use super::output::print_json;
-use super::transfer::{SOURCE_PASSWORD_ENV, TARGET_PASSWORD_ENV, connect_host, runtime, trust_for};
-use crate::replicate::job::{HostSpec, Job};
+use super::transfer::runtime;
+use crate::replicate::job::Job;
 use crate::replicate::plan::{
     Identity, TargetVm, is_committed_replica, is_interrupted_replica, replica_datetime,
     replica_order,
 };
 use crate::replicate::run::list_target_vms;
 use crate::replicate::runner::{JobProgress, VmOutcome, run_job};
-use crate::xapi::client::XapiClient;
 use crate::xapi::transfer::{Progress, TransferOptions};
 
 pub(super) fn load_job(path: &std::path::Path) -> Result<Job, CliError> {
     Job::load(path).map_err(|e| CliError::Input(e.to_string()))
-}
-
-async fn connect_spec(spec: &HostSpec, env: &str, insecure: bool) -> Result<XapiClient, CliError> {
-    let trust = trust_for(spec.fingerprint.as_deref(), insecure)?;
-    connect_host(spec.url.clone(), spec.password_file.as_deref(), env, &trust).await
-}
-
-/// Connect to both hosts of a job.
-pub async fn connect_job(job: &Job) -> Result<(XapiClient, XapiClient), CliError> {
-    if job.insecure {
-        eprintln!("vhdsync: warning: [tls] insecure: host certificates are not verified");
-    }
-    let source = connect_spec(&job.source, SOURCE_PASSWORD_ENV, job.insecure).await?;
-    let target = connect_spec(&job.target, TARGET_PASSWORD_ENV, job.insecure).await?;
-    Ok((source, target))
 }
 
 pub fn replicate(args: &ReplicateArgs) -> Result<ExitCode, CliError> {
@@ -204,8 +189,7 @@ pub fn status(args: &StatusArgs) -> Result<ExitCode, CliError> {
     let job = load_job(&args.job)?;
     let max_age = args.max_age.as_deref().map(parse_duration).transpose()?;
     runtime()?.block_on(async {
-        let trust = trust_for(job.target.fingerprint.as_deref(), job.insecure)?;
-        let target = connect_host(job.target.url.clone(), job.target.password_file.as_deref(), TARGET_PASSWORD_ENV, &trust).await?;
+        let target = connect_job_target(&job).await?;
         let vms: Vec<TargetVm> = list_target_vms(&target)
             .await
             .map_err(|e| CliError::Failed(e.to_string()))?;

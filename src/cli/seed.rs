@@ -9,14 +9,16 @@ use serde_json::json;
 
 use super::CliError;
 use super::args::{SeedArgs, SeedExportArgs, SeedImportArgs};
+use super::connect::{command_line_login, connect_job, warn_about};
 use super::output::print_json;
-use super::replicate::{connect_job, load_job};
-use super::transfer::{SOURCE_PASSWORD_ENV, TARGET_PASSWORD_ENV, connect, runtime, trust_for};
+use super::replicate::load_job;
+use super::transfer::runtime;
 use crate::replicate::job::Job;
 use crate::replicate::lock::VmLock;
 use crate::replicate::plan::Identity;
 use crate::replicate::seed::{SeedError, seed as run_seed};
 use crate::replicate::seed_offline::{OfflineError, SeedJob, export, import};
+use crate::xapi::connect::{SOURCE_PASSWORD_ENV, TARGET_PASSWORD_ENV};
 use crate::xapi::transfer::Progress;
 
 /// The name under which the binary behaves as `vhdsync seed`, for xo-cr-seed runbooks.
@@ -63,8 +65,20 @@ fn offline_error(e: OfflineError) -> CliError {
 }
 
 pub fn seed(args: &SeedArgs) -> Result<ExitCode, CliError> {
-    let source_trust = trust_for(args.source_fingerprint.as_deref(), args.insecure)?;
-    let target_trust = trust_for(args.target_fingerprint.as_deref(), args.insecure)?;
+    let source = command_line_login(
+        &args.source_url,
+        args.source_password_file.as_deref(),
+        SOURCE_PASSWORD_ENV,
+        args.source_fingerprint.as_deref(),
+        args.insecure,
+    )?;
+    let target = command_line_login(
+        &args.target_url,
+        args.target_password_file.as_deref(),
+        TARGET_PASSWORD_ENV,
+        args.target_fingerprint.as_deref(),
+        args.insecure,
+    )?;
     if args.insecure {
         eprintln!(
             "vhdsync: warning: host certificates are not verified (pin them with --source-fingerprint/--target-fingerprint)"
@@ -78,21 +92,10 @@ pub fn seed(args: &SeedArgs) -> Result<ExitCode, CliError> {
     ] {
         crate::replicate::seed::check_uuid(what, value).map_err(seed_error)?;
     }
+    warn_about([&source, &target]);
     runtime()?.block_on(async {
-        let source = connect(
-            &args.source_url,
-            args.source_password_file.as_deref(),
-            SOURCE_PASSWORD_ENV,
-            &source_trust,
-        )
-        .await?;
-        let target = connect(
-            &args.target_url,
-            args.target_password_file.as_deref(),
-            TARGET_PASSWORD_ENV,
-            &target_trust,
-        )
-        .await?;
+        let source = source.connect().await?;
+        let target = target.connect().await?;
         let outcome = run_seed(
             &source,
             &target,

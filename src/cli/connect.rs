@@ -1,0 +1,73 @@
+//! Logging in to the hosts a command names, on its command line or in its job file, with the
+//! library's [`HostLogin`]; the credential warnings it finds are printed here, on stderr.
+
+use std::path::Path;
+
+use super::CliError;
+use crate::replicate::job::Job;
+use crate::xapi::HostUrl;
+use crate::xapi::client::XapiClient;
+use crate::xapi::connect::{ConnectError, HostLogin, credential_warnings, trust_for};
+
+impl From<ConnectError> for CliError {
+    fn from(e: ConnectError) -> CliError {
+        if e.is_input() {
+            CliError::Input(e.to_string())
+        } else {
+            CliError::Failed(e.to_string())
+        }
+    }
+}
+
+/// A host given on the command line: its URL, password file, the environment variable
+/// `password_env`, and its pinned fingerprint or the global `--insecure`.
+pub fn command_line_login(
+    url: &str,
+    password_file: Option<&Path>,
+    password_env: &str,
+    fingerprint: Option<&str>,
+    insecure: bool,
+) -> Result<HostLogin, CliError> {
+    let url = HostUrl::parse(url).map_err(ConnectError::from)?;
+    let trust = trust_for(fingerprint, insecure).map_err(ConnectError::from)?;
+    Ok(HostLogin {
+        password_file: password_file.map(Path::to_path_buf),
+        password_env: Some(password_env.to_owned()),
+        url_on_command_line: true,
+        ..HostLogin::new(url, trust)
+    })
+}
+
+/// Print what the owner of these credentials should fix, each warning once.
+pub fn warn_about<'a>(logins: impl IntoIterator<Item = &'a HostLogin>) {
+    for warning in credential_warnings(logins) {
+        eprintln!("vhdsync: warning: {warning}");
+    }
+}
+
+/// Log in to one host, after its credential warnings.
+pub async fn connect(login: &HostLogin) -> Result<XapiClient, CliError> {
+    warn_about([login]);
+    Ok(login.connect().await?)
+}
+
+fn insecure_warning(job: &Job) {
+    if job.insecure {
+        eprintln!("vhdsync: warning: [tls] insecure: host certificates are not verified");
+    }
+}
+
+/// Connect to both hosts of a job.
+pub async fn connect_job(job: &Job) -> Result<(XapiClient, XapiClient), CliError> {
+    insecure_warning(job);
+    let source = job.source_login().map_err(ConnectError::from)?;
+    let target = job.target_login().map_err(ConnectError::from)?;
+    warn_about([&source, &target]);
+    Ok((source.connect().await?, target.connect().await?))
+}
+
+/// Connect to a job's target only: failover and status must work with the source site gone.
+pub async fn connect_job_target(job: &Job) -> Result<XapiClient, CliError> {
+    insecure_warning(job);
+    connect(&job.target_login().map_err(ConnectError::from)?).await
+}
