@@ -1,3 +1,7 @@
+//! The command line's arguments. Their doc comments are clap's help text: plain text, which
+//! rustdoc would read as Markdown and HTML.
+#![allow(rustdoc::invalid_html_tags)]
+
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};

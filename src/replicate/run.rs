@@ -1,4 +1,4 @@
-//! One replication cycle of one VM (`xo-replication.md` §3-§10), carrying out [`plan`]'s
+//! One replication cycle of one VM (`xo-replication.md` §3-§10), carrying out [`plan`](super::plan)'s
 //! decisions: clean what interrupted runs left, find the base, snapshot the source, build a
 //! new replica (clones of the previous replica's disks for deltas, new disks for fulls),
 //! transfer every disk, commit the metadata, then apply retention on both sides.
