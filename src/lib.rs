@@ -14,9 +14,10 @@
 //! - Copy one VDI (whole, or its delta against a base) between two hosts: [`transfer_vdi`] with
 //!   [`TransferOptions`], giving a [`TransferReport`] or a [`TransferError`].
 //! - Replicate one VM: [`replicate_vm`] runs one cycle with [`CycleSettings`] (usually from a
-//!   [`Job`] file: [`Job::load`], [`Job::cycle_settings`], [`Job::source_login`]), giving a
-//!   [`CycleReport`] or a [`CycleError`] naming the phase, host and disk. [`run_job`] runs a
-//!   job's VMs under their locks, a few at a time.
+//!   [`Job`] file: [`Job::load`], [`Job::cycle_settings`], [`Job::source_login`]) until done
+//!   or until its [`CancellationToken`] is cancelled, giving a [`CycleReport`] or a
+//!   [`CycleError`] naming the phase, host and disk, with an [`ErrorKind`] to match on.
+//!   [`run_job`] runs a job's VMs under their locks, a few at a time ([`RunOptions`]).
 //! - Test against the simulated host: [`lab`] is a XAPI-compatible host over real VHD files
 //!   ([`Lab`], served by [`LabServer`]), which the example below starts in-process.
 //!
@@ -26,8 +27,12 @@
 //!
 //! ```
 //! use std::path::Path;
+//! use std::sync::Arc;
 //!
-//! use vhdsync::{HostLogin, HostUrl, Job, Lab, LabServer, TransferOptions, Trust, replicate_vm};
+//! use vhdsync::{
+//!     CancellationToken, HostLogin, HostUrl, Job, Lab, LabServer, SystemClock, TransferOptions,
+//!     Trust, replicate_vm,
+//! };
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -62,9 +67,12 @@
 //!     ),
 //!     Path::new("job.toml"),
 //! )?;
-//! let settings = job.cycle_settings(TransferOptions::default());
+//! let settings = job.cycle_settings(TransferOptions::default(), Arc::new(SystemClock));
 //!
-//! let report = replicate_vm(&source, &target, &settings, vm, &mut |_disk, _progress| {}).await?;
+//! // Cancelling the token (from another task, or a signal handler) stops the cycle, which
+//! // then destroys what it created.
+//! let cancel = CancellationToken::new();
+//! let report = replicate_vm(&source, &target, &settings, vm, &mut |_, _| {}, &cancel).await?;
 //! assert_eq!((report.mode, report.disks.len()), ("full", 1));
 //! println!("{} bytes sent into replica {}", report.bytes_sent, report.replica);
 //! # Ok(())
@@ -90,6 +98,7 @@ pub mod bench;
 // Not API: the command line, public only for the binary (`src/main.rs`).
 #[doc(hidden)]
 pub mod cli;
+pub mod fsio;
 pub mod image;
 pub mod lab;
 pub mod replicate;
@@ -99,9 +108,13 @@ pub mod xapi;
 
 pub use lab::http::LabServer;
 pub use lab::{InitReport, Lab, LabError};
+pub use replicate::clock::{Clock, SystemClock};
 pub use replicate::job::{HostSpec, Job, JobError};
-pub use replicate::run::{CycleError, CycleReport, CycleSettings, DiskReport, replicate_vm};
-pub use replicate::runner::{JobProgress, VmOutcome, run_job};
+pub use replicate::run::{
+    CycleCause, CycleError, CycleReport, CycleSettings, DiskReport, ErrorKind, replicate_vm,
+};
+pub use replicate::runner::{JobProgress, RunOptions, VmOutcome, run_job};
+pub use tokio_util::sync::CancellationToken;
 pub use xapi::client::{ClientError, XapiClient};
 pub use xapi::connect::{
     ConnectError, CredentialWarning, HostLogin, SOURCE_PASSWORD_ENV, TARGET_PASSWORD_ENV,

@@ -9,16 +9,6 @@ use crate::xapi::HostUrl;
 use crate::xapi::client::XapiClient;
 use crate::xapi::connect::{ConnectError, HostLogin, credential_warnings, trust_for};
 
-impl From<ConnectError> for CliError {
-    fn from(e: ConnectError) -> CliError {
-        if e.is_input() {
-            CliError::Input(e.to_string())
-        } else {
-            CliError::Failed(e.to_string())
-        }
-    }
-}
-
 /// A host given on the command line: its URL, password file, the environment variable
 /// `password_env`, and its pinned fingerprint or the global `--insecure`.
 pub fn command_line_login(
