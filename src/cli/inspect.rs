@@ -22,15 +22,15 @@ pub(super) fn damage_policy(force: bool) -> Damage {
     }
 }
 
-/// A refusal to read a damaged file, with what to do about it.
+/// A refusal to read a damaged file, with a hint on what to do about it.
 pub(super) fn open_error(e: ImageError) -> CliError {
-    match e.kind {
-        ImageErrorKind::Damaged { .. } => CliError::Input(format!(
-            "{e}; `vhdsync check {}` lists every finding, --force reads it anyway",
+    if matches!(e.kind, ImageErrorKind::Damaged { .. }) {
+        eprintln!(
+            "vhdsync: hint: `vhdsync check {}` lists every finding; --force reads the file anyway",
             e.path.display()
-        )),
-        _ => e.into(),
+        );
     }
+    e.into()
 }
 
 /// Under `--force`, say loudly what was read past, layer by layer.
