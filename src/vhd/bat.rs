@@ -285,6 +285,76 @@ mod tests {
         assert_eq!(bat.allocated(2).collect::<Vec<_>>(), vec![(0, 3)]);
     }
 
+    /// 2 KiB blocks behind one-sector bitmaps: 2560 bytes (5 sectors) each on disk.
+    fn layout(current_size: u64, file_len: u64) -> BlockLayout {
+        BlockLayout {
+            table_offset: 1536,
+            block_size: 2048,
+            bitmap_size: 512,
+            current_size,
+            file_len,
+        }
+    }
+
+    fn header_extent() -> Vec<Extent> {
+        vec![Extent {
+            start: 512,
+            end: 1536,
+            what: "dynamic header".into(),
+        }]
+    }
+
+    #[test]
+    fn layout_accepts_any_order_and_a_short_last_block_before_metadata() {
+        let mut bat = Bat::unallocated(3);
+        bat.set(0, 20);
+        bat.set(1, 10);
+        // The last block holds 512 guest bytes: bitmap and one sector, then metadata follows
+        // where a whole block would still go on.
+        bat.set(2, 40);
+        let after = vec![Extent {
+            start: 40 * 512 + 1024,
+            end: 40 * 512 + 1536,
+            what: "footer".into(),
+        }];
+        let findings = bat.check_layout(&layout(2 * 2048 + 512, 40 * 512 + 1536), &after, 8);
+        assert!(findings.is_empty(), "{findings:?}");
+    }
+
+    #[test]
+    fn layout_names_the_entry_for_each_kind_of_damage() {
+        let mut bat = Bat::unallocated(4);
+        bat.set(0, 10); // fine
+        bat.set(1, 10); // the same block as entry 0
+        bat.set(2, 2); // over the header
+        bat.set(3, 1000); // past the end
+        let findings = bat.check_layout(&layout(4 * 2048, 64 << 10), &header_extent(), 8);
+        let named: Vec<_> = findings
+            .iter()
+            .map(|f| (f.kind, f.structure, f.offset))
+            .collect();
+        assert_eq!(
+            named,
+            vec![
+                (ErrorKind::OutOfBounds, Structure::Block(3), 1536 + 12),
+                (ErrorKind::Overlap, Structure::Block(2), 1536 + 8),
+                (ErrorKind::Overlap, Structure::Block(1), 1536 + 4),
+            ]
+        );
+        assert!(findings[1].found.contains("overlaps dynamic header"));
+        assert!(findings[2].found.contains("overlaps block 0"));
+    }
+
+    #[test]
+    fn layout_findings_are_capped() {
+        let bat = Bat {
+            entries: vec![10; 10_000],
+        };
+        let findings = bat.check_layout(&layout(10_000 * 2048, 64 << 10), &[], 5);
+        assert_eq!(findings.len(), 5);
+        assert!(findings.iter().all(|f| f.kind == ErrorKind::Overlap));
+    }
+
     #[test]
     fn absurd_counts_fail_before_allocating() {
         let err = Bat::parse(&[], u32::MAX, 1536).unwrap_err();
