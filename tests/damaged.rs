@@ -26,17 +26,20 @@ fn shared_block(dir: &Path) -> (PathBuf, Vec<u8>, u64) {
     let vdi = FileSrVdi::new(dir, 3 * BLOCK, BLOCK as u32);
     let data = pattern(17, 2 * BLOCK as usize);
     vdi.write(0, &data);
+    let entry = point_entry_1_at_block_0(&vdi.leaf);
+    (vdi.leaf.clone(), data, entry)
+}
+
+/// Overwrite BAT entry 1 of `path` with entry 0; returns the entry's byte offset.
+fn point_entry_1_at_block_0(path: &Path) -> u64 {
     let (entry, sector) = {
-        let layer = VhdLayer::open(&vdi.leaf).unwrap();
+        let layer = VhdLayer::open(path).unwrap();
         let table = layer.header().unwrap().table_offset;
         (table + 4, layer.bat().sector(0).unwrap())
     };
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&vdi.leaf)
-        .unwrap();
+    let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
     file.write_all_at(&sector.to_be_bytes(), entry).unwrap();
-    (vdi.leaf.clone(), data, entry)
+    entry
 }
 
 fn vhdsync(args: &[&str], file: &Path) -> Output {
@@ -148,15 +151,7 @@ fn the_lab_sr_refuses_a_damaged_vdi_on_export() {
     sr.create(vdi, 3 * BLOCK).unwrap();
     sr.write(vdi, 0, &pattern(3, 2 * BLOCK as usize)).unwrap();
     let leaf = sr.leaf_path(vdi).unwrap();
-    let (table, sector) = {
-        let layer = VhdLayer::open(&leaf).unwrap();
-        (
-            layer.header().unwrap().table_offset,
-            layer.bat().sector(0).unwrap(),
-        )
-    };
-    let file = std::fs::OpenOptions::new().write(true).open(&leaf).unwrap();
-    file.write_all_at(&sector.to_be_bytes(), table + 4).unwrap();
+    point_entry_1_at_block_0(&leaf);
     let err = sr.chain(vdi).expect_err("a damaged leaf must not be read");
     let message = err.to_string();
     assert!(

@@ -159,6 +159,16 @@ impl Bat {
         let blocks = layout.blocks().min(self.entries.len() as u64) as u32;
         // Past the end, over metadata, over another block: each kind in BAT order, in this
         // order, so that the first finding is the most direct one.
+        let finding = |kind, index: u32, found: String| {
+            FormatError::new(
+                kind,
+                Structure::Block(index),
+                "BAT entry",
+                layout.table_offset + u64::from(index) * 4,
+                found,
+                "a block inside the file, clear of the metadata and of every other block",
+            )
+        };
         let mut findings = Vec::new();
         let mut inside: Vec<u32> = Vec::new();
         for (index, sector) in self.allocated(blocks) {
@@ -166,17 +176,11 @@ impl Bat {
             let end = start + layout.block_bytes(u64::from(index));
             if end > layout.file_len {
                 if findings.len() < limit {
-                    findings.push(FormatError::new(
-                        ErrorKind::OutOfBounds,
-                        Structure::Block(index),
-                        "BAT entry",
-                        layout.table_offset + u64::from(index) * 4,
-                        format_args!(
-                            "block at bytes {start}..{end}, past the end of the {}-byte file",
-                            layout.file_len
-                        ),
-                        "a block inside the file",
-                    ));
+                    let found = format!(
+                        "block at bytes {start}..{end}, past the end of the {}-byte file",
+                        layout.file_len
+                    );
+                    findings.push(finding(ErrorKind::OutOfBounds, index, found));
                 }
             } else {
                 inside.push(sector);
@@ -195,22 +199,14 @@ impl Bat {
             };
             (start, start + len)
         };
-        let overlap = |sector: u32, other: &str, other_span: (u64, u64)| {
-            let index = self.index_of(sector, blocks, None);
+        let overlap = |index: u32, sector: u32, other: &str, other_span: (u64, u64)| {
             let (start, end) = span(sector);
-            FormatError::new(
-                ErrorKind::Overlap,
-                Structure::Block(index),
-                "BAT entry",
-                layout.table_offset + u64::from(index) * 4,
-                format_args!(
-                    "block at bytes {start}..{end} overlaps {other} at bytes {}..{}",
-                    other_span.0, other_span.1
-                ),
-                "a block clear of the metadata and of every other block",
-            )
+            let found = format!(
+                "block at bytes {start}..{end} overlaps {other} at bytes {}..{}",
+                other_span.0, other_span.1
+            );
+            finding(ErrorKind::Overlap, index, found)
         };
-        findings.sort_by_key(|f| f.offset);
         let mut over_metadata = Vec::new();
         for m in metadata {
             // Blocks that could reach into `m` start after `m.start - full`.
@@ -221,7 +217,8 @@ impl Bat {
                     break;
                 }
                 if end > m.start {
-                    over_metadata.push(overlap(sector, &m.what, (m.start, m.end)));
+                    let index = self.index_of(sector, blocks, None);
+                    over_metadata.push(overlap(index, sector, &m.what, (m.start, m.end)));
                 }
             }
         }
@@ -238,15 +235,10 @@ impl Bat {
             {
                 let prev_index = self.index_of(prev, blocks, None);
                 // Equal sectors: name the second entry that points there.
-                let index = if prev == sector {
-                    self.index_of(sector, blocks, Some(prev_index))
-                } else {
-                    self.index_of(sector, blocks, None)
-                };
-                let mut finding = overlap(sector, &format!("block {prev_index}"), span(prev));
-                finding.structure = Structure::Block(index);
-                finding.offset = layout.table_offset + u64::from(index) * 4;
-                over_blocks.push(finding);
+                let skip = (prev == sector).then_some(prev_index);
+                let index = self.index_of(sector, blocks, skip);
+                let other = format!("block {prev_index}");
+                over_blocks.push(overlap(index, sector, &other, span(prev)));
             }
             if furthest.is_none_or(|(_, e)| end > e) {
                 furthest = Some((sector, end));
