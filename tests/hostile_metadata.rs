@@ -111,4 +111,17 @@ async fn forged_own_keys_on_the_source_never_reach_a_replica_nor_get_it_destroye
     // Retention 2: the second replica is still there, kept as a replica, not removed as junk.
     target.vm(&replica_ref).await;
     assert_eq!(target.replicas().await.len(), 2);
+
+    // The escape codes in the VM's name reach no terminal raw (issue 17 finding 10).
+    let job_arg = job.to_str().unwrap();
+    for args in [
+        &["replicate", "--job", job_arg][..],
+        &["status", "--job", job_arg][..],
+    ] {
+        let run = vhdsync(args).await;
+        assert_eq!(run.code, 0, "{args:?}: {}{}", run.stdout, run.stderr);
+        let printed = format!("{}{}", run.stdout, run.stderr);
+        assert!(!printed.contains('\x1b'), "{args:?} printed an escape: {printed:?}");
+        assert!(printed.contains("web01\\u{1b}[2J"), "{args:?}: {printed}");
+    }
 }
