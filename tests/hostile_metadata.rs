@@ -121,7 +121,10 @@ async fn forged_own_keys_on_the_source_never_reach_a_replica_nor_get_it_destroye
         let run = vhdsync(args).await;
         assert_eq!(run.code, 0, "{args:?}: {}{}", run.stdout, run.stderr);
         let printed = format!("{}{}", run.stdout, run.stderr);
-        assert!(!printed.contains('\x1b'), "{args:?} printed an escape: {printed:?}");
+        assert!(
+            !printed.contains('\x1b'),
+            "{args:?} printed an escape: {printed:?}"
+        );
         assert!(printed.contains("web01\\u{1b}[2J"), "{args:?}: {printed}");
     }
 }
