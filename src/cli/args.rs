@@ -276,6 +276,10 @@ pub struct DiffArgs {
     /// Print one JSON document instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Read a damaged file anyway, for recovery, printing each structural finding as a
+    /// warning on stderr.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]
@@ -288,6 +292,10 @@ pub struct ExportArgs {
     /// Output file, or - for stdout (the default).
     #[arg(short, long)]
     pub output: Option<PathBuf>,
+    /// Read a damaged file anyway, for recovery, printing each structural finding as a
+    /// warning on stderr.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]
@@ -312,6 +320,10 @@ pub struct InfoArgs {
     /// Print one JSON document instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Read a damaged file anyway, for recovery, printing each structural finding as a
+    /// warning on stderr.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]
@@ -327,9 +339,14 @@ pub struct CheckArgs {
 pub struct CatArgs {
     /// The VHD file (its parents are found through its locators).
     pub file: PathBuf,
-    /// Write to this file instead of stdout; unallocated regions stay holes.
+    /// Write to this file instead of stdout; in a regular file unallocated regions stay
+    /// holes, anything else (a device, a pipe) is written sequentially.
     #[arg(short, long)]
     pub output: Option<PathBuf>,
+    /// Read a damaged file anyway, for recovery, printing each structural finding as a
+    /// warning on stderr.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]

@@ -15,6 +15,7 @@ use super::connect::connect_job_target;
 use super::output::print_json;
 use super::replicate::load_job;
 use super::seed::{job_identity, lock};
+use super::terminal_text;
 use super::transfer::runtime;
 use crate::replicate::clock::SystemClock;
 use crate::replicate::failover::{cleanup, failover as run_failover, test_failover as run_test};
@@ -118,7 +119,7 @@ pub fn test_failover(args: &TestFailoverArgs) -> Result<ExitCode, CliError> {
             println!(
                 "test clone {} ({}) of replica {}{}; replication is untouched. Remove it with: vhdsync test-failover --cleanup --job {}",
                 report["clone"].as_str().unwrap_or_default(),
-                report["name"].as_str().unwrap_or_default(),
+                terminal_text::name(report["name"].as_str().unwrap_or_default()),
                 report["replica"].as_str().unwrap_or_default(),
                 if args.start { ", started" } else { "" },
                 args.job.display()

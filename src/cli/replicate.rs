@@ -12,6 +12,7 @@ use super::CliError;
 use super::args::{ReplicateArgs, StatusArgs};
 use super::connect::{connect_job, connect_job_target};
 use super::output::print_json;
+use super::terminal_text;
 use super::transfer::runtime;
 use crate::replicate::clock::{Clock, SystemClock};
 use crate::replicate::error::ErrorKind;
@@ -179,7 +180,7 @@ fn report(
                 VmOutcome::Replicated(r) => {
                     println!(
                         "{} ({vm}): {}, {} disk(s), {} bytes sent of {} ({:.1}%), {:.2} s, {:.1} MB/s -> replica {}",
-                        r.vm_name,
+                        terminal_text::name(&r.vm_name),
                         r.mode,
                         r.disks.len(),
                         r.bytes_sent,
@@ -190,7 +191,7 @@ fn report(
                         r.replica
                     );
                     for note in r.notes.iter().chain(&r.cleaned_up) {
-                        println!("  note: {note}");
+                        println!("  note: {}", terminal_text::message(note));
                     }
                     if !r.deleted_replicas.is_empty() {
                         println!(
@@ -199,11 +200,16 @@ fn report(
                         );
                     }
                 }
-                VmOutcome::Locked(e) => eprintln!("vhdsync: {e}"),
-                VmOutcome::Failed(e) => eprintln!("vhdsync: {e}"),
-                VmOutcome::Panicked(message) => {
-                    eprintln!("vhdsync: VM {vm}: the cycle panicked: {message}")
+                VmOutcome::Locked(e) => {
+                    eprintln!("vhdsync: {}", terminal_text::message(&e.to_string()))
                 }
+                VmOutcome::Failed(e) => {
+                    eprintln!("vhdsync: {}", terminal_text::message(&e.to_string()))
+                }
+                VmOutcome::Panicked(message) => eprintln!(
+                    "vhdsync: VM {vm}: the cycle panicked: {}",
+                    terminal_text::message(message)
+                ),
             }
         }
     }
@@ -319,7 +325,7 @@ pub fn status(args: &StatusArgs) -> Result<ExitCode, CliError> {
                     println!(
                         "  {}  {}  age {}  {}",
                         if *valid { "valid  " } else { "INVALID" },
-                        v.name_label,
+                        terminal_text::name(&v.name_label),
                         human_age(age),
                         v.uuid
                     );

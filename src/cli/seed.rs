@@ -12,6 +12,7 @@ use super::args::{SeedArgs, SeedExportArgs, SeedImportArgs};
 use super::connect::{command_line_login, connect_job, warn_about};
 use super::output::print_json;
 use super::replicate::load_job;
+use super::terminal_text;
 use super::transfer::runtime;
 use crate::replicate::clock::SystemClock;
 use crate::replicate::job::Job;
@@ -178,7 +179,7 @@ pub fn seed_export(args: &SeedExportArgs) -> Result<ExitCode, CliError> {
         } else {
             println!(
                 "exported VM {} ({}) as snapshot {} into {}",
-                manifest.vm_name,
+                terminal_text::name(&manifest.vm_name),
                 manifest.vm_uuid,
                 manifest.snapshot_uuid,
                 args.output.display()
