@@ -7,25 +7,40 @@ use super::CliError;
 use crate::replicate::job::Job;
 use crate::xapi::HostUrl;
 use crate::xapi::client::XapiClient;
-use crate::xapi::connect::{ConnectError, HostLogin, credential_warnings, trust_for};
+use crate::xapi::connect::{
+    ConnectError, HostLogin, SOURCE_PASSWORD_ENV, TARGET_PASSWORD_ENV, credential_warnings,
+    trust_for,
+};
 
-/// A host given on the command line: its URL, password file, the environment variable
-/// `password_env`, and its pinned fingerprint or the global `--insecure`.
-pub fn command_line_login(
-    url: &str,
-    password_file: Option<&Path>,
-    password_env: &str,
-    fingerprint: Option<&str>,
+/// A host as the command line names it: its URL, password file and pinned fingerprint.
+pub struct CommandLineHost<'a> {
+    pub url: &'a str,
+    pub password_file: Option<&'a Path>,
+    pub fingerprint: Option<&'a str>,
+}
+
+/// The source and the target a command line names, with the global `--insecure`; their
+/// passwords' environment variables are [`SOURCE_PASSWORD_ENV`] and [`TARGET_PASSWORD_ENV`].
+pub fn command_line_pair(
+    source: CommandLineHost,
+    target: CommandLineHost,
     insecure: bool,
-) -> Result<HostLogin, CliError> {
-    let url = HostUrl::parse(url).map_err(ConnectError::from)?;
-    let trust = trust_for(fingerprint, insecure).map_err(ConnectError::from)?;
-    Ok(HostLogin {
-        password_file: password_file.map(Path::to_path_buf),
-        password_env: Some(password_env.to_owned()),
-        url_on_command_line: true,
-        ..HostLogin::new(url, trust)
-    })
+) -> Result<(HostLogin, HostLogin), CliError> {
+    let login = |host: CommandLineHost, password_env: &str| -> Result<HostLogin, ConnectError> {
+        Ok(HostLogin {
+            password_file: host.password_file.map(Path::to_path_buf),
+            password_env: Some(password_env.to_owned()),
+            url_on_command_line: true,
+            ..HostLogin::new(
+                HostUrl::parse(host.url)?,
+                trust_for(host.fingerprint, insecure)?,
+            )
+        })
+    };
+    Ok((
+        login(source, SOURCE_PASSWORD_ENV)?,
+        login(target, TARGET_PASSWORD_ENV)?,
+    ))
 }
 
 /// Print what the owner of these credentials should fix, each warning once.

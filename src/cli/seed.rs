@@ -9,7 +9,7 @@ use serde_json::json;
 
 use super::CliError;
 use super::args::{SeedArgs, SeedExportArgs, SeedImportArgs};
-use super::connect::{command_line_login, connect_job, warn_about};
+use super::connect::{CommandLineHost, command_line_pair, connect_job, warn_about};
 use super::output::print_json;
 use super::replicate::load_job;
 use super::terminal_text;
@@ -20,7 +20,6 @@ use crate::replicate::lock::VmLock;
 use crate::replicate::plan::Identity;
 use crate::replicate::seed::seed as run_seed;
 use crate::replicate::seed_offline::{SeedJob, export, import};
-use crate::xapi::connect::{SOURCE_PASSWORD_ENV, TARGET_PASSWORD_ENV};
 use crate::xapi::transfer::Progress;
 
 /// The name under which the binary behaves as `vhdsync seed`, for xo-cr-seed runbooks.
@@ -51,18 +50,17 @@ pub fn command_line(args: impl Iterator<Item = OsString>) -> Vec<OsString> {
 }
 
 pub fn seed(args: &SeedArgs) -> Result<ExitCode, CliError> {
-    let source = command_line_login(
-        &args.source_url,
-        args.source_password_file.as_deref(),
-        SOURCE_PASSWORD_ENV,
-        args.source_fingerprint.as_deref(),
-        args.insecure,
-    )?;
-    let target = command_line_login(
-        &args.target_url,
-        args.target_password_file.as_deref(),
-        TARGET_PASSWORD_ENV,
-        args.target_fingerprint.as_deref(),
+    let (source, target) = command_line_pair(
+        CommandLineHost {
+            url: &args.source_url,
+            password_file: args.source_password_file.as_deref(),
+            fingerprint: args.source_fingerprint.as_deref(),
+        },
+        CommandLineHost {
+            url: &args.target_url,
+            password_file: args.target_password_file.as_deref(),
+            fingerprint: args.target_fingerprint.as_deref(),
+        },
         args.insecure,
     )?;
     if args.insecure {

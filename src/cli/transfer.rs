@@ -8,10 +8,9 @@ use serde_json::json;
 
 use super::CliError;
 use super::args::{CopyVdiArgs, TrustArgs};
-use super::connect::{command_line_login, warn_about};
+use super::connect::{CommandLineHost, command_line_pair, warn_about};
 use super::output::print_json;
 use crate::xapi::HostUrl;
-use crate::xapi::connect::{SOURCE_PASSWORD_ENV, TARGET_PASSWORD_ENV};
 use crate::xapi::connection::Endpoint;
 use crate::xapi::tls::Trust;
 use crate::xapi::transfer::{Progress, TransferOptions, VdiOn, transfer_vdi};
@@ -30,18 +29,17 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
 }
 
 pub fn copy_vdi(args: &CopyVdiArgs) -> Result<ExitCode, CliError> {
-    let source = command_line_login(
-        &args.from,
-        args.from_password_file.as_deref(),
-        SOURCE_PASSWORD_ENV,
-        args.from_fingerprint.as_deref(),
-        args.insecure,
-    )?;
-    let target = command_line_login(
-        &args.to,
-        args.to_password_file.as_deref(),
-        TARGET_PASSWORD_ENV,
-        args.to_fingerprint.as_deref(),
+    let (source, target) = command_line_pair(
+        CommandLineHost {
+            url: &args.from,
+            password_file: args.from_password_file.as_deref(),
+            fingerprint: args.from_fingerprint.as_deref(),
+        },
+        CommandLineHost {
+            url: &args.to,
+            password_file: args.to_password_file.as_deref(),
+            fingerprint: args.to_fingerprint.as_deref(),
+        },
         args.insecure,
     )?;
     if args.insecure {
