@@ -141,6 +141,7 @@ impl VmTasks {
     }
 }
 
+/// A panicked task's message when its payload is text; a cancelled task's error otherwise.
 fn panic_message(e: JoinError) -> String {
     if !e.is_panic() {
         return e.to_string();
@@ -169,6 +170,7 @@ mod tests {
                 cause: super::super::error::CycleCause::Cancelled,
             })
         });
+        // Both payload types a panic carries: a formatted message (String) and a literal.
         tasks.spawn("b".into(), async {
             let vm: u32 = "b".len().try_into().unwrap();
             panic!("cycle {vm} hit a bug")
