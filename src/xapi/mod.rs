@@ -14,4 +14,4 @@ pub mod transfer;
 pub mod url;
 
 pub use secret::Secret;
-pub use url::HostUrl;
+pub use self::url::HostUrl;
