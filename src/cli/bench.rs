@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use super::CliError;
 use super::args::BenchArgs;
 use super::output::print_json;
+use super::units::human_bytes;
 use crate::bench::BenchError;
 use crate::bench::chain::sparse_chain;
 use crate::bench::measure::{MIB, Row, Sample, Side, Summary, Target};
@@ -267,8 +268,8 @@ fn measure(
             reference: Some(copy_side),
             target: Target::RatioAtLeast(0.8),
             note: Some(format!(
-                "{} MiB rewritten before each; rate = stream bytes sent / the cycle's wall time",
-                changed_bytes / MIB
+                "{} rewritten before each; rate = stream bytes sent / the cycle's wall time",
+                human_bytes(changed_bytes)
             )),
             rss_judged: true,
         },
@@ -425,8 +426,8 @@ impl Bench {
             out: data.join("out.raw"),
         };
         step(&format!(
-            "writing {} MiB of random data as the guest",
-            size / MIB
+            "writing {} of random data as the guest",
+            human_bytes(size)
         ));
         bench.guest_write(0, size, 1)?;
         bench.leaf = bench.leaf_path(&source_dir)?;

@@ -12,6 +12,7 @@ mod replicate;
 mod seed;
 mod streams;
 mod transfer;
+mod units;
 
 use std::process::ExitCode;
 

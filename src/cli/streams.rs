@@ -8,6 +8,7 @@ use serde_json::json;
 use super::CliError;
 use super::args::{ApplyArgs, DiffArgs, ExportArgs};
 use super::output::{print_json, stdout_file};
+use super::units::human_bytes;
 use crate::image::{Chain, changed};
 use crate::stream::apply::{ApplyError, ApplyTarget, RawTarget, VhdTarget};
 use crate::stream::{ChainExport, FeedError, feed};
@@ -39,9 +40,10 @@ pub fn diff(args: &DiffArgs) -> Result<ExitCode, CliError> {
         let list: Vec<String> = blocks.iter().map(u32::to_string).collect();
         println!("{}", list.join(" "));
         println!(
-            "{} changed blocks, {bytes} bytes of {}",
+            "{} changed blocks, {} of {}",
             blocks.len(),
-            leaf.virtual_size()
+            human_bytes(bytes),
+            human_bytes(leaf.virtual_size())
         );
     }
     Ok(ExitCode::SUCCESS)

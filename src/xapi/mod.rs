@@ -13,5 +13,5 @@ pub mod tls;
 pub mod transfer;
 pub mod url;
 
-pub use secret::Secret;
 pub use self::url::HostUrl;
+pub use secret::Secret;

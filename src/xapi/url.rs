@@ -191,7 +191,10 @@ mod tests {
         );
         assert_eq!(u.password.as_ref().unwrap().expose(), "pw");
         let u = HostUrl::parse("HTTP://Xen1.Example").unwrap();
-        assert_eq!((u.scheme, u.host.as_str(), u.port), (Scheme::Http, "xen1.example", 80));
+        assert_eq!(
+            (u.scheme, u.host.as_str(), u.port),
+            (Scheme::Http, "xen1.example", 80)
+        );
     }
 
     #[test]
