@@ -5,7 +5,7 @@
 
 use std::fmt;
 
-use ::url::{Host, Url};
+use ::url::{Host, ParseError, Url};
 use percent_encoding::percent_decode_str;
 
 use super::Secret;
@@ -48,7 +48,15 @@ impl HostUrl {
         } else {
             Url::parse(&format!("https://{input}"))
         }
-        .map_err(|e| fail(&e.to_string()))?;
+        .map_err(|e| match e {
+            ParseError::EmptyHost => fail("no host"),
+            ParseError::InvalidPort
+            | ParseError::InvalidIpv4Address
+            | ParseError::InvalidIpv6Address
+            | ParseError::InvalidDomainCharacter
+            | ParseError::IdnaError => fail(&format!("bad host or port ({e})")),
+            _ => fail(&e.to_string()),
+        })?;
         let scheme = match parsed.scheme() {
             "https" => Scheme::Https,
             "http" => Scheme::Http,
@@ -160,6 +168,8 @@ mod tests {
         assert!(!e.to_string().contains("secret"), "{e}");
         let e = HostUrl::parse("http://root:secret@host:notaport").unwrap_err();
         assert!(!e.to_string().contains("secret"), "{e}");
+        assert!(e.reason.starts_with("bad host or port"), "{e}");
+        assert_eq!(HostUrl::parse("http://:1").unwrap_err().reason, "no host");
         let e = HostUrl::parse("http://root:se?cret@host").unwrap_err();
         assert!(!e.to_string().contains("cret"), "{e}");
         let e = HostUrl::parse("root:secret@[::1").unwrap_err();
