@@ -7,6 +7,7 @@
 
 pub mod bench;
 pub mod cli;
+pub mod fsio;
 pub mod image;
 pub mod lab;
 pub mod replicate;
