@@ -13,11 +13,12 @@ use super::output::print_json;
 use super::replicate::{connect_job, load_job};
 use super::transfer::{SOURCE_PASSWORD_ENV, TARGET_PASSWORD_ENV, connect, runtime, trust_for};
 use super::units::{human_bytes, human_rate};
+use crate::replicate::clock::SystemClock;
 use crate::replicate::job::Job;
 use crate::replicate::lock::VmLock;
 use crate::replicate::plan::Identity;
-use crate::replicate::seed::{SeedError, seed as run_seed};
-use crate::replicate::seed_offline::{OfflineError, SeedJob, export, import};
+use crate::replicate::seed::seed as run_seed;
+use crate::replicate::seed_offline::{SeedJob, export, import};
 use crate::xapi::transfer::Progress;
 
 /// The name under which the binary behaves as `vhdsync seed`, for xo-cr-seed runbooks.
@@ -47,22 +48,6 @@ pub fn command_line(args: impl Iterator<Item = OsString>) -> Vec<OsString> {
     line
 }
 
-fn seed_error(e: SeedError) -> CliError {
-    if e.is_input() {
-        CliError::Input(e.to_string())
-    } else {
-        CliError::Failed(e.to_string())
-    }
-}
-
-fn offline_error(e: OfflineError) -> CliError {
-    if e.is_input() {
-        CliError::Input(e.to_string())
-    } else {
-        CliError::Failed(e.to_string())
-    }
-}
-
 pub fn seed(args: &SeedArgs) -> Result<ExitCode, CliError> {
     let source_trust = trust_for(args.source_fingerprint.as_deref(), args.insecure)?;
     let target_trust = trust_for(args.target_fingerprint.as_deref(), args.insecure)?;
@@ -77,7 +62,7 @@ pub fn seed(args: &SeedArgs) -> Result<ExitCode, CliError> {
         ("the snapshot", &args.snapshot_uuid),
         ("the target VM", &args.target_vm_uuid),
     ] {
-        crate::replicate::seed::check_uuid(what, value).map_err(seed_error)?;
+        crate::replicate::seed::check_uuid(what, value)?;
     }
     runtime()?.block_on(async {
         let source = connect(
@@ -101,11 +86,12 @@ pub fn seed(args: &SeedArgs) -> Result<ExitCode, CliError> {
             &args.target_vm_uuid.to_lowercase(),
             &args.job_id,
             &args.schedule_id,
+            &SystemClock,
         )
         .await;
         let _ = source.logout().await;
         let _ = target.logout().await;
-        let report = outcome.map_err(seed_error)?;
+        let report = outcome?;
         if args.json {
             print_json(&json!(report))?;
         } else {
@@ -152,12 +138,13 @@ fn seed_job(job: &Job, vm: &str) -> Result<SeedJob, CliError> {
     Ok(SeedJob {
         name: job.name.clone(),
         id: job_identity(job, vm)?,
+        clock: std::sync::Arc::new(SystemClock),
     })
 }
 
 /// The VM's lock, as `replicate` takes it: no cycle runs while this command does.
 pub(super) fn lock(job: &Job, vm: &str) -> Result<VmLock, CliError> {
-    VmLock::acquire(&job.state_dir, &job.job_id, vm).map_err(|e| CliError::Locked(e.to_string()))
+    Ok(VmLock::acquire(&job.state_dir, &job.job_id, vm)?)
 }
 
 /// One line per disk every few seconds on a terminal, nothing otherwise.
@@ -186,7 +173,7 @@ pub fn seed_export(args: &SeedExportArgs) -> Result<ExitCode, CliError> {
         let mut display = progress(args.json);
         let outcome = export(&source, &seed, &args.output, args.level, &mut display).await;
         let _ = source.logout().await;
-        let manifest = outcome.map_err(offline_error)?;
+        let manifest = outcome?;
         if args.json {
             print_json(&json!(manifest))?;
         } else {
@@ -220,8 +207,7 @@ pub fn seed_export(args: &SeedExportArgs) -> Result<ExitCode, CliError> {
 
 pub fn seed_import(args: &SeedImportArgs) -> Result<ExitCode, CliError> {
     let job = load_job(&args.job)?;
-    let manifest = crate::replicate::manifest::Manifest::load(&args.dir)
-        .map_err(|e| CliError::Input(e.to_string()))?;
+    let manifest = crate::replicate::manifest::Manifest::load(&args.dir)?;
     let seed = seed_job(&job, &manifest.vm_uuid)?;
     let _lock = lock(&job, &seed.id.vm_uuid)?;
     runtime()?.block_on(async {
@@ -230,7 +216,7 @@ pub fn seed_import(args: &SeedImportArgs) -> Result<ExitCode, CliError> {
         let outcome = import(&source, &target, &seed, &args.dir, &mut display).await;
         let _ = source.logout().await;
         let _ = target.logout().await;
-        let report = outcome.map_err(offline_error)?;
+        let report = outcome?;
         if args.json {
             print_json(&json!(report))?;
         } else {
