@@ -14,6 +14,7 @@ use super::args::{FailoverArgs, TestFailoverArgs};
 use super::output::print_json;
 use super::replicate::load_job;
 use super::seed::{job_identity, lock};
+use super::terminal_text;
 use super::transfer::{TARGET_PASSWORD_ENV, connect_host, runtime, trust_for};
 use crate::replicate::clock::SystemClock;
 use crate::replicate::failover::{cleanup, failover as run_failover, test_failover as run_test};
@@ -133,7 +134,7 @@ pub fn test_failover(args: &TestFailoverArgs) -> Result<ExitCode, CliError> {
             println!(
                 "test clone {} ({}) of replica {}{}; replication is untouched. Remove it with: vhdsync test-failover --cleanup --job {}",
                 report["clone"].as_str().unwrap_or_default(),
-                report["name"].as_str().unwrap_or_default(),
+                terminal_text::name(report["name"].as_str().unwrap_or_default()),
                 report["replica"].as_str().unwrap_or_default(),
                 if args.start { ", started" } else { "" },
                 args.job.display()

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::CliError;
 use super::args::{ReplicateArgs, StatusArgs};
 use super::output::print_json;
+use super::terminal_text;
 use super::transfer::{SOURCE_PASSWORD_ENV, TARGET_PASSWORD_ENV, connect_host, runtime, trust_for};
 use super::units::{human_age, human_bytes, human_duration, human_rate};
 use crate::replicate::clock::{Clock, SystemClock};
@@ -196,7 +197,7 @@ fn report(
                 VmOutcome::Replicated(r) => {
                     println!(
                         "{} ({vm}): {}, {} disk(s), {} sent of {} ({:.1}%), {:.2} s, {} -> replica {}",
-                        r.vm_name,
+                        terminal_text::name(&r.vm_name),
                         r.mode,
                         r.disks.len(),
                         human_bytes(r.bytes_sent),
@@ -207,7 +208,7 @@ fn report(
                         r.replica
                     );
                     for note in r.notes.iter().chain(&r.cleaned_up) {
-                        println!("  note: {note}");
+                        println!("  note: {}", terminal_text::message(note));
                     }
                     if !r.deleted_replicas.is_empty() {
                         println!(
@@ -216,11 +217,16 @@ fn report(
                         );
                     }
                 }
-                VmOutcome::Locked(e) => eprintln!("vhdsync: {e}"),
-                VmOutcome::Failed(e) => eprintln!("vhdsync: {e}"),
-                VmOutcome::Panicked(message) => {
-                    eprintln!("vhdsync: VM {vm}: the cycle panicked: {message}")
+                VmOutcome::Locked(e) => {
+                    eprintln!("vhdsync: {}", terminal_text::message(&e.to_string()))
                 }
+                VmOutcome::Failed(e) => {
+                    eprintln!("vhdsync: {}", terminal_text::message(&e.to_string()))
+                }
+                VmOutcome::Panicked(message) => eprintln!(
+                    "vhdsync: VM {vm}: the cycle panicked: {}",
+                    terminal_text::message(message)
+                ),
             }
         }
     }
@@ -310,7 +316,7 @@ pub fn status(args: &StatusArgs) -> Result<ExitCode, CliError> {
                     println!(
                         "  {}  {}  age {}  {}",
                         if *valid { "valid  " } else { "INVALID" },
-                        v.name_label,
+                        terminal_text::name(&v.name_label),
                         human_age(age),
                         v.uuid
                     );

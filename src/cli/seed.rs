@@ -11,6 +11,7 @@ use super::CliError;
 use super::args::{SeedArgs, SeedExportArgs, SeedImportArgs};
 use super::output::print_json;
 use super::replicate::{connect_job, load_job};
+use super::terminal_text;
 use super::transfer::{SOURCE_PASSWORD_ENV, TARGET_PASSWORD_ENV, connect, runtime, trust_for};
 use super::units::{human_bytes, human_rate};
 use crate::replicate::clock::SystemClock;
@@ -179,7 +180,7 @@ pub fn seed_export(args: &SeedExportArgs) -> Result<ExitCode, CliError> {
         } else {
             println!(
                 "exported VM {} ({}) as snapshot {} into {}",
-                manifest.vm_name,
+                terminal_text::name(&manifest.vm_name),
                 manifest.vm_uuid,
                 manifest.snapshot_uuid,
                 args.output.display()

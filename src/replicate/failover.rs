@@ -27,6 +27,10 @@ pub const TEST_FAILOVER_JOB: &str = "vhdsync:test_failover";
 /// Ours: on a test clone, the source VM and the replica it was cloned from.
 pub const TEST_FAILOVER_VM: &str = "vhdsync:test_failover_vm";
 pub const TEST_CLONE_OF: &str = "vhdsync:test_clone_of";
+/// Ours: on a test clone, its own UUID. Only `test-failover` can write it, since the UUID
+/// exists only once the clone does; a key copied from anywhere else names another object.
+/// [`is_test_clone`] requires it, so no replica is ever taken for a clone and destroyed.
+pub const TEST_CLONE_SELF: &str = "vhdsync:test_clone";
 pub const TEST_TAG: &str = "vhdsync test failover";
 pub const TEST_NAME_PREFIX: &str = "[test] ";
 
@@ -71,6 +75,10 @@ pub fn pick_replica<'a>(
 /// A test clone made by `test-failover` for this job (and, when given, this source VM).
 pub fn is_test_clone(vm: &TargetVm, job_id: &str, vm_uuid: Option<&str>) -> bool {
     !vm.is_a_snapshot
+        && vm
+            .other_config
+            .get(TEST_CLONE_SELF)
+            .is_some_and(|own| own.eq_ignore_ascii_case(&vm.uuid))
         && vm.other_config.get(TEST_FAILOVER_JOB).map(String::as_str) == Some(job_id)
         && vm_uuid.is_none_or(|uuid| {
             vm.other_config.get(TEST_FAILOVER_VM).map(String::as_str) == Some(uuid)
@@ -212,16 +220,22 @@ async fn prepare_clone(
     replica: &TargetVm,
     start: bool,
 ) -> Result<String, ClientError> {
+    let vm: VmRecord = target.get_record(clone_ref).await?;
     let marks = [
         (TEST_FAILOVER_JOB, id.job_id.as_str()),
         (TEST_FAILOVER_VM, id.vm_uuid.as_str()),
         (TEST_CLONE_OF, replica.uuid.as_str()),
     ];
-    let vm: VmRecord = target.get_record(clone_ref).await?;
+    let vm_marks = [
+        marks[0],
+        marks[1],
+        marks[2],
+        (TEST_CLONE_SELF, vm.uuid.as_str()),
+    ];
     let config = MapName::OtherConfig;
     // Marks first: a clone half-stripped by a failure is still found by --cleanup.
     target
-        .set_entries(Class::Vm, clone_ref, config, &marks)
+        .set_entries(Class::Vm, clone_ref, config, &vm_marks)
         .await?;
     target
         .remove_entries(
@@ -327,6 +341,7 @@ mod tests {
         }
         config.insert(TEST_FAILOVER_JOB.into(), "job".into());
         config.insert(TEST_FAILOVER_VM.into(), "vm".into());
+        config.insert(TEST_CLONE_SELF.into(), "clone".into());
         TargetVm {
             reference: "ref-clone".into(),
             uuid: "clone".into(),
@@ -334,6 +349,28 @@ mod tests {
             other_config: config,
             ..TargetVm::default()
         }
+    }
+
+    /// The attack of issue 17: a source VM carrying our test-clone marks hands them to its
+    /// replicas, and `--cleanup` destroyed them. Marks without the object's own UUID, or
+    /// with another object's, are not a test clone.
+    #[test]
+    fn marks_copied_from_elsewhere_never_make_a_test_clone() {
+        let mut forged = replica("r", "20240101T00:00:00Z");
+        for (key, value) in [
+            (TEST_FAILOVER_JOB, "job"),
+            (TEST_FAILOVER_VM, "vm"),
+            (TEST_CLONE_OF, "r"),
+        ] {
+            forged.other_config.insert(key.into(), value.into());
+        }
+        assert!(!is_test_clone(&forged, "job", None));
+        forged
+            .other_config
+            .insert(TEST_CLONE_SELF.into(), "the-source-vm".into());
+        assert!(!is_test_clone(&forged, "job", Some("vm")));
+        let real = test_clone(&replica("r", "20240101T00:00:00Z"));
+        assert!(is_test_clone(&real, "job", Some("vm")));
     }
 
     #[test]

@@ -49,7 +49,7 @@ pub async fn create_replica_vm(
     let mut other_config: StringMap = vm
         .other_config
         .iter()
-        .filter(|(k, _)| !k.starts_with("xo:"))
+        .filter(|(k, _)| !keys::is_replication_state(k))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     other_config.extend(replica_keys(id, keys::IMPORTING_DATETIME));
