@@ -1,3 +1,7 @@
+//! The command line's arguments. Their doc comments are clap's help text: plain text, which
+//! rustdoc would read as Markdown and HTML.
+#![allow(rustdoc::invalid_html_tags)]
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -277,6 +281,10 @@ pub struct DiffArgs {
     /// Print one JSON document instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Read a damaged file anyway, for recovery, printing each structural finding as a
+    /// warning on stderr.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]
@@ -289,6 +297,10 @@ pub struct ExportArgs {
     /// Output file, or - for stdout (the default).
     #[arg(short, long)]
     pub output: Option<PathBuf>,
+    /// Read a damaged file anyway, for recovery, printing each structural finding as a
+    /// warning on stderr.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]
@@ -313,6 +325,10 @@ pub struct InfoArgs {
     /// Print one JSON document instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Read a damaged file anyway, for recovery, printing each structural finding as a
+    /// warning on stderr.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]
@@ -328,9 +344,14 @@ pub struct CheckArgs {
 pub struct CatArgs {
     /// The VHD file (its parents are found through its locators).
     pub file: PathBuf,
-    /// Write to this file instead of stdout; unallocated regions stay holes.
+    /// Write to this file instead of stdout; in a regular file unallocated regions stay
+    /// holes, anything else (a device, a pipe) is written sequentially.
     #[arg(short, long)]
     pub output: Option<PathBuf>,
+    /// Read a damaged file anyway, for recovery, printing each structural finding as a
+    /// warning on stderr.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use super::CliError;
 use super::args::DemoArgs;
-use super::replicate::connect_job;
+use super::connect::connect_job;
 use super::transfer::runtime;
 use super::units::{human_bytes, human_rate};
 use crate::lab::Lab;

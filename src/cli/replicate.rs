@@ -10,39 +10,24 @@ use tokio_util::sync::CancellationToken;
 
 use super::CliError;
 use super::args::{ReplicateArgs, StatusArgs};
+use super::connect::{connect_job, connect_job_target};
 use super::output::print_json;
 use super::terminal_text;
-use super::transfer::{SOURCE_PASSWORD_ENV, TARGET_PASSWORD_ENV, connect_host, runtime, trust_for};
+use super::transfer::runtime;
 use super::units::{human_age, human_bytes, human_duration, human_rate};
 use crate::replicate::clock::{Clock, SystemClock};
 use crate::replicate::error::ErrorKind;
 use crate::replicate::inventory::list_target_vms;
-use crate::replicate::job::{HostSpec, Job};
+use crate::replicate::job::Job;
 use crate::replicate::plan::{
     Identity, TargetVm, is_committed_replica, is_interrupted_replica, replica_datetime,
     replica_order,
 };
 use crate::replicate::runner::{JobProgress, RunOptions, VmOutcome, run_job};
-use crate::xapi::client::XapiClient;
 use crate::xapi::transfer::{Progress, TransferOptions};
 
 pub(super) fn load_job(path: &std::path::Path) -> Result<Job, CliError> {
     Ok(Job::load(path)?)
-}
-
-async fn connect_spec(spec: &HostSpec, env: &str, insecure: bool) -> Result<XapiClient, CliError> {
-    let trust = trust_for(spec.fingerprint.as_deref(), insecure)?;
-    connect_host(spec.url.clone(), spec.password_file.as_deref(), env, &trust).await
-}
-
-/// Connect to both hosts of a job.
-pub async fn connect_job(job: &Job) -> Result<(XapiClient, XapiClient), CliError> {
-    if job.insecure {
-        eprintln!("vhdsync: warning: [tls] insecure: host certificates are not verified");
-    }
-    let source = connect_spec(&job.source, SOURCE_PASSWORD_ENV, job.insecure).await?;
-    let target = connect_spec(&job.target, TARGET_PASSWORD_ENV, job.insecure).await?;
-    Ok((source, target))
 }
 
 pub fn replicate(args: &ReplicateArgs) -> Result<ExitCode, CliError> {
@@ -267,8 +252,7 @@ fn failure_json(
 pub fn status(args: &StatusArgs) -> Result<ExitCode, CliError> {
     let job = load_job(&args.job)?;
     runtime()?.block_on(async {
-        let trust = trust_for(job.target.fingerprint.as_deref(), job.insecure)?;
-        let target = connect_host(job.target.url.clone(), job.target.password_file.as_deref(), TARGET_PASSWORD_ENV, &trust).await?;
+        let target = connect_job_target(&job).await?;
         let vms: Vec<TargetVm> = list_target_vms(&target).await?;
         let _ = target.logout().await;
         let now = SystemClock.unix();

@@ -9,10 +9,11 @@ use serde_json::json;
 
 use super::CliError;
 use super::args::{SeedArgs, SeedExportArgs, SeedImportArgs};
+use super::connect::{CommandLineHost, command_line_pair, connect_job, warn_about};
 use super::output::print_json;
-use super::replicate::{connect_job, load_job};
+use super::replicate::load_job;
 use super::terminal_text;
-use super::transfer::{SOURCE_PASSWORD_ENV, TARGET_PASSWORD_ENV, connect, runtime, trust_for};
+use super::transfer::runtime;
 use super::units::{human_bytes, human_rate};
 use crate::replicate::clock::SystemClock;
 use crate::replicate::job::Job;
@@ -50,8 +51,19 @@ pub fn command_line(args: impl Iterator<Item = OsString>) -> Vec<OsString> {
 }
 
 pub fn seed(args: &SeedArgs) -> Result<ExitCode, CliError> {
-    let source_trust = trust_for(args.source_fingerprint.as_deref(), args.insecure)?;
-    let target_trust = trust_for(args.target_fingerprint.as_deref(), args.insecure)?;
+    let (source, target) = command_line_pair(
+        CommandLineHost {
+            url: &args.source_url,
+            password_file: args.source_password_file.as_deref(),
+            fingerprint: args.source_fingerprint.as_deref(),
+        },
+        CommandLineHost {
+            url: &args.target_url,
+            password_file: args.target_password_file.as_deref(),
+            fingerprint: args.target_fingerprint.as_deref(),
+        },
+        args.insecure,
+    )?;
     if args.insecure {
         eprintln!(
             "vhdsync: warning: host certificates are not verified (pin them with --source-fingerprint/--target-fingerprint)"
@@ -65,21 +77,10 @@ pub fn seed(args: &SeedArgs) -> Result<ExitCode, CliError> {
     ] {
         crate::replicate::seed::check_uuid(what, value)?;
     }
+    warn_about([&source, &target]);
     runtime()?.block_on(async {
-        let source = connect(
-            &args.source_url,
-            args.source_password_file.as_deref(),
-            SOURCE_PASSWORD_ENV,
-            &source_trust,
-        )
-        .await?;
-        let target = connect(
-            &args.target_url,
-            args.target_password_file.as_deref(),
-            TARGET_PASSWORD_ENV,
-            &target_trust,
-        )
-        .await?;
+        let source = source.connect().await?;
+        let target = target.connect().await?;
         let outcome = run_seed(
             &source,
             &target,

@@ -2,6 +2,7 @@
 //! operations, tasks, and VDI transfers between hosts.
 
 pub mod client;
+pub mod connect;
 pub mod connection;
 mod objects;
 pub mod ops;
