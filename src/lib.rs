@@ -79,8 +79,8 @@
 //! # }
 //! ```
 //!
-//! `examples/copy_vdi.rs` and `examples/replicate_vm.rs` are the same flows as programs
-//! against real hosts.
+//! `examples/copy_vdi.rs` and `examples/replicate_vm.rs` are small programs for real hosts
+//! using only these entry points (`tests/examples.rs` runs them against lab hosts).
 //!
 //! # Layers
 //!
