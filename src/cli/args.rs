@@ -1,3 +1,7 @@
+//! The command line's arguments. Their doc comments are clap's help text: plain text, which
+//! rustdoc would read as Markdown and HTML.
+#![allow(rustdoc::invalid_html_tags)]
+
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
@@ -272,6 +276,10 @@ pub struct DiffArgs {
     /// Print one JSON document instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Read a damaged file anyway, for recovery, printing each structural finding as a
+    /// warning on stderr.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]
@@ -284,6 +292,10 @@ pub struct ExportArgs {
     /// Output file, or - for stdout (the default).
     #[arg(short, long)]
     pub output: Option<PathBuf>,
+    /// Read a damaged file anyway, for recovery, printing each structural finding as a
+    /// warning on stderr.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]
@@ -308,6 +320,10 @@ pub struct InfoArgs {
     /// Print one JSON document instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Read a damaged file anyway, for recovery, printing each structural finding as a
+    /// warning on stderr.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]
@@ -323,9 +339,14 @@ pub struct CheckArgs {
 pub struct CatArgs {
     /// The VHD file (its parents are found through its locators).
     pub file: PathBuf,
-    /// Write to this file instead of stdout; unallocated regions stay holes.
+    /// Write to this file instead of stdout; in a regular file unallocated regions stay
+    /// holes, anything else (a device, a pipe) is written sequentially.
     #[arg(short, long)]
     pub output: Option<PathBuf>,
+    /// Read a damaged file anyway, for recovery, printing each structural finding as a
+    /// warning on stderr.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]
@@ -451,10 +472,7 @@ pub struct LabFaultArgs {
     /// The fault to inject.
     #[arg(
         required_unless_present_any = ["list", "clear"],
-        value_parser = [
-            "drop_export", "drop_import", "fail_export", "fail_import", "sr_full", "stall",
-            "embedded_error", "rpc_error", "bandwidth", "redirect",
-        ],
+        value_parser = clap::builder::PossibleValuesParser::new(crate::lab::faults::kind_names()),
     )]
     pub kind: Option<String>,
     /// drop_export, drop_import, embedded_error, stall: after this many bytes.

@@ -11,38 +11,16 @@ use serde_json::json;
 
 use super::CliError;
 use super::args::{FailoverArgs, TestFailoverArgs};
+use super::connect::connect_job_target;
 use super::output::print_json;
 use super::replicate::load_job;
 use super::seed::{job_identity, lock};
-use super::transfer::{TARGET_PASSWORD_ENV, connect_host, runtime, trust_for};
-use crate::replicate::failover::{
-    FailoverError, cleanup, failover as run_failover, test_failover as run_test,
-};
+use super::terminal_text;
+use super::transfer::runtime;
+use crate::replicate::clock::SystemClock;
+use crate::replicate::failover::{cleanup, failover as run_failover, test_failover as run_test};
 use crate::replicate::job::Job;
-use crate::xapi::client::XapiClient;
-
-fn failover_error(e: FailoverError) -> CliError {
-    if e.is_input() {
-        CliError::Input(e.to_string())
-    } else {
-        CliError::Failed(e.to_string())
-    }
-}
-
-/// The target only: failover must work with the source site gone.
-async fn connect_target(job: &Job) -> Result<XapiClient, CliError> {
-    if job.insecure {
-        eprintln!("vhdsync: warning: [tls] insecure: host certificates are not verified");
-    }
-    let trust = trust_for(job.target.fingerprint.as_deref(), job.insecure)?;
-    connect_host(
-        job.target.url.clone(),
-        job.target.password_file.as_deref(),
-        TARGET_PASSWORD_ENV,
-        &trust,
-    )
-    .await
-}
+use crate::replicate::op_error::OpError;
 
 fn confirm(args: &FailoverArgs, job: &Job) -> Result<(), CliError> {
     if args.yes {
@@ -84,10 +62,17 @@ pub fn failover(args: &FailoverArgs) -> Result<ExitCode, CliError> {
     confirm(args, &job)?;
     let _lock = lock(&job, &id.vm_uuid)?;
     runtime()?.block_on(async {
-        let target = connect_target(&job).await?;
-        let outcome = run_failover(&target, &id, args.replica.as_deref(), args.start).await;
+        let target = connect_job_target(&job).await?;
+        let outcome = run_failover(
+            &target,
+            &id,
+            args.replica.as_deref(),
+            args.start,
+            &SystemClock,
+        )
+        .await;
         let _ = target.logout().await;
-        let report = outcome.map_err(failover_error)?;
+        let report = outcome?;
         if args.json {
             print_json(&json!(report))?;
         } else {
@@ -110,7 +95,7 @@ pub fn test_failover(args: &TestFailoverArgs) -> Result<ExitCode, CliError> {
         None => None,
     };
     runtime()?.block_on(async {
-        let target = connect_target(&job).await?;
+        let target = connect_job_target(&job).await?;
         let outcome = match (&vm, args.cleanup) {
             (_, true) => cleanup(&target, &job.job_id, vm.as_ref().map(|id| id.vm_uuid.as_str()))
                 .await
@@ -118,10 +103,10 @@ pub fn test_failover(args: &TestFailoverArgs) -> Result<ExitCode, CliError> {
             (Some(id), false) => run_test(&target, id, args.start)
                 .await
                 .map(|report| json!(report)),
-            (None, false) => Err(FailoverError::Invalid("--vm is required".into())),
+            (None, false) => Err(OpError::Invalid("--vm is required".into())),
         };
         let _ = target.logout().await;
-        let report = outcome.map_err(failover_error)?;
+        let report = outcome?;
         if args.json {
             print_json(&report)?;
         } else if args.cleanup {
@@ -134,7 +119,7 @@ pub fn test_failover(args: &TestFailoverArgs) -> Result<ExitCode, CliError> {
             println!(
                 "test clone {} ({}) of replica {}{}; replication is untouched. Remove it with: vhdsync test-failover --cleanup --job {}",
                 report["clone"].as_str().unwrap_or_default(),
-                report["name"].as_str().unwrap_or_default(),
+                terminal_text::name(report["name"].as_str().unwrap_or_default()),
                 report["replica"].as_str().unwrap_or_default(),
                 if args.start { ", started" } else { "" },
                 args.job.display()

@@ -3,41 +3,30 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde_json::json;
+use tokio_util::sync::CancellationToken;
 
 use super::CliError;
 use super::args::{ReplicateArgs, StatusArgs};
+use super::connect::{connect_job, connect_job_target};
 use super::output::print_json;
-use super::transfer::{SOURCE_PASSWORD_ENV, TARGET_PASSWORD_ENV, connect_host, runtime, trust_for};
-use crate::replicate::job::{HostSpec, Job};
+use super::terminal_text;
+use super::transfer::runtime;
+use crate::replicate::clock::{Clock, SystemClock};
+use crate::replicate::error::ErrorKind;
+use crate::replicate::inventory::list_target_vms;
+use crate::replicate::job::Job;
 use crate::replicate::plan::{
     Identity, TargetVm, is_committed_replica, is_interrupted_replica, replica_datetime,
     replica_order,
 };
-use crate::replicate::run::list_target_vms;
-use crate::replicate::runner::{JobProgress, VmOutcome, run_job};
-use crate::xapi::client::XapiClient;
+use crate::replicate::runner::{JobProgress, RunOptions, VmOutcome, run_job};
 use crate::xapi::transfer::{Progress, TransferOptions};
 
 pub(super) fn load_job(path: &std::path::Path) -> Result<Job, CliError> {
-    Job::load(path).map_err(|e| CliError::Input(e.to_string()))
-}
-
-async fn connect_spec(spec: &HostSpec, env: &str, insecure: bool) -> Result<XapiClient, CliError> {
-    let trust = trust_for(spec.fingerprint.as_deref(), insecure)?;
-    connect_host(spec.url.clone(), spec.password_file.as_deref(), env, &trust).await
-}
-
-/// Connect to both hosts of a job.
-pub async fn connect_job(job: &Job) -> Result<(XapiClient, XapiClient), CliError> {
-    if job.insecure {
-        eprintln!("vhdsync: warning: [tls] insecure: host certificates are not verified");
-    }
-    let source = connect_spec(&job.source, SOURCE_PASSWORD_ENV, job.insecure).await?;
-    let target = connect_spec(&job.target, TARGET_PASSWORD_ENV, job.insecure).await?;
-    Ok((source, target))
+    Ok(Job::load(path)?)
 }
 
 pub fn replicate(args: &ReplicateArgs) -> Result<ExitCode, CliError> {
@@ -58,20 +47,54 @@ pub fn replicate(args: &ReplicateArgs) -> Result<ExitCode, CliError> {
     runtime()?.block_on(async {
         let (source, target) = connect_job(&job).await?;
         let (source, target) = (Arc::new(source), Arc::new(target));
-        let outcomes = run_job(
-            &job,
-            source.clone(),
-            target.clone(),
-            &vms,
+        let cancel = cancel_on_signal();
+        let options = RunOptions {
             transfer,
-            progress_display(args.json),
-        )
-        .await;
+            progress: progress_display(args.json),
+            cancel: cancel.clone(),
+            clock: Arc::new(SystemClock),
+        };
+        let outcomes = run_job(&job, source.clone(), target.clone(), &vms, options).await;
+        cancel.cancel();
         let rpc_calls = source.requests_sent() + target.requests_sent();
         let _ = source.logout().await;
         let _ = target.logout().await;
         report(&job, &outcomes, rpc_calls, args.json)
     })
+}
+
+/// A token cancelled on SIGINT or SIGTERM: the cycles stop, destroy what they created, and
+/// report `cancelled`. A second signal exits at once (130), leaving the clean-up to the
+/// next run. Cancel the token when the run is over to end the listener.
+fn cancel_on_signal() -> CancellationToken {
+    let cancel = CancellationToken::new();
+    let token = cancel.clone();
+    tokio::spawn(async move {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let mut signal = async || {
+            let terminated = async {
+                match terminate.as_mut() {
+                    Some(signal) => drop(signal.recv().await),
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                () = terminated => {}
+            }
+        };
+        tokio::select! {
+            () = signal() => {}
+            () = token.cancelled() => return,
+        }
+        eprintln!("vhdsync: interrupted: stopping and removing what this run created");
+        token.cancel();
+        signal().await;
+        eprintln!("vhdsync: interrupted again: exiting; the next run cleans up");
+        std::process::exit(130);
+    });
+    cancel
 }
 
 /// A log line per disk every few seconds; a bar per disk would fight with the other VMs'
@@ -121,14 +144,31 @@ fn report(
         .any(|(_, o)| matches!(o, VmOutcome::Locked(_)));
     let failed = outcomes
         .iter()
-        .any(|(_, o)| matches!(o, VmOutcome::Failed(_)));
+        .any(|(_, o)| matches!(o, VmOutcome::Failed(_) | VmOutcome::Panicked(_)));
     if json {
         let vms: Vec<serde_json::Value> = outcomes
             .iter()
             .map(|(vm, outcome)| match outcome {
                 VmOutcome::Replicated(r) => json!({"vm": vm, "status": "replicated", "report": r}),
-                VmOutcome::Locked(e) => json!({"vm": vm, "status": "locked", "error": e.to_string()}),
-                VmOutcome::Failed(e) => json!({"vm": vm, "status": "failed", "phase": e.phase, "disk": e.disk, "host": e.host, "error": e.to_string()}),
+                VmOutcome::Locked(e) => {
+                    json!({"vm": vm, "status": "locked", "error": e.to_string()})
+                }
+                VmOutcome::Failed(e) => failure_json(
+                    vm,
+                    Some(e.phase),
+                    e.disk.as_deref(),
+                    e.host.as_deref(),
+                    &e.kind(),
+                    &e.to_string(),
+                ),
+                VmOutcome::Panicked(message) => failure_json(
+                    vm,
+                    None,
+                    None,
+                    None,
+                    &ErrorKind::Panicked,
+                    &format!("VM {vm}: the cycle panicked: {message}"),
+                ),
             })
             .collect();
         print_json(
@@ -140,7 +180,7 @@ fn report(
                 VmOutcome::Replicated(r) => {
                     println!(
                         "{} ({vm}): {}, {} disk(s), {} bytes sent of {} ({:.1}%), {:.2} s, {:.1} MB/s -> replica {}",
-                        r.vm_name,
+                        terminal_text::name(&r.vm_name),
                         r.mode,
                         r.disks.len(),
                         r.bytes_sent,
@@ -151,7 +191,7 @@ fn report(
                         r.replica
                     );
                     for note in r.notes.iter().chain(&r.cleaned_up) {
-                        println!("  note: {note}");
+                        println!("  note: {}", terminal_text::message(note));
                     }
                     if !r.deleted_replicas.is_empty() {
                         println!(
@@ -160,8 +200,16 @@ fn report(
                         );
                     }
                 }
-                VmOutcome::Locked(e) => eprintln!("vhdsync: {e}"),
-                VmOutcome::Failed(e) => eprintln!("vhdsync: {e}"),
+                VmOutcome::Locked(e) => {
+                    eprintln!("vhdsync: {}", terminal_text::message(&e.to_string()))
+                }
+                VmOutcome::Failed(e) => {
+                    eprintln!("vhdsync: {}", terminal_text::message(&e.to_string()))
+                }
+                VmOutcome::Panicked(message) => eprintln!(
+                    "vhdsync: VM {vm}: the cycle panicked: {}",
+                    terminal_text::message(message)
+                ),
             }
         }
     }
@@ -172,6 +220,31 @@ fn report(
     } else {
         0
     }))
+}
+
+/// A failed VM in the `--json` report: its phase, disk and host, the error's `kind` (with a
+/// XAPI error's `xapi_code` and `xapi_params`, a stream's `offset`), and the message.
+fn failure_json(
+    vm: &str,
+    phase: Option<crate::replicate::error::Phase>,
+    disk: Option<&str>,
+    host: Option<&str>,
+    kind: &ErrorKind,
+    error: &str,
+) -> serde_json::Value {
+    let mut doc = json!({"vm": vm, "status": "failed", "phase": phase, "disk": disk,
+                         "host": host, "kind": kind.name(), "error": error});
+    match kind {
+        ErrorKind::Xapi { code, params } => {
+            doc["xapi_code"] = json!(code);
+            doc["xapi_params"] = json!(params);
+        }
+        ErrorKind::StreamInvalid {
+            offset: Some(offset),
+        } => doc["offset"] = json!(offset),
+        _ => {}
+    }
+    doc
 }
 
 /// `15m`, `90s`, `2h`, `1d`, or plain seconds.
@@ -204,13 +277,10 @@ pub fn status(args: &StatusArgs) -> Result<ExitCode, CliError> {
     let job = load_job(&args.job)?;
     let max_age = args.max_age.as_deref().map(parse_duration).transpose()?;
     runtime()?.block_on(async {
-        let trust = trust_for(job.target.fingerprint.as_deref(), job.insecure)?;
-        let target = connect_host(job.target.url.clone(), job.target.password_file.as_deref(), TARGET_PASSWORD_ENV, &trust).await?;
-        let vms: Vec<TargetVm> = list_target_vms(&target)
-            .await
-            .map_err(|e| CliError::Failed(e.to_string()))?;
+        let target = connect_job_target(&job).await?;
+        let vms: Vec<TargetVm> = list_target_vms(&target).await?;
         let _ = target.logout().await;
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+        let now = SystemClock.unix();
         let mut stale = Vec::new();
         let mut documents = Vec::new();
         for vm_uuid in &job.vms {
@@ -255,7 +325,7 @@ pub fn status(args: &StatusArgs) -> Result<ExitCode, CliError> {
                     println!(
                         "  {}  {}  age {}  {}",
                         if *valid { "valid  " } else { "INVALID" },
-                        v.name_label,
+                        terminal_text::name(&v.name_label),
                         human_age(age),
                         v.uuid
                     );

@@ -9,14 +9,17 @@ use serde_json::json;
 
 use super::CliError;
 use super::args::{SeedArgs, SeedExportArgs, SeedImportArgs};
+use super::connect::{CommandLineHost, command_line_pair, connect_job, warn_about};
 use super::output::print_json;
-use super::replicate::{connect_job, load_job};
-use super::transfer::{SOURCE_PASSWORD_ENV, TARGET_PASSWORD_ENV, connect, runtime, trust_for};
+use super::replicate::load_job;
+use super::terminal_text;
+use super::transfer::runtime;
+use crate::replicate::clock::SystemClock;
 use crate::replicate::job::Job;
 use crate::replicate::lock::VmLock;
 use crate::replicate::plan::Identity;
-use crate::replicate::seed::{SeedError, seed as run_seed};
-use crate::replicate::seed_offline::{OfflineError, SeedJob, export, import};
+use crate::replicate::seed::seed as run_seed;
+use crate::replicate::seed_offline::{SeedJob, export, import};
 use crate::xapi::transfer::Progress;
 
 /// The name under which the binary behaves as `vhdsync seed`, for xo-cr-seed runbooks.
@@ -46,25 +49,20 @@ pub fn command_line(args: impl Iterator<Item = OsString>) -> Vec<OsString> {
     line
 }
 
-fn seed_error(e: SeedError) -> CliError {
-    if e.is_input() {
-        CliError::Input(e.to_string())
-    } else {
-        CliError::Failed(e.to_string())
-    }
-}
-
-fn offline_error(e: OfflineError) -> CliError {
-    if e.is_input() {
-        CliError::Input(e.to_string())
-    } else {
-        CliError::Failed(e.to_string())
-    }
-}
-
 pub fn seed(args: &SeedArgs) -> Result<ExitCode, CliError> {
-    let source_trust = trust_for(args.source_fingerprint.as_deref(), args.insecure)?;
-    let target_trust = trust_for(args.target_fingerprint.as_deref(), args.insecure)?;
+    let (source, target) = command_line_pair(
+        CommandLineHost {
+            url: &args.source_url,
+            password_file: args.source_password_file.as_deref(),
+            fingerprint: args.source_fingerprint.as_deref(),
+        },
+        CommandLineHost {
+            url: &args.target_url,
+            password_file: args.target_password_file.as_deref(),
+            fingerprint: args.target_fingerprint.as_deref(),
+        },
+        args.insecure,
+    )?;
     if args.insecure {
         eprintln!(
             "vhdsync: warning: host certificates are not verified (pin them with --source-fingerprint/--target-fingerprint)"
@@ -76,23 +74,12 @@ pub fn seed(args: &SeedArgs) -> Result<ExitCode, CliError> {
         ("the snapshot", &args.snapshot_uuid),
         ("the target VM", &args.target_vm_uuid),
     ] {
-        crate::replicate::seed::check_uuid(what, value).map_err(seed_error)?;
+        crate::replicate::seed::check_uuid(what, value)?;
     }
+    warn_about([&source, &target]);
     runtime()?.block_on(async {
-        let source = connect(
-            &args.source_url,
-            args.source_password_file.as_deref(),
-            SOURCE_PASSWORD_ENV,
-            &source_trust,
-        )
-        .await?;
-        let target = connect(
-            &args.target_url,
-            args.target_password_file.as_deref(),
-            TARGET_PASSWORD_ENV,
-            &target_trust,
-        )
-        .await?;
+        let source = source.connect().await?;
+        let target = target.connect().await?;
         let outcome = run_seed(
             &source,
             &target,
@@ -100,11 +87,12 @@ pub fn seed(args: &SeedArgs) -> Result<ExitCode, CliError> {
             &args.target_vm_uuid.to_lowercase(),
             &args.job_id,
             &args.schedule_id,
+            &SystemClock,
         )
         .await;
         let _ = source.logout().await;
         let _ = target.logout().await;
-        let report = outcome.map_err(seed_error)?;
+        let report = outcome?;
         if args.json {
             print_json(&json!(report))?;
         } else {
@@ -148,12 +136,13 @@ fn seed_job(job: &Job, vm: &str) -> Result<SeedJob, CliError> {
     Ok(SeedJob {
         name: job.name.clone(),
         id: job_identity(job, vm)?,
+        clock: std::sync::Arc::new(SystemClock),
     })
 }
 
 /// The VM's lock, as `replicate` takes it: no cycle runs while this command does.
 pub(super) fn lock(job: &Job, vm: &str) -> Result<VmLock, CliError> {
-    VmLock::acquire(&job.state_dir, &job.job_id, vm).map_err(|e| CliError::Locked(e.to_string()))
+    Ok(VmLock::acquire(&job.state_dir, &job.job_id, vm)?)
 }
 
 /// One line per disk every few seconds on a terminal, nothing otherwise.
@@ -182,13 +171,13 @@ pub fn seed_export(args: &SeedExportArgs) -> Result<ExitCode, CliError> {
         let mut display = progress(args.json);
         let outcome = export(&source, &seed, &args.output, args.level, &mut display).await;
         let _ = source.logout().await;
-        let manifest = outcome.map_err(offline_error)?;
+        let manifest = outcome?;
         if args.json {
             print_json(&json!(manifest))?;
         } else {
             println!(
                 "exported VM {} ({}) as snapshot {} into {}",
-                manifest.vm_name,
+                terminal_text::name(&manifest.vm_name),
                 manifest.vm_uuid,
                 manifest.snapshot_uuid,
                 args.output.display()
@@ -211,8 +200,7 @@ pub fn seed_export(args: &SeedExportArgs) -> Result<ExitCode, CliError> {
 
 pub fn seed_import(args: &SeedImportArgs) -> Result<ExitCode, CliError> {
     let job = load_job(&args.job)?;
-    let manifest = crate::replicate::manifest::Manifest::load(&args.dir)
-        .map_err(|e| CliError::Input(e.to_string()))?;
+    let manifest = crate::replicate::manifest::Manifest::load(&args.dir)?;
     let seed = seed_job(&job, &manifest.vm_uuid)?;
     let _lock = lock(&job, &seed.id.vm_uuid)?;
     runtime()?.block_on(async {
@@ -221,7 +209,7 @@ pub fn seed_import(args: &SeedImportArgs) -> Result<ExitCode, CliError> {
         let outcome = import(&source, &target, &seed, &args.dir, &mut display).await;
         let _ = source.logout().await;
         let _ = target.logout().await;
-        let report = outcome.map_err(offline_error)?;
+        let report = outcome?;
         if args.json {
             print_json(&json!(report))?;
         } else {

@@ -1,5 +1,5 @@
 //! The lab host's state: the object database behind a mutex, saved to `<dir>/state.json`
-//! behind the calls that change a persistent object (see [`crate::lab::flusher`]), and the file
+//! behind the calls that change a persistent object (see `lab::flusher`), and the file
 //! SR in `<dir>/sr`.
 //!
 //! Saving writes a temp file, fsyncs it, renames it into place and fsyncs the directory, so a
@@ -174,6 +174,12 @@ impl Lab {
     /// The SR holding every VDI's VHD chain; the data plane reads and imports through it.
     pub fn sr(&self) -> &Arc<FileSr> {
         &self.shared.sr
+    }
+
+    /// The leaf file of `vdi` in the SR of the lab host in `dir`, which another process
+    /// may be serving (see [`crate::lab::sr::indexed_leaf_path`]).
+    pub fn served_leaf_path(dir: &Path, vdi: uuid::Uuid) -> Result<PathBuf, LabError> {
+        Ok(crate::lab::sr::indexed_leaf_path(&dir.join(SR_DIR), vdi)?)
     }
 
     /// The faults injected with `lab.inject_fault`, which calls and transfers meet.
