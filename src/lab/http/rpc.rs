@@ -190,7 +190,11 @@ mod tests {
         assert_eq!(held.as_ref().map(SemaphorePermit::num_permits), Some(1));
         assert!(draw(&budget, &mut held, FREE_PER_BODY + 4 * BUDGET_UNIT));
         assert_eq!(budget.available_permits(), 0);
-        assert!(!draw(&budget, &mut held, FREE_PER_BODY + 4 * BUDGET_UNIT + 1));
+        assert!(!draw(
+            &budget,
+            &mut held,
+            FREE_PER_BODY + 4 * BUDGET_UNIT + 1
+        ));
         drop(held);
         assert_eq!(budget.available_permits(), 4);
     }
