@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use super::args::{Invocation, Param};
 use super::dispatch::Message;
-use super::{faults, live};
+use super::{live, xapi_errors};
 use crate::lab::db::{Change, ChangeKind, Class, Db, Subscription, Token};
 use crate::lab::state::Lab;
 use crate::xapi::rpc::{Response, Value, XapiFault};
@@ -103,7 +103,7 @@ impl EventWait {
             match looked {
                 Ok(Some(answer)) => return answer,
                 Ok(None) => {}
-                Err(e) => return Err(faults::internal(format!("event.from: {e}"))),
+                Err(e) => return Err(xapi_errors::internal(format!("event.from: {e}"))),
             }
             match tokio::time::timeout_at(deadline, changes.changed()).await {
                 // A change, or the deadline: look again.
