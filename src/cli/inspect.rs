@@ -8,6 +8,7 @@ use serde_json::json;
 use super::CliError;
 use super::args::{CatArgs, CheckArgs, InfoArgs};
 use super::output::{print_json, stdout_file};
+use super::units::human_bytes;
 use crate::image::{
     Chain, Damage, ImageError, ImageErrorKind, RawSink, VhdLayer, check, write_raw,
 };
@@ -135,9 +136,14 @@ fn info_document(layer: &VhdLayer) -> serde_json::Value {
 
 fn print_info_text(doc: &serde_json::Value) {
     let s = |k: &str| doc[k].to_string().trim_matches('"').to_string();
+    // A format inspector: the exact count next to the readable one.
+    let size = |k: &str| {
+        let bytes = doc[k].as_u64().unwrap_or_default();
+        format!("{} ({bytes} bytes)", human_bytes(bytes))
+    };
     println!("file:              {}", s("file"));
     println!("disk type:         {}", s("disk_type"));
-    println!("virtual size:      {} bytes", s("virtual_size"));
+    println!("virtual size:      {}", size("virtual_size"));
     let g = &doc["geometry"];
     println!(
         "geometry (C/H/S):  {}/{}/{} ({} bytes)",
@@ -152,19 +158,19 @@ fn print_info_text(doc: &serde_json::Value) {
         c["version"].as_str().unwrap_or_default(),
         c["host_os"].as_str().unwrap_or_default()
     );
-    println!("file size:         {} bytes", s("file_size"));
+    println!("file size:         {}", size("file_size"));
     if doc.get("block_size").is_some() {
-        println!("block size:        {} bytes", s("block_size"));
+        println!("block size:        {}", size("block_size"));
         println!(
             "BAT:               {} entries at byte {}",
             s("max_table_entries"),
             s("table_offset")
         );
         println!(
-            "allocated:         {} of {} blocks, {} bytes",
+            "allocated:         {} of {} blocks, {}",
             s("allocated_blocks"),
             s("blocks"),
-            s("allocated_bytes")
+            size("allocated_bytes")
         );
     }
     if let Some(p) = doc.get("parent") {

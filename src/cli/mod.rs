@@ -14,6 +14,7 @@ mod seed;
 mod streams;
 mod terminal_text;
 mod transfer;
+mod units;
 
 use std::process::ExitCode;
 

@@ -14,6 +14,7 @@ use super::output::print_json;
 use super::replicate::load_job;
 use super::terminal_text;
 use super::transfer::runtime;
+use super::units::{human_bytes, human_rate};
 use crate::replicate::clock::SystemClock;
 use crate::replicate::job::Job;
 use crate::replicate::lock::VmLock;
@@ -106,8 +107,11 @@ pub fn seed(args: &SeedArgs) -> Result<ExitCode, CliError> {
             );
             for d in &report.disks {
                 println!(
-                    "  disk {}: {} bytes, source VDI {} -> target VDI {}",
-                    d.userdevice, d.virtual_size, d.source_vdi, d.target_vdi
+                    "  disk {}: {}, source VDI {} -> target VDI {}",
+                    d.userdevice,
+                    human_bytes(d.virtual_size),
+                    d.source_vdi,
+                    d.target_vdi
                 );
             }
             println!("the job's next replicate of this VM sends a delta");
@@ -153,9 +157,9 @@ fn progress(json: bool) -> impl FnMut(&str, &Progress) + Send {
         if tty && last.elapsed().as_secs() >= 2 {
             last = std::time::Instant::now();
             eprintln!(
-                "vhdsync: disk {disk}: {} bytes, {:.1} MB/s",
-                p.bytes,
-                p.rate() / 1e6
+                "vhdsync: disk {disk}: {}, {}",
+                human_bytes(p.bytes),
+                human_rate(p.rate())
             );
         }
     }
@@ -184,8 +188,13 @@ pub fn seed_export(args: &SeedExportArgs) -> Result<ExitCode, CliError> {
             );
             for d in &manifest.disks {
                 println!(
-                    "  disk {}: {} ({} bytes of VHD stream in {} bytes, {} frames; virtual size {})",
-                    d.userdevice, d.file, d.stream_length, d.file_size, d.frames, d.virtual_size
+                    "  disk {}: {} ({} of VHD stream in {}, {} frames; virtual size {})",
+                    d.userdevice,
+                    d.file,
+                    human_bytes(d.stream_length),
+                    human_bytes(d.file_size),
+                    d.frames,
+                    human_bytes(d.virtual_size)
                 );
             }
             println!(
@@ -219,8 +228,11 @@ pub fn seed_import(args: &SeedImportArgs) -> Result<ExitCode, CliError> {
             );
             for d in &report.disks {
                 println!(
-                    "  disk {}: {} ({} bytes) -> VDI {}",
-                    d.userdevice, d.file, d.stream_bytes, d.replica_vdi
+                    "  disk {}: {} ({}) -> VDI {}",
+                    d.userdevice,
+                    d.file,
+                    human_bytes(d.stream_bytes),
+                    d.replica_vdi
                 );
             }
             println!("the job's next replicate of this VM sends a delta");

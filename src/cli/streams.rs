@@ -9,6 +9,7 @@ use super::CliError;
 use super::args::{ApplyArgs, DiffArgs, ExportArgs};
 use super::inspect::open_chain;
 use super::output::{print_json, stdout_file};
+use super::units::human_bytes;
 use crate::image::{Chain, changed};
 use crate::stream::apply::{ApplyError, ApplyTarget, RawTarget, VhdTarget};
 use crate::stream::{ChainExport, FeedError, feed};
@@ -41,9 +42,10 @@ pub fn diff(args: &DiffArgs) -> Result<ExitCode, CliError> {
         let list: Vec<String> = blocks.iter().map(u32::to_string).collect();
         println!("{}", list.join(" "));
         println!(
-            "{} changed blocks, {bytes} bytes of {}",
+            "{} changed blocks, {} of {}",
             blocks.len(),
-            leaf.virtual_size()
+            human_bytes(bytes),
+            human_bytes(leaf.virtual_size())
         );
     }
     Ok(ExitCode::SUCCESS)

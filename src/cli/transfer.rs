@@ -10,6 +10,7 @@ use super::CliError;
 use super::args::{CopyVdiArgs, TrustArgs};
 use super::connect::{CommandLineHost, command_line_pair, warn_about};
 use super::output::print_json;
+use super::units::{human_bytes, human_duration, human_rate};
 use crate::xapi::HostUrl;
 use crate::xapi::connection::Endpoint;
 use crate::xapi::tls::Trust;
@@ -50,7 +51,8 @@ pub fn copy_vdi(args: &CopyVdiArgs) -> Result<ExitCode, CliError> {
         let source = source.connect().await?;
         let target = target.connect().await?;
         let options = TransferOptions {
-            stall_timeout: Duration::from_secs(args.stall_timeout.max(1)),
+            // The floor of one second keeps `--stall-timeout 0` from aborting every transfer.
+            stall_timeout: args.stall_timeout.max(Duration::from_secs(1)),
             ..TransferOptions::default()
         };
         let mut display = ProgressDisplay::new(args.json);
@@ -91,10 +93,10 @@ pub fn copy_vdi(args: &CopyVdiArgs) -> Result<ExitCode, CliError> {
             }))?;
         } else {
             println!(
-                "copied {} blocks, {} bytes in {seconds:.2} s ({:.1} MB/s)",
+                "copied {} blocks, {} in {seconds:.2} s ({})",
                 report.blocks,
-                report.bytes,
-                report.bytes as f64 / seconds.max(1e-9) / 1e6
+                human_bytes(report.bytes),
+                human_rate(report.bytes as f64 / seconds.max(1e-9))
             );
         }
         Ok(ExitCode::SUCCESS)
@@ -142,14 +144,14 @@ impl ProgressDisplay {
                 *last = Instant::now();
                 let eta = progress
                     .eta()
-                    .map(|d| format!(", ETA {}s", d.as_secs()))
+                    .map(|d| format!(", ETA {}", human_duration(Duration::from_secs(d.as_secs()))))
                     .unwrap_or_default();
                 eprintln!(
-                    "vhdsync: {} of {} bytes, {} blocks, {:.1} MB/s{eta}",
-                    progress.bytes,
-                    progress.total.unwrap_or(0),
+                    "vhdsync: {} of {}, {} blocks, {}{eta}",
+                    human_bytes(progress.bytes),
+                    human_bytes(progress.total.unwrap_or(0)),
                     progress.blocks,
-                    progress.rate() / 1e6
+                    human_rate(progress.rate())
                 );
             }
             ProgressDisplay::Log { .. } | ProgressDisplay::Quiet => {}

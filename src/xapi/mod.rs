@@ -15,5 +15,5 @@ pub mod tls;
 pub mod transfer;
 pub mod url;
 
+pub use self::url::HostUrl;
 pub use secret::Secret;
-pub use url::HostUrl;
