@@ -5,7 +5,7 @@
 //! [`Lab::handle`] may block: `event.from` waits up to its timeout for changes, and storage
 //! calls do file I/O. Call it from a blocking thread (`tokio::task::spawn_blocking`). The HTTP
 //! server instead dispatches on a blocking thread and awaits an `event.from` wait without one
-//! ([`Lab::dispatch`]).
+//! (`Lab::dispatch`).
 //!
 //! How a call is routed (`dispatch`): `system.listMethods`; then the messages a namespace
 //! defines itself (`VM.snapshot`, `session.login_with_password`, `event.from`, `lab.write`,
