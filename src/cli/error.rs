@@ -1,4 +1,5 @@
 use crate::image::ImageError;
+use crate::replicate::lock::LockError;
 
 /// What a command failed with, carrying the exit code the failure maps to.
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +21,19 @@ impl CliError {
             CliError::Input(_) => 2,
             CliError::Failed(_) => 1,
             CliError::Locked(_) => 3,
+        }
+    }
+}
+
+impl CliError {
+    /// A VM lock not taken: held by another run (exit 3, as an I/O failure on it always was),
+    /// or refused because its state directory or file is unsafe to use (exit 2).
+    pub fn lock(e: &LockError) -> CliError {
+        match e {
+            LockError::UnsafeStateDir { .. } | LockError::NotARegularFile { .. } => {
+                CliError::Input(e.to_string())
+            }
+            LockError::Held { .. } | LockError::Io { .. } => CliError::Locked(e.to_string()),
         }
     }
 }

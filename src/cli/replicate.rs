@@ -116,12 +116,6 @@ fn report(
     rpc_calls: u64,
     json: bool,
 ) -> Result<ExitCode, CliError> {
-    let locked = outcomes
-        .iter()
-        .any(|(_, o)| matches!(o, VmOutcome::Locked(_)));
-    let failed = outcomes
-        .iter()
-        .any(|(_, o)| matches!(o, VmOutcome::Failed(_)));
     if json {
         let vms: Vec<serde_json::Value> = outcomes
             .iter()
@@ -165,13 +159,16 @@ fn report(
             }
         }
     }
-    Ok(ExitCode::from(if locked {
-        3
-    } else if failed {
-        1
-    } else {
-        0
-    }))
+    // A held lock (3) outranks an unsafe state directory (2), which outranks a failure (1).
+    let code = outcomes
+        .iter()
+        .map(|(_, outcome)| match outcome {
+            VmOutcome::Replicated(_) => 0,
+            VmOutcome::Locked(e) => CliError::lock(e).exit_code(),
+            VmOutcome::Failed(_) => 1,
+        })
+        .max();
+    Ok(ExitCode::from(code.unwrap_or(0)))
 }
 
 /// `15m`, `90s`, `2h`, `1d`, or plain seconds.

@@ -153,7 +153,7 @@ fn seed_job(job: &Job, vm: &str) -> Result<SeedJob, CliError> {
 
 /// The VM's lock, as `replicate` takes it: no cycle runs while this command does.
 pub(super) fn lock(job: &Job, vm: &str) -> Result<VmLock, CliError> {
-    VmLock::acquire(&job.state_dir, &job.job_id, vm).map_err(|e| CliError::Locked(e.to_string()))
+    VmLock::acquire(&job.state_dir, &job.job_id, vm).map_err(|e| CliError::lock(&e))
 }
 
 /// One line per disk every few seconds on a terminal, nothing otherwise.
