@@ -34,6 +34,7 @@ use super::seed_file::{
     DEFAULT_FRAME, END_LEN, FILE_HEADER_LEN, FRAME_HEADER_LEN, Record, SeedDecoder, SeedEncoder,
     SeedEvent, SeedFileError, parse_file_header, parse_record,
 };
+use crate::fsio::atomic::{self, AtomicFile};
 use crate::xapi::client::XapiClient;
 use crate::xapi::records::Record as _;
 use crate::xapi::records::{SrRecord, StringMap, VmRecord};
@@ -74,11 +75,6 @@ impl From<SeedError> for OfflineError {
             other => OfflineError::Failed(other.to_string()),
         }
     }
-}
-
-fn failed(context: impl std::fmt::Display) -> impl FnOnce(String) -> OfflineError {
-    let context = context.to_string();
-    move |e| OfflineError::Failed(format!("{context}: {e}"))
 }
 
 /// What export and import need from the job.
@@ -235,14 +231,7 @@ fn prepare_dir(dir: &Path) -> Result<(), OfflineError> {
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), OfflineError> {
-    let tmp = path.with_extension("tmp");
-    let fail = failed(path.display());
-    let mut file = File::create(&tmp).map_err(|e| fail(e.to_string()))?;
-    let result = file
-        .write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .and_then(|()| std::fs::rename(&tmp, path));
-    result.map_err(|e| OfflineError::Failed(format!("{}: {e}", path.display())))
+    atomic::write(path, bytes).map_err(|e| OfflineError::Failed(e.to_string()))
 }
 
 struct Written {
@@ -264,11 +253,11 @@ struct SeedWriter {
 }
 
 impl SeedWriter {
-    fn create(path: &Path, level: i32) -> Result<SeedWriter, OfflineError> {
+    fn create(file: File, path: &Path, level: i32) -> Result<SeedWriter, OfflineError> {
         let fail = |e: std::io::Error| OfflineError::Failed(format!("{}: {e}", path.display()));
         let mut writer = SeedWriter {
             encoder: SeedEncoder::new(level, DEFAULT_FRAME).map_err(fail)?,
-            file: File::create(path).map_err(fail)?,
+            file,
             pending: BytesMut::with_capacity(DEFAULT_FRAME as usize),
             file_hash: Sha256::new(),
             path: path.to_owned(),
@@ -336,8 +325,8 @@ struct BackgroundWriter {
 }
 
 impl BackgroundWriter {
-    fn start(path: &Path, level: i32) -> Result<BackgroundWriter, OfflineError> {
-        let mut writer = SeedWriter::create(path, level)?;
+    fn start(file: File, path: &Path, level: i32) -> Result<BackgroundWriter, OfflineError> {
+        let mut writer = SeedWriter::create(file, path, level)?;
         let (queue, mut chunks) = tokio::sync::mpsc::channel::<Bytes>(QUEUE_DEPTH * 16);
         let thread = std::thread::spawn(move || {
             while let Some(chunk) = chunks.blocking_recv() {
@@ -388,7 +377,6 @@ async fn export_disk(
         .create_task("vhdsync seed-export", &disk.vdi_uuid)
         .await
         .map_err(|e| OfflineError::Failed(format!("{context}: {e}")))?;
-    let tmp = path.with_extension("seed.tmp");
     let outcome = async {
         let endpoint = source.endpoint();
         let query = format!(
@@ -406,7 +394,11 @@ async fn export_disk(
             return Err(format!("HTTP status {}", response.status()));
         }
         let mut body = response.into_body();
-        let mut writer = BackgroundWriter::start(&tmp, level).map_err(|e| e.to_string())?;
+        // Dropped on any error below, which deletes the temp file.
+        let mut seed = AtomicFile::create(path).map_err(|e| e.to_string())?;
+        let file = seed.file().try_clone().map_err(|e| e.to_string())?;
+        let mut writer =
+            BackgroundWriter::start(file, seed.temp_path(), level).map_err(|e| e.to_string())?;
         let mut validator = Validator::new();
         let mut stream_hash = Sha256::new();
         let started = Instant::now();
@@ -447,15 +439,12 @@ async fn export_disk(
             .map_err(|e| format!("the export task: {e}"))?;
         let mut written = writer.finish().map_err(|e| e.to_string())?;
         written.stream_sha256 = hex::encode(stream_hash.finalize());
-        std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))?;
+        seed.commit().map_err(|e| e.to_string())?;
         Ok(written)
     }
     .await;
     let _ = source.destroy_task(&task).await;
-    outcome.map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        OfflineError::Failed(format!("{context}: {e}"))
-    })
+    outcome.map_err(|e| OfflineError::Failed(format!("{context}: {e}")))
 }
 
 /// Walks a seed file's frame headers without decompressing: its size against the
