@@ -120,7 +120,11 @@ fn slug(what: &str) -> String {
 }
 
 /// Run `command` to its end: its time and peak RSS, and its stdout.
-pub fn run(command: Command, what: &str, logs: &Logs) -> Result<(Sample, String), BenchError> {
+pub fn run_measured(
+    command: Command,
+    what: &str,
+    logs: &Logs,
+) -> Result<(Sample, String), BenchError> {
     let (stdout_path, stdout) = logs.file(&format!("{}.stdout", slug(what)))?;
     settle();
     let started = Instant::now();
@@ -179,6 +183,18 @@ fn settle() {
     unsafe { libc::sync() };
 }
 
+/// Stop a child that stops cleanly on SIGTERM, and reap it. `Child::kill` sends SIGKILL,
+/// which would cut a `vhdsync lab serve` short of its clean stop (transfers in flight end,
+/// the state is saved, the stop is logged).
+pub fn terminate(child: &mut Child) -> std::io::Result<std::process::ExitStatus> {
+    let pid = libc::pid_t::try_from(child.id()).map_err(std::io::Error::other)?;
+    // SAFETY: kill(2) on our own child's pid, which is not reaped yet (so not reused).
+    if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    child.wait()
+}
+
 /// A program on PATH, for the reference tools that may be missing.
 pub fn find_program(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|paths| {
@@ -198,7 +214,7 @@ mod tests {
         let logs = Logs::new(dir.path()).unwrap();
         let mut command = Command::new("sh");
         command.args(["-c", "echo hello"]);
-        let (sample, out) = run(command, "echo", &logs).unwrap();
+        let (sample, out) = run_measured(command, "echo", &logs).unwrap();
         assert_eq!(out, "hello\n");
         assert!(sample.seconds > 0.0);
         // A shell's resident set: more than a page, far less than this test binary's.
@@ -215,10 +231,22 @@ mod tests {
         let logs = Logs::new(dir.path()).unwrap();
         let mut command = Command::new("sh");
         command.args(["-c", "echo broken >&2; exit 3"]);
-        let error = run(command, "the step", &logs).unwrap_err().to_string();
+        let error = run_measured(command, "the step", &logs)
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("the step"), "{error}");
         assert!(error.contains("exit code 3"), "{error}");
         assert!(error.contains("broken"), "{error}");
+    }
+
+    #[test]
+    fn a_terminated_child_stops_on_sigterm_and_is_reaped() {
+        use std::os::unix::process::ExitStatusExt;
+        let mut child = Command::new("sleep").arg("60").spawn().unwrap();
+        let status = terminate(&mut child).unwrap();
+        assert_eq!(status.signal(), Some(libc::SIGTERM));
+        // Reaped: waiting again answers the same status at once.
+        assert_eq!(child.try_wait().unwrap(), Some(status));
     }
 
     #[test]

@@ -451,10 +451,7 @@ pub struct LabFaultArgs {
     /// The fault to inject.
     #[arg(
         required_unless_present_any = ["list", "clear"],
-        value_parser = [
-            "drop_export", "drop_import", "fail_export", "fail_import", "sr_full", "stall",
-            "embedded_error", "rpc_error", "bandwidth", "redirect",
-        ],
+        value_parser = clap::builder::PossibleValuesParser::new(crate::lab::faults::kind_names()),
     )]
     pub kind: Option<String>,
     /// drop_export, drop_import, embedded_error, stall: after this many bytes.

@@ -426,6 +426,19 @@ impl FileSr {
     }
 }
 
+/// The leaf file of `vdi` in the SR in `dir`, read from the SR's index without opening the
+/// SR: opening sweeps, which must not run while another process (a `lab serve`) holds it.
+/// The answer is as of the read; the serving process may replace the leaf afterwards.
+pub fn indexed_leaf_path(dir: &Path, vdi: Uuid) -> Result<PathBuf, SrError> {
+    let op = Operation::Read;
+    let ctx = Context::vdi(op, vdi);
+    let index = Index::load(dir, ctx)?.ok_or_else(|| {
+        let missing = std::io::Error::from(std::io::ErrorKind::NotFound);
+        ctx.io("read", dir.join(layout::INDEX_FILE))(missing)
+    })?;
+    Ok(dir.join(&find(&index, op, vdi)?.leaf))
+}
+
 fn find(index: &Index, op: Operation, vdi: Uuid) -> Result<&VdiRecord, SrError> {
     index.vdis.get(&vdi).ok_or(SrError::NotFound { op, vdi })
 }
@@ -548,6 +561,28 @@ mod tests {
             assert_eq!(observe(&sr), before, "round {round}");
         }
         assert!(deepest(&sr) <= 5, "depth {}", deepest(&sr));
+    }
+
+    #[test]
+    fn the_indexed_leaf_is_the_open_srs_leaf_and_unknown_vdis_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let vdi = Uuid::new_v4();
+        let missing = indexed_leaf_path(dir.path(), vdi).unwrap_err();
+        assert!(matches!(missing, SrError::Io { .. }), "{missing}");
+        assert!(missing.to_string().contains("sr.json"), "{missing}");
+        let sr = FileSr::open(dir.path()).unwrap();
+        sr.create(vdi, 4 << 20).unwrap();
+        sr.snapshot(vdi, Uuid::new_v4()).unwrap();
+        assert_eq!(
+            indexed_leaf_path(dir.path(), vdi).unwrap(),
+            sr.leaf_path(vdi).unwrap()
+        );
+        let other = Uuid::new_v4();
+        let unknown = indexed_leaf_path(dir.path(), other).unwrap_err();
+        assert!(
+            matches!(unknown, SrError::NotFound { vdi, .. } if vdi == other),
+            "{unknown}"
+        );
     }
 
     #[test]

@@ -169,6 +169,12 @@ impl Lab {
         &self.shared.sr
     }
 
+    /// The leaf file of `vdi` in the SR of the lab host in `dir`, which another process
+    /// may be serving (see [`crate::lab::sr::indexed_leaf_path`]).
+    pub fn served_leaf_path(dir: &Path, vdi: uuid::Uuid) -> Result<PathBuf, LabError> {
+        Ok(crate::lab::sr::indexed_leaf_path(&dir.join(SR_DIR), vdi)?)
+    }
+
     /// The faults injected with `lab.inject_fault`, which calls and transfers meet.
     pub fn faults(&self) -> &Faults {
         &self.shared.faults

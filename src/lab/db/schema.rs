@@ -8,8 +8,8 @@
 
 use crate::xapi::rpc::Value;
 
-/// The null reference, XAPI's "no object".
-pub const NULL_REF: &str = "OpaqueRef:NULL";
+/// The null reference, XAPI's "no object": the one the client's typed records use too.
+pub use crate::xapi::records::NULL_REF;
 /// An unset datetime: the Unix epoch in XAPI's format.
 pub const EPOCH: &str = "19700101T00:00:00Z";
 

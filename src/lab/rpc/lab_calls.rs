@@ -23,7 +23,7 @@ use uuid::Uuid;
 
 use super::args::{Fallback, Invocation, Param};
 use super::dispatch::Message;
-use super::faults::StorageCall;
+use super::xapi_errors::StorageCall;
 use crate::lab::db::{Class, DbError};
 use crate::lab::faults::{FaultSpec, RpcFault, VdiFilter};
 use crate::lab::state::Lab;

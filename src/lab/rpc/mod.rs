@@ -15,7 +15,6 @@ mod args;
 mod catalog;
 mod dispatch;
 mod event;
-mod faults;
 pub mod init;
 mod lab_calls;
 mod live;
@@ -25,6 +24,7 @@ mod task;
 mod vbd;
 mod vdi;
 mod vm;
+mod xapi_errors;
 
 use crate::lab::db::{Class, Db};
 use crate::lab::state::Lab;

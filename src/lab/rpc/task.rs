@@ -7,7 +7,7 @@
 
 use super::args::{Invocation, Param};
 use super::dispatch::{Handler, Message};
-use super::{faults, now, this_host};
+use super::{now, this_host, xapi_errors};
 use crate::lab::db::{Class, Db, Record};
 use crate::lab::state::Lab;
 use crate::xapi::rpc::xmlrpc::{IntEncoding, encode_value};
@@ -43,7 +43,9 @@ fn cancel(lab: &Lab, call: &Invocation) -> Response {
     let task = call.text(0)?;
     lab.with_db_mut(|db| {
         if db.text(Class::Task, task, "status")? != "pending" {
-            return Err(faults::operation_not_allowed("the task is not pending"));
+            return Err(xapi_errors::operation_not_allowed(
+                "the task is not pending",
+            ));
         }
         db.set(Class::Task, task, "status", Value::from("cancelling"))?;
         Ok(Value::void())
@@ -90,7 +92,7 @@ pub(super) fn run_async(lab: &Lab, run: Handler, call: Invocation) -> Response {
     if let Err(e) = spawned {
         lab.complete_task(
             &task,
-            Err(faults::internal(format!(
+            Err(xapi_errors::internal(format!(
                 "cannot start a worker thread: {e}"
             ))),
         )?;

@@ -4,7 +4,7 @@
 use super::accessors::constructor_fields;
 use super::args::{Invocation, Param};
 use super::dispatch::Message;
-use super::faults;
+use super::xapi_errors;
 use crate::lab::db::{Class, Db, NULL_REF};
 use crate::lab::state::Lab;
 use crate::xapi::rpc::{Response, Value, XapiFault};
@@ -47,7 +47,7 @@ fn destroy(lab: &Lab, call: &Invocation) -> Response {
     let vbd = call.text(0)?;
     lab.with_db_mut(|db| {
         if db.get(Class::Vbd, vbd, "currently_attached")?.as_bool() == Some(true) {
-            return Err(faults::operation_not_allowed(
+            return Err(xapi_errors::operation_not_allowed(
                 "the VBD is attached to a running VM",
             ));
         }

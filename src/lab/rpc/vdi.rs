@@ -10,9 +10,9 @@ use uuid::Uuid;
 use super::accessors::constructor_fields;
 use super::args::{Fallback, Invocation, Param};
 use super::dispatch::Message;
-use super::faults::{self, StorageCall};
 use super::live::{clamp, uuid_of};
 use super::now;
+use super::xapi_errors::{self, StorageCall};
 use crate::lab::db::{Class, Db, NULL_REF, Record};
 use crate::lab::sr::{FileSr, SrError};
 use crate::lab::state::Lab;
@@ -106,7 +106,7 @@ fn resize(lab: &Lab, call: &Invocation) -> Response {
             operation: "resize",
         };
         if attached(db, vdi)? {
-            return Err(faults::vdi_in_use(vdi, "resize"));
+            return Err(xapi_errors::vdi_in_use(vdi, "resize"));
         }
         lab.sr().resize(uuid, size).map_err(|e| storage.fault(e))?;
         refresh_storage_fields(lab, db, vdi)?;
@@ -200,7 +200,7 @@ pub(super) fn destroy_vdi(lab: &Lab, db: &mut Db, vdi: &str) -> Result<(), XapiF
         operation: "destroy",
     };
     if attached(db, vdi)? {
-        return Err(faults::vdi_in_use(vdi, "destroy"));
+        return Err(xapi_errors::vdi_in_use(vdi, "destroy"));
     }
     match lab.sr().destroy(uuid) {
         // Already gone from the SR (a `missing` VDI): only the record is left to remove.
@@ -262,8 +262,8 @@ fn storage_fields(
 /// The VDI's uuid, by which the SR knows it, and its SR's reference.
 fn locate(db: &Db, vdi: &str) -> Result<(Uuid, String), XapiFault> {
     let record = db.record(Class::Vdi, vdi)?;
-    let uuid =
-        uuid_of(record).ok_or_else(|| faults::internal(format!("VDI {vdi} has no valid uuid")))?;
+    let uuid = uuid_of(record)
+        .ok_or_else(|| xapi_errors::internal(format!("VDI {vdi} has no valid uuid")))?;
     let sr = record.get("SR").and_then(Value::as_str).unwrap_or(NULL_REF);
     Ok((uuid, sr.to_owned()))
 }

@@ -12,8 +12,8 @@ use uuid::Uuid;
 use super::accessors::constructor_fields;
 use super::args::{Fallback, Invocation, Param};
 use super::dispatch::Message;
-use super::faults;
 use super::vdi::{Branch, branch_vdi, destroy_vdi};
+use super::xapi_errors;
 use super::{now, this_host};
 use crate::lab::db::{Class, Db, EPOCH, NULL_REF, Record};
 use crate::lab::state::Lab;
@@ -126,7 +126,7 @@ fn destroy(lab: &Lab, call: &Invocation) -> Response {
         check_not_blocked(db, vm, "destroy")?;
         let state = power_state(db, vm)?;
         if !matches!(state.as_str(), "Halted" | "Suspended") {
-            return Err(faults::bad_power_state(vm, "Halted", &state));
+            return Err(xapi_errors::bad_power_state(vm, "Halted", &state));
         }
         // The VBDs go with the VM; the VDIs stay (xapi's `Xapi_vm_helpers.destroy`).
         for vbd in db.set_items(Class::Vm, vm, "VBDs")? {
@@ -144,7 +144,9 @@ fn snapshot(lab: &Lab, call: &Invocation) -> Response {
     lab.with_db_mut(|db| {
         check_not_blocked(db, vm, "snapshot")?;
         if db.get(Class::Vm, vm, "is_a_snapshot")?.as_bool() == Some(true) {
-            return Err(faults::operation_not_allowed("cannot snapshot a snapshot"));
+            return Err(xapi_errors::operation_not_allowed(
+                "cannot snapshot a snapshot",
+            ));
         }
         let state = power_state(db, vm)?;
         let disks = copy_disks(lab, db, vm, Branch::Snapshot(&time), &ignored)?;
@@ -182,7 +184,7 @@ fn clone(lab: &Lab, call: &Invocation) -> Response {
         check_not_blocked(db, vm, "clone")?;
         let state = power_state(db, vm)?;
         if state != "Halted" {
-            return Err(faults::bad_power_state(vm, "Halted", &state));
+            return Err(xapi_errors::bad_power_state(vm, "Halted", &state));
         }
         let disks = copy_disks(lab, db, vm, Branch::Clone, &[])?;
         let mut fields = copied_fields(db.record(Class::Vm, vm)?, name);
@@ -230,7 +232,7 @@ fn hard_shutdown(lab: &Lab, call: &Invocation) -> Response {
         check_not_blocked(db, vm, "hard_shutdown")?;
         let state = power_state(db, vm)?;
         if state == "Halted" {
-            return Err(faults::bad_power_state(vm, "Running", &state));
+            return Err(xapi_errors::bad_power_state(vm, "Running", &state));
         }
         power_off(db, vm)
     })
@@ -242,7 +244,7 @@ fn clean_shutdown(lab: &Lab, call: &Invocation) -> Response {
         check_not_blocked(db, vm, "clean_shutdown")?;
         let state = power_state(db, vm)?;
         if state != "Running" {
-            return Err(faults::bad_power_state(vm, "Running", &state));
+            return Err(xapi_errors::bad_power_state(vm, "Running", &state));
         }
         power_off(db, vm)
     })
@@ -280,7 +282,7 @@ fn set_memory_limits(lab: &Lab, call: &Invocation) -> Response {
 fn check_not_blocked(db: &Db, vm: &str, operation: &str) -> Result<(), XapiFault> {
     let blocked = db.get(Class::Vm, vm, "blocked_operations")?;
     match blocked.get(operation).and_then(Value::as_str) {
-        Some(reason) => Err(faults::operation_blocked(vm, reason)),
+        Some(reason) => Err(xapi_errors::operation_blocked(vm, reason)),
         None => Ok(()),
     }
 }
@@ -292,11 +294,11 @@ fn power_state(db: &Db, vm: &str) -> Result<String, XapiFault> {
 fn power_on(db: &mut Db, vm: &str, operation: &str, host: &str, paused: bool) -> Response {
     check_not_blocked(db, vm, operation)?;
     if db.get(Class::Vm, vm, "is_a_template")?.as_bool() == Some(true) {
-        return Err(faults::vm_is_template(vm));
+        return Err(xapi_errors::vm_is_template(vm));
     }
     let state = power_state(db, vm)?;
     if state != "Halted" {
-        return Err(faults::bad_power_state(vm, "Halted", &state));
+        return Err(xapi_errors::bad_power_state(vm, "Halted", &state));
     }
     let domid = db
         .records(Class::Vm)

@@ -79,12 +79,12 @@ enum Prepared {
     Probe {
         task: String,
     },
-    Import(Box<Job>),
+    Import(Box<ImportJob>),
     Refused(Reply),
 }
 
 /// An import checked, its VDI claimed, ready to read the body.
-struct Job {
+struct ImportJob {
     lab: Lab,
     task: String,
     vdi: String,
@@ -153,7 +153,7 @@ fn check(lab: &Lab, params: &Params, headers: &HeaderMap) -> Result<Prepared, Re
     }
     let guard = sr.begin_import(uuid).map_err(storage)?;
     let before = sr.chain(uuid).map_err(storage)?;
-    Ok(Prepared::Import(Box::new(Job {
+    Ok(Prepared::Import(Box::new(ImportJob {
         lab: lab.clone(),
         task: new_task()?,
         vdi,
@@ -192,9 +192,9 @@ fn too_small(vdi: &str, needed: u64) -> XapiFault {
     XapiFault::new("VDI_TOO_SMALL", [vdi.to_owned(), needed.to_string()])
 }
 
-impl Job {
+impl ImportJob {
     fn run(self, mut body: BodyReader, reply: mpsc::Sender<bytes::Bytes>) {
-        let Job {
+        let ImportJob {
             lab,
             task,
             vdi,
