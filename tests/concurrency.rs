@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 use std::process::Output;
 
-use common::lab_pair::{Host, url};
+use common::lab_pair::{Host, url, write_job};
 use vhdsync::xapi::rpc::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_vhdsync");
@@ -136,19 +136,7 @@ async fn a_state_dir_others_may_write_to_is_refused_with_exit_2() {
     let state = dir.path().join("state");
     std::fs::create_dir(&state).unwrap();
     std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let job = dir.path().join("job.toml");
-    std::fs::write(
-        &job,
-        format!(
-            "name = \"cr\"\nsource = \"{}\"\ntarget = \"{}\"\ntarget_sr = \"{}\"\n\
-             vms = [\"{vm}\"]\nretention = 2\nstate_dir = \"{}\"\n",
-            url(&source.server, "lab"),
-            url(&target.server, "lab"),
-            target.report.sr.uuid,
-            state.display(),
-        ),
-    )
-    .unwrap();
+    let job = write_job(dir.path(), &source, &target, &vm, 2);
     let out = replicate(&job, &vm).await;
     assert_eq!(out.status.code(), Some(2), "{}", json(&out));
     let error = json(&out)["vms"][0]["error"].as_str().unwrap().to_owned();
