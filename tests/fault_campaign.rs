@@ -21,6 +21,8 @@ mod common;
 
 use common::lab_pair::{Host, url};
 use tempfile::TempDir;
+use tokio_util::sync::CancellationToken;
+use vhdsync::replicate::clock::SystemClock;
 use vhdsync::replicate::keys;
 use vhdsync::replicate::run::{CycleError, CycleSettings, Phase, replicate_vm};
 use vhdsync::xapi::records::VmRecord;
@@ -299,6 +301,7 @@ impl Campaign {
                 stall_timeout: Duration::from_secs(1),
                 task_timeout: Duration::from_secs(30),
             },
+            clock: std::sync::Arc::new(SystemClock),
         };
         Campaign {
             source,
@@ -372,6 +375,7 @@ impl Campaign {
             &self.settings,
             &self.vm_uuid,
             &mut progress,
+            &CancellationToken::new(),
         )
         .await
         .map(|report| report.mode)

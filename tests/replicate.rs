@@ -453,6 +453,8 @@ async fn a_failure_mid_transfer_leaves_the_target_as_it_was() {
     assert_eq!(failed.code, 1, "{}", failed.json);
     let error = failed.json["vms"][0]["error"].as_str().unwrap();
     assert_eq!(failed.json["vms"][0]["phase"], "transfer", "{error}");
+    // The target dropped the import: the report says so in a kind callers can match.
+    assert_eq!(failed.json["vms"][0]["kind"], "target_refused", "{error}");
     assert!(
         error.contains("disk 0") && error.contains(&vm.ids.uuid),
         "names VM and disk: {error}"
@@ -483,5 +485,210 @@ async fn a_failure_mid_transfer_leaves_the_target_as_it_was() {
     assert!(
         names.contains(&replica),
         "the previous replica is kept (retention 2)"
+    );
+}
+
+/// The job of `write_job` as the library loads it, its lock files in `dir`.
+fn load_job(dir: &Path, source: &Host, target: &Host, vm: &str) -> vhdsync::replicate::job::Job {
+    let path = write_job(dir, source, target, vm, 2, "");
+    let mut job = vhdsync::replicate::job::Job::load(&path).unwrap();
+    job.state_dir = dir.join("state");
+    job
+}
+
+/// One cycle of the library's `replicate_vm` between the two hosts.
+async fn cycle(
+    source: &Host,
+    target: &Host,
+    settings: &vhdsync::replicate::run::CycleSettings,
+    vm: &str,
+    progress: &mut (dyn FnMut(&str, &vhdsync::xapi::transfer::Progress) + Send),
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Result<vhdsync::replicate::run::CycleReport, vhdsync::replicate::run::CycleError> {
+    let (source, target) = (&source.client, &target.client);
+    vhdsync::replicate::run::replicate_vm(source, target, settings, vm, progress, cancel).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_cycle_ends_cancelled_and_leaves_no_replica() {
+    use std::sync::Arc;
+    use tokio_util::sync::CancellationToken;
+    use vhdsync::replicate::clock::SystemClock;
+    use vhdsync::replicate::run::{ErrorKind, Phase};
+    use vhdsync::xapi::transfer::{Progress, TransferOptions};
+
+    let source = Host::start(&[("web01", &[24 * MIB])]).await;
+    let target = Host::start(&[]).await;
+    let vm = &source.report.vms[0];
+    let uuid = vm.ids.uuid.as_str();
+    source
+        .write(&vm.disks[0].vdi.reference, 0, 16 * MIB, Some(3))
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let job = load_job(dir.path(), &source, &target, uuid);
+    let settings = job.cycle_settings(TransferOptions::default(), Arc::new(SystemClock));
+    let source_vms = source.vms().await.len();
+    let mut quiet = |_: &str, _: &Progress| {};
+
+    // Cancelled before it starts: nothing is touched.
+    let cancelled = CancellationToken::new();
+    cancelled.cancel();
+    let early = cycle(&source, &target, &settings, uuid, &mut quiet, &cancelled)
+        .await
+        .unwrap_err();
+    assert_eq!(early.kind(), ErrorKind::Cancelled, "{early}");
+
+    // Cancelled once bytes move (an operator's ctrl-c): the transfer stops, and what the
+    // cycle made goes away on both sides.
+    let cancel = CancellationToken::new();
+    let mut cancel_on_progress = |_: &str, p: &Progress| {
+        if p.bytes > 0 {
+            cancel.cancel();
+        }
+    };
+    let error = cycle(
+        &source,
+        &target,
+        &settings,
+        uuid,
+        &mut cancel_on_progress,
+        &cancel,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Cancelled, "{error}");
+    assert_eq!(error.phase, Phase::Transfer, "{error}");
+    assert_eq!(error.disk.as_deref(), Some("0"), "{error}");
+    assert!(target.replicas().await.is_empty(), "a replica was left");
+    assert!(target.unused_vdis().await.is_empty(), "disks were left");
+    assert_eq!(
+        source.vms().await.len(),
+        source_vms,
+        "the snapshot was left"
+    );
+
+    // Nothing in the way of the next run, which is a full.
+    let next = CancellationToken::new();
+    let report = cycle(&source, &target, &settings, uuid, &mut quiet, &next)
+        .await
+        .unwrap();
+    assert_eq!(report.mode, "full");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_cycle_is_reported_as_a_failed_vm() {
+    use std::sync::{Arc, Mutex};
+    use tokio_util::sync::CancellationToken;
+    use vhdsync::replicate::clock::SystemClock;
+    use vhdsync::replicate::runner::{RunOptions, VmOutcome, run_job};
+    use vhdsync::xapi::transfer::{Progress, TransferOptions};
+
+    let source = Host::start(&[("web01", &[4 * MIB])]).await;
+    let target = Host::start(&[]).await;
+    let vm = &source.report.vms[0];
+    source
+        .write(&vm.disks[0].vdi.reference, 0, MIB, Some(4))
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let job = load_job(dir.path(), &source, &target, &vm.ids.uuid);
+    let connect = |host: &Host| {
+        let url = vhdsync::xapi::HostUrl::parse(&host.url()).unwrap();
+        async move {
+            vhdsync::xapi::client::XapiClient::connect(
+                url,
+                &vhdsync::xapi::tls::Trust::Insecure,
+                None,
+            )
+            .await
+            .unwrap()
+        }
+    };
+    // A progress display with a bug: the VM's task panics in the middle of its transfer.
+    let options = RunOptions {
+        transfer: TransferOptions::default(),
+        progress: Arc::new(Mutex::new(|_: &str, _: &str, p: &Progress| {
+            assert!(p.bytes == 0, "the display cannot show {} bytes", p.bytes);
+        })),
+        cancel: CancellationToken::new(),
+        clock: Arc::new(SystemClock),
+    };
+    let outcomes = run_job(
+        &job,
+        Arc::new(connect(&source).await),
+        Arc::new(connect(&target).await),
+        &[],
+        options,
+    )
+    .await;
+    assert_eq!(outcomes.len(), 1, "the VM is missing from the outcomes");
+    let (vm_uuid, outcome) = &outcomes[0];
+    assert_eq!(vm_uuid, &vm.ids.uuid);
+    match outcome {
+        VmOutcome::Panicked(message) => {
+            assert!(message.contains("the display cannot show"), "{message}")
+        }
+        other => panic!("not reported as panicked: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_stops_the_run_and_removes_what_it_created() {
+    let source = Host::start(&[("web01", &[16 * MIB])]).await;
+    let target = Host::start(&[]).await;
+    let vm = &source.report.vms[0];
+    source
+        .write(&vm.disks[0].vdi.reference, 0, 8 * MIB, Some(5))
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let job = write_job(dir.path(), &source, &target, &vm.ids.uuid, 2, "");
+    // The export stalls after its first MiB, long enough to be interrupted mid-transfer (the
+    // cancelled transfer waits, bounded, for the source to end its export task).
+    source
+        .inject(vec![
+            ("kind", Value::from("stall")),
+            ("on", Value::from("export")),
+            ("seconds", Value::Int(8)),
+            ("after_bytes", Value::Int(MIB as i64)),
+        ])
+        .await;
+    let child = tokio::process::Command::new(BIN)
+        .args(["replicate", "--json", "--stall-timeout", "60", "--job"])
+        .arg(&job)
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while target.replicas().await.is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no replica was begun"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pid = child.id().unwrap().to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
+        .await
+        .expect("the run did not stop on SIGINT")
+        .unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("no JSON: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(out.status.code(), Some(1), "{doc}");
+    assert_eq!(doc["vms"][0]["kind"], "cancelled", "{doc}");
+    assert!(
+        target.replicas().await.is_empty(),
+        "a replica was left: {doc}"
+    );
+    assert!(
+        target.unused_vdis().await.is_empty(),
+        "disks were left: {doc}"
     );
 }

@@ -14,10 +14,14 @@ use super::replicate::connect_job;
 use super::transfer::runtime;
 use crate::lab::Lab;
 use crate::lab::http::LabServer;
+use tokio_util::sync::CancellationToken;
+
+use crate::replicate::clock::SystemClock;
 use crate::replicate::job::Job;
 use crate::replicate::run::CycleReport;
-use crate::replicate::runner::{VmOutcome, run_job};
+use crate::replicate::runner::{RunOptions, VmOutcome, run_job};
 use crate::xapi::client::XapiClient;
+use crate::xapi::records::VmRecord;
 use crate::xapi::rpc::Value;
 use crate::xapi::transfer::TransferOptions;
 
@@ -25,8 +29,12 @@ const MIB: u64 = 1 << 20;
 const PASSWORD: &str = "demo";
 const DISKS: [u64; 2] = [256 * MIB, 64 * MIB];
 
-fn failed(what: &str) -> impl Fn(String) -> CliError + '_ {
-    move |e| CliError::Failed(format!("demo: {what}: {e}"))
+/// For `map_err`: a step of the demo failed.
+fn failed<E>(what: &str) -> impl FnOnce(E) -> CliError
+where
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    CliError::step(format!("demo: {what}"))
 }
 
 pub fn demo(args: &DemoArgs) -> Result<ExitCode, CliError> {
@@ -37,7 +45,7 @@ pub fn demo(args: &DemoArgs) -> Result<ExitCode, CliError> {
             true,
         ),
     };
-    std::fs::create_dir_all(&dir).map_err(|e| failed("creating the folder")(e.to_string()))?;
+    std::fs::create_dir_all(&dir).map_err(failed("creating the folder"))?;
     let outcome = runtime()?.block_on(run(&dir));
     if args.keep {
         println!("files kept in {}", dir.display());
@@ -58,21 +66,19 @@ async fn run(dir: &Path) -> Result<ExitCode, CliError> {
     let source_dir = dir.join("source");
     let target_dir = dir.join("target");
     let disks: Vec<(String, Vec<u64>)> = vec![("web01".into(), DISKS.to_vec())];
-    let source_report = Lab::init(&source_dir, PASSWORD, &disks)
-        .map_err(|e| failed("source lab")(e.to_string()))?;
-    let target_report =
-        Lab::init(&target_dir, PASSWORD, &[]).map_err(|e| failed("target lab")(e.to_string()))?;
-    let source_lab = Lab::open(&source_dir).map_err(|e| failed("source lab")(e.to_string()))?;
-    let target_lab = Lab::open(&target_dir).map_err(|e| failed("target lab")(e.to_string()))?;
+    let source_report = Lab::init(&source_dir, PASSWORD, &disks).map_err(failed("source lab"))?;
+    let target_report = Lab::init(&target_dir, PASSWORD, &[]).map_err(failed("target lab"))?;
+    let source_lab = Lab::open(&source_dir).map_err(failed("source lab"))?;
+    let target_lab = Lab::open(&target_dir).map_err(failed("target lab"))?;
     let any_port = "127.0.0.1:0"
         .parse()
-        .map_err(|e: std::net::AddrParseError| failed("address")(e.to_string()))?;
+        .map_err(failed::<std::net::AddrParseError>("address"))?;
     let source_server = LabServer::start(source_lab, any_port, false)
         .await
-        .map_err(|e| failed("source server")(e.to_string()))?;
+        .map_err(failed("source server"))?;
     let target_server = LabServer::start(target_lab, any_port, false)
         .await
-        .map_err(|e| failed("target server")(e.to_string()))?;
+        .map_err(failed("target server"))?;
     let with_login = |url: String| url.replacen("://", &format!("://root:{PASSWORD}@"), 1);
     println!(
         "    source {}   target {}",
@@ -92,8 +98,8 @@ async fn run(dir: &Path) -> Result<ExitCode, CliError> {
             vm.ids.uuid
         ),
     )
-    .map_err(|e| failed("writing job.toml")(e.to_string()))?;
-    let job = Job::load(&job_path).map_err(|e| CliError::Failed(e.to_string()))?;
+    .map_err(failed("writing job.toml"))?;
+    let job = Job::load(&job_path)?;
     let (source, target) = connect_job(&job).await?;
     let (source, target) = (Arc::new(source), Arc::new(target));
 
@@ -159,16 +165,8 @@ async fn run(dir: &Path) -> Result<ExitCode, CliError> {
     println!();
 
     step(&format!("starting the replica {:?}", last.replica_name));
-    let replica_ref = target
-        .call("VM.get_by_uuid", vec![Value::from(last.replica.as_str())])
-        .await
-        .map_err(|e| failed("finding the replica")(e.to_string()))?;
-    let start = target
-        .call(
-            "VM.start",
-            vec![replica_ref, Value::Bool(false), Value::Bool(false)],
-        )
-        .await;
+    let replica_ref = target.get_by_uuid::<VmRecord>(&last.replica).await?;
+    let start = target.start_vm(&replica_ref).await;
     match start {
         Err(e) if e.xapi_code() == Some("OPERATION_BLOCKED") => {
             println!("    refused, as it must be: {e}")
@@ -198,15 +196,13 @@ async fn cycle(
     source: &Arc<XapiClient>,
     target: &Arc<XapiClient>,
 ) -> Result<CycleReport, CliError> {
-    let outcomes = run_job(
-        job,
-        source.clone(),
-        target.clone(),
-        &[],
-        TransferOptions::default(),
-        Arc::new(Mutex::new(|_: &str, _: &str, _: &_| {})),
-    )
-    .await;
+    let options = RunOptions {
+        transfer: TransferOptions::default(),
+        progress: Arc::new(Mutex::new(|_: &str, _: &str, _: &_| {})),
+        cancel: CancellationToken::new(),
+        clock: Arc::new(SystemClock),
+    };
+    let outcomes = run_job(job, source.clone(), target.clone(), &[], options).await;
     match outcomes.into_iter().next() {
         Some((_, VmOutcome::Replicated(report))) => {
             println!(
@@ -215,8 +211,11 @@ async fn cycle(
             );
             Ok(*report)
         }
-        Some((_, VmOutcome::Failed(e))) => Err(CliError::Failed(format!("demo: {e}"))),
-        Some((_, VmOutcome::Locked(e))) => Err(CliError::Locked(format!("demo: {e}"))),
+        Some((_, VmOutcome::Failed(e))) => Err(e.into()),
+        Some((_, VmOutcome::Locked(e))) => Err(e.into()),
+        Some((vm, VmOutcome::Panicked(message))) => Err(CliError::Failed(format!(
+            "demo: VM {vm}: the cycle panicked: {message}"
+        ))),
         None => Err(CliError::Failed("demo: the job ran no VM".into())),
     }
 }
@@ -239,13 +238,13 @@ async fn guest_write(
     )
     .await
     .map(|_| ())
-    .map_err(|e| failed("guest write")(e.to_string()))
+    .map_err(failed("guest write"))
 }
 
 async fn lab_hash(host: &XapiClient, vdi_uuid: &str) -> Result<String, CliError> {
     let digest = host
         .call("lab.hash", vec![Value::from(vdi_uuid)])
         .await
-        .map_err(|e| failed("digest")(e.to_string()))?;
+        .map_err(failed("digest"))?;
     Ok(digest.as_str().unwrap_or_default().to_owned())
 }

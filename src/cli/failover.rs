@@ -14,20 +14,13 @@ use super::args::{FailoverArgs, TestFailoverArgs};
 use super::output::print_json;
 use super::replicate::load_job;
 use super::seed::{job_identity, lock};
+use super::terminal_text;
 use super::transfer::{TARGET_PASSWORD_ENV, connect_host, runtime, trust_for};
-use crate::replicate::failover::{
-    FailoverError, cleanup, failover as run_failover, test_failover as run_test,
-};
+use crate::replicate::clock::SystemClock;
+use crate::replicate::failover::{cleanup, failover as run_failover, test_failover as run_test};
 use crate::replicate::job::Job;
+use crate::replicate::op_error::OpError;
 use crate::xapi::client::XapiClient;
-
-fn failover_error(e: FailoverError) -> CliError {
-    if e.is_input() {
-        CliError::Input(e.to_string())
-    } else {
-        CliError::Failed(e.to_string())
-    }
-}
 
 /// The target only: failover must work with the source site gone.
 async fn connect_target(job: &Job) -> Result<XapiClient, CliError> {
@@ -85,9 +78,16 @@ pub fn failover(args: &FailoverArgs) -> Result<ExitCode, CliError> {
     let _lock = lock(&job, &id.vm_uuid)?;
     runtime()?.block_on(async {
         let target = connect_target(&job).await?;
-        let outcome = run_failover(&target, &id, args.replica.as_deref(), args.start).await;
+        let outcome = run_failover(
+            &target,
+            &id,
+            args.replica.as_deref(),
+            args.start,
+            &SystemClock,
+        )
+        .await;
         let _ = target.logout().await;
-        let report = outcome.map_err(failover_error)?;
+        let report = outcome?;
         if args.json {
             print_json(&json!(report))?;
         } else {
@@ -118,10 +118,10 @@ pub fn test_failover(args: &TestFailoverArgs) -> Result<ExitCode, CliError> {
             (Some(id), false) => run_test(&target, id, args.start)
                 .await
                 .map(|report| json!(report)),
-            (None, false) => Err(FailoverError::Invalid("--vm is required".into())),
+            (None, false) => Err(OpError::Invalid("--vm is required".into())),
         };
         let _ = target.logout().await;
-        let report = outcome.map_err(failover_error)?;
+        let report = outcome?;
         if args.json {
             print_json(&report)?;
         } else if args.cleanup {
@@ -134,7 +134,7 @@ pub fn test_failover(args: &TestFailoverArgs) -> Result<ExitCode, CliError> {
             println!(
                 "test clone {} ({}) of replica {}{}; replication is untouched. Remove it with: vhdsync test-failover --cleanup --job {}",
                 report["clone"].as_str().unwrap_or_default(),
-                report["name"].as_str().unwrap_or_default(),
+                terminal_text::name(report["name"].as_str().unwrap_or_default()),
                 report["replica"].as_str().unwrap_or_default(),
                 if args.start { ", started" } else { "" },
                 args.job.display()

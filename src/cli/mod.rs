@@ -11,6 +11,7 @@ mod output;
 mod replicate;
 mod seed;
 mod streams;
+mod terminal_text;
 mod transfer;
 
 use std::process::ExitCode;
@@ -35,7 +36,7 @@ pub fn run() -> ExitCode {
     match dispatch(cli.command) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("vhdsync: {e}");
+            eprintln!("vhdsync: {}", terminal_text::message(&e.to_string()));
             ExitCode::from(e.exit_code())
         }
     }

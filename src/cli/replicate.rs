@@ -3,26 +3,31 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde_json::json;
+use tokio_util::sync::CancellationToken;
 
 use super::CliError;
 use super::args::{ReplicateArgs, StatusArgs};
+use super::error::lock_exit_code;
 use super::output::print_json;
+use super::terminal_text;
 use super::transfer::{SOURCE_PASSWORD_ENV, TARGET_PASSWORD_ENV, connect_host, runtime, trust_for};
+use crate::replicate::clock::{Clock, SystemClock};
+use crate::replicate::error::ErrorKind;
+use crate::replicate::inventory::list_target_vms;
 use crate::replicate::job::{HostSpec, Job};
 use crate::replicate::plan::{
     Identity, TargetVm, is_committed_replica, is_interrupted_replica, replica_datetime,
     replica_order,
 };
-use crate::replicate::run::list_target_vms;
-use crate::replicate::runner::{JobProgress, VmOutcome, run_job};
+use crate::replicate::runner::{JobProgress, RunOptions, VmOutcome, run_job};
 use crate::xapi::client::XapiClient;
 use crate::xapi::transfer::{Progress, TransferOptions};
 
 pub(super) fn load_job(path: &std::path::Path) -> Result<Job, CliError> {
-    Job::load(path).map_err(|e| CliError::Input(e.to_string()))
+    Ok(Job::load(path)?)
 }
 
 async fn connect_spec(spec: &HostSpec, env: &str, insecure: bool) -> Result<XapiClient, CliError> {
@@ -58,20 +63,54 @@ pub fn replicate(args: &ReplicateArgs) -> Result<ExitCode, CliError> {
     runtime()?.block_on(async {
         let (source, target) = connect_job(&job).await?;
         let (source, target) = (Arc::new(source), Arc::new(target));
-        let outcomes = run_job(
-            &job,
-            source.clone(),
-            target.clone(),
-            &vms,
+        let cancel = cancel_on_signal();
+        let options = RunOptions {
             transfer,
-            progress_display(args.json),
-        )
-        .await;
+            progress: progress_display(args.json),
+            cancel: cancel.clone(),
+            clock: Arc::new(SystemClock),
+        };
+        let outcomes = run_job(&job, source.clone(), target.clone(), &vms, options).await;
+        cancel.cancel();
         let rpc_calls = source.requests_sent() + target.requests_sent();
         let _ = source.logout().await;
         let _ = target.logout().await;
         report(&job, &outcomes, rpc_calls, args.json)
     })
+}
+
+/// A token cancelled on SIGINT or SIGTERM: the cycles stop, destroy what they created, and
+/// report `cancelled`. A second signal exits at once (130), leaving the clean-up to the
+/// next run. Cancel the token when the run is over to end the listener.
+fn cancel_on_signal() -> CancellationToken {
+    let cancel = CancellationToken::new();
+    let token = cancel.clone();
+    tokio::spawn(async move {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let mut signal = async || {
+            let terminated = async {
+                match terminate.as_mut() {
+                    Some(signal) => drop(signal.recv().await),
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                () = terminated => {}
+            }
+        };
+        tokio::select! {
+            () = signal() => {}
+            () = token.cancelled() => return,
+        }
+        eprintln!("vhdsync: interrupted: stopping and removing what this run created");
+        token.cancel();
+        signal().await;
+        eprintln!("vhdsync: interrupted again: exiting; the next run cleans up");
+        std::process::exit(130);
+    });
+    cancel
 }
 
 /// A log line per disk every few seconds; a bar per disk would fight with the other VMs'
@@ -121,8 +160,25 @@ fn report(
             .iter()
             .map(|(vm, outcome)| match outcome {
                 VmOutcome::Replicated(r) => json!({"vm": vm, "status": "replicated", "report": r}),
-                VmOutcome::Locked(e) => json!({"vm": vm, "status": "locked", "error": e.to_string()}),
-                VmOutcome::Failed(e) => json!({"vm": vm, "status": "failed", "phase": e.phase, "disk": e.disk, "host": e.host, "error": e.to_string()}),
+                VmOutcome::Locked(e) => {
+                    json!({"vm": vm, "status": "locked", "error": e.to_string()})
+                }
+                VmOutcome::Failed(e) => failure_json(
+                    vm,
+                    Some(e.phase),
+                    e.disk.as_deref(),
+                    e.host.as_deref(),
+                    &e.kind(),
+                    &e.to_string(),
+                ),
+                VmOutcome::Panicked(message) => failure_json(
+                    vm,
+                    None,
+                    None,
+                    None,
+                    &ErrorKind::Panicked,
+                    &format!("VM {vm}: the cycle panicked: {message}"),
+                ),
             })
             .collect();
         print_json(
@@ -134,7 +190,7 @@ fn report(
                 VmOutcome::Replicated(r) => {
                     println!(
                         "{} ({vm}): {}, {} disk(s), {} bytes sent of {} ({:.1}%), {:.2} s, {:.1} MB/s -> replica {}",
-                        r.vm_name,
+                        terminal_text::name(&r.vm_name),
                         r.mode,
                         r.disks.len(),
                         r.bytes_sent,
@@ -145,7 +201,7 @@ fn report(
                         r.replica
                     );
                     for note in r.notes.iter().chain(&r.cleaned_up) {
-                        println!("  note: {note}");
+                        println!("  note: {}", terminal_text::message(note));
                     }
                     if !r.deleted_replicas.is_empty() {
                         println!(
@@ -154,8 +210,16 @@ fn report(
                         );
                     }
                 }
-                VmOutcome::Locked(e) => eprintln!("vhdsync: {e}"),
-                VmOutcome::Failed(e) => eprintln!("vhdsync: {e}"),
+                VmOutcome::Locked(e) => {
+                    eprintln!("vhdsync: {}", terminal_text::message(&e.to_string()))
+                }
+                VmOutcome::Failed(e) => {
+                    eprintln!("vhdsync: {}", terminal_text::message(&e.to_string()))
+                }
+                VmOutcome::Panicked(message) => eprintln!(
+                    "vhdsync: VM {vm}: the cycle panicked: {}",
+                    terminal_text::message(message)
+                ),
             }
         }
     }
@@ -164,11 +228,36 @@ fn report(
         .iter()
         .map(|(_, outcome)| match outcome {
             VmOutcome::Replicated(_) => 0,
-            VmOutcome::Locked(e) => CliError::lock(e).exit_code(),
-            VmOutcome::Failed(_) => 1,
+            VmOutcome::Locked(e) => lock_exit_code(e),
+            VmOutcome::Failed(_) | VmOutcome::Panicked(_) => 1,
         })
         .max();
     Ok(ExitCode::from(code.unwrap_or(0)))
+}
+
+/// A failed VM in the `--json` report: its phase, disk and host, the error's `kind` (with a
+/// XAPI error's `xapi_code` and `xapi_params`, a stream's `offset`), and the message.
+fn failure_json(
+    vm: &str,
+    phase: Option<crate::replicate::error::Phase>,
+    disk: Option<&str>,
+    host: Option<&str>,
+    kind: &ErrorKind,
+    error: &str,
+) -> serde_json::Value {
+    let mut doc = json!({"vm": vm, "status": "failed", "phase": phase, "disk": disk,
+                         "host": host, "kind": kind.name(), "error": error});
+    match kind {
+        ErrorKind::Xapi { code, params } => {
+            doc["xapi_code"] = json!(code);
+            doc["xapi_params"] = json!(params);
+        }
+        ErrorKind::StreamInvalid {
+            offset: Some(offset),
+        } => doc["offset"] = json!(offset),
+        _ => {}
+    }
+    doc
 }
 
 /// `15m`, `90s`, `2h`, `1d`, or plain seconds.
@@ -203,11 +292,9 @@ pub fn status(args: &StatusArgs) -> Result<ExitCode, CliError> {
     runtime()?.block_on(async {
         let trust = trust_for(job.target.fingerprint.as_deref(), job.insecure)?;
         let target = connect_host(job.target.url.clone(), job.target.password_file.as_deref(), TARGET_PASSWORD_ENV, &trust).await?;
-        let vms: Vec<TargetVm> = list_target_vms(&target)
-            .await
-            .map_err(|e| CliError::Failed(e.to_string()))?;
+        let vms: Vec<TargetVm> = list_target_vms(&target).await?;
         let _ = target.logout().await;
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+        let now = SystemClock.unix();
         let mut stale = Vec::new();
         let mut documents = Vec::new();
         for vm_uuid in &job.vms {
@@ -252,7 +339,7 @@ pub fn status(args: &StatusArgs) -> Result<ExitCode, CliError> {
                     println!(
                         "  {}  {}  age {}  {}",
                         if *valid { "valid  " } else { "INVALID" },
-                        v.name_label,
+                        terminal_text::name(&v.name_label),
                         human_age(age),
                         v.uuid
                     );

@@ -11,12 +11,14 @@ use super::CliError;
 use super::args::{SeedArgs, SeedExportArgs, SeedImportArgs};
 use super::output::print_json;
 use super::replicate::{connect_job, load_job};
+use super::terminal_text;
 use super::transfer::{SOURCE_PASSWORD_ENV, TARGET_PASSWORD_ENV, connect, runtime, trust_for};
+use crate::replicate::clock::SystemClock;
 use crate::replicate::job::Job;
 use crate::replicate::lock::VmLock;
 use crate::replicate::plan::Identity;
-use crate::replicate::seed::{SeedError, seed as run_seed};
-use crate::replicate::seed_offline::{OfflineError, SeedJob, export, import};
+use crate::replicate::seed::seed as run_seed;
+use crate::replicate::seed_offline::{SeedJob, export, import};
 use crate::xapi::transfer::Progress;
 
 /// The name under which the binary behaves as `vhdsync seed`, for xo-cr-seed runbooks.
@@ -46,22 +48,6 @@ pub fn command_line(args: impl Iterator<Item = OsString>) -> Vec<OsString> {
     line
 }
 
-fn seed_error(e: SeedError) -> CliError {
-    if e.is_input() {
-        CliError::Input(e.to_string())
-    } else {
-        CliError::Failed(e.to_string())
-    }
-}
-
-fn offline_error(e: OfflineError) -> CliError {
-    if e.is_input() {
-        CliError::Input(e.to_string())
-    } else {
-        CliError::Failed(e.to_string())
-    }
-}
-
 pub fn seed(args: &SeedArgs) -> Result<ExitCode, CliError> {
     let source_trust = trust_for(args.source_fingerprint.as_deref(), args.insecure)?;
     let target_trust = trust_for(args.target_fingerprint.as_deref(), args.insecure)?;
@@ -76,7 +62,7 @@ pub fn seed(args: &SeedArgs) -> Result<ExitCode, CliError> {
         ("the snapshot", &args.snapshot_uuid),
         ("the target VM", &args.target_vm_uuid),
     ] {
-        crate::replicate::seed::check_uuid(what, value).map_err(seed_error)?;
+        crate::replicate::seed::check_uuid(what, value)?;
     }
     runtime()?.block_on(async {
         let source = connect(
@@ -100,11 +86,12 @@ pub fn seed(args: &SeedArgs) -> Result<ExitCode, CliError> {
             &args.target_vm_uuid.to_lowercase(),
             &args.job_id,
             &args.schedule_id,
+            &SystemClock,
         )
         .await;
         let _ = source.logout().await;
         let _ = target.logout().await;
-        let report = outcome.map_err(seed_error)?;
+        let report = outcome?;
         if args.json {
             print_json(&json!(report))?;
         } else {
@@ -148,12 +135,13 @@ fn seed_job(job: &Job, vm: &str) -> Result<SeedJob, CliError> {
     Ok(SeedJob {
         name: job.name.clone(),
         id: job_identity(job, vm)?,
+        clock: std::sync::Arc::new(SystemClock),
     })
 }
 
 /// The VM's lock, as `replicate` takes it: no cycle runs while this command does.
 pub(super) fn lock(job: &Job, vm: &str) -> Result<VmLock, CliError> {
-    VmLock::acquire(&job.state_dir, &job.job_id, vm).map_err(|e| CliError::lock(&e))
+    Ok(VmLock::acquire(&job.state_dir, &job.job_id, vm)?)
 }
 
 /// One line per disk every few seconds on a terminal, nothing otherwise.
@@ -182,13 +170,13 @@ pub fn seed_export(args: &SeedExportArgs) -> Result<ExitCode, CliError> {
         let mut display = progress(args.json);
         let outcome = export(&source, &seed, &args.output, args.level, &mut display).await;
         let _ = source.logout().await;
-        let manifest = outcome.map_err(offline_error)?;
+        let manifest = outcome?;
         if args.json {
             print_json(&json!(manifest))?;
         } else {
             println!(
                 "exported VM {} ({}) as snapshot {} into {}",
-                manifest.vm_name,
+                terminal_text::name(&manifest.vm_name),
                 manifest.vm_uuid,
                 manifest.snapshot_uuid,
                 args.output.display()
@@ -211,8 +199,7 @@ pub fn seed_export(args: &SeedExportArgs) -> Result<ExitCode, CliError> {
 
 pub fn seed_import(args: &SeedImportArgs) -> Result<ExitCode, CliError> {
     let job = load_job(&args.job)?;
-    let manifest = crate::replicate::manifest::Manifest::load(&args.dir)
-        .map_err(|e| CliError::Input(e.to_string()))?;
+    let manifest = crate::replicate::manifest::Manifest::load(&args.dir)?;
     let seed = seed_job(&job, &manifest.vm_uuid)?;
     let _lock = lock(&job, &seed.id.vm_uuid)?;
     runtime()?.block_on(async {
@@ -221,7 +208,7 @@ pub fn seed_import(args: &SeedImportArgs) -> Result<ExitCode, CliError> {
         let outcome = import(&source, &target, &seed, &args.dir, &mut display).await;
         let _ = source.logout().await;
         let _ = target.logout().await;
-        let report = outcome.map_err(offline_error)?;
+        let report = outcome?;
         if args.json {
             print_json(&json!(report))?;
         } else {

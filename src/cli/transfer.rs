@@ -70,9 +70,7 @@ pub async fn connect_host(
         ),
         None => Secret::from_env(env),
     };
-    XapiClient::connect(url, trust, password)
-        .await
-        .map_err(|e| CliError::Failed(e.to_string()))
+    Ok(XapiClient::connect(url, trust, password).await?)
 }
 
 pub fn copy_vdi(args: &CopyVdiArgs) -> Result<ExitCode, CliError> {

@@ -10,14 +10,15 @@
 //! The choices are pure functions ([`pick_replica`], [`is_test_clone`]); the rest carries
 //! them out.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
+use super::clock::Clock;
+use super::inventory::list_target_vms;
 use super::keys;
+use super::op_error::OpError;
+use super::op_error::on_host as host;
 use super::plan::{Identity, TargetVm, is_committed_replica, replica_order};
-use super::run::{destroy_vm_and_disks, disk_vdis, list_target_vms, remove_entries, set_entries};
 use crate::xapi::client::{ClientError, XapiClient};
-use crate::xapi::records::{StringMap, VmRecord};
-use crate::xapi::rpc::Value;
+use crate::xapi::ops::{Class, MapName};
+use crate::xapi::records::{StringMap, VdiRecord, VmRecord};
 
 /// Ours: on a failed-over replica, when it was failed over.
 pub const FAILED_OVER: &str = "vhdsync:failed_over";
@@ -26,11 +27,12 @@ pub const TEST_FAILOVER_JOB: &str = "vhdsync:test_failover";
 /// Ours: on a test clone, the source VM and the replica it was cloned from.
 pub const TEST_FAILOVER_VM: &str = "vhdsync:test_failover_vm";
 pub const TEST_CLONE_OF: &str = "vhdsync:test_clone_of";
+/// Ours: on a test clone, its own UUID. Only `test-failover` can write it, since the UUID
+/// exists only once the clone does; a key copied from anywhere else names another object.
+/// [`is_test_clone`] requires it, so no replica is ever taken for a clone and destroyed.
+pub const TEST_CLONE_SELF: &str = "vhdsync:test_clone";
 pub const TEST_TAG: &str = "vhdsync test failover";
 pub const TEST_NAME_PREFIX: &str = "[test] ";
-
-pub use super::op_error::OpError as FailoverError;
-use super::op_error::on_host as host;
 
 /// The replica to fail over to: the one given (it must be a committed replica of this job
 /// and VM), else the newest committed one.
@@ -73,6 +75,10 @@ pub fn pick_replica<'a>(
 /// A test clone made by `test-failover` for this job (and, when given, this source VM).
 pub fn is_test_clone(vm: &TargetVm, job_id: &str, vm_uuid: Option<&str>) -> bool {
     !vm.is_a_snapshot
+        && vm
+            .other_config
+            .get(TEST_CLONE_SELF)
+            .is_some_and(|own| own.eq_ignore_ascii_case(&vm.uuid))
         && vm.other_config.get(TEST_FAILOVER_JOB).map(String::as_str) == Some(job_id)
         && vm_uuid.is_none_or(|uuid| {
             vm.other_config.get(TEST_FAILOVER_VM).map(String::as_str) == Some(uuid)
@@ -103,35 +109,30 @@ pub async fn failover(
     id: &Identity,
     replica: Option<&str>,
     start: bool,
-) -> Result<FailoverReport, FailoverError> {
+    clock: &dyn Clock,
+) -> Result<FailoverReport, OpError> {
     let vms = list_target_vms(target)
         .await
         .map_err(host("listing the target's VMs"))?;
     let chosen = pick_replica(&vms, id, replica)
-        .map_err(FailoverError::Invalid)?
+        .map_err(OpError::Invalid)?
         .clone();
     let on = |what: &str| host(format!("{what} of replica {}", chosen.uuid));
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
-    set_entries(
-        target,
-        "VM",
-        &chosen.reference,
-        "other_config",
-        &[(FAILED_OVER, keys::datetime(now).as_str())],
-    )
-    .await
-    .map_err(on("marking"))?;
-    remove_entries(
-        target,
-        "VM",
-        &chosen.reference,
-        "blocked_operations",
-        &keys::BLOCKED_OPERATIONS,
-    )
-    .await
-    .map_err(on("unblocking"))?;
+    let vm = chosen.reference.as_str();
+    let now = keys::datetime(clock.unix());
+    target
+        .set_entries(Class::Vm, vm, MapName::OtherConfig, &[(FAILED_OVER, &now)])
+        .await
+        .map_err(on("marking"))?;
+    target
+        .remove_entries(
+            Class::Vm,
+            vm,
+            MapName::BlockedOperations,
+            &keys::BLOCKED_OPERATIONS,
+        )
+        .await
+        .map_err(on("unblocking"))?;
     unlink(
         target,
         &chosen.reference,
@@ -140,17 +141,7 @@ pub async fn failover(
     .await
     .map_err(on("unlinking the disks"))?;
     if start {
-        target
-            .call(
-                "VM.start",
-                vec![
-                    Value::from(chosen.reference.as_str()),
-                    Value::Bool(false),
-                    Value::Bool(false),
-                ],
-            )
-            .await
-            .map_err(on("starting"))?;
+        target.start_vm(vm).await.map_err(on("starting"))?;
     }
     Ok(FailoverReport {
         replica: chosen.uuid.clone(),
@@ -165,9 +156,14 @@ pub async fn failover(
 
 /// Remove `keys` from the VM and from each of its disks.
 async fn unlink(target: &XapiClient, vm_ref: &str, keys: &[&str]) -> Result<(), ClientError> {
-    remove_entries(target, "VM", vm_ref, "other_config", keys).await?;
-    for vdi in disk_vdis(target, vm_ref).await? {
-        remove_entries(target, "VDI", &vdi, "other_config", keys).await?;
+    let config = MapName::OtherConfig;
+    target
+        .remove_entries(Class::Vm, vm_ref, config, keys)
+        .await?;
+    for vdi in target.disk_vdis(vm_ref).await? {
+        target
+            .remove_entries(Class::Vdi, &vdi, config, keys)
+            .await?;
     }
     Ok(())
 }
@@ -186,22 +182,16 @@ pub async fn test_failover(
     target: &XapiClient,
     id: &Identity,
     start: bool,
-) -> Result<TestCloneReport, FailoverError> {
+) -> Result<TestCloneReport, OpError> {
     let vms = list_target_vms(target)
         .await
         .map_err(host("listing the target's VMs"))?;
     let replica = pick_replica(&vms, id, None)
-        .map_err(FailoverError::Invalid)?
+        .map_err(OpError::Invalid)?
         .clone();
     let name = format!("{TEST_NAME_PREFIX}{}", replica.name_label);
     let clone_ref = target
-        .call_for_string(
-            "VM.clone",
-            vec![
-                Value::from(replica.reference.as_str()),
-                Value::from(name.as_str()),
-            ],
-        )
+        .clone_vm(&replica.reference, &name)
         .await
         .map_err(host(format!("cloning replica {}", replica.uuid)))?;
     let prepared = prepare_clone(target, &clone_ref, id, &replica, start).await;
@@ -213,10 +203,8 @@ pub async fn test_failover(
             started: start,
         }),
         Err(e) => {
-            let _ = target
-                .call("VM.hard_shutdown", vec![Value::from(clone_ref.as_str())])
-                .await;
-            let _ = destroy_vm_and_disks(target, &clone_ref).await;
+            let _ = target.hard_shutdown_vm(&clone_ref).await;
+            let _ = target.destroy_vm_and_disks(&clone_ref).await;
             Err(host(format!(
                 "preparing the test clone of {}",
                 replica.uuid
@@ -232,67 +220,53 @@ async fn prepare_clone(
     replica: &TargetVm,
     start: bool,
 ) -> Result<String, ClientError> {
+    let vm: VmRecord = target.get_record(clone_ref).await?;
     let marks = [
         (TEST_FAILOVER_JOB, id.job_id.as_str()),
         (TEST_FAILOVER_VM, id.vm_uuid.as_str()),
         (TEST_CLONE_OF, replica.uuid.as_str()),
     ];
-    let vm: VmRecord = target.get_record(clone_ref).await?;
+    let vm_marks = [
+        marks[0],
+        marks[1],
+        marks[2],
+        (TEST_CLONE_SELF, vm.uuid.as_str()),
+    ];
+    let config = MapName::OtherConfig;
     // Marks first: a clone half-stripped by a failure is still found by --cleanup.
-    set_entries(target, "VM", clone_ref, "other_config", &marks).await?;
-    remove_entries(
-        target,
-        "VM",
-        clone_ref,
-        "other_config",
-        &replication_keys(&vm.other_config),
-    )
-    .await?;
-    remove_entries(
-        target,
-        "VM",
-        clone_ref,
-        "blocked_operations",
-        &keys::BLOCKED_OPERATIONS,
-    )
-    .await?;
-    if vm.tags.iter().any(|t| t == keys::REPLICA_TAG) {
-        target
-            .call(
-                "VM.remove_tags",
-                vec![Value::from(clone_ref), Value::from(keys::REPLICA_TAG)],
-            )
-            .await?;
-    }
     target
-        .call(
-            "VM.add_tags",
-            vec![Value::from(clone_ref), Value::from(TEST_TAG)],
+        .set_entries(Class::Vm, clone_ref, config, &vm_marks)
+        .await?;
+    target
+        .remove_entries(
+            Class::Vm,
+            clone_ref,
+            config,
+            &replication_keys(&vm.other_config),
         )
         .await?;
-    for vdi in disk_vdis(target, clone_ref).await? {
-        let record: crate::xapi::records::VdiRecord = target.get_record(&vdi).await?;
-        set_entries(target, "VDI", &vdi, "other_config", &marks).await?;
-        remove_entries(
-            target,
-            "VDI",
-            &vdi,
-            "other_config",
-            &replication_keys(&record.other_config),
+    target
+        .remove_entries(
+            Class::Vm,
+            clone_ref,
+            MapName::BlockedOperations,
+            &keys::BLOCKED_OPERATIONS,
         )
         .await?;
+    if vm.tags.iter().any(|t| t == keys::REPLICA_TAG) {
+        target.remove_vm_tag(clone_ref, keys::REPLICA_TAG).await?;
+    }
+    target.add_vm_tag(clone_ref, TEST_TAG).await?;
+    for vdi in target.disk_vdis(clone_ref).await? {
+        let record: VdiRecord = target.get_record(&vdi).await?;
+        target.set_entries(Class::Vdi, &vdi, config, &marks).await?;
+        let stripped = replication_keys(&record.other_config);
+        target
+            .remove_entries(Class::Vdi, &vdi, config, &stripped)
+            .await?;
     }
     if start {
-        target
-            .call(
-                "VM.start",
-                vec![
-                    Value::from(clone_ref),
-                    Value::Bool(false),
-                    Value::Bool(false),
-                ],
-            )
-            .await?;
+        target.start_vm(clone_ref).await?;
     }
     Ok(vm.uuid)
 }
@@ -303,7 +277,7 @@ pub async fn cleanup(
     target: &XapiClient,
     job_id: &str,
     vm_uuid: Option<&str>,
-) -> Result<Vec<String>, FailoverError> {
+) -> Result<Vec<String>, OpError> {
     let vms = list_target_vms(target)
         .await
         .map_err(host("listing the target's VMs"))?;
@@ -315,11 +289,12 @@ pub async fn cleanup(
             .map_err(host(format!("reading test clone {}", vm.uuid)))?;
         if record.power_state != "Halted" {
             target
-                .call("VM.hard_shutdown", vec![Value::from(vm.reference.as_str())])
+                .hard_shutdown_vm(&vm.reference)
                 .await
                 .map_err(host(format!("shutting down test clone {}", vm.uuid)))?;
         }
-        destroy_vm_and_disks(target, &vm.reference)
+        target
+            .destroy_vm_and_disks(&vm.reference)
             .await
             .map_err(host(format!("destroying test clone {}", vm.uuid)))?;
         removed.push(vm.uuid.clone());
@@ -366,6 +341,7 @@ mod tests {
         }
         config.insert(TEST_FAILOVER_JOB.into(), "job".into());
         config.insert(TEST_FAILOVER_VM.into(), "vm".into());
+        config.insert(TEST_CLONE_SELF.into(), "clone".into());
         TargetVm {
             reference: "ref-clone".into(),
             uuid: "clone".into(),
@@ -373,6 +349,28 @@ mod tests {
             other_config: config,
             ..TargetVm::default()
         }
+    }
+
+    /// The attack of issue 17: a source VM carrying our test-clone marks hands them to its
+    /// replicas, and `--cleanup` destroyed them. Marks without the object's own UUID, or
+    /// with another object's, are not a test clone.
+    #[test]
+    fn marks_copied_from_elsewhere_never_make_a_test_clone() {
+        let mut forged = replica("r", "20240101T00:00:00Z");
+        for (key, value) in [
+            (TEST_FAILOVER_JOB, "job"),
+            (TEST_FAILOVER_VM, "vm"),
+            (TEST_CLONE_OF, "r"),
+        ] {
+            forged.other_config.insert(key.into(), value.into());
+        }
+        assert!(!is_test_clone(&forged, "job", None));
+        forged
+            .other_config
+            .insert(TEST_CLONE_SELF.into(), "the-source-vm".into());
+        assert!(!is_test_clone(&forged, "job", Some("vm")));
+        let real = test_clone(&replica("r", "20240101T00:00:00Z"));
+        assert!(is_test_clone(&real, "job", Some("vm")));
     }
 
     #[test]

@@ -14,6 +14,17 @@ pub const DELTA_CHAIN_LENGTH: &str = "xo:backup:deltaChainLength";
 pub const EXPORTED: &str = "xo:backup:exported";
 pub const CONTENT_KEY: &str = "xo:backup:contentKey";
 
+/// The prefix of every key vhdsync keeps its own state in.
+pub const OWN_PREFIX: &str = "vhdsync:";
+
+/// A key that records replication state (Xen Orchestra's or ours) rather than describing the
+/// VM. A replica never inherits one from its source: the source's metadata is anyone's to
+/// edit, and such a key on a replica would make it look like some other object of ours (a
+/// test clone, an interrupted import) to the paths that destroy those.
+pub fn is_replication_state(key: &str) -> bool {
+    key.starts_with("xo:") || key.starts_with(OWN_PREFIX)
+}
+
 /// Ours: present only while a replica is being imported, with the run's start time, so an
 /// interrupted replica is recognised by a key no other tool writes, not only by its name.
 pub const IMPORTING: &str = "vhdsync:importing";
@@ -112,6 +123,22 @@ mod tests {
         }
         for t in [0, 951_782_400, 4_102_444_799] {
             assert_eq!(parse_datetime(&datetime(t)), Some(t));
+        }
+    }
+
+    #[test]
+    fn replication_state_keys_are_xo_and_ours() {
+        for key in [
+            DATETIME,
+            COPY_OF,
+            IMPORTING,
+            COMMITTED_MS,
+            "vhdsync:anything",
+        ] {
+            assert!(is_replication_state(key), "{key}");
+        }
+        for key in [AUTO_POWERON, "folder", "xo", "vhdsync", "XO:backup:job"] {
+            assert!(!is_replication_state(key), "{key}");
         }
     }
 

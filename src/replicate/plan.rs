@@ -243,10 +243,16 @@ pub fn is_interrupted_replica(vm: &TargetVm, id: &Identity) -> bool {
             .other_config
             .get(keys::SR)
             .is_none_or(|sr| *sr == id.sr_uuid);
+    // The name alone is no proof: a committed replica is named after its source VM, whose
+    // name anyone on the source may start with the importing prefix. A commit sets the start
+    // block's text before the name, so a name of that form under the committed block text
+    // is a VM's own name (a commit cut short still carries our importing key).
+    let committed_block =
+        vm.blocked_operations.get("start").map(String::as_str) == Some(keys::START_BLOCKED);
     ours && (vm.other_config.contains_key(keys::IMPORTING)
         || vm.other_config.get(keys::DATETIME).map(String::as_str)
             == Some(keys::IMPORTING_DATETIME)
-        || vm.name_label.starts_with(keys::IMPORTING_VM_PREFIX))
+        || (vm.name_label.starts_with(keys::IMPORTING_VM_PREFIX) && !committed_block))
 }
 
 /// A committed replica of this job and VM on this SR: XO's selection
@@ -549,6 +555,38 @@ mod tests {
             .filter(|v| is_interrupted_replica(v, &id()))
             .collect();
         assert_eq!(names(interrupted), ["importing"]);
+    }
+
+    /// A committed replica of a source VM named like an import in progress is not an
+    /// interrupted import (its name comes from the source); XO's and ours still are.
+    #[test]
+    fn an_importing_name_alone_under_the_committed_block_is_a_replica() {
+        let named = |blocked: Option<&str>, extra: &[(&str, &str)]| {
+            let mut vm = replica("r", "20240101T00:00:00Z", false);
+            vm.name_label = format!(
+                "{}web01 - CR - (20240101T000000Z)",
+                keys::IMPORTING_VM_PREFIX
+            );
+            vm.blocked_operations = blocked.map_or_else(StringMap::new, |text| {
+                config(&[("start", text), ("start_on", text)])
+            });
+            vm.other_config.extend(
+                extra
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+            );
+            vm
+        };
+        let committed = named(Some(keys::START_BLOCKED), &[]);
+        assert!(!is_interrupted_replica(&committed, &id()));
+        assert!(is_committed_replica(&committed, &id()));
+        for interrupted in [
+            named(Some(keys::IMPORTING_BLOCKED), &[]),
+            named(None, &[]),
+            named(Some(keys::START_BLOCKED), &[(keys::IMPORTING, "x")]),
+        ] {
+            assert!(is_interrupted_replica(&interrupted, &id()));
+        }
     }
 
     #[test]

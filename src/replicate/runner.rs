@@ -1,10 +1,14 @@
 //! A job's run: each selected VM under its lock, `concurrency` VMs at a time, each cycle
-//! independent of the others' outcomes.
+//! independent of the others' outcomes, a panicking one included.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Semaphore;
+use tokio::task::{JoinError, JoinSet};
+use tokio_util::sync::CancellationToken;
 
+use super::clock::Clock;
 use super::job::Job;
 use super::lock::{LockError, VmLock};
 use super::run::{CycleError, CycleReport, CycleSettings, replicate_vm};
@@ -18,13 +22,19 @@ pub enum VmOutcome {
     /// Another run holds this VM's lock.
     Locked(LockError),
     Failed(CycleError),
+    /// The VM's task panicked (a bug): its message, when it was text.
+    Panicked(String),
 }
 
 /// Progress of a disk: (VM uuid, userdevice, progress).
 pub type JobProgress = Arc<Mutex<dyn FnMut(&str, &str, &Progress) + Send>>;
 
 impl Job {
-    pub fn cycle_settings(&self, transfer: TransferOptions) -> CycleSettings {
+    pub fn cycle_settings(
+        &self,
+        transfer: TransferOptions,
+        clock: Arc<dyn Clock>,
+    ) -> CycleSettings {
         CycleSettings {
             job_name: self.name.clone(),
             job_id: self.job_id.clone(),
@@ -34,8 +44,18 @@ impl Job {
             snapshot_retention: self.snapshot_retention,
             full_interval: self.full_interval,
             transfer,
+            clock,
         }
     }
+}
+
+/// What a job's run is given besides the job and the hosts.
+pub struct RunOptions {
+    pub transfer: TransferOptions,
+    pub progress: JobProgress,
+    /// Cancels every VM's cycle; each destroys what it created.
+    pub cancel: CancellationToken,
+    pub clock: Arc<dyn Clock>,
 }
 
 /// Replicate `vms` (the job's VMs when empty), in the job's order, and return each VM's
@@ -45,8 +65,7 @@ pub async fn run_job(
     source: Arc<XapiClient>,
     target: Arc<XapiClient>,
     vms: &[String],
-    transfer: TransferOptions,
-    progress: JobProgress,
+    options: RunOptions,
 ) -> Vec<(String, VmOutcome)> {
     let selected: Vec<String> = if vms.is_empty() {
         job.vms.clone()
@@ -54,44 +73,125 @@ pub async fn run_job(
         vms.to_vec()
     };
     let permits = Arc::new(Semaphore::new(job.concurrency.max(1) as usize));
-    let settings = Arc::new(job.cycle_settings(transfer));
-    let mut tasks = tokio::task::JoinSet::new();
-    for (order, vm) in selected.iter().cloned().enumerate() {
-        let (source, target, settings, permits, progress) = (
+    let settings = Arc::new(job.cycle_settings(options.transfer, options.clock));
+    let mut tasks = VmTasks::default();
+    for vm in selected {
+        let (source, target, settings, permits, progress, cancel) = (
             source.clone(),
             target.clone(),
             settings.clone(),
             permits.clone(),
-            progress.clone(),
+            options.progress.clone(),
+            options.cancel.clone(),
         );
         let state_dir = job.state_dir.clone();
-        tasks.spawn(async move {
+        tasks.spawn(vm.clone(), async move {
             let _permit = permits.acquire_owned().await;
             // Held until the cycle ends; a killed process releases it with its descriptors.
             let _lock = match VmLock::acquire(&state_dir, &settings.job_id, &vm) {
                 Ok(lock) => lock,
-                Err(e) => return (order, vm, VmOutcome::Locked(e)),
+                Err(e) => return VmOutcome::Locked(e),
             };
             let mut report = |disk: &str, p: &Progress| {
                 if let Ok(mut f) = progress.lock() {
                     f(&vm, disk, p);
                 }
             };
-            let outcome = match replicate_vm(&source, &target, &settings, &vm, &mut report).await {
+            match replicate_vm(&source, &target, &settings, &vm, &mut report, &cancel).await {
                 Ok(report) => VmOutcome::Replicated(Box::new(report)),
                 Err(e) => VmOutcome::Failed(e),
-            };
-            (order, vm, outcome)
+            }
         });
     }
-    let mut outcomes = Vec::new();
-    while let Some(joined) = tasks.join_next().await {
-        match joined {
-            Ok(done) => outcomes.push(done),
-            // A panicking cycle is a bug; the others' outcomes still stand.
-            Err(e) => tracing::error!("a replication task stopped: {e}"),
-        }
+    tasks.outcomes().await
+}
+
+/// One task per VM, each known by its VM even when it panics.
+#[derive(Default)]
+struct VmTasks {
+    set: JoinSet<VmOutcome>,
+    /// Task id -> (order, VM).
+    vms: HashMap<tokio::task::Id, (usize, String)>,
+}
+
+impl VmTasks {
+    fn spawn(&mut self, vm: String, task: impl Future<Output = VmOutcome> + Send + 'static) {
+        let order = self.vms.len();
+        let handle = self.set.spawn(task);
+        self.vms.insert(handle.id(), (order, vm));
     }
-    outcomes.sort_by_key(|(order, _, _)| *order);
-    outcomes.into_iter().map(|(_, vm, o)| (vm, o)).collect()
+
+    /// Every VM's outcome, in spawn order; a panicked task is a failed VM.
+    async fn outcomes(mut self) -> Vec<(String, VmOutcome)> {
+        let mut outcomes = Vec::new();
+        while let Some(joined) = self.set.join_next_with_id().await {
+            let (id, outcome) = match joined {
+                Ok((id, outcome)) => (id, outcome),
+                Err(e) => (e.id(), VmOutcome::Panicked(panic_message(e))),
+            };
+            if let Some((order, vm)) = self.vms.remove(&id) {
+                if let VmOutcome::Panicked(message) = &outcome {
+                    tracing::error!(vm, "the replication task stopped: {message}");
+                }
+                outcomes.push((order, vm, outcome));
+            }
+        }
+        outcomes.sort_by_key(|(order, _, _)| *order);
+        outcomes.into_iter().map(|(_, vm, o)| (vm, o)).collect()
+    }
+}
+
+/// A panicked task's message when its payload is text; a cancelled task's error otherwise.
+fn panic_message(e: JoinError) -> String {
+    if !e.is_panic() {
+        return e.to_string();
+    }
+    let payload = e.into_panic();
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_task_is_a_failed_vm_in_its_place() {
+        let mut tasks = VmTasks::default();
+        tasks.spawn("a".into(), async {
+            VmOutcome::Failed(CycleError {
+                vm: "a".into(),
+                phase: super::super::error::Phase::Transfer,
+                disk: None,
+                host: None,
+                cause: super::super::error::CycleCause::Cancelled,
+            })
+        });
+        // Both payload types a panic carries: a formatted message (String) and a literal.
+        tasks.spawn("b".into(), async {
+            let vm: u32 = "b".len().try_into().unwrap();
+            panic!("cycle {vm} hit a bug")
+        });
+        tasks.spawn("c".into(), async { panic!("plain text") });
+        let outcomes = tasks.outcomes().await;
+        let seen: Vec<(&str, String)> = outcomes
+            .iter()
+            .map(|(vm, o)| match o {
+                VmOutcome::Panicked(m) => (vm.as_str(), m.clone()),
+                VmOutcome::Failed(e) => (vm.as_str(), e.kind().name().to_owned()),
+                other => (vm.as_str(), format!("{other:?}")),
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("a", "cancelled".to_owned()),
+                ("b", "cycle 1 hit a bug".to_owned()),
+                ("c", "plain text".to_owned()),
+            ]
+        );
+    }
 }

@@ -6,17 +6,16 @@
 //! [`match_disks`] and [`seed_writes`] are the pure decisions; [`seed`] reads the records,
 //! calls them and writes the answers.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
+use super::clock::Clock;
+use super::commit::{CommitDisk, ReplicaCommit, commit_replica};
+use super::inventory::load_snapshot;
 use super::keys;
-use super::plan::{Identity, SnapshotDisk};
-use super::run::{load_snapshot, remove_entries, set_entries};
-use crate::xapi::client::XapiClient;
-use crate::xapi::records::{SrRecord, StringMap, VdiRecord, VmRecord};
-use crate::xapi::rpc::Value;
-
-pub use super::op_error::OpError as SeedError;
+use super::op_error::OpError;
 use super::op_error::on_host as host;
+use super::plan::{Identity, SnapshotDisk};
+use crate::xapi::client::XapiClient;
+use crate::xapi::ops::{Class, MapName};
+use crate::xapi::records::{SrRecord, StringMap, VdiRecord, VmRecord};
 
 /// One disk of the pair: the source snapshot's VDI and the target VM's at its userdevice.
 #[derive(Debug, Clone, PartialEq)]
@@ -70,13 +69,12 @@ pub fn match_disks(
     }
 }
 
-/// What the seed writes: `other_config` entries per object (VM or VDI reference).
+/// What the seed writes on the source, and the replica's name; the replica's keys are
+/// [`ReplicaCommit`]'s.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SeedWrites {
     /// On the source snapshot VM and on every one of its VDIs, after [`SOURCE_REMOVED`].
     pub source: Vec<(String, StringMap)>,
-    /// On the target VM, then its VDIs.
-    pub target: Vec<(String, StringMap)>,
     pub target_name: String,
 }
 
@@ -89,8 +87,6 @@ pub struct SeedFacts<'a> {
     /// The snapshot's `xo:backup:datetime`: its `snapshot_time` in XO's form.
     pub datetime: &'a str,
     pub source_vm_name: &'a str,
-    pub target_vm_ref: &'a str,
-    pub committed_ms: u128,
 }
 
 /// The source snapshot's keys, identical on the snapshot VM (first) and each of its VDIs,
@@ -122,28 +118,58 @@ pub fn source_seed_keys(
     out
 }
 
-/// Which keys go where (`xo-replication.md` §13.5, "Seeding that works with all versions").
+/// Which keys go where on the source, and the seeded replica's name (`xo-replication.md`
+/// §13.5, "Seeding that works with all versions").
 pub fn seed_writes(facts: &SeedFacts<'_>, pairs: &[DiskPair]) -> SeedWrites {
-    let id = facts.id;
     let sources: Vec<SnapshotDisk> = pairs.iter().map(|p| p.source.clone()).collect();
-    let source = source_seed_keys(id, facts.datetime, facts.snapshot_ref, &sources);
-    let replica = super::run::replica_keys(id, facts.datetime);
-    let mut vm = replica.clone();
-    vm.insert(keys::COPY_OF.into(), facts.snapshot_uuid.to_owned());
-    vm.insert(keys::AUTO_POWERON.into(), "false".into());
-    vm.insert(keys::COMMITTED_MS.into(), facts.committed_ms.to_string());
-    let mut target = vec![(facts.target_vm_ref.to_owned(), vm)];
-    for pair in pairs {
-        let mut vdi = replica.clone();
-        vdi.insert(keys::COPY_OF.into(), pair.source.vdi_uuid.clone());
-        vdi.insert(keys::CONTENT_KEY.into(), pair.source.vdi_uuid.clone());
-        target.push((pair.target.vdi_ref.clone(), vdi));
-    }
     SeedWrites {
-        source,
-        target,
+        source: source_seed_keys(facts.id, facts.datetime, facts.snapshot_ref, &sources),
         target_name: format!("{} ({})", facts.source_vm_name, facts.datetime),
     }
+}
+
+/// The seeded replica: its VM and tags, and the name it takes.
+#[derive(Debug, Clone, Copy)]
+pub struct SeededReplica<'a> {
+    pub vm_ref: &'a str,
+    pub tags: &'a [String],
+    pub name: &'a str,
+}
+
+/// Link a replica and a source snapshot: commit the replica (Xen Orchestra's keys and
+/// protection, as a cycle's), then write the snapshot's keys (it becomes a base only once
+/// its replica is marked). `seed` and `seed-import` both end here.
+pub async fn link(
+    source: &XapiClient,
+    target: &XapiClient,
+    facts: &SeedFacts<'_>,
+    pairs: &[DiskPair],
+    replica: SeededReplica<'_>,
+    committed_ms: u128,
+) -> Result<(), OpError> {
+    let commit = ReplicaCommit {
+        id: facts.id,
+        vm_ref: replica.vm_ref,
+        tags: replica.tags,
+        snapshot_uuid: facts.snapshot_uuid,
+        datetime: facts.datetime,
+        name: replica.name,
+        committed_ms,
+        disks: pairs
+            .iter()
+            .map(|p| CommitDisk {
+                vdi_ref: &p.target.vdi_ref,
+                copy_of: &p.source.vdi_uuid,
+                name_label: None,
+            })
+            .collect(),
+    };
+    commit_replica(target, &commit).await.map_err(host(format!(
+        "writing the replica's metadata on {}",
+        target.host()
+    )))?;
+    let writes = seed_writes(facts, pairs);
+    write_source(source, &writes.source).await
 }
 
 /// Keys removed from the source snapshot VM and VDIs: with them it would not count as a
@@ -151,10 +177,10 @@ pub fn seed_writes(facts: &SeedFacts<'_>, pairs: &[DiskPair]) -> SeedWrites {
 pub const SOURCE_REMOVED: [&str; 2] = [keys::SR, keys::COPY_OF];
 
 /// A UUID in its canonical textual form, as Xen Orchestra's ids are.
-pub fn check_uuid(what: &str, text: &str) -> Result<(), SeedError> {
+pub fn check_uuid(what: &str, text: &str) -> Result<(), OpError> {
     uuid::Uuid::try_parse(text)
         .map(|_| ())
-        .map_err(|e| SeedError::Invalid(format!("{what} {text:?} is not a UUID: {e}")))
+        .map_err(|e| OpError::Invalid(format!("{what} {text:?} is not a UUID: {e}")))
 }
 
 /// What a seed did.
@@ -185,14 +211,15 @@ pub async fn seed(
     target_vm_uuid: &str,
     job_id: &str,
     schedule_id: &str,
-) -> Result<SeedReport, SeedError> {
+    clock: &dyn Clock,
+) -> Result<SeedReport, OpError> {
     check_uuid("the job id", job_id)?;
     check_uuid("the schedule id", schedule_id)?;
     check_uuid("the snapshot", snapshot_uuid)?;
     check_uuid("the target VM", target_vm_uuid)?;
     let (snapshot_ref, snapshot) = find_vm(source, snapshot_uuid, "source snapshot").await?;
     if !snapshot.is_a_snapshot {
-        return Err(SeedError::Invalid(format!(
+        return Err(OpError::Invalid(format!(
             "{snapshot_uuid} on {} is not a snapshot ({:?} is a {}): give the UUID of the snapshot the target VM was made from",
             source.host(),
             snapshot.name_label,
@@ -207,7 +234,7 @@ pub async fn seed(
         .get_record(&snapshot.snapshot_of)
         .await
         .map_err(|_| {
-            SeedError::Invalid(format!(
+            OpError::Invalid(format!(
                 "snapshot {snapshot_uuid}: the VM it is a snapshot of ({}) no longer exists on {}",
                 snapshot.snapshot_of,
                 source.host()
@@ -215,13 +242,13 @@ pub async fn seed(
         })?;
     let (target_ref, target_vm) = find_vm(target, target_vm_uuid, "target VM").await?;
     if target_vm.is_a_snapshot || target_vm.is_a_template {
-        return Err(SeedError::Invalid(format!(
+        return Err(OpError::Invalid(format!(
             "target VM {target_vm_uuid} on {} is a snapshot or template, not a VM",
             target.host()
         )));
     }
     if target_vm.power_state != "Halted" {
-        return Err(SeedError::Invalid(format!(
+        return Err(OpError::Invalid(format!(
             "target VM {target_vm_uuid} on {} is {}: a replica must be halted and never have run since its import",
             target.host(),
             target_vm.power_state
@@ -235,7 +262,7 @@ pub async fn seed(
         .await
         .map_err(host("reading the target VM's disks"))?
         .disks;
-    let pairs = match_disks(&source_disks, &target_disks).map_err(SeedError::Invalid)?;
+    let pairs = match_disks(&source_disks, &target_disks).map_err(OpError::Invalid)?;
     let sr_uuid = target_sr(target, &pairs).await?;
     let id = Identity {
         job_id: job_id.to_lowercase(),
@@ -252,19 +279,19 @@ pub async fn seed(
         snapshot_uuid: &snapshot.uuid,
         datetime: &datetime,
         source_vm_name: &source_vm.name_label,
-        target_vm_ref: &target_ref,
-        committed_ms: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis()),
     };
-    let writes = seed_writes(&facts, &pairs);
-    write_target(target, &target_ref, &target_vm, &writes).await?;
-    write_source(source, &writes.source).await?;
+    let target_name = seed_writes(&facts, &pairs).target_name;
+    let replica = SeededReplica {
+        vm_ref: &target_ref,
+        tags: &target_vm.tags,
+        name: &target_name,
+    };
+    link(source, target, &facts, &pairs, replica, clock.unix_ms()).await?;
     Ok(SeedReport {
         snapshot: snapshot.uuid,
         source_vm: source_vm.uuid,
         target_vm: target_vm.uuid,
-        target_name: writes.target_name,
+        target_name,
         target_sr: sr_uuid,
         disks: pairs
             .iter()
@@ -278,18 +305,14 @@ pub async fn seed(
     })
 }
 
-async fn find_vm(
-    host: &XapiClient,
-    uuid: &str,
-    what: &str,
-) -> Result<(String, VmRecord), SeedError> {
+async fn find_vm(host: &XapiClient, uuid: &str, what: &str) -> Result<(String, VmRecord), OpError> {
     match host.record_by_uuid::<VmRecord>(uuid).await {
         Ok(found) => Ok(found),
-        Err(e) if e.xapi_code() == Some("UUID_INVALID") => Err(SeedError::Invalid(format!(
+        Err(e) if e.xapi_code() == Some("UUID_INVALID") => Err(OpError::Invalid(format!(
             "{what} {uuid}: no such VM on {}",
             host.host()
         ))),
-        Err(e) => Err(SeedError::Host {
+        Err(e) => Err(OpError::Host {
             context: format!("reading {what} {uuid}"),
             source: e,
         }),
@@ -297,7 +320,7 @@ async fn find_vm(
 }
 
 /// The target SR: the one holding every target disk (the job's `target_sr` must name it).
-async fn target_sr(target: &XapiClient, pairs: &[DiskPair]) -> Result<String, SeedError> {
+async fn target_sr(target: &XapiClient, pairs: &[DiskPair]) -> Result<String, OpError> {
     let mut srs = Vec::new();
     for pair in pairs {
         let vdi: VdiRecord = target
@@ -314,7 +337,7 @@ async fn target_sr(target: &XapiClient, pairs: &[DiskPair]) -> Result<String, Se
     }
     match srs.as_slice() {
         [one] => Ok(one.clone()),
-        _ => Err(SeedError::Invalid(format!(
+        _ => Err(OpError::Invalid(format!(
             "the target VM's disks are on {} SRs ({}): a replica's disks must all be on the job's target SR",
             srs.len(),
             srs.join(", ")
@@ -322,78 +345,23 @@ async fn target_sr(target: &XapiClient, pairs: &[DiskPair]) -> Result<String, Se
     }
 }
 
-/// The replica's keys and protection: XO's start block, `auto_poweron` off, HA off, the
-/// replica tag and name; then its VDIs' keys. Our importing key goes last, if present.
-pub(crate) async fn write_target(
-    target: &XapiClient,
-    vm_ref: &str,
-    vm: &VmRecord,
-    writes: &SeedWrites,
-) -> Result<(), SeedError> {
-    let on_target = host(format!(
-        "writing the replica's metadata on {}",
-        target.host()
-    ));
-    let result = async {
-        for (reference, entries) in &writes.target {
-            let class = if reference == vm_ref { "VM" } else { "VDI" };
-            let pairs: Vec<(&str, &str)> = entries
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str()))
-                .collect();
-            set_entries(target, class, reference, "other_config", &pairs).await?;
-        }
-        let blocked: Vec<(&str, &str)> = keys::BLOCKED_OPERATIONS
-            .iter()
-            .map(|op| (*op, keys::START_BLOCKED))
-            .collect();
-        set_entries(target, "VM", vm_ref, "blocked_operations", &blocked).await?;
-        if !vm.tags.iter().any(|t| t == keys::REPLICA_TAG) {
-            target
-                .call(
-                    "VM.add_tags",
-                    vec![Value::from(vm_ref), Value::from(keys::REPLICA_TAG)],
-                )
-                .await?;
-        }
-        target
-            .call(
-                "VM.set_ha_restart_priority",
-                vec![Value::from(vm_ref), Value::from("")],
-            )
-            .await?;
-        target
-            .call(
-                "VM.set_name_label",
-                vec![
-                    Value::from(vm_ref),
-                    Value::from(writes.target_name.as_str()),
-                ],
-            )
-            .await?;
-        remove_entries(target, "VM", vm_ref, "other_config", &[keys::IMPORTING]).await
-    };
-    result.await.map_err(on_target)
-}
-
 /// The source snapshot's keys, on the VM and every VDI.
 pub(crate) async fn write_source(
     source: &XapiClient,
     entries: &[(String, StringMap)],
-) -> Result<(), SeedError> {
+) -> Result<(), OpError> {
     let on_source = host(format!(
         "writing the snapshot's metadata on {}",
         source.host()
     ));
     let result = async {
         for (i, (reference, entries)) in entries.iter().enumerate() {
-            let class = if i == 0 { "VM" } else { "VDI" };
-            remove_entries(source, class, reference, "other_config", &SOURCE_REMOVED).await?;
-            let pairs: Vec<(&str, &str)> = entries
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str()))
-                .collect();
-            set_entries(source, class, reference, "other_config", &pairs).await?;
+            let class = if i == 0 { Class::Vm } else { Class::Vdi };
+            let config = MapName::OtherConfig;
+            source
+                .remove_entries(class, reference, config, &SOURCE_REMOVED)
+                .await?;
+            source.set_map(class, reference, config, entries).await?;
         }
         Ok(())
     };
@@ -452,7 +420,7 @@ mod tests {
     }
 
     #[test]
-    fn keys_go_on_the_snapshot_its_vdis_the_replica_and_its_vdis() {
+    fn keys_go_on_the_snapshot_and_its_vdis() {
         let id = Identity {
             job_id: "job".into(),
             schedule_id: "sched".into(),
@@ -466,8 +434,6 @@ mod tests {
             snapshot_uuid: "snap",
             datetime: "20240115T10:20:30Z",
             source_vm_name: "web01",
-            target_vm_ref: "tvmref",
-            committed_ms: 7,
         };
         let w = seed_writes(&facts, &pairs);
         let get = |list: &[(String, StringMap)], r: &str, k: &str| {
@@ -487,17 +453,7 @@ mod tests {
         ] {
             assert_eq!(get(&w.source, r, k).as_deref(), v, "{r} {k}");
         }
-        for (r, k, v) in [
-            ("tvmref", keys::COPY_OF, Some("snap")),
-            ("tvmref", keys::SR, Some("sr")),
-            ("tvmref", keys::AUTO_POWERON, Some("false")),
-            ("tvmref", keys::SCHEDULE, Some("sched")),
-            ("ref-t0", keys::COPY_OF, Some("s0")),
-            ("ref-t0", keys::CONTENT_KEY, Some("s0")),
-            ("ref-t0", keys::JOB, Some("job")),
-        ] {
-            assert_eq!(get(&w.target, r, k).as_deref(), v, "{r} {k}");
-        }
+        // The replica side moved to `commit`'s tests.
         assert_eq!(w.target_name, "web01 (20240115T10:20:30Z)");
     }
 

@@ -12,7 +12,8 @@
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Empty};
@@ -20,24 +21,23 @@ use hyper::header::{CONTENT_LENGTH, HOST};
 use hyper::{Request, StatusCode};
 use sha2::{Digest, Sha256};
 
+use super::clock::Clock;
+use super::inventory::load_snapshot;
 use super::keys;
 use super::manifest::{FORMAT, MANIFEST, Manifest, ManifestDisk, record_subset};
+use super::op_error::{OpError, on_host};
 use super::plan::{Identity, SnapshotDisk};
-use super::run::{
-    VM_CONSTRUCTOR_FIELDS, attach_disk, create_replica_vm, create_vdi, destroy_vm_and_disks,
-    load_snapshot,
-};
-use super::seed::{
-    SeedError, SeedFacts, seed_writes, source_seed_keys, write_source, write_target,
-};
+use super::replica::{create_replica_disk, create_replica_vm, roll_back};
+use super::seed::{SeedFacts, SeededReplica, link, source_seed_keys, write_source};
 use super::seed_file::{
     DEFAULT_FRAME, END_LEN, FILE_HEADER_LEN, FRAME_HEADER_LEN, Record, SeedDecoder, SeedEncoder,
     SeedEvent, SeedFileError, parse_file_header, parse_record,
 };
 use crate::fsio::atomic::{self, AtomicFile};
 use crate::xapi::client::XapiClient;
+use crate::xapi::ops::VM_CONSTRUCTOR_FIELDS;
 use crate::xapi::records::Record as _;
-use crate::xapi::records::{SrRecord, StringMap, VmRecord};
+use crate::xapi::records::{SrRecord, VmRecord};
 use crate::xapi::rpc::Value;
 use crate::xapi::transfer::body::ChannelBody;
 use crate::xapi::transfer::{Progress, Validator, encode};
@@ -57,22 +57,25 @@ pub enum OfflineError {
     /// A seed file is corrupt or truncated (exit 2): which file, and where in it.
     #[error("seed file {file}: {error}")]
     SeedFile { file: PathBuf, error: SeedFileError },
-    /// A host or the local disk failed (exit 1).
+    /// A host failed a call (exit 1).
+    #[error(transparent)]
+    Host(OpError),
+    /// The local disk or a transfer failed (exit 1).
     #[error("{0}")]
     Failed(String),
 }
 
 impl OfflineError {
     pub fn is_input(&self) -> bool {
-        !matches!(self, OfflineError::Failed(_))
+        !matches!(self, OfflineError::Failed(_) | OfflineError::Host(_))
     }
 }
 
-impl From<SeedError> for OfflineError {
-    fn from(e: SeedError) -> Self {
+impl From<OpError> for OfflineError {
+    fn from(e: OpError) -> Self {
         match e {
-            SeedError::Invalid(m) => OfflineError::Invalid(m),
-            other => OfflineError::Failed(other.to_string()),
+            OpError::Invalid(m) => OfflineError::Invalid(m),
+            host => OfflineError::Host(host),
         }
     }
 }
@@ -82,6 +85,8 @@ impl From<SeedError> for OfflineError {
 pub struct SeedJob {
     pub name: String,
     pub id: Identity,
+    /// The time of the snapshot and of the commit.
+    pub clock: Arc<dyn Clock>,
 }
 
 /// Per-disk progress: (userdevice, progress).
@@ -111,17 +116,14 @@ pub async fn export(
         )));
     }
     let raw = source
-        .call("VM.get_record", vec![Value::from(vm_ref.as_str())])
+        .vm_record_value(&vm_ref)
         .await
-        .map_err(|e| OfflineError::Failed(e.to_string()))?;
+        .map_err(on_host("reading the VM record"))?;
     let name = keys::snapshot_name(&job.name, &vm.name_label);
     let snapshot_ref = source
-        .call_for_string(
-            "VM.snapshot",
-            vec![Value::from(vm_ref.as_str()), Value::from(name.as_str())],
-        )
+        .snapshot_vm(&vm_ref, &name)
         .await
-        .map_err(|e| OfflineError::Failed(format!("snapshot of VM {}: {e}", vm.uuid)))?;
+        .map_err(on_host(format!("snapshot of VM {}", vm.uuid)))?;
     let outcome = export_snapshot(
         source,
         job,
@@ -135,7 +137,7 @@ pub async fn export(
     .await;
     if outcome.is_err() {
         // Not a base without its seed files: remove it, as the runner does.
-        let _ = destroy_vm_and_disks(source, &snapshot_ref).await;
+        let _ = source.destroy_vm_and_disks(&snapshot_ref).await;
     }
     outcome
 }
@@ -153,8 +155,8 @@ async fn export_snapshot(
 ) -> Result<Manifest, OfflineError> {
     let snapshot = load_snapshot(source, snapshot_ref)
         .await
-        .map_err(|e| OfflineError::Failed(e.to_string()))?;
-    let datetime = keys::datetime(unix_now());
+        .map_err(on_host("reading the snapshot's disks"))?;
+    let datetime = keys::datetime(job.clock.unix());
     write_source(
         source,
         &source_seed_keys(&job.id, &datetime, snapshot_ref, &snapshot.disks),
@@ -162,19 +164,14 @@ async fn export_snapshot(
     .await?;
     let live = load_snapshot(source, vm_ref)
         .await
-        .map_err(|e| OfflineError::Failed(e.to_string()))?;
+        .map_err(on_host("reading the VM's disks"))?;
     let mut disks = Vec::new();
     for disk in &snapshot.disks {
         let file = format!("disk-{}.seed", disk.userdevice);
         let written = export_disk(source, disk, &dir.join(&file), level, progress).await?;
         let name_label = source
-            .call(
-                "VDI.get_name_label",
-                vec![Value::from(disk.vdi_ref.as_str())],
-            )
+            .vdi_name_label(&disk.vdi_ref)
             .await
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
             .unwrap_or_default();
         disks.push(ManifestDisk {
             userdevice: disk.userdevice.clone(),
@@ -593,7 +590,7 @@ pub async fn import(
         })?;
     let snapshot = load_snapshot(source, &snapshot_ref)
         .await
-        .map_err(|e| OfflineError::Failed(e.to_string()))?;
+        .map_err(on_host("reading the source snapshot's disks"))?;
     for disk in &manifest.disks {
         if !snapshot
             .disks
@@ -618,10 +615,10 @@ pub async fn import(
             OfflineError::Invalid(format!("{}: vm_record: {e}", dir.join(MANIFEST).display()))
         })?
     };
-    let now = unix_now();
+    let now = job.clock.unix();
     let replica_ref = create_replica_vm(target, &id, &raw, &vm, now)
         .await
-        .map_err(|e| OfflineError::Failed(format!("creating the replica VM: {e}")))?;
+        .map_err(on_host("creating the replica VM"))?;
     let mut created = Vec::new();
     let outcome = fill(
         source,
@@ -633,23 +630,14 @@ pub async fn import(
         &sr_ref,
         &replica_ref,
         &mut created,
+        job.clock.as_ref(),
         progress,
     )
     .await;
-    match outcome {
-        Ok(report) => Ok(report),
-        Err(e) => {
-            let _ = target
-                .call("VM.destroy", vec![Value::from(replica_ref.as_str())])
-                .await;
-            for vdi in &created {
-                let _ = target
-                    .call("VDI.destroy", vec![Value::from(vdi.as_str())])
-                    .await;
-            }
-            Err(e)
-        }
+    if outcome.is_err() {
+        roll_back(target, &replica_ref, &created).await;
     }
+    outcome
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -663,40 +651,32 @@ async fn fill(
     sr_ref: &str,
     replica_ref: &str,
     created: &mut Vec<String>,
+    clock: &dyn Clock,
     progress: SeedProgress<'_>,
 ) -> Result<ImportReport, OfflineError> {
-    let mut importing: StringMap = super::run::replica_keys(id, keys::IMPORTING_DATETIME);
     let mut vdis = Vec::new();
     for disk in &manifest.disks {
-        importing.insert(keys::COPY_OF.into(), disk.snapshot_vdi.clone());
-        importing.insert(keys::CONTENT_KEY.into(), disk.snapshot_vdi.clone());
-        let name = format!("{}{}", keys::IMPORTING_VDI_PREFIX, disk.snapshot_vdi);
-        let vdi = create_vdi(target, &name, sr_ref, disk.virtual_size, &importing)
+        let vdi = create_replica_disk(target, id, sr_ref, &disk.snapshot_vdi, disk.virtual_size)
             .await
-            .map_err(|e| OfflineError::Failed(format!("disk {}: {e}", disk.userdevice)))?;
+            .map_err(on_host(format!("disk {}", disk.userdevice)))?;
         created.push(vdi.clone());
-        attach_disk(target, replica_ref, &vdi, &disk.userdevice)
+        target
+            .attach_disk(replica_ref, &vdi, &disk.userdevice)
             .await
-            .map_err(|e| OfflineError::Failed(format!("disk {}: {e}", disk.userdevice)))?;
+            .map_err(on_host(format!("disk {}", disk.userdevice)))?;
         vdis.push(vdi);
     }
     let mut reports = Vec::new();
     for (disk, vdi) in manifest.disks.iter().zip(&vdis) {
         import_disk(target, disk, &dir.join(&disk.file), vdi, progress).await?;
         target
-            .call(
-                "VDI.set_name_label",
-                vec![
-                    Value::from(vdi.as_str()),
-                    Value::from(disk.name_label.as_str()),
-                ],
-            )
+            .set_vdi_name_label(vdi, &disk.name_label)
             .await
-            .map_err(|e| OfflineError::Failed(e.to_string()))?;
+            .map_err(on_host("naming the replica disk"))?;
         let uuid = target
-            .call_for_string("VDI.get_uuid", vec![Value::from(vdi.as_str())])
+            .vdi_uuid(vdi)
             .await
-            .map_err(|e| OfflineError::Failed(e.to_string()))?;
+            .map_err(on_host("reading the replica disk's uuid"))?;
         reports.push(ImportedDisk {
             userdevice: disk.userdevice.clone(),
             virtual_size: disk.virtual_size,
@@ -728,20 +708,15 @@ async fn fill(
     let snapshot_ref = source
         .get_by_uuid::<VmRecord>(&manifest.snapshot_uuid)
         .await
-        .map_err(|e| OfflineError::Failed(e.to_string()))?;
+        .map_err(on_host("finding the source snapshot"))?;
     let facts = SeedFacts {
         id,
         snapshot_ref: &snapshot_ref,
         snapshot_uuid: &manifest.snapshot_uuid,
         datetime: &manifest.snapshot_datetime,
         source_vm_name: &manifest.vm_name,
-        target_vm_ref: replica_ref,
-        committed_ms: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis()),
     };
-    let mut writes = seed_writes(&facts, &pairs);
-    writes.target_name = keys::replica_name(
+    let name = keys::replica_name(
         &manifest.vm_name,
         &manifest.job_name,
         keys::parse_datetime(&manifest.snapshot_datetime).unwrap_or(0),
@@ -749,13 +724,17 @@ async fn fill(
     let replica: VmRecord = target
         .get_record(replica_ref)
         .await
-        .map_err(|e| OfflineError::Failed(e.to_string()))?;
-    write_target(target, replica_ref, &replica, &writes).await?;
-    write_source(source, &writes.source).await?;
+        .map_err(on_host("reading the replica"))?;
+    let seeded = SeededReplica {
+        vm_ref: replica_ref,
+        tags: &replica.tags,
+        name: &name,
+    };
+    link(source, target, &facts, &pairs, seeded, clock.unix_ms()).await?;
     let uuid = replica.uuid;
     Ok(ImportReport {
         replica: uuid,
-        replica_name: writes.target_name,
+        replica_name: name,
         snapshot: manifest.snapshot_uuid.clone(),
         disks: reports,
     })
@@ -894,10 +873,4 @@ async fn import_disk(
         let _ = target.destroy_task(&task).await;
     }
     outcome
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }

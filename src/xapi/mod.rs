@@ -1,9 +1,10 @@
-//! Talking to XAPI hosts: RPC codecs, host URLs and credentials, TLS, typed records, tasks,
-//! and VDI transfers between hosts.
+//! Talking to XAPI hosts: RPC codecs, host URLs and credentials, TLS, typed records, typed
+//! operations, tasks, and VDI transfers between hosts.
 
 pub mod client;
 pub mod connection;
 mod objects;
+pub mod ops;
 pub mod records;
 pub mod rpc;
 mod rpc_pool;

@@ -2,7 +2,7 @@
 //! [`Record`] class.
 
 use super::client::{ClientError, XapiClient};
-use super::records::{Record, StringMap, string_map};
+use super::records::{Record, StringMap, read_string_map};
 use super::rpc::Value;
 
 impl XapiClient {
@@ -55,7 +55,7 @@ impl XapiClient {
     ) -> Result<StringMap, ClientError> {
         let method = format!("{class}.get_{field}");
         let value = self.call(&method, vec![Value::from(reference)]).await?;
-        string_map(class, field, &value).map_err(|e| self.record_error(&method, e))
+        read_string_map(class, field, &value).map_err(|e| self.record_error(&method, e))
     }
 
     fn record_error(&self, method: &str, e: super::records::RecordError) -> ClientError {

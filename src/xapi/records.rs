@@ -118,13 +118,13 @@ impl<'a> Fields<'a> {
     fn map(&self, field: &str) -> Result<StringMap, RecordError> {
         match self.map.get(field) {
             None => Ok(StringMap::new()),
-            Some(v) => string_map(self.class, field, v),
+            Some(v) => read_string_map(self.class, field, v),
         }
     }
 }
 
 /// A `(string -> string) map` field's value, such as a `get_other_config` answer.
-pub fn string_map(
+pub fn read_string_map(
     class: &'static str,
     field: &str,
     value: &Value,

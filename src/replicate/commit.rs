@@ -1,0 +1,145 @@
+//! The commit of a replica: Xen Orchestra's keys on the replica and its disks, its name,
+//! the start block, `auto_poweron` off, HA priority cleared, the replica tag, and last the
+//! removal of our importing key, which is what makes the replica valid
+//! (`xo-replication.md` §7, §8). One sequence for the cycle, `seed` and `seed-import`.
+
+use super::keys;
+use super::plan::Identity;
+use super::replica::replica_keys;
+use crate::xapi::client::{ClientError, XapiClient};
+use crate::xapi::ops::{Class, MapName};
+use crate::xapi::records::StringMap;
+
+/// One replica disk to commit.
+#[derive(Debug, Clone)]
+pub struct CommitDisk<'a> {
+    pub vdi_ref: &'a str,
+    /// The source snapshot VDI it is a copy of: its `xo:copy_of` and `contentKey`.
+    pub copy_of: &'a str,
+    /// The name to give the disk (the source VDI's, replacing `[Importing] …`), if any.
+    pub name_label: Option<&'a str>,
+}
+
+/// A replica to commit on the target.
+#[derive(Debug, Clone)]
+pub struct ReplicaCommit<'a> {
+    pub id: &'a Identity,
+    pub vm_ref: &'a str,
+    /// The replica's tags now: the replica tag is added only when missing.
+    pub tags: &'a [String],
+    /// The source snapshot VM it is a copy of.
+    pub snapshot_uuid: &'a str,
+    /// `xo:backup:datetime`, in XO's form.
+    pub datetime: &'a str,
+    pub name: &'a str,
+    /// Ours: orders replicas committed within one second.
+    pub committed_ms: u128,
+    pub disks: Vec<CommitDisk<'a>>,
+}
+
+impl ReplicaCommit<'_> {
+    /// The replica VM's `other_config` entries.
+    pub fn vm_keys(&self) -> StringMap {
+        let mut vm = replica_keys(self.id, self.datetime);
+        vm.insert(keys::COPY_OF.into(), self.snapshot_uuid.to_owned());
+        vm.insert(keys::AUTO_POWERON.into(), "false".into());
+        vm.insert(keys::COMMITTED_MS.into(), self.committed_ms.to_string());
+        vm
+    }
+
+    /// A replica disk's `other_config` entries.
+    pub fn disk_keys(&self, disk: &CommitDisk<'_>) -> StringMap {
+        let mut vdi = replica_keys(self.id, self.datetime);
+        vdi.insert(keys::COPY_OF.into(), disk.copy_of.to_owned());
+        vdi.insert(keys::CONTENT_KEY.into(), disk.copy_of.to_owned());
+        vdi
+    }
+}
+
+/// Write the commit on `target`. Until its last call the replica still carries our
+/// importing key, so a commit cut short leaves a replica the next run removes.
+pub async fn commit_replica(
+    target: &XapiClient,
+    commit: &ReplicaCommit<'_>,
+) -> Result<(), ClientError> {
+    for disk in &commit.disks {
+        if let Some(name) = disk.name_label {
+            target.set_vdi_name_label(disk.vdi_ref, name).await?;
+        }
+        let entries = commit.disk_keys(disk);
+        target
+            .set_map(Class::Vdi, disk.vdi_ref, MapName::OtherConfig, &entries)
+            .await?;
+    }
+    let vm = commit.vm_ref;
+    target
+        .set_map(Class::Vm, vm, MapName::OtherConfig, &commit.vm_keys())
+        .await?;
+    let blocked: Vec<(&str, &str)> = keys::BLOCKED_OPERATIONS
+        .iter()
+        .map(|op| (*op, keys::START_BLOCKED))
+        .collect();
+    target
+        .set_entries(Class::Vm, vm, MapName::BlockedOperations, &blocked)
+        .await?;
+    if !commit.tags.iter().any(|t| t == keys::REPLICA_TAG) {
+        target.add_vm_tag(vm, keys::REPLICA_TAG).await?;
+    }
+    target.clear_ha_restart_priority(vm).await?;
+    target.set_vm_name_label(vm, commit.name).await?;
+    // Last: dropping the importing key is what makes the replica valid.
+    target
+        .remove_entries(Class::Vm, vm, MapName::OtherConfig, &[keys::IMPORTING])
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Moved from `seed`'s tests: the replica side of a seed's keys.
+    #[test]
+    fn keys_go_on_the_replica_and_its_vdis() {
+        let id = Identity {
+            job_id: "job".into(),
+            schedule_id: "sched".into(),
+            vm_uuid: "vm".into(),
+            sr_uuid: "sr".into(),
+        };
+        let commit = ReplicaCommit {
+            id: &id,
+            vm_ref: "tvmref",
+            tags: &[],
+            snapshot_uuid: "snap",
+            datetime: "20240115T10:20:30Z",
+            name: "web01 (20240115T10:20:30Z)",
+            committed_ms: 7,
+            disks: vec![CommitDisk {
+                vdi_ref: "ref-t0",
+                copy_of: "s0",
+                name_label: None,
+            }],
+        };
+        let vm = commit.vm_keys();
+        for (k, v) in [
+            (keys::COPY_OF, Some("snap")),
+            (keys::SR, Some("sr")),
+            (keys::AUTO_POWERON, Some("false")),
+            (keys::SCHEDULE, Some("sched")),
+            (keys::DATETIME, Some("20240115T10:20:30Z")),
+            (keys::COMMITTED_MS, Some("7")),
+            (keys::IMPORTING, None),
+        ] {
+            assert_eq!(vm.get(k).map(String::as_str), v, "VM {k}");
+        }
+        let disk = commit.disk_keys(&commit.disks[0]);
+        for (k, v) in [
+            (keys::COPY_OF, Some("s0")),
+            (keys::CONTENT_KEY, Some("s0")),
+            (keys::JOB, Some("job")),
+            (keys::VM, Some("vm")),
+        ] {
+            assert_eq!(disk.get(k).map(String::as_str), v, "VDI {k}");
+        }
+    }
+}

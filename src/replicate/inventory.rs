@@ -1,0 +1,103 @@
+//! What replication reads from the hosts, in the planner's terms: the target's VMs, a
+//! snapshot and its disks, the replica disks on the target SR; and the sweep of disks no VM
+//! uses any more.
+
+use super::keys;
+use super::plan::{Identity, SnapshotDisk, SourceSnapshot, TargetVdi, TargetVm};
+use crate::xapi::client::{ClientError, XapiClient};
+use crate::xapi::records::{SrRecord, VdiRecord, VmRecord};
+
+/// Every VM on `host`, as the planner sees them.
+pub async fn list_target_vms(host: &XapiClient) -> Result<Vec<TargetVm>, ClientError> {
+    let records = host.get_all_records::<VmRecord>().await?;
+    Ok(records
+        .into_iter()
+        .map(|(reference, vm)| TargetVm {
+            reference,
+            uuid: vm.uuid,
+            name_label: vm.name_label,
+            is_a_template: vm.is_a_template,
+            is_a_snapshot: vm.is_a_snapshot,
+            other_config: vm.other_config,
+            blocked_operations: vm.blocked_operations,
+        })
+        .collect())
+}
+
+/// A snapshot VM (or any VM) and its disks (VBDs of type Disk), read from the host.
+pub async fn load_snapshot(
+    host: &XapiClient,
+    reference: &str,
+) -> Result<SourceSnapshot, ClientError> {
+    let vm: VmRecord = host.get_record(reference).await?;
+    let disks = host
+        .vm_disks(&vm)
+        .await?
+        .into_iter()
+        .map(|d| SnapshotDisk {
+            userdevice: d.userdevice,
+            vdi_ref: d.vdi_ref,
+            vdi_uuid: d.vdi.uuid,
+            virtual_size: d.vdi.virtual_size,
+            other_config: d.vdi.other_config,
+        })
+        .collect();
+    Ok(SourceSnapshot {
+        reference: reference.to_owned(),
+        uuid: vm.uuid,
+        snapshot_time: keys::parse_datetime(&vm.snapshot_time).unwrap_or(0),
+        other_config: vm.other_config,
+        disks,
+    })
+}
+
+/// The SR `sr_uuid`'s reference and its non-snapshot VDIs: the candidate base disks.
+pub async fn target_vdis(
+    host: &XapiClient,
+    sr_uuid: &str,
+) -> Result<(String, Vec<TargetVdi>), ClientError> {
+    let (sr_ref, sr) = host.record_by_uuid::<SrRecord>(sr_uuid).await?;
+    let mut vdis = Vec::new();
+    for reference in &sr.vdis {
+        let vdi: VdiRecord = host.get_record(reference).await?;
+        if !vdi.is_a_snapshot {
+            vdis.push(TargetVdi {
+                reference: reference.clone(),
+                uuid: vdi.uuid,
+                virtual_size: vdi.virtual_size,
+                other_config: vdi.other_config,
+            });
+        }
+    }
+    Ok((sr_ref, vdis))
+}
+
+/// Destroy the disks of this job and VM that no VM uses any more (snapshot disks on the
+/// source, replica disks on the target SR), returning their UUIDs. They are what a destroy
+/// cut short between the VM and its disks leaves (a failed retention or rollback, a killed
+/// run): `destroy_vm_and_disks` removes the VM first so that a half-deleted replica never
+/// looks valid, and this sweep finishes the job on the next run.
+pub async fn destroy_orphaned_disks(
+    host: &XapiClient,
+    id: &Identity,
+    snapshots: bool,
+) -> Result<Vec<String>, ClientError> {
+    let mut destroyed = Vec::new();
+    for (reference, vdi) in host.get_all_records::<VdiRecord>().await? {
+        if is_orphaned_disk(&vdi, id, snapshots) {
+            host.destroy_vdi(&reference).await?;
+            destroyed.push(vdi.uuid);
+        }
+    }
+    Ok(destroyed)
+}
+
+/// A disk of this job and VM, on the job's SR for a replica disk, that no VBD attaches.
+fn is_orphaned_disk(vdi: &VdiRecord, id: &Identity, snapshot: bool) -> bool {
+    let config = &vdi.other_config;
+    vdi.vbds.is_empty()
+        && vdi.is_a_snapshot == snapshot
+        && config.get(keys::JOB) == Some(&id.job_id)
+        && config.get(keys::VM) == Some(&id.vm_uuid)
+        && (snapshot || config.get(keys::SR) == Some(&id.sr_uuid))
+}
