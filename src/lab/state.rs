@@ -11,16 +11,21 @@
 //! Concurrency: RPCs take the database lock for their whole run, storage calls included, so
 //! each one is atomic with respect to the others; the data plane uses the [`FileSr`] directly,
 //! which has its own locks (lock order: database, then SR). Waiters in `event.from` sleep on a
-//! condition variable signalled after every change.
+//! condition variable signalled after every change when they block a thread (`Lab::handle`),
+//! and await a watch channel of the database generation when they are async (the HTTP server),
+//! so that they hold no thread and end when their client goes away.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
+use tokio::sync::watch;
+
 use crate::fsio::atomic::{self, AtomicError};
 use crate::lab::db::{Db, StateFormatError};
 use crate::lab::faults::Faults;
 use crate::lab::flusher::{FLUSH_INTERVAL, Flusher};
+use crate::lab::rpc::{EventWaits, RunningTasks};
 use crate::lab::sr::{FileSr, SrError};
 use crate::xapi::rpc::XapiFault;
 
@@ -70,6 +75,12 @@ struct Shared {
     dir: PathBuf,
     db: Mutex<Db>,
     changed: Condvar,
+    /// The database generation, sent after every change: what async waiters await.
+    generation: watch::Sender<u64>,
+    /// The tasks a transfer or an `Async.` call is running, which `task.cancel` leaves to them.
+    running: RunningTasks,
+    /// The `event.from` calls waiting, per session.
+    event_waits: EventWaits,
     sr: Arc<FileSr>,
     faults: Faults,
     flusher: Flusher,
@@ -134,10 +145,14 @@ impl Lab {
     }
 
     fn assemble(dir: &Path, db: Db, sr: FileSr) -> Result<Lab, LabError> {
+        let (generation, _) = watch::channel(db.generation());
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
             db: Mutex::new(db),
             changed: Condvar::new(),
+            generation,
+            running: RunningTasks::default(),
+            event_waits: EventWaits::default(),
             sr: Arc::new(sr),
             faults: Faults::default(),
             flusher: Flusher::new(),
@@ -203,8 +218,23 @@ impl Lab {
         }
         if db.generation() != before {
             self.shared.changed.notify_all();
+            self.shared.generation.send_replace(db.generation());
         }
         outcome
+    }
+
+    /// A receiver that sees every later change of the database: async waiters subscribe
+    /// before they look, so that no change slips in between.
+    pub(crate) fn watch_changes(&self) -> watch::Receiver<u64> {
+        self.shared.generation.subscribe()
+    }
+
+    pub(crate) fn running_tasks(&self) -> &RunningTasks {
+        &self.shared.running
+    }
+
+    pub(crate) fn event_waits(&self) -> &EventWaits {
+        &self.shared.event_waits
     }
 
     /// Save now whatever changed since the last save; `lab init` and a stopping `lab serve`
