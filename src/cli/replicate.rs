@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::CliError;
 use super::args::{ReplicateArgs, StatusArgs};
 use super::connect::{connect_job, connect_job_target};
+use super::error::lock_exit_code;
 use super::output::print_json;
 use super::terminal_text;
 use super::transfer::runtime;
@@ -143,12 +144,6 @@ fn report(
     rpc_calls: u64,
     json: bool,
 ) -> Result<ExitCode, CliError> {
-    let locked = outcomes
-        .iter()
-        .any(|(_, o)| matches!(o, VmOutcome::Locked(_)));
-    let failed = outcomes
-        .iter()
-        .any(|(_, o)| matches!(o, VmOutcome::Failed(_) | VmOutcome::Panicked(_)));
     if json {
         let vms: Vec<serde_json::Value> = outcomes
             .iter()
@@ -217,13 +212,16 @@ fn report(
             }
         }
     }
-    Ok(ExitCode::from(if locked {
-        3
-    } else if failed {
-        1
-    } else {
-        0
-    }))
+    // A held lock (3) outranks an unsafe state directory (2), which outranks a failure (1).
+    let code = outcomes
+        .iter()
+        .map(|(_, outcome)| match outcome {
+            VmOutcome::Replicated(_) => 0,
+            VmOutcome::Locked(e) => lock_exit_code(e),
+            VmOutcome::Failed(_) | VmOutcome::Panicked(_) => 1,
+        })
+        .max();
+    Ok(ExitCode::from(code.unwrap_or(0)))
 }
 
 /// A failed VM in the `--json` report: its phase, disk and host, the error's `kind` (with a

@@ -15,14 +15,13 @@
 //! and await a watch channel of the database generation when they are async (the HTTP server),
 //! so that they hold no thread and end when their client goes away.
 
-use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use tokio::sync::watch;
 
+use crate::fsio::atomic::{self, AtomicError};
 use crate::lab::db::{Db, StateFormatError};
 use crate::lab::faults::Faults;
 use crate::lab::flusher::{FLUSH_INTERVAL, Flusher};
@@ -31,7 +30,6 @@ use crate::lab::sr::{FileSr, SrError};
 use crate::xapi::rpc::XapiFault;
 
 const STATE_FILE: &str = "state.json";
-const STATE_TEMP: &str = "state.json.tmp";
 const SR_DIR: &str = "sr";
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +53,16 @@ pub enum LabError {
     Sr(#[from] SrError),
     #[error("setting up the lab objects: {0}")]
     Setup(XapiFault),
+}
+
+impl From<AtomicError> for LabError {
+    fn from(e: AtomicError) -> Self {
+        LabError::Io {
+            action: e.action,
+            path: e.path,
+            source: e.source,
+        }
+    }
 }
 
 /// A lab host: cheap to clone, and every clone is the same host.
@@ -284,25 +292,8 @@ impl Shared {
             .inspect_err(|_| self.lock_db().mark_unsaved())
     }
 
-    /// Write the state file: temp file, fsync, rename, fsync of the directory.
+    /// Write the state file atomically (temp file, fsync, rename, fsync of the directory).
     fn save(&self, state: &[u8]) -> Result<(), LabError> {
-        let dir = &self.dir;
-        let temp = dir.join(STATE_TEMP);
-        let path = dir.join(STATE_FILE);
-        let io = |action: &'static str, path: &Path| {
-            let path = path.to_path_buf();
-            move |source| LabError::Io {
-                action,
-                path,
-                source,
-            }
-        };
-        let mut file = File::create(&temp).map_err(io("create", &temp))?;
-        file.write_all(state).map_err(io("write", &temp))?;
-        file.sync_all().map_err(io("fsync", &temp))?;
-        std::fs::rename(&temp, &path).map_err(io("rename into place", &path))?;
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io("fsync directory", dir))
+        Ok(atomic::write(&self.dir.join(STATE_FILE), state)?)
     }
 }

@@ -69,6 +69,6 @@ fn this_host(db: &Db) -> String {
 fn now() -> Value {
     // The VHD time stamp already formats UTC, as RFC 3339 with dashes; XAPI's basic form is
     // the same without them.
-    let iso = crate::vhd::VhdTimestamp::now().to_string();
+    let iso = crate::vhd::VhdTimestamp::from_system_time(std::time::SystemTime::now()).to_string();
     Value::DateTime(iso.replace('-', ""))
 }

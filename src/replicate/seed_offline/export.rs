@@ -1,7 +1,5 @@
 //! seed-export: snapshot a job's VM and read each disk's export into a seed file.
 
-use std::fs::File;
-use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
@@ -10,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::writer::{BackgroundWriter, Written};
 use super::{OfflineError, SeedJob, SeedProgress};
+use crate::fsio::atomic::{self, AtomicFile};
 use crate::replicate::inventory::load_snapshot;
 use crate::replicate::keys;
 use crate::replicate::manifest::{FORMAT, MANIFEST, Manifest, ManifestDisk, record_subset};
@@ -168,14 +167,7 @@ fn prepare_dir(dir: &Path) -> Result<(), OfflineError> {
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), OfflineError> {
-    let tmp = path.with_extension("tmp");
-    let fail = |e: std::io::Error| OfflineError::Failed(format!("{}: {e}", path.display()));
-    let mut file = File::create(&tmp).map_err(fail)?;
-    let result = file
-        .write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .and_then(|()| std::fs::rename(&tmp, path));
-    result.map_err(|e| OfflineError::Failed(format!("{}: {e}", path.display())))
+    atomic::write(path, bytes).map_err(|e| OfflineError::Failed(e.to_string()))
 }
 
 /// `GET /export_raw_vdi?format=vhd` of the snapshot VDI into a seed file: the export half's
@@ -208,43 +200,42 @@ async fn export_disk(
         context: context.clone(),
         source: Box::new(source),
     })?;
-    let tmp = path.with_extension("seed.tmp");
     let mut stream = Throttled::new(export, throttle);
-    let outcome = write_seed(
-        &mut stream,
-        &tmp,
-        level,
-        &context,
-        &disk.userdevice,
-        progress,
-    )
-    .await;
-    stream.into_inner().close().await;
-    let outcome = outcome.and_then(|written| {
-        std::fs::rename(&tmp, path)
-            .map_err(|e| OfflineError::Failed(format!("{}: {e}", path.display())))?;
-        Ok(written)
-    });
-    outcome.map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        match e {
-            OfflineError::Failed(message) => OfflineError::Failed(format!("{context}: {message}")),
-            other => other,
+    // Dropped on any error, which deletes the temp file.
+    let outcome = match AtomicFile::create(path) {
+        Ok(seed) => {
+            write_seed(
+                &mut stream,
+                seed,
+                level,
+                &context,
+                &disk.userdevice,
+                progress,
+            )
+            .await
         }
+        Err(e) => Err(OfflineError::Failed(e.to_string())),
+    };
+    stream.into_inner().close().await;
+    outcome.map_err(|e| match e {
+        OfflineError::Failed(message) => OfflineError::Failed(format!("{context}: {message}")),
+        other => other,
     })
 }
 
-/// The whole stream into a seed file at `tmp`, with the stream's digest.
+/// The whole stream into `seed`, committed once complete, with the stream's digest.
 async fn write_seed(
     stream: &mut Throttled<ExportStream<'_>>,
-    tmp: &Path,
+    mut seed: AtomicFile,
     level: i32,
     context: &str,
     userdevice: &str,
     progress: SeedProgress<'_>,
 ) -> Result<Written, OfflineError> {
     let total = stream.get_ref().total_len();
-    let mut writer = BackgroundWriter::start(tmp, level)?;
+    let io = |e: std::io::Error| OfflineError::Failed(e.to_string());
+    let file = seed.file().try_clone().map_err(io)?;
+    let mut writer = BackgroundWriter::start(file, seed.temp_path(), level)?;
     let mut stream_hash = Sha256::new();
     let started = Instant::now();
     let mut bytes = 0u64;
@@ -279,5 +270,7 @@ async fn write_seed(
     }
     let mut written = writer.finish().await?;
     written.stream_sha256 = hex::encode(stream_hash.finalize());
+    seed.commit()
+        .map_err(|e| OfflineError::Failed(e.to_string()))?;
     Ok(written)
 }

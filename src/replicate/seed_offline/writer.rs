@@ -33,11 +33,11 @@ struct SeedWriter {
 }
 
 impl SeedWriter {
-    fn create(path: &Path, level: i32) -> Result<SeedWriter, OfflineError> {
+    fn create(file: File, path: &Path, level: i32) -> Result<SeedWriter, OfflineError> {
         let fail = |e: std::io::Error| OfflineError::Failed(format!("{}: {e}", path.display()));
         let mut writer = SeedWriter {
             encoder: SeedEncoder::new(level, DEFAULT_FRAME).map_err(fail)?,
-            file: File::create(path).map_err(fail)?,
+            file,
             pending: BytesMut::with_capacity(DEFAULT_FRAME as usize),
             file_hash: Sha256::new(),
             path: path.to_owned(),
@@ -105,8 +105,12 @@ pub(super) struct BackgroundWriter {
 }
 
 impl BackgroundWriter {
-    pub(super) fn start(path: &Path, level: i32) -> Result<BackgroundWriter, OfflineError> {
-        let mut writer = SeedWriter::create(path, level)?;
+    pub(super) fn start(
+        file: File,
+        path: &Path,
+        level: i32,
+    ) -> Result<BackgroundWriter, OfflineError> {
+        let mut writer = SeedWriter::create(file, path, level)?;
         let (queue, mut chunks) = tokio::sync::mpsc::channel::<Bytes>(QUEUE_DEPTH);
         let thread = tokio::task::spawn_blocking(move || {
             while let Some(chunk) = chunks.blocking_recv() {
