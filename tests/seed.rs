@@ -311,6 +311,16 @@ fn frame_offsets(file: &[u8]) -> Vec<usize> {
     offsets
 }
 
+/// Replace `path` by a FIFO no one writes to: opening it for reading blocks forever.
+fn make_fifo(path: &Path) {
+    std::fs::remove_file(path).unwrap();
+    let status = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
@@ -395,6 +405,50 @@ async fn offline_seed_round_trip_then_a_delta_and_damaged_files_are_refused() {
         );
         assert_eq!(target.vdi_count().await, vdis_before, "{}", run.stderr);
         assert_eq!(target.vms().await.len(), vms_before);
+    }
+
+    // Seeds that do not fit the snapshot, or whose files are not what the manifest says or
+    // not files at all (issue 17 findings 8 and 9): refused at once with exit 2, nothing made.
+    for (name, expected) in [
+        ("missing-disk", "which the seed lacks"),
+        ("resized", "virtual size"),
+        ("file-digest", "the file's SHA-256"),
+        ("fifo-disk", "not a regular file (a FIFO)"),
+        ("fifo-manifest", "not a regular file (a FIFO)"),
+    ] {
+        let bad = dir.path().join(name);
+        copy_dir(&seed_dir, &bad);
+        let manifest_path = bad.join("manifest.json");
+        let mut doc: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
+        match name {
+            "missing-disk" => {
+                doc["disks"].as_array_mut().unwrap().pop();
+            }
+            "resized" => doc["disks"][0]["virtual_size"] = (10 * MIB).into(),
+            "file-digest" => doc["disks"][0]["file_sha256"] = "ab".repeat(32).into(),
+            "fifo-disk" => make_fifo(&bad.join(&d0.file)),
+            _ => {}
+        }
+        std::fs::write(&manifest_path, serde_json::to_vec(&doc).unwrap()).unwrap();
+        if name == "fifo-manifest" {
+            make_fifo(&manifest_path);
+        }
+        let run = tokio::time::timeout(
+            std::time::Duration::from_secs(120),
+            vhdsync(&["seed-import", "--job", job_arg, bad.to_str().unwrap()]),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{name}: seed-import hangs"));
+        assert_eq!(run.code, 2, "{name}: {}", run.stderr);
+        assert!(run.stderr.contains(expected), "{name}: {}", run.stderr);
+        assert_eq!(
+            target.vdi_count().await,
+            vdis_before,
+            "{name}: {}",
+            run.stderr
+        );
+        assert_eq!(target.vms().await.len(), vms_before, "{name}");
     }
 
     let run = vhdsync(&["seed-import", "--job", job_arg, seed_arg, "--json"]).await;

@@ -3,10 +3,12 @@
 //! and digests.
 
 use std::collections::BTreeMap;
+use std::io::Read;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::fsio::regular::open_regular;
 use crate::xapi::rpc::Value;
 
 pub const MANIFEST: &str = "manifest.json";
@@ -68,15 +70,18 @@ impl Manifest {
             path: path.display().to_string(),
             problem,
         };
-        let len = std::fs::metadata(&path)
-            .map_err(|e| fail(e.to_string()))?
-            .len();
+        let file = open_regular(&path).map_err(|e| fail(e.to_string()))?;
+        let len = file.metadata().map_err(|e| fail(e.to_string()))?.len();
         if len > MAX_MANIFEST {
             return Err(fail(format!(
                 "{len} bytes, more than a manifest can be ({MAX_MANIFEST})"
             )));
         }
-        let text = std::fs::read(&path).map_err(|e| fail(e.to_string()))?;
+        let mut text = Vec::with_capacity(len as usize);
+        // Bounded even if the file grows after the size check.
+        file.take(MAX_MANIFEST + 1)
+            .read_to_end(&mut text)
+            .map_err(|e| fail(e.to_string()))?;
         let manifest: Manifest = serde_json::from_slice(&text).map_err(|e| fail(e.to_string()))?;
         manifest.check().map_err(fail)?;
         Ok(manifest)

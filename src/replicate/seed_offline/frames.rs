@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 
 use super::OfflineError;
+use crate::fsio::regular::open_regular;
 use crate::replicate::manifest::ManifestDisk;
 use crate::replicate::seed_file::{SeedDecoder, SeedEvent, SeedFileError};
 use crate::xapi::transfer::ChunkStream;
@@ -25,6 +26,9 @@ pub(super) struct SeedFrames {
     hash: Sha256,
     /// The manifest's digest of the whole stream.
     expected_sha256: String,
+    /// Every byte of the file as read, against the manifest's digest of the file.
+    file_hash: Sha256,
+    expected_file_sha256: String,
     held: Option<Bytes>,
     /// The end record was read (and the held frame released).
     ended: bool,
@@ -34,9 +38,9 @@ pub(super) struct SeedFrames {
 
 impl SeedFrames {
     pub(super) async fn open(path: &Path, disk: &ManifestDisk) -> Result<SeedFrames, OfflineError> {
-        let file = tokio::fs::File::open(path)
-            .await
-            .map_err(|e| OfflineError::Failed(format!("{}: {e}", path.display())))?;
+        let file = open_regular(path)
+            .map(tokio::fs::File::from_std)
+            .map_err(|e| OfflineError::Invalid(format!("seed file {}: {e}", path.display())))?;
         Ok(SeedFrames {
             path: path.to_owned(),
             file,
@@ -44,6 +48,8 @@ impl SeedFrames {
             buf: BytesMut::new(),
             hash: Sha256::new(),
             expected_sha256: disk.stream_sha256.clone(),
+            file_hash: Sha256::new(),
+            expected_file_sha256: disk.file_sha256.clone(),
             held: None,
             ended: false,
             eof: false,
@@ -72,25 +78,43 @@ impl SeedFrames {
                 // At the end of the file the decoder answers only after its end record.
                 None if self.eof => return Ok(None),
                 None => {
-                    self.buf.reserve(READ_CHUNK);
-                    let n = self.file.read_buf(&mut self.buf).await.map_err(|e| {
-                        OfflineError::Failed(format!("{}: {e}", self.path.display()))
-                    })?;
-                    self.eof = n == 0;
+                    self.eof = self.read_more().await? == 0;
                 }
             }
         }
     }
 
-    /// The end is reached: the stream's digest against the manifest's.
-    fn verify(&mut self) -> Result<(), OfflineError> {
-        let digest = hex::encode(std::mem::take(&mut self.hash).finalize());
-        if digest != self.expected_sha256 {
-            return Err(OfflineError::Invalid(format!(
-                "seed file {}: the stream's SHA-256 is {digest}, the manifest says {}",
-                self.path.display(),
-                self.expected_sha256
-            )));
+    /// Read the next piece of the file into `buf`, hashing it; 0 at the end of the file.
+    async fn read_more(&mut self) -> Result<usize, OfflineError> {
+        let before = self.buf.len();
+        self.buf.reserve(READ_CHUNK);
+        let n = self
+            .file
+            .read_buf(&mut self.buf)
+            .await
+            .map_err(|e| OfflineError::Failed(format!("{}: {e}", self.path.display())))?;
+        self.file_hash.update(&self.buf[before..]);
+        Ok(n)
+    }
+
+    /// The end record is read: the stream's and the file's digests against the manifest's.
+    async fn verify(&mut self) -> Result<(), OfflineError> {
+        // The scan before the import refused trailing bytes; read to the end all the same,
+        // so the file digest covers the whole file as it is now.
+        while !self.eof {
+            self.eof = self.read_more().await? == 0;
+        }
+        for (what, hash, expected) in [
+            ("stream", &mut self.hash, &self.expected_sha256),
+            ("file", &mut self.file_hash, &self.expected_file_sha256),
+        ] {
+            let digest = hex::encode(std::mem::take(hash).finalize());
+            if !digest.eq_ignore_ascii_case(expected) {
+                return Err(OfflineError::Invalid(format!(
+                    "seed file {}: the {what}'s SHA-256 is {digest}, the manifest says {expected}",
+                    self.path.display(),
+                )));
+            }
         }
         Ok(())
     }
@@ -112,7 +136,7 @@ impl ChunkStream for SeedFrames {
                     }
                 }
                 None => {
-                    self.verify()?;
+                    self.verify().await?;
                     self.ended = true;
                     return Ok(self.held.take());
                 }

@@ -1,7 +1,6 @@
 //! seed-import: check the seed files, recreate the replica from them on the job's target
 //! SR, and link it to the source snapshot as a base.
 
-use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
@@ -9,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::frames::SeedFrames;
 use super::{OfflineError, SeedJob, SeedProgress};
+use crate::fsio::regular::open_regular;
 use crate::replicate::clock::Clock;
 use crate::replicate::inventory::load_snapshot;
 use crate::replicate::keys;
@@ -39,7 +39,7 @@ pub fn scan(dir: &Path, disk: &ManifestDisk) -> Result<(), OfflineError> {
     };
     let io =
         |e: std::io::Error| OfflineError::Invalid(format!("seed file {}: {e}", path.display()));
-    let mut file = File::open(&path).map_err(io)?;
+    let mut file = open_regular(&path).map_err(io)?;
     let len = file.metadata().map_err(io)?.len();
     let mut header = [0u8; FILE_HEADER_LEN];
     if len < FILE_HEADER_LEN as u64 {
@@ -117,6 +117,45 @@ pub fn scan(dir: &Path, disk: &ManifestDisk) -> Result<(), OfflineError> {
     Ok(())
 }
 
+/// The manifest's disks are the source snapshot's, all of them, one for one: same
+/// userdevices, same VDIs, same virtual sizes. A seed that leaves one out or got a size wrong
+/// would otherwise commit an incomplete or wrong replica as valid.
+fn check_disks(manifest: &Manifest, snapshot: &[SnapshotDisk]) -> Result<(), String> {
+    for disk in &manifest.disks {
+        let Some(source) = snapshot.iter().find(|d| d.userdevice == disk.userdevice) else {
+            return Err(format!(
+                "disk {}: the source snapshot {} has no disk at that position",
+                disk.userdevice, manifest.snapshot_uuid
+            ));
+        };
+        if source.vdi_uuid != disk.snapshot_vdi {
+            return Err(format!(
+                "disk {}: the source snapshot {} no longer has VDI {} (it has {})",
+                disk.userdevice, manifest.snapshot_uuid, disk.snapshot_vdi, source.vdi_uuid
+            ));
+        }
+        if source.virtual_size != disk.virtual_size {
+            return Err(format!(
+                "disk {}: virtual size {} in the manifest, {} on the source snapshot",
+                disk.userdevice, disk.virtual_size, source.virtual_size
+            ));
+        }
+    }
+    for source in snapshot {
+        if !manifest
+            .disks
+            .iter()
+            .any(|d| d.userdevice == source.userdevice)
+        {
+            return Err(format!(
+                "the source snapshot {} has disk {} (VDI {}), which the seed lacks",
+                manifest.snapshot_uuid, source.userdevice, source.vdi_uuid
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// What seed-import made.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ImportReport {
@@ -175,18 +214,9 @@ pub async fn import(
     let snapshot = load_snapshot(source, &snapshot_ref)
         .await
         .map_err(on_host("reading the source snapshot's disks"))?;
-    for disk in &manifest.disks {
-        if !snapshot
-            .disks
-            .iter()
-            .any(|d| d.userdevice == disk.userdevice && d.vdi_uuid == disk.snapshot_vdi)
-        {
-            return Err(OfflineError::Invalid(format!(
-                "disk {}: the source snapshot {} no longer has VDI {}",
-                disk.userdevice, manifest.snapshot_uuid, disk.snapshot_vdi
-            )));
-        }
-    }
+    check_disks(&manifest, &snapshot.disks).map_err(|problem| {
+        OfflineError::Invalid(format!("{}: {problem}", dir.join(MANIFEST).display()))
+    })?;
     let (sr_ref, _) = target
         .record_by_uuid::<SrRecord>(&id.sr_uuid)
         .await
