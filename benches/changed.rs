@@ -1,4 +1,5 @@
-//! `changed()` on a 3-layer chain of a 2 TiB disk: cost must follow the BAT entries only.
+//! `changed()` on a 3-layer chain of a 2 TiB disk: cost must follow the BAT entries only; and
+//! opening that chain, which checks each layer's structure.
 //! The layers are real VHD files whose blocks live in sparse regions (`bench::chain`), so
 //! building them takes well under a second and almost no disk.
 
@@ -17,6 +18,10 @@ fn bench_changed(c: &mut Criterion) {
     });
     c.bench_function("changed 2 TiB, full over 4 layers", |b| {
         b.iter(|| changed(&leaf_chain, None).count())
+    });
+    // Opening validates every layer's block layout (sorted BAT entries): it must stay cheap.
+    c.bench_function("open 2 TiB chain, 4 layers", |b| {
+        b.iter(|| Chain::open(&files.leaf).unwrap().layers().len())
     });
 }
 

@@ -10,12 +10,13 @@ use std::path::Path;
 
 use bytes::{Bytes, BytesMut};
 use tokio_util::codec::Decoder;
-use vhdsync::image::{Chain, VhdLayer, check::check_bytes, locate_footer};
+use vhdsync::image::{Chain, Damage, ImageErrorKind, VhdLayer, check::check_bytes, locate_footer};
 use vhdsync::replicate::job::Job;
 use vhdsync::replicate::seed_file::{
     SeedDecoder, SeedEncoder, SeedEvent, SeedFileError, file_header,
 };
 use vhdsync::stream::{StreamDecoder, StreamEvent};
+use vhdsync::vhd::bat::{BlockLayout, Extent};
 use vhdsync::vhd::batmap::BatmapHeader;
 use vhdsync::vhd::{Bat, DynamicHeader, Footer, ones_complement_checksum};
 use vhdsync::xapi::rpc::jsonrpc;
@@ -69,11 +70,53 @@ pub fn header_parse(data: &[u8]) {
     let table = data.get(4..).unwrap_or_default();
     if let Ok(bat) = Bat::parse(table, entries, 1536) {
         assert_eq!(Bat::parse(&bat.encode(), entries, 1536).as_ref(), Ok(&bat));
+        bat_layout(&bat, data);
     }
     if let Ok(Some(batmap)) = BatmapHeader::parse(data, 2048) {
         assert_eq!(
             BatmapHeader::parse(&batmap.encode(), 2048),
             Ok(Some(batmap))
+        );
+    }
+}
+
+/// The BAT's layout check, with block size, disk size and file length taken from the input
+/// (its bytes 4..28): bounded findings, each naming an entry of the table.
+fn bat_layout(bat: &Bat, data: &[u8]) {
+    let word = |at: usize| {
+        data.get(at..at + 8)
+            .map_or(0, |b| u64::from_be_bytes(b.try_into().unwrap()))
+    };
+    let layout = BlockLayout {
+        table_offset: 1536,
+        block_size: 512 << (word(4) % 13),
+        bitmap_size: 512,
+        current_size: word(12) % (1 << 41),
+        file_len: word(20) % (1 << 42),
+    };
+    let metadata = [
+        Extent {
+            start: 0,
+            end: 512,
+            what: "footer copy".into(),
+        },
+        Extent {
+            start: 512,
+            end: 1536,
+            what: "dynamic header".into(),
+        },
+        Extent {
+            start: 1536,
+            end: 1536 + 4 * u64::from(bat.len()),
+            what: "BAT".into(),
+        },
+    ];
+    let findings = bat.check_layout(&layout, &metadata, 16);
+    assert!(findings.len() <= 16);
+    for f in &findings {
+        assert!(
+            (1536..1536 + 4 * u64::from(bat.len())).contains(&f.offset),
+            "{f}"
         );
     }
 }
@@ -113,12 +156,37 @@ pub fn image_check(data: &[u8]) -> bool {
             "open refuses it ({e}) but check finds it clean"
         ),
     }
+    // Damage refused on open is a problem `check` reports at the same byte.
+    if let Err(e) = &opened
+        && let ImageErrorKind::Damaged { finding, .. } = &e.kind
+    {
+        assert!(
+            matches!(&checked, Ok(r) if r.problems.iter().any(|p| p.offset == finding.offset)),
+            "open refuses it ({finding}) but check does not report that byte"
+        );
+    }
+    // Read anyway, as `--force` does: still no panic and no read outside the file.
+    let tolerated = VhdLayer::from_bytes_with(
+        Path::new("fuzz.vhd"),
+        Bytes::copy_from_slice(data),
+        Damage::Tolerate,
+    );
+    if let Ok(layer) = tolerated {
+        read_layer(layer, READ_CAP);
+    }
     let Ok(layer) = opened else { return false };
+    read_layer(layer, READ_CAP);
+    true
+}
+
+/// Read a layer's whole disk (up to `cap` bytes) through a one-layer chain, by bytes and by
+/// blocks.
+fn read_layer(layer: VhdLayer, cap: u64) {
     let _ = layer.parent_locator_paths();
     let Ok(chain) = Chain::from_layers(vec![layer]) else {
-        return true;
+        return;
     };
-    let end = chain.virtual_size().min(READ_CAP);
+    let end = chain.virtual_size().min(cap);
     let mut buf = vec![0u8; 64 << 10];
     let mut at = 0;
     while at < end {
@@ -129,7 +197,6 @@ pub fn image_check(data: &[u8]) -> bool {
     for index in 0..end.div_ceil(u64::from(chain.block_size())) as u32 {
         let _ = chain.block_data(index);
     }
-    true
 }
 
 /// The events of `data` fed `chunk` bytes at a time, and whether the stream ended cleanly.

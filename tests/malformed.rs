@@ -324,7 +324,9 @@ macro_rules! table {
 }
 
 use Check::{Fatal, Only, Problem};
-use ErrorKind::{BadChecksum, BadCookie, BadText, BadValue, OutOfBounds, TooLarge, Truncated};
+use ErrorKind::{
+    BadChecksum, BadCookie, BadText, BadValue, OutOfBounds, Overlap, TooLarge, Truncated,
+};
 use Open::{Fails, LocatorFails, Notes, Opens};
 
 table! {
@@ -473,7 +475,7 @@ table! {
     footer_version_unknown {
         defect: "footer file format version 2.0",
         build: || with(Image::dynamic(), |i| i.footer.format_version = 0x0002_0000),
-        open: Opens,
+        open: Fails(BadValue, Structure::Footer, "format_version", FOOTER_AT + 12),
         check: Only(FOOTER_AT + 12, "version"),
     }
     footer_nil_unique_id {
@@ -589,20 +591,20 @@ table! {
         // qemu: "Page table too small". Blocks past the table must read as unallocated.
         defect: "max_table_entries 4 for a disk of 8 blocks",
         build: || with(Image::dynamic(), |i| i.header.max_table_entries = 4),
-        open: Notes("BAT covers 4 blocks"),
-        check: Only(HEADER_AT + 28, "BAT covers 4 blocks"),
+        open: Fails(BadValue, Structure::Header, "max_table_entries", HEADER_AT + 28),
+        check: Only(HEADER_AT + 28, "covers 4 blocks"),
     }
     header_data_offset_not_all_ones {
         // blktap rejects any value but all ones.
         defect: "header data_offset 0",
         build: || with(Image::dynamic(), |i| i.header.data_offset = 0),
-        open: Opens,
+        open: Fails(BadValue, Structure::Header, "data_offset", HEADER_AT + 8),
         check: Only(HEADER_AT + 8, "data_offset"),
     }
     header_version_unknown {
         defect: "header version 2.0",
         build: || with(Image::dynamic(), |i| i.header.header_version = 0x0002_0000),
-        open: Opens,
+        open: Fails(BadValue, Structure::Header, "header_version", HEADER_AT + 24),
         check: Only(HEADER_AT + 24, "version"),
     }
     header_reserved_bytes_nonzero {
@@ -630,35 +632,56 @@ table! {
         // The BAT is read from the footer copy: entry 0 is "cone", far past the end.
         defect: "table_offset 0: the BAT overlaps the footer copy",
         build: || with(Image::dynamic(), |i| i.header.table_offset = 0),
-        open: Fails(OutOfBounds, Structure::Block(0), "BAT entry", 0),
+        open: Fails(Overlap, Structure::Header, "table_offset", HEADER_AT + 16),
         check: Problem(0, "past the end"),
+    }
+    table_offset_inside_header {
+        // The BAT would be read from the header's own locator entries.
+        defect: "table_offset 1024, inside the dynamic header",
+        build: || with(Image::dynamic(), |i| i.header.table_offset = HEADER_AT + 512),
+        open: Fails(Overlap, Structure::Header, "table_offset", HEADER_AT + 16),
+        check: Problem(HEADER_AT + 16, "overlaps dynamic header"),
     }
     block_overlaps_footer_copy {
         // Writing this block would destroy the footer copy.
         defect: "BAT entry 1 is sector 0",
         build: || with(Image::dynamic(), |i| i.bat.set(1, 0)),
-        open: Opens,
-        check: Problem(0, "overlaps footer copy"),
+        open: Fails(Overlap, Structure::Block(1), "BAT entry", BAT_AT + 4),
+        check: Problem(BAT_AT + 4, "overlaps footer copy"),
     }
     block_overlaps_header {
         // vhd-util: "clobbers headers".
         defect: "BAT entry 1 is sector 1, the dynamic header",
         build: || with(Image::dynamic(), |i| i.bat.set(1, 1)),
-        open: Opens,
-        check: Problem(HEADER_AT, "overlaps dynamic header"),
+        open: Fails(Overlap, Structure::Block(1), "BAT entry", BAT_AT + 4),
+        check: Problem(BAT_AT + 4, "overlaps dynamic header"),
     }
     block_overlaps_bat {
         defect: "BAT entry 1 is sector 3, the BAT itself",
         build: || with(Image::dynamic(), |i| i.bat.set(1, 3)),
-        open: Opens,
-        check: Problem(BAT_AT, "overlaps BAT"),
+        open: Fails(Overlap, Structure::Block(1), "BAT entry", BAT_AT + 4),
+        check: Problem(BAT_AT + 4, "overlaps BAT"),
     }
     blocks_overlap_each_other {
         // A write to one block would change the other.
         defect: "BAT entry 1 starts one sector into block 0",
         build: || with(Image::dynamic(), |i| i.bat.set(1, (FIRST_BLOCK_AT / 512) as u32 + 1)),
+        open: Fails(Overlap, Structure::Block(1), "BAT entry", BAT_AT + 4),
+        check: Problem(BAT_AT + 4, "overlaps block 0"),
+    }
+    bat_entries_share_a_block {
+        // Two guest blocks would read, and a writer write, the same bytes.
+        defect: "BAT entries 0 and 1 both point at block 0's sector",
+        build: || with(Image::dynamic(), |i| i.bat.set(1, (FIRST_BLOCK_AT / 512) as u32)),
+        open: Fails(Overlap, Structure::Block(1), "BAT entry", BAT_AT + 4),
+        check: Only(BAT_AT + 4, "overlaps block 0"),
+    }
+    current_size_zero_with_blocks {
+        // Reads as an empty disk, yet the file holds data: the size was lost.
+        defect: "current_size 0 while three blocks are allocated",
+        build: || with(Image::dynamic(), |i| i.footer.current_size = 0),
         open: Opens,
-        check: Problem(FIRST_BLOCK_AT + 512, "overlaps block 0"),
+        check: Only(FOOTER_AT + 48, "current_size is 0"),
     }
 
     // --- Parent locators and parent fields (differencing disk).
@@ -690,8 +713,26 @@ table! {
     locator_overlaps_bat {
         defect: "parent locator 0 payload placed on the BAT",
         build: || with(Image::differencing(), |i| i.header.parent_locators[0].data_offset = BAT_AT),
+        open: Fails(Overlap, Structure::ParentLocator(0), "data_offset", locator_entry(0) + 16),
+        check: Problem(locator_entry(0) + 16, "overlaps BAT"),
+    }
+    locator_payload_lone_surrogate {
+        // Read the other way round it decodes, to a wrong path: it must be refused instead.
+        defect: "W2ru parent locator 1 holds a lone UTF-16 surrogate",
+        build: || raw(Image::differencing(), |b| put(b, EXTRA_AT + 512 + 4, &[0x00, 0xD8])),
+        open: LocatorFails(1, BadText, "payload"),
+        check: Only(EXTRA_AT + 512, "UTF-16"),
+    }
+    parent_name_not_utf16 {
+        defect: "parent unicode name holds a lone UTF-16 surrogate",
+        build: || raw(Image::differencing(), |b| {
+            put(b, HEADER_AT + 64 + 2, &[0xDC, 0x00]);
+            let at = HEADER_AT as usize;
+            let sum = ones_complement_checksum(&b[at..at + 1024], 36);
+            b[at + 36..at + 40].copy_from_slice(&sum.to_be_bytes());
+        }),
         open: Opens,
-        check: Problem(BAT_AT, "overlaps parent locator 0"),
+        check: Only(HEADER_AT + 64, "parent_unicode_name"),
     }
     locator_unused_entry_nonzero {
         // Xen Orchestra's defect: an empty entry with a data offset (vhd-util: "non-zero locator").
@@ -952,11 +993,15 @@ const FIXTURES: &[&str] = &[
     "block_past_eof",
     "block_overlaps_header",
     "blocks_overlap_each_other",
+    "bat_entries_share_a_block",
+    "table_offset_inside_header",
+    "current_size_zero_with_blocks",
     "locator_data_space_600",
     "locator_payload_outside_file",
     "locator_unknown_platform_code",
     "locator_unused_entry_nonzero",
     "differencing_without_parent_info",
+    "parent_name_not_utf16",
     "batmap_bad_checksum",
     "batmap_outside_file",
 ];
@@ -1068,7 +1113,7 @@ fn cli_check_exits_2_when_not_a_vhd() {
 #[test]
 fn cli_check_exits_1_with_the_problem_offset() {
     for (row, offset) in [
-        ("block_overlaps_header", HEADER_AT),
+        ("block_overlaps_header", BAT_AT + 4),
         ("block_past_eof", BAT_AT + 4),
         ("bad_checksum_end_footer", FOOTER_AT),
     ] {

@@ -1,4 +1,4 @@
-//! `vhdsync bench`: [`run`] measures vhdsync against the tools it must keep up with and
+//! `vhdsync bench`: [`run()`] measures vhdsync against the tools it must keep up with and
 //! returns a [`Report`], which the CLI shows. Its parts: the testbed of two lab hosts and the
 //! measured steps (`testbed`), measured child processes ([`process`]), the pure arithmetic of
 //! the results ([`measure`]), the table and JSON they are shown as ([`report`]) and the

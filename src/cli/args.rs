@@ -1,6 +1,13 @@
+//! The command line's arguments. Their doc comments are clap's help text: plain text, which
+//! rustdoc would read as Markdown and HTML.
+#![allow(rustdoc::invalid_html_tags)]
+
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+
+use super::units::{parse_duration, parse_size};
 
 /// Incremental replication of XenServer / XCP-ng VMs, and a toolbox for VHD files.
 #[derive(Debug, Parser)]
@@ -185,9 +192,10 @@ pub struct ReplicateArgs {
     /// Only these VMs of the job (repeatable).
     #[arg(long = "vm", value_name = "UUID")]
     pub vms: Vec<String>,
-    /// Abort a disk's transfer when no byte moves for this many seconds.
-    #[arg(long, default_value_t = 120, value_name = "SECONDS")]
-    pub stall_timeout: u64,
+    /// Abort a disk's transfer when no byte moves for this long (e.g. 90s, 2m; a bare number
+    /// is seconds).
+    #[arg(long, default_value = "2m", value_name = "DURATION", value_parser = parse_duration)]
+    pub stall_timeout: Duration,
     /// Print one JSON document for the whole run.
     #[arg(long)]
     pub json: bool,
@@ -198,9 +206,10 @@ pub struct StatusArgs {
     /// The job file (TOML).
     #[arg(long)]
     pub job: PathBuf,
-    /// Exit 1 if any VM's newest valid replica is older than this (e.g. 90s, 15m, 2h, 1d).
-    #[arg(long, value_name = "DURATION")]
-    pub max_age: Option<String>,
+    /// Exit 1 if any VM's newest valid replica is older than this (e.g. 90s, 15m, 1h 30m,
+    /// 1d; a bare number is seconds).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub max_age: Option<Duration>,
     /// Print one JSON document.
     #[arg(long)]
     pub json: bool,
@@ -248,9 +257,9 @@ pub struct CopyVdiArgs {
     /// Accept any certificate on both hosts (not recommended; prints a warning).
     #[arg(long)]
     pub insecure: bool,
-    /// Abort when no byte moves for this many seconds.
-    #[arg(long, default_value_t = 120, value_name = "SECONDS")]
-    pub stall_timeout: u64,
+    /// Abort when no byte moves for this long (e.g. 90s, 2m; a bare number is seconds).
+    #[arg(long, default_value = "2m", value_name = "DURATION", value_parser = parse_duration)]
+    pub stall_timeout: Duration,
     /// Print one JSON summary document instead of progress.
     #[arg(long)]
     pub json: bool,
@@ -272,6 +281,10 @@ pub struct DiffArgs {
     /// Print one JSON document instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Read a damaged file anyway, for recovery, printing each structural finding as a
+    /// warning on stderr.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]
@@ -284,6 +297,10 @@ pub struct ExportArgs {
     /// Output file, or - for stdout (the default).
     #[arg(short, long)]
     pub output: Option<PathBuf>,
+    /// Read a damaged file anyway, for recovery, printing each structural finding as a
+    /// warning on stderr.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]
@@ -292,8 +309,8 @@ pub struct ApplyArgs {
     pub input: PathBuf,
     /// A raw file or block device, or a .vhd file (created dynamic if missing).
     pub target: PathBuf,
-    /// Create a missing raw target of this many bytes.
-    #[arg(long)]
+    /// Create a missing raw target of this many bytes (K, M, G, T are binary).
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
     pub size: Option<u64>,
     /// Raw targets: return without waiting for the data to reach the disk (no fdatasync), as
     /// `qemu-img convert` does by default. A crash soon after can lose the writes.
@@ -308,6 +325,10 @@ pub struct InfoArgs {
     /// Print one JSON document instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Read a damaged file anyway, for recovery, printing each structural finding as a
+    /// warning on stderr.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]
@@ -323,9 +344,14 @@ pub struct CheckArgs {
 pub struct CatArgs {
     /// The VHD file (its parents are found through its locators).
     pub file: PathBuf,
-    /// Write to this file instead of stdout; unallocated regions stay holes.
+    /// Write to this file instead of stdout; in a regular file unallocated regions stay
+    /// holes, anything else (a device, a pipe) is written sequentially.
     #[arg(short, long)]
     pub output: Option<PathBuf>,
+    /// Read a damaged file anyway, for recovery, printing each structural finding as a
+    /// warning on stderr.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]
@@ -487,38 +513,6 @@ pub struct LabFaultArgs {
     pub persistent: bool,
 }
 
-/// A byte count: digits with an optional binary unit K, M, G or T, which may be written
-/// `KiB` or `KB` too (all binary), and an optional `B` for bytes.
-pub fn parse_size(text: &str) -> Result<u64, String> {
-    let bad = || format!("{text:?} is not a size: use e.g. 4096, 512K, 64M, 1G");
-    let upper = text.trim().to_ascii_uppercase();
-    let (body, needs_unit) = match upper.strip_suffix("IB") {
-        Some(body) => (body, true),
-        None => (upper.strip_suffix('B').unwrap_or(&upper), false),
-    };
-    let shift = match body.chars().last() {
-        Some('K') => 10,
-        Some('M') => 20,
-        Some('G') => 30,
-        Some('T') => 40,
-        _ if !needs_unit => 0,
-        _ => return Err(bad()),
-    };
-    let digits = if shift == 0 {
-        body
-    } else {
-        &body[..body.len() - 1]
-    };
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(bad());
-    }
-    digits
-        .parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(1 << shift))
-        .ok_or_else(bad)
-}
-
 /// A percentage from 0 to 100, with or without `%`.
 fn parse_percent(text: &str) -> Result<f64, String> {
     let number = text.trim().strip_suffix('%').unwrap_or(text.trim());
@@ -550,18 +544,55 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sizes_take_binary_suffixes() {
-        assert_eq!(parse_size("4096"), Ok(4096));
-        assert_eq!(parse_size("64M"), Ok(64 << 20));
-        assert_eq!(parse_size("16m"), Ok(16 << 20));
-        assert_eq!(parse_size("1G"), Ok(1 << 30));
-        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
-        assert_eq!(parse_size("512K"), Ok(512 << 10));
-        assert_eq!(parse_size("3KB"), Ok(3 << 10));
-        assert_eq!(parse_size("7B"), Ok(7));
-        for bad in ["", "M", "1.5G", "-1", "12X", "99999999999T", "1IB", "+1"] {
-            assert!(parse_size(bad).is_err(), "{bad}");
+    fn every_duration_flag_takes_the_same_syntax() {
+        let parse = |args: &[&str]| Cli::try_parse_from([&["vhdsync"], args].concat());
+        for text in ["2m", "120", "120s", "1m 60s"] {
+            let Ok(Cli {
+                command: Command::Replicate(r),
+                ..
+            }) = parse(&["replicate", "--job", "j", "--stall-timeout", text])
+            else {
+                panic!("--stall-timeout {text}");
+            };
+            assert_eq!(r.stall_timeout, Duration::from_secs(120), "{text}");
+            let Ok(Cli {
+                command: Command::CopyVdi(c),
+                ..
+            }) = parse(&[
+                "copy-vdi",
+                "--from",
+                "a",
+                "--vdi",
+                "v",
+                "--to",
+                "b",
+                "--target-vdi",
+                "t",
+                "--stall-timeout",
+                text,
+            ])
+            else {
+                panic!("copy-vdi --stall-timeout {text}");
+            };
+            assert_eq!(c.stall_timeout, Duration::from_secs(120), "{text}");
+            let Ok(Cli {
+                command: Command::Status(s),
+                ..
+            }) = parse(&["status", "--job", "j", "--max-age", text])
+            else {
+                panic!("--max-age {text}");
+            };
+            assert_eq!(s.max_age, Some(Duration::from_secs(120)), "{text}");
         }
+        let Ok(Cli {
+            command: Command::Replicate(r),
+            ..
+        }) = parse(&["replicate", "--job", "j"])
+        else {
+            panic!("defaults");
+        };
+        assert_eq!(r.stall_timeout, Duration::from_secs(120));
+        assert!(parse(&["status", "--job", "j", "--max-age", "15M"]).is_err());
     }
 
     #[test]

@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use super::CliError;
 use super::args::DemoArgs;
-use super::replicate::connect_job;
+use super::connect::connect_job;
 use super::transfer::runtime;
+use super::units::{human_bytes, human_rate};
 use crate::lab::Lab;
 use crate::lab::http::LabServer;
 use tokio_util::sync::CancellationToken;
@@ -147,19 +148,19 @@ async fn run(dir: &Path) -> Result<ExitCode, CliError> {
 
     println!();
     println!(
-        "{:<4} {:<6} {:>12} {:>13} {:>8} {:>8} {:>10}",
+        "{:<4} {:<6} {:>12} {:>13} {:>8} {:>8} {:>13}",
         "run", "mode", "bytes sent", "virtual size", "saving", "time", "rate"
     );
     for (i, r) in runs.iter().enumerate() {
         println!(
-            "{:<4} {:<6} {:>12} {:>13} {:>7.1}% {:>7.2}s {:>6.0} MB/s",
+            "{:<4} {:<6} {:>12} {:>13} {:>7.1}% {:>7.2}s {:>13}",
             i + 1,
             r.mode,
-            r.bytes_sent,
-            r.virtual_size,
+            human_bytes(r.bytes_sent),
+            human_bytes(r.virtual_size),
             100.0 * (1.0 - r.bytes_sent as f64 / r.virtual_size.max(1) as f64),
             r.seconds,
-            r.bytes_sent as f64 / r.seconds.max(1e-9) / 1e6
+            human_rate(r.bytes_sent as f64 / r.seconds.max(1e-9))
         );
     }
     println!();
@@ -206,8 +207,11 @@ async fn cycle(
     match outcomes.into_iter().next() {
         Some((_, VmOutcome::Replicated(report))) => {
             println!(
-                "    {}: {} bytes sent for {} bytes of disks, replica {}",
-                report.mode, report.bytes_sent, report.virtual_size, report.replica_name
+                "    {}: {} sent for {} of disks, replica {}",
+                report.mode,
+                human_bytes(report.bytes_sent),
+                human_bytes(report.virtual_size),
+                report.replica_name
             );
             Ok(*report)
         }

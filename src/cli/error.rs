@@ -6,6 +6,7 @@ use crate::replicate::op_error::OpError;
 use crate::replicate::run::CycleError;
 use crate::replicate::seed_offline::OfflineError;
 use crate::xapi::client::ClientError;
+use crate::xapi::connect::ConnectError;
 
 /// What a command failed with, typed up to here; [`CliError::exit_code`] maps it to the
 /// exit code.
@@ -32,6 +33,10 @@ pub enum CliError {
     /// Another run holds a lock this one needs (exit 3).
     #[error(transparent)]
     Lock(Box<LockError>),
+    /// Logging in to a host failed: bad credentials or trust given (exit 2), or the host
+    /// (exit 1).
+    #[error(transparent)]
+    Connect(Box<ConnectError>),
     /// A host failed a call (exit 1).
     #[error(transparent)]
     Host(Box<ClientError>),
@@ -64,6 +69,7 @@ boxed_from!(
     Manifest(ManifestError),
     Job(JobError),
     Lock(LockError),
+    Connect(ConnectError),
     Host(ClientError),
     Cycle(CycleError),
     Op(OpError),
@@ -92,6 +98,7 @@ impl CliError {
             | CliError::Host(_)
             | CliError::Cycle(_) => 1,
             CliError::Lock(_) => 3,
+            CliError::Connect(e) => input_or_failed(e.is_input()),
             CliError::Op(e) => input_or_failed(e.is_input()),
             CliError::Offline(e) => input_or_failed(e.is_input()),
             CliError::Image(e) => input_or_failed(!matches!(e.kind, ImageErrorKind::Io { .. })),

@@ -11,31 +11,16 @@ use serde_json::json;
 
 use super::CliError;
 use super::args::{FailoverArgs, TestFailoverArgs};
+use super::connect::connect_job_target;
 use super::output::print_json;
 use super::replicate::load_job;
 use super::seed::{job_identity, lock};
 use super::terminal_text;
-use super::transfer::{TARGET_PASSWORD_ENV, connect_host, runtime, trust_for};
+use super::transfer::runtime;
 use crate::replicate::clock::SystemClock;
 use crate::replicate::failover::{cleanup, failover as run_failover, test_failover as run_test};
 use crate::replicate::job::Job;
 use crate::replicate::op_error::OpError;
-use crate::xapi::client::XapiClient;
-
-/// The target only: failover must work with the source site gone.
-async fn connect_target(job: &Job) -> Result<XapiClient, CliError> {
-    if job.insecure {
-        eprintln!("vhdsync: warning: [tls] insecure: host certificates are not verified");
-    }
-    let trust = trust_for(job.target.fingerprint.as_deref(), job.insecure)?;
-    connect_host(
-        job.target.url.clone(),
-        job.target.password_file.as_deref(),
-        TARGET_PASSWORD_ENV,
-        &trust,
-    )
-    .await
-}
 
 fn confirm(args: &FailoverArgs, job: &Job) -> Result<(), CliError> {
     if args.yes {
@@ -77,7 +62,7 @@ pub fn failover(args: &FailoverArgs) -> Result<ExitCode, CliError> {
     confirm(args, &job)?;
     let _lock = lock(&job, &id.vm_uuid)?;
     runtime()?.block_on(async {
-        let target = connect_target(&job).await?;
+        let target = connect_job_target(&job).await?;
         let outcome = run_failover(
             &target,
             &id,
@@ -110,7 +95,7 @@ pub fn test_failover(args: &TestFailoverArgs) -> Result<ExitCode, CliError> {
         None => None,
     };
     runtime()?.block_on(async {
-        let target = connect_target(&job).await?;
+        let target = connect_job_target(&job).await?;
         let outcome = match (&vm, args.cleanup) {
             (_, true) => cleanup(&target, &job.job_id, vm.as_ref().map(|id| id.vm_uuid.as_str()))
                 .await

@@ -8,11 +8,54 @@ use serde_json::json;
 use super::CliError;
 use super::args::{CatArgs, CheckArgs, InfoArgs};
 use super::output::{print_json, stdout_file};
-use crate::image::{Chain, RawSink, VhdLayer, check, write_raw};
+use super::units::human_bytes;
+use crate::image::{
+    Chain, Damage, ImageError, ImageErrorKind, RawSink, VhdLayer, check, write_raw,
+};
 use crate::vhd::SECTOR_SIZE;
 
+/// How `--force` opens files.
+pub(super) fn damage_policy(force: bool) -> Damage {
+    if force {
+        Damage::Tolerate
+    } else {
+        Damage::Refuse
+    }
+}
+
+/// A refusal to read a damaged file, with a hint on what to do about it.
+pub(super) fn open_error(e: ImageError) -> CliError {
+    if matches!(e.kind, ImageErrorKind::Damaged { .. }) {
+        eprintln!(
+            "vhdsync: hint: `vhdsync check {}` lists every finding; --force reads the file anyway",
+            e.path.display()
+        );
+    }
+    e.into()
+}
+
+/// Under `--force`, say loudly what was read past, layer by layer.
+pub(super) fn warn_damage<'a>(layers: impl IntoIterator<Item = &'a VhdLayer>) {
+    for layer in layers {
+        for finding in layer.damage() {
+            eprintln!(
+                "warning: {}: reading past damage: {finding}",
+                layer.path().display()
+            );
+        }
+    }
+}
+
+/// Open a chain as `--force` says, warning about what it reads past.
+pub(super) fn open_chain(path: &std::path::Path, force: bool) -> Result<Chain, CliError> {
+    let chain = Chain::open_with(path, damage_policy(force)).map_err(open_error)?;
+    warn_damage(chain.layers());
+    Ok(chain)
+}
+
 pub fn info(args: &InfoArgs) -> Result<ExitCode, CliError> {
-    let layer = VhdLayer::open(&args.file)?;
+    let layer = VhdLayer::open_with(&args.file, damage_policy(args.force)).map_err(open_error)?;
+    warn_damage([&layer]);
     let doc = info_document(&layer);
     if args.json {
         print_json(&doc)?;
@@ -93,9 +136,14 @@ fn info_document(layer: &VhdLayer) -> serde_json::Value {
 
 fn print_info_text(doc: &serde_json::Value) {
     let s = |k: &str| doc[k].to_string().trim_matches('"').to_string();
+    // A format inspector: the exact count next to the readable one.
+    let size = |k: &str| {
+        let bytes = doc[k].as_u64().unwrap_or_default();
+        format!("{} ({bytes} bytes)", human_bytes(bytes))
+    };
     println!("file:              {}", s("file"));
     println!("disk type:         {}", s("disk_type"));
-    println!("virtual size:      {} bytes", s("virtual_size"));
+    println!("virtual size:      {}", size("virtual_size"));
     let g = &doc["geometry"];
     println!(
         "geometry (C/H/S):  {}/{}/{} ({} bytes)",
@@ -110,19 +158,19 @@ fn print_info_text(doc: &serde_json::Value) {
         c["version"].as_str().unwrap_or_default(),
         c["host_os"].as_str().unwrap_or_default()
     );
-    println!("file size:         {} bytes", s("file_size"));
+    println!("file size:         {}", size("file_size"));
     if doc.get("block_size").is_some() {
-        println!("block size:        {} bytes", s("block_size"));
+        println!("block size:        {}", size("block_size"));
         println!(
             "BAT:               {} entries at byte {}",
             s("max_table_entries"),
             s("table_offset")
         );
         println!(
-            "allocated:         {} of {} blocks, {} bytes",
+            "allocated:         {} of {} blocks, {}",
             s("allocated_blocks"),
             s("blocks"),
-            s("allocated_bytes")
+            size("allocated_bytes")
         );
     }
     if let Some(p) = doc.get("parent") {
@@ -205,12 +253,13 @@ pub fn check(args: &CheckArgs) -> Result<ExitCode, CliError> {
 }
 
 pub fn cat(args: &CatArgs) -> Result<ExitCode, CliError> {
-    let chain = Chain::open(&args.file)?;
+    let chain = open_chain(&args.file, args.force)?;
     let result = match &args.output {
         Some(path) => {
             let mut out = File::create(path)
                 .map_err(|e| CliError::Failed(format!("{}: create: {e}", path.display())))?;
-            write_raw(&chain, RawSink::SparseFile(&mut out))
+            RawSink::for_file(&mut out)
+                .and_then(|sink| write_raw(&chain, sink))
                 .map_err(|e| CliError::Failed(format!("{}: write: {e}", path.display())))
         }
         None => {

@@ -12,6 +12,7 @@ use super::args::{
     LabCommand, LabFaultArgs, LabHashArgs, LabHostArgs, LabInitArgs, LabServeArgs, LabWriteArgs,
 };
 use super::output::print_json;
+use super::units::human_bytes;
 use crate::lab::http::LabServer;
 use crate::lab::rpc::LAB_WRITE_ZEROS;
 use crate::lab::{InitReport, Lab, LabError};
@@ -57,8 +58,10 @@ fn print_report(dir: &std::path::Path, report: &InitReport) {
         println!("VM   {} {}", vm.ids.uuid, vm.name);
         for disk in &vm.disks {
             println!(
-                "  disk {}: VDI {} ({} bytes)",
-                disk.userdevice, disk.vdi.uuid, disk.virtual_size
+                "  disk {}: VDI {} ({})",
+                disk.userdevice,
+                disk.vdi.uuid,
+                human_bytes(disk.virtual_size)
             );
         }
     }

@@ -2,6 +2,7 @@
 
 mod args;
 mod bench;
+mod connect;
 mod demo;
 mod error;
 mod failover;
@@ -13,6 +14,7 @@ mod seed;
 mod streams;
 mod terminal_text;
 mod transfer;
+mod units;
 
 use std::process::ExitCode;
 

@@ -10,38 +10,24 @@ use tokio_util::sync::CancellationToken;
 
 use super::CliError;
 use super::args::{ReplicateArgs, StatusArgs};
+use super::connect::{connect_job, connect_job_target};
 use super::output::print_json;
 use super::terminal_text;
-use super::transfer::{SOURCE_PASSWORD_ENV, TARGET_PASSWORD_ENV, connect_host, runtime, trust_for};
+use super::transfer::runtime;
+use super::units::{human_age, human_bytes, human_duration, human_rate};
 use crate::replicate::clock::{Clock, SystemClock};
 use crate::replicate::error::ErrorKind;
 use crate::replicate::inventory::list_target_vms;
-use crate::replicate::job::{HostSpec, Job};
+use crate::replicate::job::Job;
 use crate::replicate::plan::{
     Identity, TargetVm, is_committed_replica, is_interrupted_replica, replica_datetime,
     replica_order,
 };
 use crate::replicate::runner::{JobProgress, RunOptions, VmOutcome, run_job};
-use crate::xapi::client::XapiClient;
 use crate::xapi::transfer::{Progress, TransferOptions};
 
 pub(super) fn load_job(path: &std::path::Path) -> Result<Job, CliError> {
     Ok(Job::load(path)?)
-}
-
-async fn connect_spec(spec: &HostSpec, env: &str, insecure: bool) -> Result<XapiClient, CliError> {
-    let trust = trust_for(spec.fingerprint.as_deref(), insecure)?;
-    connect_host(spec.url.clone(), spec.password_file.as_deref(), env, &trust).await
-}
-
-/// Connect to both hosts of a job.
-pub async fn connect_job(job: &Job) -> Result<(XapiClient, XapiClient), CliError> {
-    if job.insecure {
-        eprintln!("vhdsync: warning: [tls] insecure: host certificates are not verified");
-    }
-    let source = connect_spec(&job.source, SOURCE_PASSWORD_ENV, job.insecure).await?;
-    let target = connect_spec(&job.target, TARGET_PASSWORD_ENV, job.insecure).await?;
-    Ok((source, target))
 }
 
 pub fn replicate(args: &ReplicateArgs) -> Result<ExitCode, CliError> {
@@ -56,7 +42,8 @@ pub fn replicate(args: &ReplicateArgs) -> Result<ExitCode, CliError> {
     }
     let vms: Vec<String> = args.vms.iter().map(|v| v.to_lowercase()).collect();
     let transfer = TransferOptions {
-        stall_timeout: Duration::from_secs(args.stall_timeout.max(1)),
+        // The floor of one second keeps `--stall-timeout 0` from aborting every transfer.
+        stall_timeout: args.stall_timeout.max(Duration::from_secs(1)),
         ..TransferOptions::default()
     };
     runtime()?.block_on(async {
@@ -139,10 +126,10 @@ fn progress_display(json: bool) -> JobProgress {
         } else if last_log.elapsed() >= Duration::from_secs(5) {
             last_log = std::time::Instant::now();
             eprintln!(
-                "vhdsync: VM {vm} disk {disk}: {} of {} bytes, {:.1} MB/s",
-                p.bytes,
-                p.total.unwrap_or(0),
-                p.rate() / 1e6
+                "vhdsync: VM {vm} disk {disk}: {} of {}, {}",
+                human_bytes(p.bytes),
+                human_bytes(p.total.unwrap_or(0)),
+                human_rate(p.rate())
             );
         }
     }))
@@ -194,15 +181,15 @@ fn report(
             match outcome {
                 VmOutcome::Replicated(r) => {
                     println!(
-                        "{} ({vm}): {}, {} disk(s), {} bytes sent of {} ({:.1}%), {:.2} s, {:.1} MB/s -> replica {}",
+                        "{} ({vm}): {}, {} disk(s), {} sent of {} ({:.1}%), {:.2} s, {} -> replica {}",
                         terminal_text::name(&r.vm_name),
                         r.mode,
                         r.disks.len(),
-                        r.bytes_sent,
-                        r.virtual_size,
+                        human_bytes(r.bytes_sent),
+                        human_bytes(r.virtual_size),
                         100.0 * r.bytes_sent as f64 / r.virtual_size.max(1) as f64,
                         r.seconds,
-                        r.bytes_sent as f64 / r.seconds.max(1e-9) / 1e6,
+                        human_rate(r.bytes_sent as f64 / r.seconds.max(1e-9)),
                         r.replica
                     );
                     for note in r.notes.iter().chain(&r.cleaned_up) {
@@ -262,38 +249,10 @@ fn failure_json(
     doc
 }
 
-/// `15m`, `90s`, `2h`, `1d`, or plain seconds.
-fn parse_duration(text: &str) -> Result<Duration, CliError> {
-    let text = text.trim();
-    let (digits, unit) = text.split_at(
-        text.find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(text.len()),
-    );
-    let n: u64 = digits.parse().map_err(|_| {
-        CliError::Input(format!(
-            "--max-age {text:?}: expected a number with s, m, h or d"
-        ))
-    })?;
-    let scale = match unit {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => {
-            return Err(CliError::Input(format!(
-                "--max-age {text:?}: unknown unit {unit:?} (s, m, h or d)"
-            )));
-        }
-    };
-    Ok(Duration::from_secs(n.saturating_mul(scale)))
-}
-
 pub fn status(args: &StatusArgs) -> Result<ExitCode, CliError> {
     let job = load_job(&args.job)?;
-    let max_age = args.max_age.as_deref().map(parse_duration).transpose()?;
     runtime()?.block_on(async {
-        let trust = trust_for(job.target.fingerprint.as_deref(), job.insecure)?;
-        let target = connect_host(job.target.url.clone(), job.target.password_file.as_deref(), TARGET_PASSWORD_ENV, &trust).await?;
+        let target = connect_job_target(&job).await?;
         let vms: Vec<TargetVm> = list_target_vms(&target).await?;
         let _ = target.logout().await;
         let now = SystemClock.unix();
@@ -321,7 +280,7 @@ pub fn status(args: &StatusArgs) -> Result<ExitCode, CliError> {
                 .collect();
             replicas.sort_by_key(|(v, _)| std::cmp::Reverse(replica_order(v)));
             let newest_valid_age = replicas.iter().find(|(_, valid)| *valid).map(|(v, _)| now - replica_datetime(v));
-            if let Some(limit) = max_age
+            if let Some(limit) = args.max_age
                 && newest_valid_age.is_none_or(|age| age > limit.as_secs() as i64)
             {
                 stale.push(vm_uuid.clone());
@@ -352,31 +311,8 @@ pub fn status(args: &StatusArgs) -> Result<ExitCode, CliError> {
         if args.json {
             print_json(&json!({"job": job.name, "vms": documents, "stale": stale}))?;
         } else if !stale.is_empty() {
-            eprintln!("vhdsync: no valid replica younger than {} for: {}", args.max_age.as_deref().unwrap_or(""), stale.join(", "));
+            eprintln!("vhdsync: no valid replica younger than {} for: {}", args.max_age.map(human_duration).unwrap_or_default(), stale.join(", "));
         }
         Ok(ExitCode::from(if stale.is_empty() { 0 } else { 1 }))
     })
-}
-
-fn human_age(seconds: i64) -> String {
-    match seconds {
-        s if s < 120 => format!("{s}s"),
-        s if s < 7200 => format!("{}m", s / 60),
-        s if s < 172_800 => format!("{}h", s / 3600),
-        s => format!("{}d", s / 86_400),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("15m").unwrap(), Duration::from_secs(900));
-        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
-        assert_eq!(parse_duration("1d").unwrap(), Duration::from_secs(86_400));
-        assert!(parse_duration("15 minutes").is_err());
-        assert!(parse_duration("m").is_err());
-    }
 }

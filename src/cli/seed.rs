@@ -9,10 +9,12 @@ use serde_json::json;
 
 use super::CliError;
 use super::args::{SeedArgs, SeedExportArgs, SeedImportArgs};
+use super::connect::{CommandLineHost, command_line_pair, connect_job, warn_about};
 use super::output::print_json;
-use super::replicate::{connect_job, load_job};
+use super::replicate::load_job;
 use super::terminal_text;
-use super::transfer::{SOURCE_PASSWORD_ENV, TARGET_PASSWORD_ENV, connect, runtime, trust_for};
+use super::transfer::runtime;
+use super::units::{human_bytes, human_rate};
 use crate::replicate::clock::SystemClock;
 use crate::replicate::job::Job;
 use crate::replicate::lock::VmLock;
@@ -49,8 +51,19 @@ pub fn command_line(args: impl Iterator<Item = OsString>) -> Vec<OsString> {
 }
 
 pub fn seed(args: &SeedArgs) -> Result<ExitCode, CliError> {
-    let source_trust = trust_for(args.source_fingerprint.as_deref(), args.insecure)?;
-    let target_trust = trust_for(args.target_fingerprint.as_deref(), args.insecure)?;
+    let (source, target) = command_line_pair(
+        CommandLineHost {
+            url: &args.source_url,
+            password_file: args.source_password_file.as_deref(),
+            fingerprint: args.source_fingerprint.as_deref(),
+        },
+        CommandLineHost {
+            url: &args.target_url,
+            password_file: args.target_password_file.as_deref(),
+            fingerprint: args.target_fingerprint.as_deref(),
+        },
+        args.insecure,
+    )?;
     if args.insecure {
         eprintln!(
             "vhdsync: warning: host certificates are not verified (pin them with --source-fingerprint/--target-fingerprint)"
@@ -64,21 +77,10 @@ pub fn seed(args: &SeedArgs) -> Result<ExitCode, CliError> {
     ] {
         crate::replicate::seed::check_uuid(what, value)?;
     }
+    warn_about([&source, &target]);
     runtime()?.block_on(async {
-        let source = connect(
-            &args.source_url,
-            args.source_password_file.as_deref(),
-            SOURCE_PASSWORD_ENV,
-            &source_trust,
-        )
-        .await?;
-        let target = connect(
-            &args.target_url,
-            args.target_password_file.as_deref(),
-            TARGET_PASSWORD_ENV,
-            &target_trust,
-        )
-        .await?;
+        let source = source.connect().await?;
+        let target = target.connect().await?;
         let outcome = run_seed(
             &source,
             &target,
@@ -105,8 +107,11 @@ pub fn seed(args: &SeedArgs) -> Result<ExitCode, CliError> {
             );
             for d in &report.disks {
                 println!(
-                    "  disk {}: {} bytes, source VDI {} -> target VDI {}",
-                    d.userdevice, d.virtual_size, d.source_vdi, d.target_vdi
+                    "  disk {}: {}, source VDI {} -> target VDI {}",
+                    d.userdevice,
+                    human_bytes(d.virtual_size),
+                    d.source_vdi,
+                    d.target_vdi
                 );
             }
             println!("the job's next replicate of this VM sends a delta");
@@ -152,9 +157,9 @@ fn progress(json: bool) -> impl FnMut(&str, &Progress) + Send {
         if tty && last.elapsed().as_secs() >= 2 {
             last = std::time::Instant::now();
             eprintln!(
-                "vhdsync: disk {disk}: {} bytes, {:.1} MB/s",
-                p.bytes,
-                p.rate() / 1e6
+                "vhdsync: disk {disk}: {}, {}",
+                human_bytes(p.bytes),
+                human_rate(p.rate())
             );
         }
     }
@@ -183,8 +188,13 @@ pub fn seed_export(args: &SeedExportArgs) -> Result<ExitCode, CliError> {
             );
             for d in &manifest.disks {
                 println!(
-                    "  disk {}: {} ({} bytes of VHD stream in {} bytes, {} frames; virtual size {})",
-                    d.userdevice, d.file, d.stream_length, d.file_size, d.frames, d.virtual_size
+                    "  disk {}: {} ({} of VHD stream in {}, {} frames; virtual size {})",
+                    d.userdevice,
+                    d.file,
+                    human_bytes(d.stream_length),
+                    human_bytes(d.file_size),
+                    d.frames,
+                    human_bytes(d.virtual_size)
                 );
             }
             println!(
@@ -218,8 +228,11 @@ pub fn seed_import(args: &SeedImportArgs) -> Result<ExitCode, CliError> {
             );
             for d in &report.disks {
                 println!(
-                    "  disk {}: {} ({} bytes) -> VDI {}",
-                    d.userdevice, d.file, d.stream_bytes, d.replica_vdi
+                    "  disk {}: {} ({}) -> VDI {}",
+                    d.userdevice,
+                    d.file,
+                    human_bytes(d.stream_bytes),
+                    d.replica_vdi
                 );
             }
             println!("the job's next replicate of this VM sends a delta");

@@ -7,7 +7,9 @@ use serde_json::json;
 
 use super::CliError;
 use super::args::{ApplyArgs, DiffArgs, ExportArgs};
+use super::inspect::open_chain;
 use super::output::{print_json, stdout_file};
+use super::units::human_bytes;
 use crate::image::{Chain, changed};
 use crate::stream::apply::{ApplyError, ApplyTarget, RawTarget, VhdTarget};
 use crate::stream::{ChainExport, FeedError, feed};
@@ -16,14 +18,15 @@ use crate::vhd::{Footer, VhdTimestamp};
 fn open_pair(
     leaf: &std::path::Path,
     base: Option<&std::path::Path>,
+    force: bool,
 ) -> Result<(Chain, Option<Chain>), CliError> {
-    let leaf = Chain::open(leaf)?;
-    let base = base.map(Chain::open).transpose()?;
+    let leaf = open_chain(leaf, force)?;
+    let base = base.map(|b| open_chain(b, force)).transpose()?;
     Ok((leaf, base))
 }
 
 pub fn diff(args: &DiffArgs) -> Result<ExitCode, CliError> {
-    let (leaf, base) = open_pair(&args.leaf, args.base.as_deref())?;
+    let (leaf, base) = open_pair(&args.leaf, args.base.as_deref(), args.force)?;
     let set = changed(&leaf, base.as_ref());
     let blocks: Vec<u32> = set.iter().collect();
     let bytes = blocks
@@ -39,16 +42,17 @@ pub fn diff(args: &DiffArgs) -> Result<ExitCode, CliError> {
         let list: Vec<String> = blocks.iter().map(u32::to_string).collect();
         println!("{}", list.join(" "));
         println!(
-            "{} changed blocks, {bytes} bytes of {}",
+            "{} changed blocks, {} of {}",
             blocks.len(),
-            leaf.virtual_size()
+            human_bytes(bytes),
+            human_bytes(leaf.virtual_size())
         );
     }
     Ok(ExitCode::SUCCESS)
 }
 
 pub fn export(args: &ExportArgs) -> Result<ExitCode, CliError> {
-    let (leaf, base) = open_pair(&args.leaf, args.base.as_deref())?;
+    let (leaf, base) = open_pair(&args.leaf, args.base.as_deref(), args.force)?;
     let export = ChainExport::new(
         leaf,
         base.as_ref(),

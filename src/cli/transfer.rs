@@ -1,7 +1,6 @@
 //! `copy-vdi` and `trust`: one VDI between two hosts, and a host's certificate fingerprint.
 
 use std::io::IsTerminal;
-use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -9,16 +8,13 @@ use serde_json::json;
 
 use super::CliError;
 use super::args::{CopyVdiArgs, TrustArgs};
+use super::connect::{CommandLineHost, command_line_pair, warn_about};
 use super::output::print_json;
-use crate::xapi::client::XapiClient;
+use super::units::{human_bytes, human_duration, human_rate};
+use crate::xapi::HostUrl;
 use crate::xapi::connection::Endpoint;
-use crate::xapi::tls::{Fingerprint, Trust};
+use crate::xapi::tls::Trust;
 use crate::xapi::transfer::{Progress, TransferOptions, VdiOn, transfer_vdi};
-use crate::xapi::{HostUrl, Secret};
-
-/// Environment variables holding the passwords, read when no password file is given.
-pub const SOURCE_PASSWORD_ENV: &str = "VHDSYNC_SOURCE_PASSWORD";
-pub const TARGET_PASSWORD_ENV: &str = "VHDSYNC_TARGET_PASSWORD";
 
 /// How often a non-interactive run logs its progress.
 const LOG_EVERY: Duration = Duration::from_secs(5);
@@ -33,69 +29,30 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
         .map_err(|e| CliError::Failed(format!("starting the async runtime: {e}")))
 }
 
-/// The trust for one host from its pin and the global `--insecure`.
-pub fn trust_for(fingerprint: Option<&str>, insecure: bool) -> Result<Trust, CliError> {
-    match (fingerprint, insecure) {
-        (Some(text), _) => Fingerprint::parse(text)
-            .map(Trust::Pinned)
-            .map_err(|e| CliError::Input(e.to_string())),
-        (None, true) => Ok(Trust::Insecure),
-        (None, false) => Ok(Trust::SystemRoots),
-    }
-}
-
-/// Log in to a host: the URL's user, and the password from `password_file`, else from the
-/// environment variable `env`, else from the URL.
-pub async fn connect(
-    url: &str,
-    password_file: Option<&Path>,
-    env: &str,
-    trust: &Trust,
-) -> Result<XapiClient, CliError> {
-    let url = HostUrl::parse(url).map_err(|e| CliError::Input(e.to_string()))?;
-    connect_host(url, password_file, env, trust).await
-}
-
-/// [`connect`] for a parsed URL.
-pub async fn connect_host(
-    url: HostUrl,
-    password_file: Option<&Path>,
-    env: &str,
-    trust: &Trust,
-) -> Result<XapiClient, CliError> {
-    let password = match password_file {
-        Some(path) => Some(
-            Secret::from_file(path)
-                .map_err(|e| CliError::Input(format!("password file {}: {e}", path.display())))?,
-        ),
-        None => Secret::from_env(env),
-    };
-    Ok(XapiClient::connect(url, trust, password).await?)
-}
-
 pub fn copy_vdi(args: &CopyVdiArgs) -> Result<ExitCode, CliError> {
-    let source_trust = trust_for(args.from_fingerprint.as_deref(), args.insecure)?;
-    let target_trust = trust_for(args.to_fingerprint.as_deref(), args.insecure)?;
+    let (source, target) = command_line_pair(
+        CommandLineHost {
+            url: &args.from,
+            password_file: args.from_password_file.as_deref(),
+            fingerprint: args.from_fingerprint.as_deref(),
+        },
+        CommandLineHost {
+            url: &args.to,
+            password_file: args.to_password_file.as_deref(),
+            fingerprint: args.to_fingerprint.as_deref(),
+        },
+        args.insecure,
+    )?;
     if args.insecure {
         eprintln!("vhdsync: warning: --insecure: host certificates are not verified");
     }
+    warn_about([&source, &target]);
     runtime()?.block_on(async {
-        let source = connect(
-            &args.from,
-            args.from_password_file.as_deref(),
-            SOURCE_PASSWORD_ENV,
-            &source_trust,
-        )
-        .await?;
-        let target = connect(
-            &args.to,
-            args.to_password_file.as_deref(),
-            TARGET_PASSWORD_ENV,
-            &target_trust,
-        )
-        .await?;
+        let source = source.connect().await?;
+        let target = target.connect().await?;
         let options = TransferOptions {
-            stall_timeout: Duration::from_secs(args.stall_timeout.max(1)),
+            // The floor of one second keeps `--stall-timeout 0` from aborting every transfer.
+            stall_timeout: args.stall_timeout.max(Duration::from_secs(1)),
             ..TransferOptions::default()
         };
         let mut display = ProgressDisplay::new(args.json);
@@ -136,10 +93,10 @@ pub fn copy_vdi(args: &CopyVdiArgs) -> Result<ExitCode, CliError> {
             }))?;
         } else {
             println!(
-                "copied {} blocks, {} bytes in {seconds:.2} s ({:.1} MB/s)",
+                "copied {} blocks, {} in {seconds:.2} s ({})",
                 report.blocks,
-                report.bytes,
-                report.bytes as f64 / seconds.max(1e-9) / 1e6
+                human_bytes(report.bytes),
+                human_rate(report.bytes as f64 / seconds.max(1e-9))
             );
         }
         Ok(ExitCode::SUCCESS)
@@ -187,14 +144,14 @@ impl ProgressDisplay {
                 *last = Instant::now();
                 let eta = progress
                     .eta()
-                    .map(|d| format!(", ETA {}s", d.as_secs()))
+                    .map(|d| format!(", ETA {}", human_duration(Duration::from_secs(d.as_secs()))))
                     .unwrap_or_default();
                 eprintln!(
-                    "vhdsync: {} of {} bytes, {} blocks, {:.1} MB/s{eta}",
-                    progress.bytes,
-                    progress.total.unwrap_or(0),
+                    "vhdsync: {} of {}, {} blocks, {}{eta}",
+                    human_bytes(progress.bytes),
+                    human_bytes(progress.total.unwrap_or(0)),
                     progress.blocks,
-                    progress.rate() / 1e6
+                    human_rate(progress.rate())
                 );
             }
             ProgressDisplay::Log { .. } | ProgressDisplay::Quiet => {}

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use super::{ImageError, ImageErrorKind, VhdLayer};
+use super::{Damage, ImageError, ImageErrorKind, VhdLayer};
 use crate::vhd::DiskType;
 
 /// Deeper chains are refused: XAPI coalesces long before this, so it means a loop or damage.
@@ -17,9 +17,14 @@ pub struct Chain {
 }
 
 impl Chain {
-    /// Open `path` and every parent it names.
+    /// Open `path` and every parent it names, refusing damaged files.
     pub fn open(path: &Path) -> Result<Chain, ImageError> {
-        let mut layers = vec![VhdLayer::open(path)?];
+        Chain::open_with(path, Damage::Refuse)
+    }
+
+    /// Open `path` and every parent it names, applying `damage` to each layer.
+    pub fn open_with(path: &Path, damage: Damage) -> Result<Chain, ImageError> {
+        let mut layers = vec![VhdLayer::open_with(path, damage)?];
         let mut seen = HashSet::from([canonical(path)]);
         loop {
             let child = layers.last().expect("the chain starts with the leaf");
@@ -32,7 +37,7 @@ impl Chain {
                     ImageErrorKind::ChainTooDeep(MAX_CHAIN_DEPTH),
                 ));
             }
-            let parent = resolve_parent(child)?;
+            let parent = resolve_parent(child, damage)?;
             if !seen.insert(canonical(parent.path())) {
                 return Err(ImageError::new(
                     child.path(),
@@ -121,7 +126,7 @@ fn check_link(child: &VhdLayer, parent: &VhdLayer) -> Result<(), ImageError> {
 /// Try the parent locators first (MacX, then W2ku/W2ru), then the header's parent name, each
 /// relative to the child's directory or absolute, then the same basenames next to the child.
 /// The first candidate whose footer UUID matches the child's parent UUID wins.
-fn resolve_parent(child: &VhdLayer) -> Result<VhdLayer, ImageError> {
+fn resolve_parent(child: &VhdLayer, damage: Damage) -> Result<VhdLayer, ImageError> {
     let candidates = parent_candidates(child);
     if candidates.is_empty() {
         return Err(ImageError::new(child.path(), ImageErrorKind::NoParentInfo));
@@ -131,7 +136,7 @@ fn resolve_parent(child: &VhdLayer) -> Result<VhdLayer, ImageError> {
         if !candidate.is_file() {
             continue;
         }
-        let parent = VhdLayer::open(candidate)?;
+        let parent = VhdLayer::open_with(candidate, damage)?;
         match check_link(child, &parent) {
             Ok(()) => return Ok(parent),
             Err(e) => mismatch = Some(e),

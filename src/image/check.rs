@@ -3,10 +3,11 @@
 
 use serde::Serialize;
 
+use super::layout::{self, Scope, SparseFile};
 use super::locate_footer;
 use crate::vhd::{
     Bat, DiskType, DynamicHeader, FormatError, Geometry, HEADER_SIZE, SECTOR_SIZE,
-    batmap::BatmapHeader, footer, header, round_up_to_sector,
+    batmap::BatmapHeader, footer, header,
 };
 
 /// One finding. A problem is corruption or a spec violation; a note is a tolerated quirk of a
@@ -58,14 +59,6 @@ impl CheckReport {
     }
 }
 
-/// A region of the file some structure owns, for overlap detection.
-#[derive(Debug, Clone)]
-struct Extent {
-    start: u64,
-    end: u64,
-    what: String,
-}
-
 /// Check a whole image held in memory (or mapped). `Err` means the bytes are not recognisable
 /// as a VHD at all: no usable footer at the end or at offset 0.
 pub fn check_bytes(bytes: &[u8]) -> Result<CheckReport, FormatError> {
@@ -86,6 +79,9 @@ pub fn check_bytes(bytes: &[u8]) -> Result<CheckReport, FormatError> {
         }
     }
     check_footer_fields(bytes, &located, &mut report);
+    for finding in layout::footer_findings(f, located.offset) {
+        report.format_problem(&finding);
+    }
     if !matches!(len % SECTOR_SIZE, 0 | 511) {
         report.problem(
             len,
@@ -123,45 +119,9 @@ pub fn check_bytes(bytes: &[u8]) -> Result<CheckReport, FormatError> {
             return Ok(report);
         }
     };
-    let mut extents = vec![
-        Extent {
-            start: 0,
-            end: 512,
-            what: "footer copy".into(),
-        },
-        Extent {
-            start: header_at,
-            end: header_at + HEADER_SIZE as u64,
-            what: "dynamic header".into(),
-        },
-        Extent {
-            start: len - if len % SECTOR_SIZE == 511 { 511 } else { 512 },
-            end: len,
-            what: "footer".into(),
-        },
-    ];
     check_header_fields(header_bytes, &header, f, header_at, &mut report);
-    check_locators(
-        bytes,
-        &header,
-        f.disk_type,
-        header_at,
-        &mut extents,
-        &mut report,
-    );
+    check_locators(bytes, &header, f.disk_type, header_at, &mut report);
 
-    let needed = header.blocks_for(f.current_size);
-    if u64::from(header.max_table_entries) < needed {
-        report.problem(
-            header_at + 28,
-            "dynamic header",
-            format!(
-                "BAT covers {} blocks of {} bytes, less than the {} needed for current_size {}",
-                header.max_table_entries, header.block_size, needed, f.current_size
-            ),
-        );
-    }
-    let bat_len = header.bat_bytes();
     let Some(table) = slice(
         bytes,
         header.table_offset,
@@ -177,11 +137,6 @@ pub fn check_bytes(bytes: &[u8]) -> Result<CheckReport, FormatError> {
         );
         return Ok(report);
     };
-    extents.push(Extent {
-        start: header.table_offset,
-        end: header.table_offset + bat_len,
-        what: "BAT".into(),
-    });
     let bat = match Bat::parse(table, header.max_table_entries, header.table_offset) {
         Ok(bat) => bat,
         Err(e) => {
@@ -189,18 +144,18 @@ pub fn check_bytes(bytes: &[u8]) -> Result<CheckReport, FormatError> {
             return Ok(report);
         }
     };
-    if f.is_blktap() {
-        check_batmap(bytes, &header, &mut extents, &mut report);
+    let file = SparseFile {
+        bytes,
+        footer: f,
+        footer_at: located.offset,
+        header: &header,
+        bat: &bat,
+    };
+    check_batmap(bytes, &file, &mut report);
+    check_ignored_entries(&bat, &header, f.current_size, located.offset, &mut report);
+    for finding in layout::sparse_findings(&file, Scope::Check) {
+        report.format_problem(&finding);
     }
-    check_blocks(
-        &bat,
-        &header,
-        f.current_size,
-        len,
-        &mut extents,
-        &mut report,
-    );
-    check_overlaps(&mut extents, &mut report);
     Ok(report)
 }
 
@@ -230,16 +185,6 @@ fn check_footer_fields(bytes: &[u8], located: &super::LocatedFooter, report: &mu
             at + 8,
             "footer",
             format!("features {:#010x} has unknown bits", f.features),
-        );
-    }
-    if f.format_version != footer::FORMAT_VERSION {
-        report.problem(
-            at + 12,
-            "footer",
-            format!(
-                "file format version {:#010x}, expected 0x00010000",
-                f.format_version
-            ),
         );
     }
     if f.saved_state > 1 || f.hidden > 1 {
@@ -293,19 +238,8 @@ fn check_header_fields(
     at: u64,
     report: &mut CheckReport,
 ) {
-    if h.data_offset != header::UNUSED_DATA_OFFSET {
-        report.problem(
-            at + 8,
-            "dynamic header",
-            format!("data_offset {:#x}, expected all ones", h.data_offset),
-        );
-    }
-    if h.header_version != header::HEADER_VERSION {
-        report.problem(
-            at + 24,
-            "dynamic header",
-            format!("version {:#010x}, expected 0x00010000", h.header_version),
-        );
+    if let Err(e) = header::check_parent_name(raw, at) {
+        report.format_problem(&e);
     }
     if !header::reserved_bytes_are_zero(raw) {
         report.problem(
@@ -343,7 +277,6 @@ fn check_locators(
     h: &DynamicHeader,
     disk_type: DiskType,
     header_at: u64,
-    extents: &mut Vec<Extent>,
     report: &mut CheckReport,
 ) {
     let len = bytes.len() as u64;
@@ -400,11 +333,6 @@ fn check_locators(
             );
             continue;
         }
-        extents.push(Extent {
-            start: l.data_offset,
-            end: l.data_offset + reserved,
-            what: name.clone(),
-        });
         if l.code.is_path() {
             let payload =
                 &bytes[l.data_offset as usize..(l.data_offset + u64::from(l.data_length)) as usize];
@@ -415,110 +343,63 @@ fn check_locators(
     }
 }
 
-fn check_batmap(
-    bytes: &[u8],
-    h: &DynamicHeader,
-    extents: &mut Vec<Extent>,
-    report: &mut CheckReport,
-) {
-    let at = h.table_offset + h.bat_bytes();
-    let Some(raw) = slice(bytes, at, 512) else {
+/// blktap's batmap: its checksum and whether its map lies inside the file.
+fn check_batmap(bytes: &[u8], file: &SparseFile<'_>, report: &mut CheckReport) {
+    let Some(map) = layout::batmap(file) else {
+        let at = file.header.table_offset + file.header.bat_bytes();
+        if file.footer.is_blktap()
+            && let Some(raw) = slice(bytes, at, 512)
+            && let Err(e) = BatmapHeader::parse(raw, at)
+        {
+            report.format_problem(&e);
+        }
         return;
     };
-    match BatmapHeader::parse(raw, at) {
-        Ok(Some(map)) => {
-            extents.push(Extent {
-                start: at,
-                end: at + 512,
-                what: "batmap header".into(),
-            });
-            match slice(bytes, map.map_offset, map.map_bytes()) {
-                Some(bits) => {
-                    extents.push(Extent {
-                        start: map.map_offset,
-                        end: map.map_offset + map.map_bytes(),
-                        what: "batmap".into(),
-                    });
-                    if !map.verify(bits) {
-                        report.problem(
-                            at + 24,
-                            "batmap",
-                            format!("checksum {:#010x} does not match the map", map.checksum),
-                        );
-                    }
-                }
-                None => report.problem(
-                    at + 8,
-                    "batmap",
-                    format!("map at {} lies outside the file", map.map_offset),
-                ),
-            }
-        }
-        Ok(None) => {}
-        Err(e) => report.format_problem(&e),
+    let at = file.header.table_offset + file.header.bat_bytes();
+    match slice(bytes, map.map_offset, map.map_bytes()) {
+        Some(bits) if !map.verify(bits) => report.problem(
+            at + 24,
+            "batmap",
+            format!("checksum {:#010x} does not match the map", map.checksum),
+        ),
+        Some(_) => {}
+        None => report.problem(
+            at + 8,
+            "batmap",
+            format!("map at {} lies outside the file", map.map_offset),
+        ),
     }
 }
 
-fn check_blocks(
+/// Entries past the disk's last block are ignored (oversized tables are common), but a disk
+/// of size 0 with allocated blocks has lost its size, not merely grown a large table.
+fn check_ignored_entries(
     bat: &Bat,
     h: &DynamicHeader,
     current_size: u64,
-    len: u64,
-    extents: &mut Vec<Extent>,
+    footer_at: u64,
     report: &mut CheckReport,
 ) {
     let needed = h.blocks_for(current_size);
-    for (index, sector) in bat.allocated(bat.len()) {
-        let entry_at = h.table_offset + u64::from(index) * 4;
-        if u64::from(index) >= needed {
-            report.note(
-                entry_at,
-                "BAT",
-                format!("entry {index} past the disk's {needed} blocks is allocated and ignored"),
+    let ignored = bat
+        .allocated(bat.len())
+        .skip_while(|&(index, _)| u64::from(index) < needed);
+    if current_size == 0 {
+        let count = ignored.count();
+        if count > 0 {
+            report.problem(
+                footer_at + 48,
+                "footer",
+                format!("current_size is 0, but {count} BAT entries are allocated"),
             );
-            continue;
         }
-        let start = u64::from(sector) * SECTOR_SIZE;
-        let guest = current_size
-            .saturating_sub(u64::from(index) * u64::from(h.block_size))
-            .min(u64::from(h.block_size));
-        let end = start + h.bitmap_size() + round_up_to_sector(guest);
-        if end > len {
-            report.problem(entry_at, "BAT", format!("block {index} at byte {start} ends at {end}, past the end of the {len}-byte file"));
-            continue;
-        }
-        let full_end = (start + h.bitmap_size() + u64::from(h.block_size)).min(len);
-        extents.push(Extent {
-            start,
-            end: full_end,
-            what: format!("block {index}"),
-        });
+        return;
     }
-}
-
-fn check_overlaps(extents: &mut [Extent], report: &mut CheckReport) {
-    extents.sort_by_key(|e| (e.start, e.end));
-    let mut furthest: Option<&Extent> = None;
-    let mut found = Vec::new();
-    for e in extents.iter() {
-        if let Some(prev) = furthest {
-            if e.start < prev.end {
-                found.push((
-                    e.start,
-                    format!(
-                        "{} (bytes {}..{}) overlaps {} (bytes {}..{})",
-                        e.what, e.start, e.end, prev.what, prev.start, prev.end
-                    ),
-                ));
-            }
-            if e.end > prev.end {
-                furthest = Some(e);
-            }
-        } else {
-            furthest = Some(e);
-        }
-    }
-    for (at, message) in found {
-        report.problem(at, "layout", message);
+    for (index, _) in ignored {
+        report.note(
+            h.table_offset + u64::from(index) * 4,
+            "BAT",
+            format!("entry {index} past the disk's {needed} blocks is allocated and ignored"),
+        );
     }
 }

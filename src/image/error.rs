@@ -19,6 +19,10 @@ pub enum ImageErrorKind {
     },
     #[error("{0}")]
     Format(#[from] FormatError),
+    /// The structure makes the content ambiguous or wrong (what `check` reports); `more`
+    /// counts the further findings.
+    #[error("damaged: {finding}{}", more_findings(*more))]
+    Damaged { finding: FormatError, more: usize },
     #[error("parent {parent} not found: tried {tried}")]
     ParentMissing { parent: String, tried: String },
     #[error("parent {parent} has footer uuid {found}, but the child expects {expected}")]
@@ -52,8 +56,15 @@ impl ImageError {
     /// The underlying format error, when that is what went wrong.
     pub fn format(&self) -> Option<&FormatError> {
         match &self.kind {
-            ImageErrorKind::Format(e) => Some(e),
+            ImageErrorKind::Format(e) | ImageErrorKind::Damaged { finding: e, .. } => Some(e),
             _ => None,
         }
+    }
+}
+
+fn more_findings(more: usize) -> String {
+    match more {
+        0 => String::new(),
+        n => format!(" (and {n} more finding{})", if n == 1 { "" } else { "s" }),
     }
 }

@@ -5,12 +5,25 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 
-use super::ImageError;
+use super::layout::{self, Scope, SparseFile};
 use super::mapping::FileBytes;
+use super::{ImageError, ImageErrorKind};
 use crate::vhd::{
     self, Bat, DiskType, DynamicHeader, ErrorKind, FOOTER_SIZE, Footer, FormatError, HEADER_SIZE,
-    SECTOR_SIZE, Structure, batmap::BatmapHeader, bitmap, footer::ChecksumStatus,
+    SECTOR_SIZE, Structure, bat::UNALLOCATED, batmap::BatmapHeader, bitmap, footer::ChecksumStatus,
 };
+
+/// What opening does with a file whose structure makes its content ambiguous or wrong (the
+/// findings of `image::check` that matter for reading).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Damage {
+    /// Refuse it, naming the first finding. Tolerated producer quirks are not damage.
+    #[default]
+    Refuse,
+    /// Read it anyway, for recovery: the findings are kept ([`VhdLayer::damage`]) for the
+    /// caller to show, and blocks that run past the end of the file read as unallocated.
+    Tolerate,
+}
 
 /// Nominal block size of a fixed disk, so that every layer can be addressed by blocks.
 const FIXED_BLOCK_SIZE: u32 = vhd::DEFAULT_BLOCK_SIZE;
@@ -110,6 +123,8 @@ pub struct VhdLayer {
     /// The blktap batmap's bits, when present and valid: a set bit means "block is full".
     full_blocks: Option<Vec<u8>>,
     notes: Vec<String>,
+    /// Structural findings read past under [`Damage::Tolerate`]; empty otherwise.
+    damage: Vec<FormatError>,
 }
 
 impl std::fmt::Debug for VhdLayer {
@@ -123,20 +138,38 @@ impl std::fmt::Debug for VhdLayer {
 }
 
 impl VhdLayer {
+    /// Open a file for reading, refusing a damaged one.
     pub fn open(path: &Path) -> Result<VhdLayer, ImageError> {
+        VhdLayer::open_with(path, Damage::Refuse)
+    }
+
+    pub fn open_with(path: &Path, damage: Damage) -> Result<VhdLayer, ImageError> {
         let bytes = FileBytes::open(path)?;
-        VhdLayer::from_file_bytes(path, bytes)
+        VhdLayer::from_file_bytes(path, bytes, damage)
     }
 
     /// Open from an in-memory buffer; `name` is used in errors.
     pub fn from_bytes(name: &Path, bytes: Bytes) -> Result<VhdLayer, ImageError> {
-        VhdLayer::from_file_bytes(name, FileBytes::from_bytes(bytes))
+        VhdLayer::from_bytes_with(name, bytes, Damage::Refuse)
     }
 
-    fn from_file_bytes(path: &Path, bytes: FileBytes) -> Result<VhdLayer, ImageError> {
+    pub fn from_bytes_with(
+        name: &Path,
+        bytes: Bytes,
+        damage: Damage,
+    ) -> Result<VhdLayer, ImageError> {
+        VhdLayer::from_file_bytes(name, FileBytes::from_bytes(bytes), damage)
+    }
+
+    fn from_file_bytes(
+        path: &Path,
+        bytes: FileBytes,
+        damage: Damage,
+    ) -> Result<VhdLayer, ImageError> {
         let fail = |e: FormatError| ImageError::new(path, e);
         let all = bytes.get(0, bytes.len()).unwrap_or_default();
         let located = locate_footer(all).map_err(fail)?;
+        let mut findings = layout::footer_findings(&located.footer, located.offset);
         let footer = located.footer;
         let mut layer = VhdLayer {
             path: path.to_path_buf(),
@@ -149,6 +182,7 @@ impl VhdLayer {
             block_count: 0,
             full_blocks: None,
             notes: located.notes,
+            damage: Vec::new(),
         };
         layer.block_count = layer
             .footer
@@ -168,13 +202,28 @@ impl VhdLayer {
                     ),
                 )));
             }
-            return Ok(layer);
+        } else {
+            findings.extend(layer.open_sparse(located.offset).map_err(fail)?);
         }
-        layer.open_sparse(located.offset).map_err(fail)?;
+        match (damage, findings.len()) {
+            (_, 0) => {}
+            (Damage::Refuse, n) => {
+                let first = findings.swap_remove(0);
+                return Err(ImageError::new(
+                    path,
+                    ImageErrorKind::Damaged {
+                        finding: first,
+                        more: n - 1,
+                    },
+                ));
+            }
+            (Damage::Tolerate, _) => layer.damage = findings,
+        }
         Ok(layer)
     }
 
-    fn open_sparse(&mut self, footer_at: u64) -> Result<(), FormatError> {
+    /// Parse the header and BAT; returns the structural findings (see [`Damage`]).
+    fn open_sparse(&mut self, footer_at: u64) -> Result<Vec<FormatError>, FormatError> {
         let len = self.bytes.len();
         let header_at = self.footer.data_offset;
         let header_bytes = self
@@ -212,29 +261,40 @@ impl VhdLayer {
         self.block_size = header.block_size;
         self.bitmap_size = header.bitmap_size();
         self.block_count = header.blocks_for(self.footer.current_size) as u32;
-        if header.max_table_entries < self.block_count {
-            self.notes.push(format!(
-                "BAT covers {} blocks but the disk needs {}; the rest read as unallocated",
-                header.max_table_entries, self.block_count
-            ));
-        }
-        for (index, sector) in self.bat.allocated(self.block_count) {
-            let start = u64::from(sector) * SECTOR_SIZE;
-            let need = self.bitmap_size + self.block_len(index).next_multiple_of(SECTOR_SIZE);
-            if start.checked_add(need).is_none_or(|end| end > len) {
-                return Err(FormatError::new(
-                    ErrorKind::OutOfBounds,
-                    Structure::Block(index),
-                    "BAT entry",
-                    header.table_offset + u64::from(index) * 4,
-                    format_args!("block at byte {start}, {need} bytes"),
-                    format_args!("a block inside the {len}-byte file"),
-                ));
-            }
+        let findings = layout::sparse_findings(
+            &SparseFile {
+                bytes: self.bytes.get(0, len).unwrap_or_default(),
+                footer: &self.footer,
+                footer_at,
+                header: &header,
+                bat: &self.bat,
+            },
+            Scope::Read,
+        );
+        if !findings.is_empty() {
+            self.drop_blocks_past_end();
         }
         self.full_blocks = self.read_batmap(&header);
         self.header = Some(header);
-        Ok(())
+        Ok(findings)
+    }
+
+    /// Mark unallocated every block that runs past the end of the file, so that a damaged
+    /// file read anyway never reads outside its bytes.
+    fn drop_blocks_past_end(&mut self) {
+        let len = self.bytes.len();
+        let past: Vec<u32> = self
+            .bat
+            .allocated(self.block_count)
+            .filter(|&(index, sector)| {
+                let need = self.bitmap_size + self.block_len(index).next_multiple_of(SECTOR_SIZE);
+                u64::from(sector) * SECTOR_SIZE + need > len
+            })
+            .map(|(index, _)| index)
+            .collect();
+        for index in past {
+            self.bat.set(index, UNALLOCATED);
+        }
     }
 
     /// blktap's batmap, trusted only for `tap` creators from version 1.1 with a valid checksum.
@@ -282,6 +342,11 @@ impl VhdLayer {
 
     pub fn notes(&self) -> &[String] {
         &self.notes
+    }
+
+    /// The structural findings this layer was read past ([`Damage::Tolerate`] only).
+    pub fn damage(&self) -> &[FormatError] {
+        &self.damage
     }
 
     pub fn disk_type(&self) -> DiskType {

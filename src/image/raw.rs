@@ -13,6 +13,19 @@ pub enum RawSink<'a> {
     Stream(&'a mut File),
 }
 
+impl<'a> RawSink<'a> {
+    /// The sink `file` supports: sparse for a regular file; sequential for a character
+    /// device, a pipe or a socket, which cannot seek or be truncated (`/dev/null` refuses
+    /// `set_len` with "Invalid argument").
+    pub fn for_file(file: &'a mut File) -> std::io::Result<RawSink<'a>> {
+        Ok(if file.metadata()?.is_file() {
+            RawSink::SparseFile(file)
+        } else {
+            RawSink::Stream(file)
+        })
+    }
+}
+
 /// Write the whole virtual disk of `chain` to `sink`; returns the data bytes written (holes
 /// excluded).
 pub fn write_raw(chain: &Chain, sink: RawSink<'_>) -> std::io::Result<u64> {

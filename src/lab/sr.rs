@@ -28,7 +28,7 @@
 //!   leaf, which is harmless: nothing here reads the flag, and the next snapshot sets it anyway.
 //! - Chains deeper than 32 files are coalesced after a destroy, as XenServer's garbage
 //!   collector does: runs of hidden files with one hidden child each are merged into one
-//!   file (see [`coalesce`]), so a VDI snapshotted or cloned every cycle stays far from the
+//!   file (see `coalesce`), so a VDI snapshotted or cloned every cycle stays far from the
 //!   256-level chain limit. The merge copies data while every VDI lock is held, which
 //!   pauses the SR's other operations for that long; it happens once per ~30 cycles.
 //! - An import writes a staging copy of the VDI's leaf and replaces the leaf with it only once

@@ -1,5 +1,5 @@
 //! The lab host's state: the object database behind a mutex, saved to `<dir>/state.json`
-//! behind the calls that change a persistent object (see [`crate::lab::flusher`]), and the file
+//! behind the calls that change a persistent object (see `lab::flusher`), and the file
 //! SR in `<dir>/sr`.
 //!
 //! Saving writes a temp file, fsyncs it, renames it into place and fsyncs the directory, so a

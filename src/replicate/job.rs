@@ -16,7 +16,8 @@ use toml::de::{DeArray, DeTable, DeValue};
 use uuid::Uuid;
 
 use crate::xapi::HostUrl;
-use crate::xapi::tls::Fingerprint;
+use crate::xapi::connect::{HostLogin, SOURCE_PASSWORD_ENV, TARGET_PASSWORD_ENV, trust_for};
+use crate::xapi::tls::{Fingerprint, TlsError};
 
 /// Namespace of the ids derived from a job's name when `job_id` / `schedule_id` are absent.
 /// Never change it: the ids are written into host metadata (`xo:backup:job`,
@@ -84,6 +85,19 @@ pub struct HostSpec {
     pub fingerprint: Option<String>,
 }
 
+impl HostSpec {
+    fn login(&self, password_env: &str, insecure: bool) -> Result<HostLogin, TlsError> {
+        Ok(HostLogin {
+            password_file: self.password_file.clone(),
+            password_env: Some(password_env.to_owned()),
+            ..HostLogin::new(
+                self.url.clone(),
+                trust_for(self.fingerprint.as_deref(), insecure)?,
+            )
+        })
+    }
+}
+
 /// A problem in a job file: `job.toml:4: retention: must be at least 1, found 0`. The line is
 /// 1-based, 0 when there is none (a missing key, an unreadable file) and then not shown; the
 /// key is dotted for `[tls]` keys (`tls.insecure`) and empty for TOML syntax errors.
@@ -111,6 +125,18 @@ impl fmt::Display for JobError {
 impl std::error::Error for JobError {}
 
 impl Job {
+    /// How to log in to the source host: its password from the job's password file, else
+    /// [`SOURCE_PASSWORD_ENV`], else the URL.
+    pub fn source_login(&self) -> Result<HostLogin, TlsError> {
+        self.source.login(SOURCE_PASSWORD_ENV, self.insecure)
+    }
+
+    /// How to log in to the target host: its password from the job's password file, else
+    /// [`TARGET_PASSWORD_ENV`], else the URL.
+    pub fn target_login(&self) -> Result<HostLogin, TlsError> {
+        self.target.login(TARGET_PASSWORD_ENV, self.insecure)
+    }
+
     /// Reads and parses the job file at `path`.
     pub fn load(path: &Path) -> Result<Job, JobError> {
         let text = std::fs::read_to_string(path).map_err(|e| JobError {

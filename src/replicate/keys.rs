@@ -2,7 +2,9 @@
 //! (`xo-replication.md` §2, §7.1, §8), with the datetime formats it uses. Values must match
 //! XO's byte for byte, or XO will not continue our chains (nor we theirs).
 
-use crate::vhd::timestamp::{civil_from_days, days_from_civil};
+use time::format_description::BorrowedFormatItem;
+use time::macros::format_description;
+use time::{OffsetDateTime, PrimitiveDateTime};
 
 pub const DATETIME: &str = "xo:backup:datetime";
 pub const JOB: &str = "xo:backup:job";
@@ -48,38 +50,45 @@ pub const AUTO_POWERON: &str = "auto_poweron";
 /// The operations blocked on replicas.
 pub const BLOCKED_OPERATIONS: [&str; 2] = ["start", "start_on"];
 
+/// XO's `xo:backup:datetime` form, `%Y%m%dT%H:%M:%SZ` in UTC; XAPI's datetimes share it.
+const XO_DATETIME: &[BorrowedFormatItem<'_>] =
+    format_description!("[year][month][day]T[hour]:[minute]:[second]Z");
+/// The compact form in replica names, `YYYYMMDDTHHmmssZ` in UTC.
+const NAME_DATETIME: &[BorrowedFormatItem<'_>] =
+    format_description!("[year][month][day]T[hour][minute][second]Z");
+
 /// `xo:backup:datetime` form of a Unix time: `%Y%m%dT%H:%M:%SZ`, e.g. `20240115T10:20:30Z`.
 pub fn datetime(unix: i64) -> String {
-    let (y, mo, d, h, mi, s) = civil(unix);
-    format!("{y:04}{mo:02}{d:02}T{h:02}:{mi:02}:{s:02}Z")
+    format_utc(unix, XO_DATETIME)
 }
 
 /// The compact form in replica names: `YYYYMMDDTHHmmssZ`, e.g. `20240115T102030Z`.
 pub fn name_datetime(unix: i64) -> String {
-    let (y, mo, d, h, mi, s) = civil(unix);
-    format!("{y:04}{mo:02}{d:02}T{h:02}{mi:02}{s:02}Z")
+    format_utc(unix, NAME_DATETIME)
 }
 
-/// Parses either form (and XAPI's own datetimes, which share the first) to Unix time.
+/// Parses either form (and XAPI's own datetimes, which share the first) to Unix time. Only
+/// real dates and times: no February 30th, no second 60.
 pub fn parse_datetime(text: &str) -> Option<i64> {
-    let digits: String = text.chars().filter(char::is_ascii_digit).collect();
-    if digits.len() != 14 || !text.ends_with('Z') || text.as_bytes().get(8) != Some(&b'T') {
-        return None;
-    }
-    let n = |range: std::ops::Range<usize>| digits[range].parse::<u32>().ok();
-    let (y, mo, d) = (n(0..4)?, n(4..6)?, n(6..8)?);
-    let (h, mi, s) = (n(8..10)?, n(10..12)?, n(12..14)?);
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || s > 60 {
-        return None;
-    }
-    let days = days_from_civil(i64::from(y), mo, d);
-    Some(days * 86_400 + i64::from(h * 3600 + mi * 60 + s))
+    [XO_DATETIME, NAME_DATETIME].into_iter().find_map(|form| {
+        PrimitiveDateTime::parse(text, form)
+            .ok()
+            .map(|t| t.assume_utc().unix_timestamp())
+    })
 }
 
-fn civil(unix: i64) -> (i64, u32, u32, i64, i64, i64) {
-    let (days, secs) = (unix.div_euclid(86_400), unix.rem_euclid(86_400));
-    let (y, mo, d) = civil_from_days(days);
-    (y, mo, d, secs / 3600, secs / 60 % 60, secs % 60)
+/// A Unix time in one of the forms; times beyond years 1 to 9999, which no clock or XO
+/// datetime gives, are clamped to that range.
+fn format_utc(unix: i64, form: &[BorrowedFormatItem<'_>]) -> String {
+    let clamped = if unix < 0 {
+        PrimitiveDateTime::MIN
+    } else {
+        PrimitiveDateTime::MAX
+    };
+    OffsetDateTime::from_unix_timestamp(unix)
+        .unwrap_or(clamped.assume_utc())
+        .format(form)
+        .unwrap_or_default()
 }
 
 /// The snapshot of `vm` taken by job `job`: `[vhdsync <job>] <vm>`.
@@ -123,6 +132,38 @@ mod tests {
         }
         for t in [0, 951_782_400, 4_102_444_799] {
             assert_eq!(parse_datetime(&datetime(t)), Some(t));
+        }
+    }
+
+    #[test]
+    fn invalid_calendar_dates_are_refused() {
+        for bad in [
+            "20240230T102030Z",
+            "20230229T10:20:30Z",
+            "20240115T102060Z",
+            "20240115T10:2030Z",
+            "20240115T10:20:30.5Z",
+            "20240115T10:20:30+01:00",
+        ] {
+            assert_eq!(parse_datetime(bad), None, "{bad}");
+        }
+        assert_eq!(parse_datetime("20240229T00:00:00Z"), Some(1_709_164_800));
+    }
+
+    #[test]
+    fn out_of_range_times_clamp_instead_of_failing() {
+        assert_eq!(datetime(i64::MAX), "99991231T23:59:59Z");
+        assert_eq!(name_datetime(i64::MIN), "-99990101T000000Z");
+    }
+
+    proptest::proptest! {
+        /// Every second from year 1 to 9999 survives both forms, which sort as time does.
+        #[test]
+        fn both_forms_round_trip(t in -62_135_596_800i64..=253_402_300_799, u in -62_135_596_800i64..=253_402_300_799) {
+            proptest::prop_assert_eq!(parse_datetime(&datetime(t)), Some(t));
+            proptest::prop_assert_eq!(parse_datetime(&name_datetime(t)), Some(t));
+            proptest::prop_assert_eq!(datetime_from_replica_name(&replica_name("vm", "job", t)), Some(t));
+            proptest::prop_assert_eq!(name_datetime(t).cmp(&name_datetime(u)), t.cmp(&u));
         }
     }
 

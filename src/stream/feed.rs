@@ -1,7 +1,7 @@
 //! Feed a VHD stream from a reader into an [`ApplyTarget`]: the caller's thread reads and
 //! decodes while a second thread writes, so the copy in from the source and the copy out to
 //! the target overlap (two cores do the work of one copy each, as qemu-img's coroutines do).
-//! At most [`BLOCKS_IN_FLIGHT`] decoded blocks wait between the two: memory stays bounded.
+//! At most `BLOCKS_IN_FLIGHT` decoded blocks wait between the two: memory stays bounded.
 
 use std::io::Read;
 use std::sync::mpsc;

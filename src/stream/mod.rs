@@ -4,7 +4,7 @@
 //!
 //! [`encode`] and [`decode`] are sans-IO (floor 1): bytes and values in, bytes and values out,
 //! no files, sockets or clocks. [`source`] and [`export`] turn chains on disk into streams,
-//! [`apply`] and [`feed`] write streams onto disks (floor 2).
+//! [`apply`] and [`mod@feed`] write streams onto disks (floor 2).
 
 pub mod apply;
 pub mod decode;

@@ -201,6 +201,34 @@ pub fn bitmap_size(block_size: u32) -> u64 {
     super::round_up_to_sector(u64::from(block_size / SECTOR_SIZE as u32).div_ceil(8))
 }
 
+/// The parent unicode name (UTF-16BE, NUL-padded) of the header `raw` at `at` must decode:
+/// parsing replaces what does not, which would hide the damage.
+pub fn check_parent_name(raw: &[u8], at: u64) -> Result<(), FormatError> {
+    let Some(field) = raw.get(PARENT_NAME_AT..PARENT_NAME_AT + PARENT_NAME_BYTES) else {
+        return Err(FormatError::truncated(
+            Structure::Header,
+            at,
+            raw.len(),
+            HEADER_SIZE,
+        ));
+    };
+    let units = field
+        .chunks_exact(2)
+        .map(|c| u16::from_be_bytes([c[0], c[1]]))
+        .take_while(|&u| u != 0);
+    match char::decode_utf16(units).find_map(Result::err) {
+        None => Ok(()),
+        Some(bad) => Err(FormatError::new(
+            ErrorKind::BadText,
+            Structure::Header,
+            "parent_unicode_name",
+            at + PARENT_NAME_AT as u64,
+            format_args!("the unpaired surrogate {:#06x}", bad.unpaired_surrogate()),
+            "UTF-16BE text",
+        )),
+    }
+}
+
 /// Reserved bytes 768..1024 must be zero (`vhd-util check`).
 pub fn reserved_bytes_are_zero(bytes: &[u8]) -> bool {
     bytes
@@ -276,6 +304,20 @@ mod tests {
             (e.kind, e.field),
             (ErrorKind::TooLarge, "max_table_entries")
         );
+    }
+
+    #[test]
+    fn parent_name_must_be_utf16() {
+        let mut raw = DynamicHeader::new(1536, 1, 2 << 20).encode();
+        assert_eq!(check_parent_name(&raw, 512), Ok(()));
+        raw[64..70].copy_from_slice(&[0, b'a', 0xD8, 0x00, 0, b'b']); // "a", lone high surrogate, "b"
+        let e = check_parent_name(&raw, 512).unwrap_err();
+        assert_eq!(
+            (e.kind, e.field, e.offset),
+            (ErrorKind::BadText, "parent_unicode_name", 576)
+        );
+        raw[66..70].copy_from_slice(&[0xD8, 0x3D, 0xDE, 0x00]); // a valid surrogate pair
+        assert_eq!(check_parent_name(&raw, 512), Ok(()));
     }
 
     #[test]

@@ -163,8 +163,10 @@ impl ParentLocator {
     }
 }
 
-/// UTF-16 that is little-endian in practice but big-endian per the spec. An odd length or a
-/// sequence that decodes in neither order is rejected.
+/// UTF-16 that is little-endian in practice but big-endian per the spec; the first unit tells
+/// which (ASCII text starts with a zero byte only when big-endian). An odd length or invalid
+/// UTF-16 in that order is rejected: decoding the other order instead would turn damage into
+/// a plausible but wrong path.
 fn decode_utf16_either(bytes: &[u8]) -> Option<String> {
     if !bytes.len().is_multiple_of(2) {
         return None;
@@ -179,14 +181,9 @@ fn decode_utf16_either(bytes: &[u8]) -> Option<String> {
         })
     };
     let looks_big_endian = bytes.first() == Some(&0) && bytes.get(1).is_some_and(|&b| b != 0);
-    let order = if looks_big_endian {
-        [false, true]
-    } else {
-        [true, false]
-    };
-    order
-        .into_iter()
-        .find_map(|le| String::from_utf16(&units(le).collect::<Vec<_>>()).ok())
+    char::decode_utf16(units(!looks_big_endian))
+        .collect::<Result<String, _>>()
+        .ok()
 }
 
 /// Encode a path as UTF-16LE, the byte order every real producer uses for `W2ku`/`W2ru`.
@@ -257,6 +254,12 @@ mod tests {
         assert_eq!(w2ru.decode_path(1, &be, 0).unwrap(), "base.vhd");
         let err = w2ru.decode_path(1, &[0x41], 99).unwrap_err();
         assert_eq!((err.kind, err.offset), (ErrorKind::BadText, 99));
+        // A lone surrogate in little-endian text (read big-endian it would decode, wrongly).
+        let mut lone = encode_utf16le(".\\b");
+        lone.extend_from_slice(&[0x00, 0xD8]);
+        lone.extend_from_slice(&encode_utf16le(".vhd"));
+        let err = w2ru.decode_path(1, &lone, 99).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::BadText);
         let mac = ParentLocator {
             code: PlatformCode::MAC,
             ..Default::default()

@@ -1,6 +1,9 @@
 use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
 /// Seconds between the Unix epoch and the VHD epoch (2000-01-01 00:00:00 UTC).
 pub const VHD_EPOCH_UNIX: i64 = 946_684_800;
 
@@ -29,46 +32,18 @@ impl VhdTimestamp {
 }
 
 impl fmt::Display for VhdTimestamp {
-    /// ISO 8601 in UTC, computed without a calendar crate (civil-from-days).
+    /// RFC 3339 in UTC, e.g. `2000-01-01T00:00:00Z`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let unix = self.to_unix();
-        let days = unix.div_euclid(86_400);
-        let secs = unix.rem_euclid(86_400);
-        let (y, m, d) = civil_from_days(days);
-        write!(
-            f,
-            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-            secs / 3600,
-            secs / 60 % 60,
-            secs % 60
-        )
+        // Every u32 from 2000 lands in 2000-2136: both steps succeed, and the fallback only
+        // keeps Display from failing if that ever changed.
+        match OffsetDateTime::from_unix_timestamp(self.to_unix())
+            .ok()
+            .and_then(|at| at.format(&Rfc3339).ok())
+        {
+            Some(text) => f.write_str(&text),
+            None => write!(f, "{} s after 2000-01-01T00:00:00Z", self.0),
+        }
     }
-}
-
-/// Howard Hinnant's days-to-civil algorithm: (year, month, day) of a day count since
-/// 1970-01-01.
-pub(crate) fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
-
-/// The inverse of [`civil_from_days`].
-pub(crate) fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
-    let y = year - i64::from(month <= 2);
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let m = i64::from(month);
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(day) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 #[cfg(test)]
@@ -82,6 +57,7 @@ mod tests {
         let xo = VhdTimestamp(1_795_305_600);
         assert_eq!(xo.to_string(), "2056-11-21T00:00:00Z");
         assert_eq!(VhdTimestamp::from_unix(1_795_305_600 + VHD_EPOCH_UNIX), xo);
+        assert_eq!(VhdTimestamp(u32::MAX).to_string(), "2136-02-07T06:28:15Z");
     }
 
     #[test]

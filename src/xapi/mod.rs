@@ -2,6 +2,7 @@
 //! operations, tasks, and VDI transfers between hosts.
 
 pub mod client;
+pub mod connect;
 pub mod connection;
 mod objects;
 pub mod ops;
@@ -14,5 +15,5 @@ pub mod tls;
 pub mod transfer;
 pub mod url;
 
+pub use self::url::HostUrl;
 pub use secret::Secret;
-pub use url::HostUrl;

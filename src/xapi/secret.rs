@@ -20,13 +20,6 @@ impl Secret {
         self.0.is_empty()
     }
 
-    /// A password kept in a file: its first line, without the line ending. Keeps the
-    /// password out of argv (`ps`) and shell history.
-    pub fn from_file(path: &std::path::Path) -> std::io::Result<Secret> {
-        let text = std::fs::read_to_string(path)?;
-        Ok(Secret(text.lines().next().unwrap_or_default().to_owned()))
-    }
-
     /// A password from environment variable `name`, if it is set and not empty.
     pub fn from_env(name: &str) -> Option<Secret> {
         std::env::var(name)
@@ -57,15 +50,5 @@ mod tests {
         let s = Secret::new("hunter2");
         assert!(!format!("{s} {s:?} {:?}", Some(&s)).contains("hunter2"));
         assert_eq!(s.expose(), "hunter2");
-    }
-
-    #[test]
-    fn a_password_file_gives_its_first_line() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("pw");
-        std::fs::write(&path, "p@ss:w/rd#?%\nignored\n").unwrap();
-        assert_eq!(Secret::from_file(&path).unwrap().expose(), "p@ss:w/rd#?%");
-        std::fs::write(&path, "").unwrap();
-        assert_eq!(Secret::from_file(&path).unwrap().expose(), "");
     }
 }

@@ -9,6 +9,7 @@ use base64::Engine as _;
 use hyper::HeaderMap;
 use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, COOKIE};
 use percent_encoding::percent_decode_str;
+use url::form_urlencoded;
 
 #[derive(Debug, Default)]
 pub(super) struct Params {
@@ -18,19 +19,16 @@ pub(super) struct Params {
 
 impl Params {
     pub fn new(query: Option<&str>, headers: &HeaderMap) -> Params {
+        // Form encoding, as hyper leaves it: `+` is a space, pairs are percent-decoded.
         let query = query
-            .map(|q| {
-                q.split('&')
-                    .filter_map(|pair| split_pair(pair, '=', true))
-                    .collect()
-            })
+            .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
             .unwrap_or_default();
         let cookies = headers
             .get_all(COOKIE)
             .iter()
             .filter_map(|value| value.to_str().ok())
             .flat_map(|line| line.split(';'))
-            .filter_map(|pair| split_pair(pair.trim(), '=', false))
+            .filter_map(|pair| cookie_pair(pair.trim()))
             .collect();
         Params { query, cookies }
     }
@@ -53,21 +51,14 @@ fn lookup<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, value)| value.as_str())
 }
 
-/// `key=value` (a bare `key` has an empty value), percent-decoded; in a query string `+` is
-/// a space, as form encoding writes it.
-fn split_pair(pair: &str, separator: char, form: bool) -> Option<(String, String)> {
+/// A cookie's `key=value` (a bare `key` has an empty value), percent-decoded. Not form
+/// encoding: in a cookie `+` is itself.
+fn cookie_pair(pair: &str) -> Option<(String, String)> {
     if pair.is_empty() {
         return None;
     }
-    let (key, value) = pair.split_once(separator).unwrap_or((pair, ""));
-    let decode = |text: &str| {
-        let text = if form {
-            text.replace('+', " ")
-        } else {
-            text.to_owned()
-        };
-        percent_decode_str(&text).decode_utf8_lossy().into_owned()
-    };
+    let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+    let decode = |text: &str| percent_decode_str(text).decode_utf8_lossy().into_owned();
     Some((decode(key), decode(value)))
 }
 
@@ -130,6 +121,16 @@ mod tests {
         assert_eq!(p.get("flag"), Some(""));
         assert_eq!(p.get("missing"), None);
         assert_eq!(Params::new(None, &HeaderMap::new()).get("vdi"), None);
+    }
+
+    #[test]
+    fn a_plus_is_a_space_in_the_query_only() {
+        let h = headers(&[("cookie", "task_id=a+b%2Bc")]);
+        let p = Params::new(Some("vdi=a+b%2Bc&base=%ZZ&&chunked=%E2%9C%93"), &h);
+        assert_eq!(p.get("vdi"), Some("a b+c"));
+        assert_eq!(p.get_cookie_first("task_id"), Some("a+b+c"));
+        assert_eq!(p.get("base"), Some("%ZZ"));
+        assert_eq!(p.get("chunked"), Some("✓"));
     }
 
     #[test]

@@ -53,8 +53,8 @@ fn this_host(db: &Db) -> String {
 
 /// Now, as a XAPI datetime (`YYYYMMDDTHH:MM:SSZ`).
 fn now() -> Value {
-    // The VHD time stamp already formats UTC without a calendar crate, as ISO 8601 with
-    // dashes; XAPI's basic form is the same without them.
+    // The VHD time stamp already formats UTC, as RFC 3339 with dashes; XAPI's basic form is
+    // the same without them.
     let iso = crate::vhd::VhdTimestamp::now().to_string();
     Value::DateTime(iso.replace('-', ""))
 }
