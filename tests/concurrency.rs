@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 use std::process::Output;
 
-use common::lab_pair::{Host, url};
+use common::lab_pair::{Host, url, write_job};
 use vhdsync::xapi::rpc::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_vhdsync");
@@ -121,4 +121,28 @@ async fn one_run_per_vm_and_parallel_runs_for_different_vms() {
     assert!(b.status.success(), "{}", json(&b));
     assert_eq!(check_replica(&source, &target, &a).await, "delta");
     assert_eq!(check_replica(&source, &target, &b).await, "full");
+}
+
+/// Issue 17 item 3: a state directory others may write to (where they could plant a lock
+/// file, or a symbolic link in its place) is refused with exit 2, naming the directory, and
+/// nothing is written in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_dir_others_may_write_to_is_refused_with_exit_2() {
+    use std::os::unix::fs::PermissionsExt;
+    let source = Host::start(&[("web01", &[4 * MIB])]).await;
+    let target = Host::start(&[]).await;
+    let vm = source.report.vms[0].ids.uuid.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let job = write_job(dir.path(), &source, &target, &vm, 2);
+    let out = replicate(&job, &vm).await;
+    assert_eq!(out.status.code(), Some(2), "{}", json(&out));
+    let error = json(&out)["vms"][0]["error"].as_str().unwrap().to_owned();
+    assert!(
+        error.contains(&state.display().to_string()) && error.contains("777"),
+        "{error}"
+    );
+    assert_eq!(std::fs::read_dir(&state).unwrap().count(), 0);
 }

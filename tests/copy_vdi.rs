@@ -25,8 +25,13 @@ struct Host {
 impl Host {
     /// A lab host with VM `vm` holding one 24 MiB disk, served over TLS if `tls`.
     async fn start(password: &str, tls: bool) -> Host {
+        Host::start_sized(password, tls, 24 * MIB).await
+    }
+
+    /// A lab host with VM `vm` holding one disk of `size` bytes.
+    async fn start_sized(password: &str, tls: bool, size: u64) -> Host {
         let dir = tempfile::tempdir().unwrap();
-        let report = Lab::init(dir.path(), password, &[("vm".to_owned(), vec![24 * MIB])]).unwrap();
+        let report = Lab::init(dir.path(), password, &[("vm".to_owned(), vec![size])]).unwrap();
         let lab = Lab::open(dir.path()).unwrap();
         let server = LabServer::start(lab, "127.0.0.1:0".parse().unwrap(), tls)
             .await
@@ -475,4 +480,193 @@ async fn redirects_of_the_export_and_the_import_are_followed() {
         );
     }
     assert_eq!(target.hash(&replica).await, source.hash(&disk).await);
+}
+
+/// `copy-vdi` of `disk` on `source` into `replica` on `target`, with `extra` arguments.
+async fn copy_between(
+    source: &Host,
+    disk: &str,
+    target: &Host,
+    replica: &str,
+    extra: &[&str],
+) -> Run {
+    let (from, to) = (source.url(), target.url());
+    let mut args = vec![
+        "--from",
+        &from,
+        "--vdi",
+        disk,
+        "--to",
+        &to,
+        "--target-vdi",
+        replica,
+    ];
+    args.extend_from_slice(extra);
+    copy_vdi(&args).await
+}
+
+/// A pinned https host redirecting the export to plain http must not be followed: the
+/// request would carry the session id in clear text to whoever listens there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_from_https_to_http_is_refused() {
+    let source = Host::start("lab", true).await;
+    let target = Host::start("lab", false).await;
+    let disk = source.disk_uuid();
+    let replica = target.disk_uuid();
+    let fingerprint = source.server.fingerprint().unwrap().to_string();
+    // Whoever listens on the plain-http side records what reaches it.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let eavesdropper = tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut heard = vec![0u8; 4096];
+        let n = tokio::io::AsyncReadExt::read(&mut socket, &mut heard)
+            .await
+            .unwrap_or(0);
+        String::from_utf8_lossy(&heard[..n]).into_owned()
+    });
+    source
+        .inject_fault(&[
+            ("kind", Value::from("redirect")),
+            ("on", Value::from("export")),
+            (
+                "to",
+                Value::from(format!("http://127.0.0.1:{port}").as_str()),
+            ),
+        ])
+        .await;
+    let run = copy_between(
+        &source,
+        &disk,
+        &target,
+        &replica,
+        &["--from-fingerprint", &fingerprint, "--json"],
+    )
+    .await;
+    assert!(!run.ok, "the downgrade must fail the copy");
+    assert!(
+        run.stderr.contains("plain http"),
+        "says why: {}",
+        run.stderr
+    );
+    // Nothing connected: give a connection that was going to come a moment, then look.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !eavesdropper.is_finished(),
+        "the plain-http host was contacted: {:?}",
+        eavesdropper.await
+    );
+    eavesdropper.abort();
+}
+
+/// A target VDI smaller than the source disk: refused before any byte moves, with both
+/// sizes, instead of "the target closed the import".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_into_a_smaller_vdi_says_so() {
+    let source = Host::start_sized("lab", false, 32 * MIB).await;
+    let target = Host::start("lab", false).await;
+    let disk = source.disk_uuid();
+    let replica = target.disk_uuid();
+    source.write(&disk, 0, 4 * MIB, 9).await;
+    let before = target.hash(&replica).await;
+    let run = copy_between(&source, &disk, &target, &replica, &[]).await;
+    assert!(!run.ok);
+    assert!(
+        run.stderr.contains(&replica)
+            && run.stderr.contains(&(24 * MIB).to_string())
+            && run.stderr.contains(&(32 * MIB).to_string())
+            && run.stderr.contains("smaller"),
+        "names the VDI and both sizes: {}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("closed the import"), "{}", run.stderr);
+    assert_eq!(target.hash(&replica).await, before);
+}
+
+/// When the target fails its import mid-body, the error is its task's, not the closed
+/// connection it shows as: the export half straight into the import half, without the size
+/// check that would refuse this pair first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_failed_by_its_task_reports_the_tasks_error() {
+    use vhdsync::xapi::transfer::{
+        ImportError, TransferOptions, VdiOn, import_stream, open_export,
+    };
+    let source = Host::start_sized("lab", false, 32 * MIB).await;
+    let target = Host::start("lab", false).await;
+    let disk = source.disk_uuid();
+    let replica = target.disk_uuid();
+    source.write(&disk, 0, 8 * MIB, 3).await;
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let options = TransferOptions::default();
+    let source_side = VdiOn {
+        host: &source.client,
+        vdi: &disk,
+    };
+    let mut export = open_export(source_side, None, "test export", &options, &cancel)
+        .await
+        .unwrap();
+    let length = export.total_len();
+    let outcome = import_stream(
+        VdiOn {
+            host: &target.client,
+            vdi: &replica,
+        },
+        length,
+        "test import",
+        &mut export,
+        &options,
+        &mut |_| {},
+        &cancel,
+    )
+    .await;
+    export.close().await;
+    let error = match outcome {
+        Err(ImportError::Import(e)) => e,
+        Err(ImportError::Source(e)) => panic!("the source is fine: {e}"),
+        Ok(report) => panic!("imported into a smaller VDI: {report:?}"),
+    };
+    assert_eq!(error.xapi_code(), Some("VDI_TOO_SMALL"), "{error}");
+}
+
+/// `--max-rate` holds the copy to its rate; a rate that is no rate is a usage error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_rate_limits_a_copy() {
+    let source = Host::start("lab", false).await;
+    let target = Host::start("lab", false).await;
+    let disk = source.disk_uuid();
+    let replica = target.disk_uuid();
+    source.write(&disk, 0, 4 * MIB, 6).await;
+    let run = copy_between(
+        &source,
+        &disk,
+        &target,
+        &replica,
+        &["--max-rate", "4MiB", "--json"],
+    )
+    .await;
+    assert!(run.ok, "{}", run.stderr);
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let bytes = report["bytes"].as_u64().unwrap();
+    let seconds = report["seconds"].as_f64().unwrap();
+    assert!(bytes > 4 * MIB, "{report}");
+    // All but the quarter-second burst waits for the rate.
+    let least = (bytes as f64 - MIB as f64) / (4 * MIB) as f64;
+    assert!(seconds >= least, "{bytes} bytes in {seconds} s at 4 MiB/s");
+    assert_eq!(target.hash(&replica).await, source.hash(&disk).await);
+
+    let out = std::process::Command::new(BIN)
+        .args([
+            "copy-vdi",
+            "--max-rate",
+            "fast",
+            "--from",
+            "x",
+            "--vdi",
+            "v",
+        ])
+        .args(["--to", "y", "--target-vdi", "w"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a rate"));
 }

@@ -300,6 +300,7 @@ impl Campaign {
             transfer: TransferOptions {
                 stall_timeout: Duration::from_secs(1),
                 task_timeout: Duration::from_secs(30),
+                ..TransferOptions::default()
             },
             clock: std::sync::Arc::new(SystemClock),
         };

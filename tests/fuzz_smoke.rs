@@ -75,7 +75,15 @@ fn seeds() -> Vec<Vec<u8>> {
     writer.flush().unwrap();
 
     let mut fixed = vec![0x11u8; 16 << 10];
-    fixed.extend_from_slice(&Footer::new(DiskType::Fixed, 16 << 10, Uuid::from_u128(7)).encode());
+    fixed.extend_from_slice(
+        &Footer::new(
+            DiskType::Fixed,
+            16 << 10,
+            Uuid::from_u128(7),
+            VhdTimestamp(0),
+        )
+        .encode(),
+    );
 
     let mut seeds = vec![
         std::fs::read(&base).unwrap(),

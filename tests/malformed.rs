@@ -125,7 +125,12 @@ struct Image {
 
 impl Image {
     fn dynamic() -> Image {
-        let mut footer = Footer::new(DiskType::Dynamic, VIRTUAL_SIZE, Uuid::from_u128(IMAGE_UUID));
+        let mut footer = Footer::new(
+            DiskType::Dynamic,
+            VIRTUAL_SIZE,
+            Uuid::from_u128(IMAGE_UUID),
+            VhdTimestamp(0),
+        );
         footer.timestamp = TIMESTAMP;
         let mut bat = Bat::unallocated(BLOCKS);
         let mut extents = Vec::new();
@@ -218,7 +223,12 @@ fn block(index: u32) -> Vec<u8> {
 
 /// A fixed disk: the 16 KiB of data, then the footer.
 fn fixed(change: impl FnOnce(&mut Footer)) -> Vec<u8> {
-    let mut footer = Footer::new(DiskType::Fixed, VIRTUAL_SIZE, Uuid::from_u128(IMAGE_UUID));
+    let mut footer = Footer::new(
+        DiskType::Fixed,
+        VIRTUAL_SIZE,
+        Uuid::from_u128(IMAGE_UUID),
+        VhdTimestamp(0),
+    );
     footer.timestamp = TIMESTAMP;
     change(&mut footer);
     let mut out = block(0)[512..].repeat(BLOCKS as usize);

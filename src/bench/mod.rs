@@ -1,13 +1,13 @@
 //! `vhdsync bench`: [`run()`] measures vhdsync against the tools it must keep up with and
 //! returns a [`Report`], which the CLI shows. Its parts: the testbed of two lab hosts and the
-//! measured steps (`testbed`), measured child processes ([`process`]), the pure arithmetic of
-//! the results ([`measure`]), the table and JSON they are shown as ([`report`]) and the
+//! measured steps (`testbed`), measured child processes (`process`), the pure arithmetic of
+//! the results (`measure`), the table and JSON they are shown as (`report`) and the
 //! synthetic 2 TiB chain ([`chain`]).
 
 pub mod chain;
-pub mod measure;
-pub mod process;
-pub mod report;
+pub(crate) mod measure;
+pub(crate) mod process;
+pub(crate) mod report;
 mod run;
 mod testbed;
 

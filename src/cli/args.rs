@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use super::units::{parse_duration, parse_size};
+use crate::xapi::transfer::parse_rate;
 
 /// Incremental replication of XenServer / XCP-ng VMs, and a toolbox for VHD files.
 #[derive(Debug, Parser)]
@@ -110,6 +111,10 @@ pub struct SeedExportArgs {
     /// zstd level.
     #[arg(long, default_value_t = 3)]
     pub level: i32,
+    /// Limit the transfer to this many bytes per second: a byte count or a size such as
+    /// 50MiB or 100MB (overrides the job's max_rate).
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    pub max_rate: Option<u64>,
     #[arg(long)]
     pub json: bool,
 }
@@ -121,6 +126,10 @@ pub struct SeedImportArgs {
     pub job: PathBuf,
     /// The directory written by seed-export.
     pub dir: PathBuf,
+    /// Limit the transfer to this many bytes per second: a byte count or a size such as
+    /// 50MiB or 100MB (overrides the job's max_rate).
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    pub max_rate: Option<u64>,
     #[arg(long)]
     pub json: bool,
 }
@@ -196,6 +205,10 @@ pub struct ReplicateArgs {
     /// is seconds).
     #[arg(long, default_value = "2m", value_name = "DURATION", value_parser = parse_duration)]
     pub stall_timeout: Duration,
+    /// Limit the transfer to this many bytes per second: a byte count or a size such as
+    /// 50MiB or 100MB, shared by all the job's transfers (overrides the job's max_rate).
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    pub max_rate: Option<u64>,
     /// Print one JSON document for the whole run.
     #[arg(long)]
     pub json: bool,
@@ -260,6 +273,10 @@ pub struct CopyVdiArgs {
     /// Abort when no byte moves for this long (e.g. 90s, 2m; a bare number is seconds).
     #[arg(long, default_value = "2m", value_name = "DURATION", value_parser = parse_duration)]
     pub stall_timeout: Duration,
+    /// Limit the transfer to this many bytes per second: a byte count or a size such as
+    /// 50MiB or 100MB.
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    pub max_rate: Option<u64>,
     /// Print one JSON summary document instead of progress.
     #[arg(long)]
     pub json: bool,

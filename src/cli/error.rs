@@ -30,7 +30,8 @@ pub enum CliError {
     /// An unreadable or invalid job file (exit 2).
     #[error(transparent)]
     Job(Box<JobError>),
-    /// Another run holds a lock this one needs (exit 3).
+    /// Another run holds a lock this one needs (exit 3), or its state directory or file is
+    /// unsafe to use (exit 2).
     #[error(transparent)]
     Lock(Box<LockError>),
     /// Logging in to a host failed: bad credentials or trust given (exit 2), or the host
@@ -97,12 +98,21 @@ impl CliError {
             | CliError::Step { .. }
             | CliError::Host(_)
             | CliError::Cycle(_) => 1,
-            CliError::Lock(_) => 3,
+            CliError::Lock(e) => lock_exit_code(e),
             CliError::Connect(e) => input_or_failed(e.is_input()),
             CliError::Op(e) => input_or_failed(e.is_input()),
             CliError::Offline(e) => input_or_failed(e.is_input()),
             CliError::Image(e) => input_or_failed(!matches!(e.kind, ImageErrorKind::Io { .. })),
         }
+    }
+}
+
+/// A VM lock not taken: held by another run (3, as an I/O failure on it always was), or
+/// refused because its state directory or lock file is unsafe to use (2, bad input).
+pub(super) fn lock_exit_code(e: &LockError) -> u8 {
+    match e {
+        LockError::UnsafeStateDir { .. } | LockError::NotARegularFile { .. } => 2,
+        LockError::Held { .. } | LockError::Io { .. } => 3,
     }
 }
 
@@ -128,5 +138,13 @@ mod tests {
         );
         assert_eq!(CliError::from(host).exit_code(), 1);
         assert_eq!(CliError::Input("--vm x".into()).exit_code(), 2);
+        let lock = |e: LockError| CliError::from(e).exit_code();
+        let held = LockError::Held {
+            vm: "v".into(),
+            holder: "pid 1".into(),
+        };
+        assert_eq!(lock(held), 3);
+        let path = std::path::PathBuf::from("/state");
+        assert_eq!(lock(LockError::UnsafeStateDir { path, mode: 0o777 }), 2);
     }
 }

@@ -20,7 +20,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-pub use error::CliError;
+pub(crate) use error::CliError;
 
 /// Parse the command line, run the command, and map the outcome to an exit code:
 /// 0 success, 1 the work failed (or `check` found problems), 2 usage or input error,

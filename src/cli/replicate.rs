@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::CliError;
 use super::args::{ReplicateArgs, StatusArgs};
 use super::connect::{connect_job, connect_job_target};
+use super::error::lock_exit_code;
 use super::output::print_json;
 use super::terminal_text;
 use super::transfer::runtime;
@@ -24,7 +25,7 @@ use crate::replicate::plan::{
     replica_order,
 };
 use crate::replicate::runner::{JobProgress, RunOptions, VmOutcome, run_job};
-use crate::xapi::transfer::{Progress, TransferOptions};
+use crate::xapi::transfer::{Progress, Throttle, TransferOptions};
 
 pub(super) fn load_job(path: &std::path::Path) -> Result<Job, CliError> {
     Ok(Job::load(path)?)
@@ -44,6 +45,8 @@ pub fn replicate(args: &ReplicateArgs) -> Result<ExitCode, CliError> {
     let transfer = TransferOptions {
         // The floor of one second keeps `--stall-timeout 0` from aborting every transfer.
         stall_timeout: args.stall_timeout.max(Duration::from_secs(1)),
+        // One limit for the whole run, as Xen Orchestra's maxExportRate is per job.
+        throttle: args.max_rate.or(job.max_rate).map(Throttle::new),
         ..TransferOptions::default()
     };
     runtime()?.block_on(async {
@@ -141,12 +144,6 @@ fn report(
     rpc_calls: u64,
     json: bool,
 ) -> Result<ExitCode, CliError> {
-    let locked = outcomes
-        .iter()
-        .any(|(_, o)| matches!(o, VmOutcome::Locked(_)));
-    let failed = outcomes
-        .iter()
-        .any(|(_, o)| matches!(o, VmOutcome::Failed(_) | VmOutcome::Panicked(_)));
     if json {
         let vms: Vec<serde_json::Value> = outcomes
             .iter()
@@ -215,13 +212,16 @@ fn report(
             }
         }
     }
-    Ok(ExitCode::from(if locked {
-        3
-    } else if failed {
-        1
-    } else {
-        0
-    }))
+    // A held lock (3) outranks an unsafe state directory (2), which outranks a failure (1).
+    let code = outcomes
+        .iter()
+        .map(|(_, outcome)| match outcome {
+            VmOutcome::Replicated(_) => 0,
+            VmOutcome::Locked(e) => lock_exit_code(e),
+            VmOutcome::Failed(_) | VmOutcome::Panicked(_) => 1,
+        })
+        .max();
+    Ok(ExitCode::from(code.unwrap_or(0)))
 }
 
 /// A failed VM in the `--json` report: its phase, disk and host, the error's `kind` (with a

@@ -21,7 +21,7 @@ use crate::replicate::lock::VmLock;
 use crate::replicate::plan::Identity;
 use crate::replicate::seed::seed as run_seed;
 use crate::replicate::seed_offline::{SeedJob, export, import};
-use crate::xapi::transfer::Progress;
+use crate::xapi::transfer::{Progress, Throttle};
 
 /// The name under which the binary behaves as `vhdsync seed`, for xo-cr-seed runbooks.
 pub const XO_CR_SEED: &str = "xo-cr-seed";
@@ -136,11 +136,13 @@ pub(super) fn job_identity(job: &Job, vm: &str) -> Result<Identity, CliError> {
     })
 }
 
-fn seed_job(job: &Job, vm: &str) -> Result<SeedJob, CliError> {
+/// `max_rate`: the command's, else the job's.
+fn seed_job(job: &Job, vm: &str, max_rate: Option<u64>) -> Result<SeedJob, CliError> {
     Ok(SeedJob {
         name: job.name.clone(),
         id: job_identity(job, vm)?,
         clock: std::sync::Arc::new(SystemClock),
+        throttle: max_rate.or(job.max_rate).map(Throttle::new),
     })
 }
 
@@ -167,7 +169,7 @@ fn progress(json: bool) -> impl FnMut(&str, &Progress) + Send {
 
 pub fn seed_export(args: &SeedExportArgs) -> Result<ExitCode, CliError> {
     let job = load_job(&args.job)?;
-    let seed = seed_job(&job, &args.vm)?;
+    let seed = seed_job(&job, &args.vm, args.max_rate)?;
     let _lock = lock(&job, &seed.id.vm_uuid)?;
     runtime()?.block_on(async {
         let (source, target) = connect_job(&job).await?;
@@ -210,7 +212,7 @@ pub fn seed_export(args: &SeedExportArgs) -> Result<ExitCode, CliError> {
 pub fn seed_import(args: &SeedImportArgs) -> Result<ExitCode, CliError> {
     let job = load_job(&args.job)?;
     let manifest = crate::replicate::manifest::Manifest::load(&args.dir)?;
-    let seed = seed_job(&job, &manifest.vm_uuid)?;
+    let seed = seed_job(&job, &manifest.vm_uuid, args.max_rate)?;
     let _lock = lock(&job, &seed.id.vm_uuid)?;
     runtime()?.block_on(async {
         let (source, target) = connect_job(&job).await?;

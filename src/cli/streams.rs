@@ -2,6 +2,7 @@
 
 use std::io::{Read, Write};
 use std::process::ExitCode;
+use std::time::SystemTime;
 
 use serde_json::json;
 
@@ -57,7 +58,7 @@ pub fn export(args: &ExportArgs) -> Result<ExitCode, CliError> {
         leaf,
         base.as_ref(),
         uuid::Uuid::new_v4(),
-        VhdTimestamp::now(),
+        VhdTimestamp::from_system_time(SystemTime::now()),
     )
     .map_err(|e| CliError::Input(format!("{}: {e}", args.leaf.display())))?;
     let mut out = match args.output.as_deref() {

@@ -14,7 +14,7 @@ use super::units::{human_bytes, human_duration, human_rate};
 use crate::xapi::HostUrl;
 use crate::xapi::connection::Endpoint;
 use crate::xapi::tls::Trust;
-use crate::xapi::transfer::{Progress, TransferOptions, VdiOn, transfer_vdi};
+use crate::xapi::transfer::{Progress, Throttle, TransferOptions, VdiOn, transfer_vdi};
 
 /// How often a non-interactive run logs its progress.
 const LOG_EVERY: Duration = Duration::from_secs(5);
@@ -53,6 +53,7 @@ pub fn copy_vdi(args: &CopyVdiArgs) -> Result<ExitCode, CliError> {
         let options = TransferOptions {
             // The floor of one second keeps `--stall-timeout 0` from aborting every transfer.
             stall_timeout: args.stall_timeout.max(Duration::from_secs(1)),
+            throttle: args.max_rate.map(Throttle::new),
             ..TransferOptions::default()
         };
         let mut display = ProgressDisplay::new(args.json);

@@ -6,13 +6,14 @@
 //! back to the footer copy at offset 0 if the end footer was being rewritten.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use uuid::Uuid;
 
 use super::{ImageError, ImageErrorKind, Writeback, locate_footer};
+use crate::fsio::atomic;
 use crate::vhd::{
     self, Bat, DiskType, DynamicHeader, ErrorKind, FOOTER_SIZE, Footer, FormatError, HEADER_SIZE,
     ParentLocator, PlatformCode, SECTOR_SIZE, Structure, VhdTimestamp, bitmap,
@@ -33,15 +34,19 @@ pub struct CreateOptions {
     pub virtual_size: u64,
     pub block_size: u32,
     pub uuid: Uuid,
+    /// The footer's time stamp.
+    pub timestamp: VhdTimestamp,
     pub parent: Option<ParentLink>,
 }
 
 impl CreateOptions {
+    /// A new image: a fresh uuid, and now as its time stamp.
     pub fn dynamic(virtual_size: u64) -> CreateOptions {
         CreateOptions {
             virtual_size,
             block_size: vhd::DEFAULT_BLOCK_SIZE,
             uuid: Uuid::new_v4(),
+            timestamp: VhdTimestamp::from_system_time(SystemTime::now()),
             parent: None,
         }
     }
@@ -54,7 +59,7 @@ impl CreateOptions {
     }
 }
 
-/// Create an empty dynamic or differencing VHD at `path`, atomically (temp file + rename).
+/// Create an empty dynamic or differencing VHD at `path`, atomically and durably.
 pub fn create(path: &Path, options: &CreateOptions) -> Result<(), ImageError> {
     if options.virtual_size > vhd::MAX_VIRTUAL_SIZE {
         return Err(ImageError::new(
@@ -66,14 +71,8 @@ pub fn create(path: &Path, options: &CreateOptions) -> Result<(), ImageError> {
             )),
         ));
     }
-    let bytes = empty_image(options);
-    let tmp = path.with_extension("vhd.tmp");
-    let io = |op, e| ImageError::io(path, op, e);
-    let mut file = File::create(&tmp).map_err(|e| io("create", e))?;
-    file.write_all(&bytes).map_err(|e| io("write", e))?;
-    file.sync_all().map_err(|e| io("fsync", e))?;
-    std::fs::rename(&tmp, path).map_err(|e| io("rename", e))?;
-    Ok(())
+    atomic::write(path, &empty_image(options))
+        .map_err(|e| ImageError::io(&e.path, e.action, e.source))
 }
 
 /// The bytes of an empty image: footer copy, header, BAT at 1536, locator payloads, footer.
@@ -84,7 +83,12 @@ fn empty_image(options: &CreateOptions) -> Vec<u8> {
     } else {
         DiskType::Dynamic
     };
-    let footer = Footer::new(disk_type, options.virtual_size, options.uuid);
+    let footer = Footer::new(
+        disk_type,
+        options.virtual_size,
+        options.uuid,
+        options.timestamp,
+    );
     let table_offset = (FOOTER_SIZE + HEADER_SIZE) as u64;
     let mut header = DynamicHeader::new(table_offset, entries, options.block_size);
     let bat = Bat::unallocated(entries);

@@ -11,22 +11,25 @@
 //! Concurrency: RPCs take the database lock for their whole run, storage calls included, so
 //! each one is atomic with respect to the others; the data plane uses the [`FileSr`] directly,
 //! which has its own locks (lock order: database, then SR). Waiters in `event.from` sleep on a
-//! condition variable signalled after every change.
+//! condition variable signalled after every change when they block a thread (`Lab::handle`),
+//! and await a watch channel of the database generation when they are async (the HTTP server),
+//! so that they hold no thread and end when their client goes away.
 
-use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
+use tokio::sync::watch;
+
+use crate::fsio::atomic::{self, AtomicError};
 use crate::lab::db::{Db, StateFormatError};
 use crate::lab::faults::Faults;
 use crate::lab::flusher::{FLUSH_INTERVAL, Flusher};
+use crate::lab::rpc::{EventWaits, RunningTasks};
 use crate::lab::sr::{FileSr, SrError};
 use crate::xapi::rpc::XapiFault;
 
 const STATE_FILE: &str = "state.json";
-const STATE_TEMP: &str = "state.json.tmp";
 const SR_DIR: &str = "sr";
 
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +55,16 @@ pub enum LabError {
     Setup(XapiFault),
 }
 
+impl From<AtomicError> for LabError {
+    fn from(e: AtomicError) -> Self {
+        LabError::Io {
+            action: e.action,
+            path: e.path,
+            source: e.source,
+        }
+    }
+}
+
 /// A lab host: cheap to clone, and every clone is the same host.
 #[derive(Clone)]
 pub struct Lab {
@@ -62,6 +75,12 @@ struct Shared {
     dir: PathBuf,
     db: Mutex<Db>,
     changed: Condvar,
+    /// The database generation, sent after every change: what async waiters await.
+    generation: watch::Sender<u64>,
+    /// The tasks a transfer or an `Async.` call is running, which `task.cancel` leaves to them.
+    running: RunningTasks,
+    /// The `event.from` calls waiting, per session.
+    event_waits: EventWaits,
     sr: Arc<FileSr>,
     faults: Faults,
     flusher: Flusher,
@@ -126,10 +145,14 @@ impl Lab {
     }
 
     fn assemble(dir: &Path, db: Db, sr: FileSr) -> Result<Lab, LabError> {
+        let (generation, _) = watch::channel(db.generation());
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
             db: Mutex::new(db),
             changed: Condvar::new(),
+            generation,
+            running: RunningTasks::default(),
+            event_waits: EventWaits::default(),
             sr: Arc::new(sr),
             faults: Faults::default(),
             flusher: Flusher::new(),
@@ -195,8 +218,23 @@ impl Lab {
         }
         if db.generation() != before {
             self.shared.changed.notify_all();
+            self.shared.generation.send_replace(db.generation());
         }
         outcome
+    }
+
+    /// A receiver that sees every later change of the database: async waiters subscribe
+    /// before they look, so that no change slips in between.
+    pub(crate) fn watch_changes(&self) -> watch::Receiver<u64> {
+        self.shared.generation.subscribe()
+    }
+
+    pub(crate) fn running_tasks(&self) -> &RunningTasks {
+        &self.shared.running
+    }
+
+    pub(crate) fn event_waits(&self) -> &EventWaits {
+        &self.shared.event_waits
     }
 
     /// Save now whatever changed since the last save; `lab init` and a stopping `lab serve`
@@ -254,25 +292,8 @@ impl Shared {
             .inspect_err(|_| self.lock_db().mark_unsaved())
     }
 
-    /// Write the state file: temp file, fsync, rename, fsync of the directory.
+    /// Write the state file atomically (temp file, fsync, rename, fsync of the directory).
     fn save(&self, state: &[u8]) -> Result<(), LabError> {
-        let dir = &self.dir;
-        let temp = dir.join(STATE_TEMP);
-        let path = dir.join(STATE_FILE);
-        let io = |action: &'static str, path: &Path| {
-            let path = path.to_path_buf();
-            move |source| LabError::Io {
-                action,
-                path,
-                source,
-            }
-        };
-        let mut file = File::create(&temp).map_err(io("create", &temp))?;
-        file.write_all(state).map_err(io("write", &temp))?;
-        file.sync_all().map_err(io("fsync", &temp))?;
-        std::fs::rename(&temp, &path).map_err(io("rename into place", &path))?;
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io("fsync directory", dir))
+        Ok(atomic::write(&self.dir.join(STATE_FILE), state)?)
     }
 }

@@ -165,7 +165,14 @@ impl ErrorKind {
             {
                 ErrorKind::TargetRefused
             }
-            TransferErrorKind::TargetClosed => ErrorKind::TargetRefused,
+            TransferErrorKind::TargetClosed | TransferErrorKind::TargetFailed(_) => {
+                ErrorKind::TargetRefused
+            }
+            // What XAPI's import says of it.
+            TransferErrorKind::TargetTooSmall { needed, .. } => ErrorKind::Xapi {
+                code: "VDI_TOO_SMALL".into(),
+                params: vec![e.vdi.clone(), needed.to_string()],
+            },
             TransferErrorKind::Status { status, .. } => ErrorKind::HttpStatus { status: *status },
             TransferErrorKind::EmbeddedError { .. } => ErrorKind::EmbeddedError,
             TransferErrorKind::Stream(_) | TransferErrorKind::ExtraBytes(_) => {

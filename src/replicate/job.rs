@@ -18,6 +18,7 @@ use uuid::Uuid;
 use crate::xapi::HostUrl;
 use crate::xapi::connect::{HostLogin, SOURCE_PASSWORD_ENV, TARGET_PASSWORD_ENV, trust_for};
 use crate::xapi::tls::{Fingerprint, TlsError};
+use crate::xapi::transfer::parse_rate;
 
 /// Namespace of the ids derived from a job's name when `job_id` / `schedule_id` are absent.
 /// Never change it: the ids are written into host metadata (`xo:backup:job`,
@@ -38,6 +39,7 @@ const TOP_KEYS: &[&str] = &[
     "full_interval",
     "snapshot_retention",
     "concurrency",
+    "max_rate",
     "state_dir",
     "source_password_file",
     "target_password_file",
@@ -66,6 +68,9 @@ pub struct Job {
     pub snapshot_retention: u32,
     /// VMs replicated in parallel, at least 1.
     pub concurrency: u32,
+    /// The job's bandwidth limit in bytes per second, shared by all its transfers
+    /// (Xen Orchestra's `maxExportRate`); `None` for no limit.
+    pub max_rate: Option<u64>,
     /// `[tls] insecure`: accept any certificate from a host without a pinned fingerprint.
     pub insecure: bool,
     /// Where the per-VM lock files live.
@@ -205,6 +210,7 @@ impl Job {
             .get("snapshot_retention")
             .map_or(Ok(1), |e| e.count(1))?;
         let concurrency = top.get("concurrency").map_or(Ok(2), |e| e.count(1))?;
+        let max_rate = top.get("max_rate").map(|e| e.rate()).transpose()?;
         let insecure = tls.get("insecure").map_or(Ok(false), |e| e.bool())?;
         let state_dir = match top.get("state_dir") {
             Some(entry) => entry.path()?,
@@ -229,6 +235,7 @@ impl Job {
             full_interval,
             snapshot_retention,
             concurrency,
+            max_rate,
             insecure,
             state_dir,
         })
@@ -449,6 +456,18 @@ impl<'a> Entry<'a> {
     }
 
     /// A whole number from `min` to `u32::MAX`.
+    /// Bytes per second: a whole number, or a size string such as "50MiB".
+    fn rate(&self) -> Result<u64, JobError> {
+        let text = match self.value.get_ref() {
+            DeValue::Integer(int) => i64::from_str_radix(int.as_str(), int.radix())
+                .map_err(|_| self.error(format!("{int} is out of range")))?
+                .to_string(),
+            DeValue::String(s) => s.to_string(),
+            _ => return Err(self.wrong_type("a rate such as \"50MiB\" or a byte count")),
+        };
+        parse_rate(&text).map_err(|e| self.error(e))
+    }
+
     fn count(&self, min: u32) -> Result<u32, JobError> {
         let DeValue::Integer(int) = self.value.get_ref() else {
             return Err(self.wrong_type("a whole number"));
@@ -605,6 +624,23 @@ mod tests {
         assert_eq!(job.job_id, derived_id("job", "nightly"));
         assert_eq!(job.schedule_id, derived_id("schedule", "nightly"));
         assert!(job.state_dir.ends_with("vhdsync"), "{:?}", job.state_dir);
+        assert_eq!(job.max_rate, None);
+    }
+
+    #[test]
+    fn max_rate_is_a_size_per_second() {
+        for (written, bytes) in [
+            ("\"50MiB\"", 50 << 20),
+            ("\"100MB/s\"", 100_000_000),
+            ("1048576", 1 << 20),
+        ] {
+            let job = parse(&minimal(&format!("max_rate = {written}\n"))).unwrap();
+            assert_eq!(job.max_rate, Some(bytes), "{written}");
+        }
+        for wrong in ["\"fast\"", "0", "-1", "true"] {
+            let e = error(&minimal(&format!("max_rate = {wrong}\n")));
+            assert_eq!((e.line, e.key.as_str()), (7, "max_rate"), "{wrong}: {e}");
+        }
     }
 
     #[test]

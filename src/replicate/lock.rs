@@ -2,11 +2,16 @@
 //! runs for other VMs proceed in parallel. It is an flock on a file in the state directory:
 //! the kernel releases it when the process exits, however it dies, so a killed run never
 //! leaves a stale lock behind and there is nothing to clean up.
+//!
+//! Nobody else may plant files there: a state directory writable by group or others is
+//! refused, and the lock file is opened without following a symbolic link and must be a
+//! regular file, so a link cannot make a run truncate and overwrite another file.
 
 use std::fs::{DirBuilder, File, OpenOptions, TryLockError};
 use std::io::{Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use crate::vhd::timestamp::VhdTimestamp;
 
@@ -31,6 +36,19 @@ pub enum LockError {
         /// 2026-05-01T12:00:00Z: vhdsync replicate --job nightly.toml`.
         holder: String,
     },
+    /// Group or others may write to the state directory, so they could plant lock files.
+    #[error(
+        "state directory {} is writable by group or others (mode {mode:03o}); \
+         run `chmod go-w` on it or choose another state_dir",
+        path.display()
+    )]
+    UnsafeStateDir { path: PathBuf, mode: u32 },
+    /// The lock file is a symbolic link or a special file, which a run must not write to.
+    #[error(
+        "lock file {} is not a regular file (a symbolic link?); refusing to use it",
+        path.display()
+    )]
+    NotARegularFile { path: PathBuf },
     #[error("cannot {action} {}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -42,7 +60,8 @@ pub enum LockError {
 impl VmLock {
     /// Takes the lock for (`job_id`, `vm_uuid`) without waiting: the file
     /// `<state_dir>/<job_id>-<vm_uuid>.lock`, creating `state_dir` (mode 0700) if missing.
-    /// Both ids are UUIDs, so the name needs no escaping.
+    /// Both ids are UUIDs, so the name needs no escaping. A state directory writable by group
+    /// or others, and a lock file that is not a regular file, are refused.
     pub fn acquire(state_dir: &Path, job_id: &str, vm_uuid: &str) -> Result<VmLock, LockError> {
         let io = |path: &Path, action| {
             let path = path.to_path_buf();
@@ -57,7 +76,18 @@ impl VmLock {
             .mode(0o700)
             .create(state_dir)
             .map_err(io(state_dir, "create the state directory"))?;
+        let mode = std::fs::metadata(state_dir)
+            .map_err(io(state_dir, "inspect the state directory"))?
+            .permissions()
+            .mode();
+        if mode & 0o022 != 0 {
+            return Err(LockError::UnsafeStateDir {
+                path: state_dir.to_path_buf(),
+                mode: mode & 0o7777,
+            });
+        }
         let path = state_dir.join(format!("{job_id}-{vm_uuid}.lock"));
+        let not_regular = || LockError::NotARegularFile { path: path.clone() };
         // Not truncated on open: until we hold the lock, the contents describe the holder.
         let mut file = OpenOptions::new()
             .read(true)
@@ -65,8 +95,19 @@ impl VmLock {
             .create(true)
             .truncate(false)
             .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&path)
-            .map_err(io(&path, "open the lock file"))?;
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::ELOOP) => not_regular(),
+                _ => io(&path, "open the lock file")(e),
+            })?;
+        if !file
+            .metadata()
+            .map_err(io(&path, "inspect the lock file"))?
+            .is_file()
+        {
+            return Err(not_regular());
+        }
         match file.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
@@ -95,7 +136,7 @@ fn holder_description() -> String {
     format!(
         "pid {}{host}, started {}: {}\n",
         std::process::id(),
-        VhdTimestamp::now(),
+        VhdTimestamp::from_system_time(SystemTime::now()),
         command.join(" ")
     )
 }
@@ -114,8 +155,6 @@ fn read_holder(file: &mut File) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::os::unix::fs::PermissionsExt;
-
     use super::*;
 
     const JOB: &str = "67f81ad5-0c6f-5355-a878-63246a3f83f9";
@@ -171,6 +210,73 @@ mod tests {
         let _held = VmLock::acquire(&state, JOB, VM1).unwrap();
         let text = std::fs::read_to_string(&file).unwrap();
         assert!(text.starts_with("pid ") && !text.contains('x'), "{text}");
+    }
+
+    #[test]
+    fn a_symlink_in_place_of_the_lock_file_is_refused_and_its_target_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        let lock = state.join(format!("{JOB}-{VM1}.lock"));
+        std::os::unix::fs::symlink(&victim, &lock).unwrap();
+        let err = VmLock::acquire(&state, JOB, VM1).unwrap_err();
+        assert!(
+            matches!(&err, LockError::NotARegularFile { path } if *path == lock),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains(&lock.display().to_string()),
+            "{err}"
+        );
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        // A dangling link would otherwise create the file it points at.
+        std::fs::remove_file(&victim).unwrap();
+        assert!(VmLock::acquire(&state, JOB, VM1).is_err());
+        assert!(!victim.exists());
+    }
+
+    #[test]
+    fn a_special_file_in_place_of_the_lock_file_is_refused() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().unwrap();
+        let lock = dir.path().join(format!("{JOB}-{VM1}.lock"));
+        let c_path = std::ffi::CString::new(lock.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path; mkfifo only creates a file.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        let err = VmLock::acquire(dir.path(), JOB, VM1).unwrap_err();
+        assert!(
+            matches!(&err, LockError::NotARegularFile { path } if *path == lock),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_state_dir_writable_by_group_or_others_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        for mode in [0o777, 0o770, 0o1733] {
+            std::fs::set_permissions(&state, std::fs::Permissions::from_mode(mode)).unwrap();
+            let err = VmLock::acquire(&state, JOB, VM1).unwrap_err();
+            let refused = matches!(&err, LockError::UnsafeStateDir { path, mode: m }
+                if *path == state && *m == mode);
+            assert!(refused, "{mode:o}: {err}");
+            let text = err.to_string();
+            assert!(
+                text.contains(&state.display().to_string())
+                    && text.contains(&format!("{mode:03o}")),
+                "{text}"
+            );
+        }
+        assert_eq!(
+            std::fs::read_dir(&state).unwrap().count(),
+            0,
+            "no lock file created"
+        );
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let _held = VmLock::acquire(&state, JOB, VM1).unwrap();
     }
 
     #[test]

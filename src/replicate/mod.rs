@@ -2,22 +2,22 @@
 //! changed blocks into a new protected replica on the target, and commits it with Xen
 //! Orchestra's metadata, so either tool can continue the other's replica chains.
 //!
-//! [`keys`] and [`plan`] are pure (floor 1); [`inventory`], [`replica`] and [`commit`]
+//! [`keys`] and [`plan`] are pure (floor 1); `inventory`, `replica` and `commit`
 //! read and write the hosts through `xapi::ops`; [`run`] (the cycle), [`seed`] and
 //! [`failover`] orchestrate them, reading the time only through a [`clock::Clock`].
 
 pub mod clock;
-pub mod commit;
-pub mod error;
+pub(crate) mod commit;
+pub(crate) mod error;
 pub mod failover;
-pub mod inventory;
+pub(crate) mod inventory;
 pub mod job;
 pub mod keys;
 pub mod lock;
 pub mod manifest;
 pub mod op_error;
 pub mod plan;
-pub mod replica;
+pub(crate) mod replica;
 pub mod run;
 pub mod runner;
 pub mod seed;

@@ -70,7 +70,7 @@ pub fn match_disks(
 }
 
 /// What the seed writes on the source, and the replica's name; the replica's keys are
-/// [`ReplicaCommit`]'s.
+/// `ReplicaCommit`'s.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SeedWrites {
     /// On the source snapshot VM and on every one of its VDIs, after [`SOURCE_REMOVED`].

@@ -726,7 +726,7 @@ mod tests {
 
     #[test]
     fn a_fixed_disk_is_not_a_stream() {
-        let footer = Footer::new(DiskType::Fixed, 1 << 20, Uuid::nil()).encode();
+        let footer = Footer::new(DiskType::Fixed, 1 << 20, Uuid::nil(), VhdTimestamp(0)).encode();
         let err = decode_error(&footer);
         let StreamError::Format(e) = &err else {
             panic!("{err}")

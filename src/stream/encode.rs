@@ -282,8 +282,12 @@ fn metadata(
         Some(_) => DiskType::Differencing,
         None => DiskType::Dynamic,
     };
-    let mut footer = Footer::new(disk_type, params.virtual_size, params.unique_id);
-    footer.timestamp = params.timestamp;
+    let footer = Footer::new(
+        disk_type,
+        params.virtual_size,
+        params.unique_id,
+        params.timestamp,
+    );
     let mut header = DynamicHeader::new(TABLE_OFFSET, entries, params.block_size);
     let Some(parent) = &params.parent else {
         return Ok((footer, header, Vec::new()));

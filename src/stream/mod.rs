@@ -3,17 +3,17 @@
 //! written and read front to back, whose exact length is known before the first block.
 //!
 //! [`encode`] and [`decode`] are sans-IO (floor 1): bytes and values in, bytes and values out,
-//! no files, sockets or clocks. [`source`] and [`export`] turn chains on disk into streams,
+//! no files, sockets or clocks. `source` and `export` turn chains on disk into streams,
 //! [`apply`] and [`mod@feed`] write streams onto disks (floor 2).
 
 pub mod apply;
 pub mod decode;
 pub mod encode;
 mod error;
-pub mod export;
+pub(crate) mod export;
 pub mod feed;
 mod layout;
-pub mod source;
+pub(crate) mod source;
 
 pub use decode::{StreamDecoder, StreamEvent};
 pub use encode::{EncodeParams, Frames, ParentInfo, StreamEncoder};

@@ -2,6 +2,8 @@
 //! parameters of a chain's VHD stream, and the chain's blocks as zero-copy frames. Shared by
 //! `vhdsync export` and the lab host's export. Floor 2: reads image files.
 
+use std::time::SystemTime;
+
 use bytes::{Bytes, BytesMut};
 
 use super::{EncodeParams, ParentInfo};
@@ -15,7 +17,7 @@ pub fn export_params(leaf: &Chain, base: Option<&Chain>) -> EncodeParams {
     let mut params = EncodeParams::new(
         leaf.virtual_size(),
         uuid::Uuid::new_v4(),
-        VhdTimestamp::now(),
+        VhdTimestamp::from_system_time(SystemTime::now()),
         changed(leaf, base),
     );
     params.block_size = leaf.block_size();

@@ -86,8 +86,12 @@ pub struct Layout {
 impl Layout {
     /// A dynamic disk with 2 MiB blocks, its header at 512 and BAT at `table_offset`.
     pub fn new(virtual_size: u64, table_offset: u64, bat_entries: u32) -> Layout {
-        let mut footer = Footer::new(DiskType::Dynamic, virtual_size, Uuid::from_u128(7));
-        footer.timestamp = VhdTimestamp(1);
+        let footer = Footer::new(
+            DiskType::Dynamic,
+            virtual_size,
+            Uuid::from_u128(7),
+            VhdTimestamp(1),
+        );
         Layout {
             footer,
             header: DynamicHeader::new(table_offset, bat_entries, crate::vhd::DEFAULT_BLOCK_SIZE),

@@ -89,8 +89,14 @@ pub enum ChecksumStatus {
 }
 
 impl Footer {
-    /// A footer as vhdsync writes it: our creator, the spec's geometry, now as time stamp.
-    pub fn new(disk_type: DiskType, current_size: u64, unique_id: Uuid) -> Footer {
+    /// A footer as vhdsync writes it: our creator, the spec's geometry, the caller's time
+    /// stamp (the format core reads no clock).
+    pub fn new(
+        disk_type: DiskType,
+        current_size: u64,
+        unique_id: Uuid,
+        timestamp: VhdTimestamp,
+    ) -> Footer {
         Footer {
             features: FEATURES_RESERVED,
             format_version: FORMAT_VERSION,
@@ -98,7 +104,7 @@ impl Footer {
                 DiskType::Fixed => FIXED_DATA_OFFSET,
                 _ => super::FOOTER_SIZE as u64,
             },
-            timestamp: VhdTimestamp::now(),
+            timestamp,
             creator_app: CREATOR_APP,
             creator_version: CREATOR_VERSION,
             creator_host_os: HOST_OS_WINDOWS,
@@ -339,7 +345,7 @@ mod tests {
 
     #[test]
     fn early_blktap_hidden_toggle_is_tolerated() {
-        let mut f = Footer::new(DiskType::Dynamic, 1 << 20, Uuid::nil());
+        let mut f = Footer::new(DiskType::Dynamic, 1 << 20, Uuid::nil(), VhdTimestamp(0));
         f.creator_app = *b"tap\0";
         let mut bytes = f.encode();
         bytes[HIDDEN_AT] = 1; // toggled without a new checksum
@@ -350,7 +356,7 @@ mod tests {
 
     #[test]
     fn fixed_disk_32_bit_data_offset_is_normalised() {
-        let mut f = Footer::new(DiskType::Fixed, 1 << 20, Uuid::nil());
+        let mut f = Footer::new(DiskType::Fixed, 1 << 20, Uuid::nil(), VhdTimestamp(0));
         f.data_offset = 0xFFFF_FFFF;
         let (parsed, _) = Footer::parse(&f.encode(), 0).unwrap();
         assert_eq!(parsed.data_offset, FIXED_DATA_OFFSET);
@@ -358,7 +364,8 @@ mod tests {
 
     #[test]
     fn deprecated_disk_types_are_rejected() {
-        let mut bytes = Footer::new(DiskType::Dynamic, 1 << 20, Uuid::nil()).encode();
+        let mut bytes =
+            Footer::new(DiskType::Dynamic, 1 << 20, Uuid::nil(), VhdTimestamp(0)).encode();
         bytes[63] = 5;
         let sum = ones_complement_checksum(&bytes, 64);
         bytes[64..68].copy_from_slice(&sum.to_be_bytes());

@@ -18,11 +18,12 @@ impl VhdTimestamp {
         VhdTimestamp(since_2000.clamp(0, i64::from(u32::MAX)) as u32)
     }
 
-    pub fn now() -> Self {
-        let unix = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(VHD_EPOCH_UNIX);
+    /// The time stamp of a system time, which the caller reads: the format core reads no
+    /// clock. Times before 1970 (a clock set far back) clamp to the VHD epoch.
+    pub fn from_system_time(time: SystemTime) -> Self {
+        let unix = time.duration_since(UNIX_EPOCH).map_or(VHD_EPOCH_UNIX, |d| {
+            i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+        });
         Self::from_unix(unix)
     }
 
@@ -63,5 +64,23 @@ mod tests {
     #[test]
     fn times_before_2000_clamp_to_the_epoch() {
         assert_eq!(VhdTimestamp::from_unix(0), VhdTimestamp(0));
+    }
+
+    #[test]
+    fn system_times_convert_without_reading_the_clock() {
+        use std::time::Duration;
+        let at = |unix: u64| UNIX_EPOCH + Duration::from_secs(unix);
+        assert_eq!(
+            VhdTimestamp::from_system_time(at(VHD_EPOCH_UNIX as u64 + 42)),
+            VhdTimestamp(42)
+        );
+        assert_eq!(
+            VhdTimestamp::from_system_time(UNIX_EPOCH - Duration::from_secs(1)),
+            VhdTimestamp(0)
+        );
+        assert_eq!(
+            VhdTimestamp::from_system_time(at(u64::from(u32::MAX) * 4)),
+            VhdTimestamp(u32::MAX)
+        );
     }
 }

@@ -24,6 +24,8 @@ use super::url::Scheme;
 
 /// hyper's read buffer limit per connection.
 const READ_BUFFER: usize = 1 << 20;
+/// How long opening a connection may take: TCP connect, then the TLS handshake, each.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Failures below the XAPI level: the host could not be reached or spoke no HTTP.
 #[derive(Debug, thiserror::Error)]
@@ -75,8 +77,14 @@ impl Endpoint {
             url,
             tls,
             observed,
-            connect_timeout: Duration::from_secs(30),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
         })
+    }
+
+    /// The same endpoint, giving up on a TCP connect or a TLS handshake after `timeout`.
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Endpoint {
+        self.connect_timeout = timeout;
+        self
     }
 
     pub fn url(&self) -> &HostUrl {
@@ -85,8 +93,18 @@ impl Endpoint {
 
     /// The same trust for another URL: where a 302 of the data plane points (another member
     /// of the pool). A pinned fingerprint stays pinned, so a redirect to a host with another
-    /// certificate fails rather than being trusted silently.
+    /// certificate fails rather than being trusted silently; and a redirect from https to
+    /// plain http is refused, since the request it repeats carries the session in its query.
     pub fn redirected(&self, url: HostUrl) -> Result<Endpoint, TransportError> {
+        if url.scheme == Scheme::Http && self.tls.is_some() {
+            return Err(TransportError::Tls {
+                host: url.to_string(),
+                message: format!(
+                    "refusing a redirect from https at {} to plain http: it would send the session in clear text",
+                    self.url
+                ),
+            });
+        }
         if url.scheme == Scheme::Https && self.tls.is_none() {
             return Err(TransportError::Tls {
                 host: url.to_string(),
@@ -187,9 +205,14 @@ impl Endpoint {
                 host: host.clone(),
                 message: e.to_string(),
             })?;
-        let stream = tls
-            .connect(name, tcp)
+        // A host that accepts TCP but never answers the handshake must not hang us.
+        let stream = tokio::time::timeout(self.connect_timeout, tls.connect(name, tcp))
             .await
+            .map_err(|_| TransportError::Timeout {
+                host: host.clone(),
+                after: self.connect_timeout,
+                during: "TLS handshake",
+            })?
             .map_err(|e| TransportError::Tls {
                 host,
                 message: error_chain(&e),
@@ -275,5 +298,62 @@ impl AsyncWrite for MaybeTls {
             MaybeTls::Plain(s) => Pin::new(s).poll_shutdown(cx),
             MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::xapi::tls::Fingerprint;
+
+    fn endpoint(url: &str, trust: &Trust) -> Endpoint {
+        Endpoint::new(HostUrl::parse(url).unwrap(), trust).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_silent_tls_host_times_out_in_the_handshake() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        // Accepts, then says nothing: the handshake never completes.
+        let silent = tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            drop(socket);
+        });
+        let endpoint = endpoint(&format!("https://127.0.0.1:{port}"), &Trust::Insecure)
+            .with_connect_timeout(Duration::from_millis(200));
+        let outcome = tokio::time::timeout(Duration::from_secs(10), endpoint.connect())
+            .await
+            .expect("the handshake gives up on its own");
+        match outcome {
+            Err(TransportError::Timeout { during, .. }) => assert_eq!(during, "TLS handshake"),
+            Err(other) => panic!("expected a handshake timeout, got {other}"),
+            Ok(_) => panic!("expected a handshake timeout, got a connection"),
+        }
+        silent.abort();
+    }
+
+    #[test]
+    fn redirects_never_go_from_https_to_http() {
+        let pinned = Trust::Pinned(Fingerprint::of_der(b"cert"));
+        let https = endpoint("https://pool-master", &pinned);
+        let error = https
+            .redirected(HostUrl::parse("http://member").unwrap())
+            .unwrap_err();
+        assert!(error.to_string().contains("plain http"), "{error}");
+        // Another https member keeps the pin.
+        assert!(
+            https
+                .redirected(HostUrl::parse("https://member").unwrap())
+                .unwrap()
+                .tls
+                .is_some()
+        );
+        // Plain http to plain http stays allowed (the user chose http).
+        let http = endpoint("http://pool-master", &Trust::SystemRoots);
+        assert!(
+            http.redirected(HostUrl::parse("http://member").unwrap())
+                .is_ok()
+        );
     }
 }

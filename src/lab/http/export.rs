@@ -36,6 +36,8 @@ use crate::xapi::rpc::{Value, XapiFault};
 const CHANNEL_FRAMES: usize = 8;
 /// A client that reads nothing for this long is given up on, freeing the thread and files.
 const STALL_TIMEOUT: Duration = Duration::from_secs(300);
+/// How often an export held up by its client looks for a cancellation of its task.
+const CANCEL_POLL: Duration = Duration::from_secs(1);
 
 pub(super) async fn handle(lab: Lab, parts: Parts) -> Reply {
     let prepared = tokio::task::spawn_blocking(move || {
@@ -56,7 +58,12 @@ pub(super) async fn handle(lab: Lab, parts: Parts) -> Reply {
     let disposition = format!(r#"attachment; filename="{}.{extension}""#, export.vdi);
     let reply = reply::transfer_started(&export.task, content_type, Some(disposition), body);
     let runtime = Handle::current();
-    tokio::task::spawn_blocking(move || export.run(&runtime, tx));
+    // Until the export ends its task, `task.cancel` leaves the task to it.
+    let running = export.lab.run_task(&export.task);
+    tokio::task::spawn_blocking(move || {
+        let _running = running;
+        export.run(&runtime, tx);
+    });
     reply
 }
 
@@ -136,6 +143,8 @@ impl From<XapiFault> for Stop {
 /// The body's end of the channel, from a blocking thread, through the injected faults.
 struct Sink<'a> {
     runtime: &'a Handle,
+    lab: &'a Lab,
+    task: &'a str,
     tx: mpsc::Sender<Bytes>,
     faults: TransferFaults,
     sent: u64,
@@ -162,14 +171,28 @@ impl Sink<'_> {
         Ok(())
     }
 
+    /// Hand `frame` to the body once the client has read enough; a cancellation of the task
+    /// ends the wait, so a cancelled export held up by its client does not stay `cancelling`.
     fn deliver(&self, frame: Bytes) -> Result<(), Stop> {
-        let sent = self
-            .runtime
-            .block_on(tokio::time::timeout(STALL_TIMEOUT, self.tx.send(frame)));
-        match sent {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(Stop::Gone("the client closed the connection")),
-            Err(_) => Err(Stop::Gone("the client stopped reading")),
+        let started = Instant::now();
+        loop {
+            let room = self
+                .runtime
+                .block_on(tokio::time::timeout(CANCEL_POLL, self.tx.reserve()));
+            match room {
+                Ok(Ok(permit)) => {
+                    permit.send(frame);
+                    return Ok(());
+                }
+                Ok(Err(_)) => return Err(Stop::Gone("the client closed the connection")),
+                Err(_) if started.elapsed() >= STALL_TIMEOUT => {
+                    return Err(Stop::Gone("the client stopped reading"));
+                }
+                Err(_) if self.lab.task_cancelling(self.task) => {
+                    return Err(Stop::Failed(XapiFault::new("TASK_CANCELLED", [self.task])));
+                }
+                Err(_) => {}
+            }
         }
     }
 }
@@ -179,6 +202,8 @@ impl Export {
         let names = [self.reference.as_str(), &self.vdi.to_string()];
         let mut sink = Sink {
             runtime,
+            lab: &self.lab,
+            task: &self.task,
             tx,
             faults: self.lab.faults().arm(Plane::Export, &names),
             sent: 0,

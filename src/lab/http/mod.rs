@@ -13,10 +13,12 @@
 //! on the 200 and the body ending when the connection closes, failures after the 200 written
 //! into the body as an `HTTP/1.1 500` response, and the task as the authority on success.
 //! Memory stays bounded whatever the disk size: bodies flow through bounded channels in
-//! frames of at most a block, and RPC requests are capped at 16 MiB.
+//! frames of at most a block, and RPC requests are capped at 1 MiB, collected into one buffer
+//! whatever their segmentation. What each client may hold (connections, time to send a
+//! request) is bounded too: see [`Limits`].
 //!
 //! [`LabServer`] runs on the caller's tokio runtime; the `Lab` calls, which block, run on its
-//! blocking threads.
+//! blocking threads, except the waits of `event.from`, which hold none.
 
 mod body;
 mod error;
@@ -31,4 +33,5 @@ mod tls;
 mod transfer;
 
 pub use error::HttpError;
-pub use server::LabServer;
+pub use rpc::MAX_RPC_BODY;
+pub use server::{LabServer, Limits};

@@ -114,6 +114,35 @@ pub(super) fn embedded_internal_error(fault: &XapiFault) -> Bytes {
     ))
 }
 
+/// 503 for a request the host has no room to read now; the connection closes.
+pub(super) fn busy() -> Reply {
+    let mut reply = page(
+        StatusCode::SERVICE_UNAVAILABLE,
+        None,
+        "HTTP 503 too many large requests are being read; try again\r\n".to_owned(),
+    );
+    reply
+        .headers_mut()
+        .insert(CONNECTION, "close".parse().expect("static header"));
+    reply
+}
+
+/// 408 for a request body that took too long; the connection closes, the rest unread.
+pub(super) fn request_timeout(limit: std::time::Duration) -> Reply {
+    let mut reply = page(
+        StatusCode::REQUEST_TIMEOUT,
+        None,
+        format!(
+            "HTTP 408 the request body took longer than {} s\r\n",
+            limit.as_secs_f64()
+        ),
+    );
+    reply
+        .headers_mut()
+        .insert(CONNECTION, "close".parse().expect("static header"));
+    reply
+}
+
 pub(super) fn payload_too_large(limit: usize) -> Reply {
     page(
         StatusCode::PAYLOAD_TOO_LARGE,

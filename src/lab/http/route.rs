@@ -6,11 +6,12 @@ use hyper::body::Incoming;
 use hyper::{Method, Request};
 
 use super::reply::{self, Reply};
+use super::rpc::BodyReading;
 use super::{export, import, rpc};
 use crate::lab::Lab;
 use crate::lab::faults::Plane;
 
-pub(super) async fn handle(lab: Lab, request: Request<Incoming>) -> Reply {
+pub(super) async fn handle(lab: Lab, reading: &BodyReading, request: Request<Incoming>) -> Reply {
     let path = request.uri().path();
     let plane = match *request.method() {
         Method::GET if path.starts_with("/export_raw_vdi") => Some(Plane::Export),
@@ -30,8 +31,8 @@ pub(super) async fn handle(lab: Lab, request: Request<Incoming>) -> Reply {
             export::handle(lab, parts).await
         }
         Method::PUT if path.starts_with("/import_raw_vdi") => import::handle(lab, request).await,
-        Method::POST if path.starts_with("/jsonrpc") => rpc::json_rpc(lab, request).await,
-        Method::POST => rpc::xml_rpc(lab, request).await,
+        Method::POST if path.starts_with("/jsonrpc") => rpc::json_rpc(lab, request, reading).await,
+        Method::POST => rpc::xml_rpc(lab, request, reading).await,
         Method::OPTIONS => reply::cors_preflight(),
         _ => reply::not_found(),
     }

@@ -2,9 +2,6 @@
 //! `DIR/tls` (`cert.pem`, and `key.pem` readable by its owner only), so that its fingerprint
 //! stays the same across restarts and clients can pin it, as they pin a XenServer host's.
 
-use std::fs::OpenOptions;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -13,6 +10,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use super::HttpError;
+use crate::fsio::atomic;
 use crate::xapi::tls::Fingerprint;
 
 const TLS_DIR: &str = "tls";
@@ -80,20 +78,13 @@ fn create(dir: &Path) -> Result<(), HttpError> {
     write_private(&dir.join(CERT_FILE), generated.cert.pem().as_bytes())
 }
 
-/// Write `bytes` to `path` through a temp file created with mode 0600.
+/// Replace `path` with `bytes` readable by its owner only (mode 0600), atomically.
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), HttpError> {
-    let temp = path.with_extension("pem.tmp");
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&temp)
-        .map_err(HttpError::io("create", &temp))?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .map_err(HttpError::io("write", &temp))?;
-    std::fs::rename(&temp, path).map_err(HttpError::io("rename into place", path))
+    atomic::write_private(path, bytes).map_err(|e| HttpError::Io {
+        action: e.action,
+        path: e.path,
+        source: e.source,
+    })
 }
 
 #[cfg(test)]

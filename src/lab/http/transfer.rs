@@ -59,9 +59,10 @@ impl Refusal {
     }
 
     /// Fail `task` (if any) with the error, as xapi fails the task of a refused transfer,
-    /// and answer.
+    /// and answer. A client that did not authenticate touches no object: its task is left
+    /// as it was.
     pub fn answer(self, lab: &Lab, task: Option<&str>) -> Reply {
-        if let Some(task) = task {
+        if let Some(task) = task.filter(|_| self.answer != Answer::Unauthorised) {
             // A task that does not exist (the refusal may be about that) has nobody to tell.
             let _ = lab.complete_task(task, Err(self.fault.clone()));
         }

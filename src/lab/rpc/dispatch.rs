@@ -5,12 +5,29 @@
 
 use super::accessors::Accessor;
 use super::args::{Invocation, Param};
+use super::event::EventWait;
 use super::{accessors, catalog, lab_calls, task};
 use crate::lab::db::Class;
 use crate::lab::state::Lab;
 use crate::xapi::rpc::{Call, Response, Value, XapiFault};
 
 pub(super) type Handler = fn(&Lab, &Invocation) -> Response;
+/// A handler that checks a call and says what it waits for (`event.from`); the caller waits,
+/// blocking a thread or not.
+pub(super) type WaitHandler = fn(&Lab, &Invocation) -> Result<EventWait, XapiFault>;
+
+/// How a message runs.
+#[derive(Clone, Copy)]
+pub(super) enum Run {
+    Now(Handler),
+    Wait(WaitHandler),
+}
+
+/// What dispatching a call gives: its answer, or a wait whose end is the answer.
+pub(crate) enum Dispatched {
+    Answer(Response),
+    Wait(EventWait),
+}
 
 /// A message a namespace defines itself, beyond the accessors derived from its fields.
 pub(super) struct Message {
@@ -20,7 +37,7 @@ pub(super) struct Message {
     pub takes_session: bool,
     /// May also be called as `Async.<namespace>.<name>`, running as a task.
     pub asynchronous: bool,
-    pub run: Handler,
+    pub run: Run,
 }
 
 impl Message {
@@ -31,7 +48,22 @@ impl Message {
             params,
             takes_session: true,
             asynchronous: false,
-            run,
+            run: Run::Now(run),
+        }
+    }
+
+    /// A call that waits for the database to change (`event.from`).
+    pub const fn waiting(
+        name: &'static str,
+        params: &'static [Param],
+        wait: WaitHandler,
+    ) -> Message {
+        Message {
+            name,
+            params,
+            takes_session: true,
+            asynchronous: false,
+            run: Run::Wait(wait),
         }
     }
 
@@ -57,7 +89,14 @@ impl Message {
     }
 }
 
-pub(super) fn dispatch(lab: &Lab, call: &Call) -> Response {
+pub(super) fn dispatch(lab: &Lab, call: &Call) -> Dispatched {
+    match route(lab, call) {
+        Ok(dispatched) => dispatched,
+        Err(fault) => Dispatched::Answer(Err(fault)),
+    }
+}
+
+fn route(lab: &Lab, call: &Call) -> Result<Dispatched, XapiFault> {
     let unknown = || XapiFault::new("MESSAGE_METHOD_UNKNOWN", [call.method.as_str()]);
     let (asynchronous, name) = match call.method.strip_prefix("Async.") {
         Some(name) => (true, name),
@@ -81,13 +120,15 @@ pub(super) fn dispatch(lab: &Lab, call: &Call) -> Response {
             check_session(lab, &invocation)?;
         }
         if let Some(answer) = injected(lab, call, asynchronous) {
-            return answer;
+            return Ok(Dispatched::Answer(answer));
         }
-        return if asynchronous {
-            task::run_async(lab, message.run, invocation)
-        } else {
-            (message.run)(lab, &invocation)
-        };
+        return Ok(match message.run {
+            Run::Now(run) if asynchronous => {
+                Dispatched::Answer(task::run_async(lab, run, invocation))
+            }
+            Run::Now(run) => Dispatched::Answer(run(lab, &invocation)),
+            Run::Wait(wait) => Dispatched::Wait(wait(lab, &invocation)?),
+        });
     }
     let class = Class::from_name(namespace).ok_or_else(unknown)?;
     let accessor = Accessor::resolve(class, message_name)
@@ -96,9 +137,14 @@ pub(super) fn dispatch(lab: &Lab, call: &Call) -> Response {
     let invocation = Invocation::new(&call.method, accessor.params(), &call.params, true)?;
     check_session(lab, &invocation)?;
     if let Some(answer) = injected(lab, call, false) {
-        return answer;
+        return Ok(Dispatched::Answer(answer));
     }
-    accessors::run(lab, class, accessor, &invocation)
+    Ok(Dispatched::Answer(accessors::run(
+        lab,
+        class,
+        accessor,
+        &invocation,
+    )))
 }
 
 /// The answer of a call that meets an injected fault: its error, or for an `Async.` call a

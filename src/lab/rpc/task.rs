@@ -4,6 +4,14 @@
 //! A task's `result` is the XML-RPC serialisation of the return value (`<value>…</value>`),
 //! empty for void; a failure sets `error_info` = `[CODE, params…]`, and `TASK_CANCELLED`
 //! makes the status `cancelled` (protocol reference §2.6).
+//!
+//! `task.cancel` follows xapi: a task something runs (a transfer, an `Async.` call, see
+//! [`Lab::run_task`]) becomes `cancelling` and its runner ends it; a task nothing runs (made
+//! by `task.create` for a transfer that never started, or whose transfer already let go of
+//! it) is `cancelled` at once, so that no task stays `cancelling` forever.
+
+use std::collections::HashSet;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use super::args::{Invocation, Param};
 use super::dispatch::{Handler, Message};
@@ -36,9 +44,9 @@ fn destroy(lab: &Lab, call: &Invocation) -> Response {
     })
 }
 
-/// Cancellation is cooperative: a pending task becomes `cancelling`, and whoever runs it
-/// ends it (the data plane checks [`Lab::task_cancelling`]). The lab host's own `Async.*`
-/// work is short and runs to its end.
+/// Cancellation is cooperative: a pending task something runs becomes `cancelling`, and its
+/// runner ends it (the data plane checks [`Lab::task_cancelling`]; the lab host's own `Async.*`
+/// work is short and runs to its end). A pending task nothing runs ends `cancelled` at once.
 fn cancel(lab: &Lab, call: &Invocation) -> Response {
     let task = call.text(0)?;
     lab.with_db_mut(|db| {
@@ -47,9 +55,41 @@ fn cancel(lab: &Lab, call: &Invocation) -> Response {
                 "the task is not pending",
             ));
         }
-        db.set(Class::Task, task, "status", Value::from("cancelling"))?;
+        // Decided under the database lock, under which runners take their tasks.
+        if lab.running_tasks().contains(task) {
+            db.set(Class::Task, task, "status", Value::from("cancelling"))?;
+        } else {
+            end_task(db, task, &Err(XapiFault::new("TASK_CANCELLED", [task])))?;
+        }
         Ok(Value::void())
     })
+}
+
+/// The tasks something is running: a transfer from its checks to its end, an `Async.` call
+/// on its worker thread.
+#[derive(Debug, Default)]
+pub(crate) struct RunningTasks(Mutex<HashSet<String>>);
+
+impl RunningTasks {
+    fn contains(&self, task: &str) -> bool {
+        self.lock().contains(task)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashSet<String>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A task being run, until this is dropped.
+pub(crate) struct TaskRun {
+    lab: Lab,
+    task: String,
+}
+
+impl Drop for TaskRun {
+    fn drop(&mut self) {
+        self.lab.running_tasks().lock().remove(&self.task);
+    }
 }
 
 /// Finished tasks kept for clients that have not destroyed theirs, as xapi's task GC does;
@@ -82,9 +122,11 @@ pub(super) fn run_async(lab: &Lab, run: Handler, call: Invocation) -> Response {
     let task = lab.create_task(&call.method)?;
     let worker = lab.clone();
     let worker_task = task.clone();
+    let running = lab.run_task(&task);
     let spawned = std::thread::Builder::new()
         .name("lab-async".into())
         .spawn(move || {
+            let _running = running;
             let outcome = run(&worker, &call);
             // The client may have destroyed the task meanwhile; then nobody is waiting.
             let _ = worker.complete_task(&worker_task, outcome);
@@ -100,6 +142,40 @@ pub(super) fn run_async(lab: &Lab, run: Handler, call: Invocation) -> Response {
     Ok(Value::from(task))
 }
 
+/// End a pending (or cancelling) task with a call's outcome; a task already ended is left as
+/// it is. Fails with `HANDLE_INVALID` if the task no longer exists.
+fn end_task(db: &mut Db, task: &str, outcome: &Response) -> Result<(), XapiFault> {
+    let status = db.text(Class::Task, task, "status")?;
+    if !matches!(status, "pending" | "cancelling") {
+        return Ok(());
+    }
+    let (status, result, error_info) = match outcome {
+        Ok(value) if *value == Value::void() => ("success", String::new(), Vec::new()),
+        Ok(value) => (
+            "success",
+            encode_value(value, IntEncoding::AsString),
+            Vec::new(),
+        ),
+        Err(fault) => {
+            let status = if fault.code == "TASK_CANCELLED" {
+                "cancelled"
+            } else {
+                "failure"
+            };
+            let info = std::iter::once(fault.code.clone())
+                .chain(fault.params.iter().cloned())
+                .collect();
+            (status, String::new(), info)
+        }
+    };
+    db.set(Class::Task, task, "result", Value::from(result))?;
+    db.set(Class::Task, task, "error_info", Value::from(error_info))?;
+    db.set(Class::Task, task, "progress", Value::Double(1.0))?;
+    db.set(Class::Task, task, "finished", now())?;
+    db.set(Class::Task, task, "status", Value::from(status))?;
+    Ok(())
+}
+
 impl Lab {
     /// A new pending task, e.g. for a transfer started without a `task_id`.
     pub fn create_task(&self, label: &str) -> Result<String, XapiFault> {
@@ -109,37 +185,18 @@ impl Lab {
     /// End a pending (or cancelling) task with a call's outcome; a task already ended is
     /// left as it is. Fails with `HANDLE_INVALID` if the task no longer exists.
     pub fn complete_task(&self, task: &str, outcome: Response) -> Result<(), XapiFault> {
-        self.with_db_mut(|db| {
-            let status = db.text(Class::Task, task, "status")?;
-            if !matches!(status, "pending" | "cancelling") {
-                return Ok(());
-            }
-            let (status, result, error_info) = match &outcome {
-                Ok(value) if *value == Value::void() => ("success", String::new(), Vec::new()),
-                Ok(value) => (
-                    "success",
-                    encode_value(value, IntEncoding::AsString),
-                    Vec::new(),
-                ),
-                Err(fault) => {
-                    let status = if fault.code == "TASK_CANCELLED" {
-                        "cancelled"
-                    } else {
-                        "failure"
-                    };
-                    let info = std::iter::once(fault.code.clone())
-                        .chain(fault.params.iter().cloned())
-                        .collect();
-                    (status, String::new(), info)
-                }
-            };
-            db.set(Class::Task, task, "result", Value::from(result))?;
-            db.set(Class::Task, task, "error_info", Value::from(error_info))?;
-            db.set(Class::Task, task, "progress", Value::Double(1.0))?;
-            db.set(Class::Task, task, "finished", now())?;
-            db.set(Class::Task, task, "status", Value::from(status))?;
-            Ok(())
-        })
+        self.with_db_mut(|db| end_task(db, task, &outcome))
+    }
+
+    /// Mark `task` as run from now until the returned guard drops: `task.cancel` then leaves
+    /// it `cancelling` for the runner, which must end the task before it drops the guard.
+    /// Taken under the database lock, under which `task.cancel` decides.
+    pub(crate) fn run_task(&self, task: &str) -> TaskRun {
+        self.with_db(|_| self.running_tasks().lock().insert(task.to_owned()));
+        TaskRun {
+            lab: self.clone(),
+            task: task.to_owned(),
+        }
     }
 
     /// Report a pending task's progress, from 0.0 to 1.0.
@@ -160,11 +217,12 @@ impl Lab {
         self.with_db(|db| db.exists(Class::Task, task))
     }
 
-    /// Whether a client asked to cancel the task (`task.cancel`).
+    /// Whether a client asked to cancel the task (`task.cancel`): it is `cancelling`, or
+    /// already `cancelled` because it was cancelled before its runner took it.
     pub fn task_cancelling(&self, task: &str) -> bool {
         self.with_db(|db| {
             db.text(Class::Task, task, "status")
-                .is_ok_and(|s| s == "cancelling")
+                .is_ok_and(|s| matches!(s, "cancelling" | "cancelled"))
         })
     }
 }

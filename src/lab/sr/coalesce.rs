@@ -23,7 +23,8 @@ use uuid::Uuid;
 
 use super::error::{Context, Operation, SrError, image_error};
 use super::index::Index;
-use super::layout::{sync_dir, vhd_file_name};
+use super::layout::vhd_file_name;
+use crate::fsio::atomic;
 use crate::image::{BlockState, Chain, CreateOptions, ParentLink, VhdLayer, VhdWriter, create};
 use crate::vhd::{self, DiskType, SECTOR_SIZE};
 
@@ -61,9 +62,6 @@ pub(super) fn coalesce(dir: &Path, index: &Index, max_depth: usize) -> Result<us
             .collect();
         merge(dir, &layers, *vdi)?;
         merged += layers.len() - 1;
-    }
-    if merged > 0 {
-        sync_dir(dir, Context::sr(op))?;
     }
     Ok(merged)
 }
@@ -140,6 +138,8 @@ fn merge(dir: &Path, layers: &[&VhdLayer], vdi: Uuid) -> Result<(), SrError> {
         virtual_size: top.virtual_size(),
         block_size: top.block_size(),
         uuid: top.footer().unique_id,
+        // Children record their parent's time stamp; the merged file stands in for `top`.
+        timestamp: top.footer().timestamp,
         parent,
     };
     // A fresh name that no chain references: a crash before the rename leaves sweepable garbage.
@@ -165,12 +165,7 @@ fn merge(dir: &Path, layers: &[&VhdLayer], vdi: Uuid) -> Result<(), SrError> {
     writer.set_hidden(true).map_err(image_error(op, vdi))?;
     writer.flush().map_err(image_error(op, vdi))?;
     drop(writer);
-    let ctx = Context::vdi(op, vdi);
-    std::fs::File::open(&scratch)
-        .and_then(|f| f.sync_all())
-        .map_err(ctx.io("fsync", &scratch))?;
-    std::fs::rename(&scratch, top.path()).map_err(ctx.io("rename", &scratch))?;
-    Ok(())
+    atomic::publish(&scratch, top.path()).map_err(Context::vdi(op, vdi).atomic())
 }
 
 /// Copy the sectors `layer` holds of block `index` over `data`, marking them in `present`.

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use uuid::Uuid;
 
+use crate::fsio::atomic::AtomicError;
 use crate::image::ImageError;
 
 /// What the SR was asked to do when an error happened.
@@ -139,6 +140,11 @@ impl Context {
             path: path.into(),
             source,
         }
+    }
+
+    /// For a failed step of an atomic replace, which names its own action and path.
+    pub fn atomic(self) -> impl FnOnce(AtomicError) -> SrError {
+        move |e| self.io(e.action, e.path)(e.source)
     }
 }
 

@@ -11,8 +11,9 @@ use std::sync::{Arc, Mutex};
 use uuid::Uuid;
 
 use super::error::{Context, Operation, SrError};
-use super::layout::{staging_file_name, sync_dir};
+use super::layout::staging_file_name;
 use super::{FileSr, ensure_writable, lock};
+use crate::fsio::atomic;
 
 /// A claim on a VDI for an import, and the staging copy of its leaf the import writes.
 ///
@@ -91,9 +92,9 @@ impl FileSr {
         let Some(staging) = guard.staging.clone() else {
             return Ok(());
         };
-        std::fs::rename(&staging, &guard.leaf).map_err(ctx.io("rename into place", &guard.leaf))?;
+        atomic::publish(&staging, &guard.leaf).map_err(ctx.atomic())?;
         guard.staging = None;
-        sync_dir(&self.dir, ctx)
+        Ok(())
     }
 }
 

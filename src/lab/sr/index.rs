@@ -3,15 +3,14 @@
 //! rename, fsync of the directory), so a crash leaves either the old index or the new one.
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::Write;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::error::{Context, SrError};
-use super::layout::{INDEX_FILE, INDEX_TEMP, sync_dir, vhd_file_uuid};
+use super::layout::{INDEX_FILE, vhd_file_uuid};
+use crate::fsio::atomic;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(super) struct VdiRecord {
@@ -57,17 +56,12 @@ impl Index {
     }
 
     pub fn save(&self, dir: &Path, ctx: Context) -> Result<(), SrError> {
-        let temp = dir.join(INDEX_TEMP);
         let path = dir.join(INDEX_FILE);
         let text = serde_json::to_vec_pretty(self).map_err(|e| SrError::BadIndex {
             path: path.clone(),
             detail: format!("cannot encode: {e}"),
         })?;
-        let mut file = File::create(&temp).map_err(ctx.io("create", &temp))?;
-        file.write_all(&text).map_err(ctx.io("write", &temp))?;
-        file.sync_all().map_err(ctx.io("fsync", &temp))?;
-        std::fs::rename(&temp, &path).map_err(ctx.io("rename into place", &path))?;
-        sync_dir(dir, ctx)
+        atomic::write(&path, &text).map_err(ctx.atomic())
     }
 }
 
@@ -99,7 +93,11 @@ mod tests {
         let loaded = Index::load(dir.path(), ctx).unwrap().unwrap();
         assert_eq!(loaded.capacity, index.capacity);
         assert_eq!(loaded.vdis, index.vdis);
-        assert!(!dir.path().join(INDEX_TEMP).exists());
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temp file is left"
+        );
 
         index.vdis.get_mut(&vdi).unwrap().leaf = "../../etc/passwd".into();
         index.save(dir.path(), ctx).unwrap();

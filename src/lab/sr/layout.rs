@@ -2,15 +2,14 @@
 //! `<footer uuid>.vhd` per VHD file, plus the temp files of writes in progress and the
 //! staging copies (`<leaf>.import`) of imports in progress.
 
-use std::fs::File;
 use std::path::Path;
 
 use uuid::Uuid;
 
 use super::error::{Context, SrError};
+use crate::fsio::atomic;
 
 pub(super) const INDEX_FILE: &str = "sr.json";
-pub(super) const INDEX_TEMP: &str = "sr.json.tmp";
 
 /// The file name of the VHD whose footer uuid is `uuid`.
 pub(super) fn vhd_file_name(uuid: Uuid) -> String {
@@ -23,12 +22,12 @@ pub(super) fn vhd_file_uuid(name: &str) -> Option<Uuid> {
     (vhd_file_name(uuid) == name).then_some(uuid)
 }
 
-/// Temp files of an index save or of an image creation (`<uuid>.vhd.tmp`).
+/// Temp files of an index save or of an image creation: [`atomic`] temps of `sr.json` or of a
+/// `<uuid>.vhd`, or the fixed `sr.json.tmp` and `<uuid>.vhd.tmp` that earlier versions used.
 pub(super) fn is_temp_file(name: &str) -> bool {
-    name == INDEX_TEMP
-        || name
-            .strip_suffix(".tmp")
-            .is_some_and(|vhd| vhd_file_uuid(vhd).is_some())
+    atomic::temp_target(name)
+        .or_else(|| name.strip_suffix(".tmp"))
+        .is_some_and(|target| target == INDEX_FILE || vhd_file_uuid(target).is_some())
 }
 
 /// The staging copy an import writes instead of the leaf named `leaf`.
@@ -57,9 +56,7 @@ pub(super) fn file_names(dir: &Path, ctx: Context) -> Result<Vec<String>, SrErro
 
 /// Make creations, renames and deletions in `dir` durable.
 pub(super) fn sync_dir(dir: &Path, ctx: Context) -> Result<(), SrError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(ctx.io("fsync directory", dir))
+    atomic::sync_dir(dir).map_err(ctx.atomic())
 }
 
 #[cfg(test)]
@@ -78,7 +75,13 @@ mod tests {
     #[test]
     fn temp_files_are_the_index_temp_and_vhd_temps() {
         let uuid = Uuid::new_v4();
-        assert!(is_temp_file(INDEX_TEMP));
+        let dir = tempfile::tempdir().unwrap();
+        for target in [INDEX_FILE.to_string(), vhd_file_name(uuid)] {
+            let file = atomic::AtomicFile::create(&dir.path().join(target)).unwrap();
+            let name = file.temp_path().file_name().unwrap().to_str().unwrap();
+            assert!(is_temp_file(name), "{name}");
+        }
+        assert!(is_temp_file("sr.json.tmp"));
         assert!(is_temp_file(&format!("{uuid}.vhd.tmp")));
         assert!(!is_temp_file(&vhd_file_name(uuid)));
         assert!(!is_temp_file("notes.tmp"));

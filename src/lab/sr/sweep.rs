@@ -76,7 +76,7 @@ mod tests {
     use uuid::Uuid;
 
     use crate::lab::sr::FileSr;
-    use crate::lab::sr::layout::{INDEX_TEMP, staging_file_name, vhd_file_name};
+    use crate::lab::sr::layout::{staging_file_name, vhd_file_name};
 
     #[test]
     fn opening_the_sr_deletes_only_unreferenced_vhd_files_and_temp_files() {
@@ -95,7 +95,16 @@ mod tests {
             .path()
             .join(format!("{}.tmp", vhd_file_name(Uuid::new_v4())));
         std::fs::write(&temp, b"partial").unwrap();
-        std::fs::write(dir.path().join(INDEX_TEMP), b"{").unwrap();
+        // Temp names of the atomic helper, and the fixed ones of earlier versions.
+        let temps = [
+            dir.path().join("sr.json.tmp"),
+            dir.path().join("sr.json.a1B2c3D4.tmp"),
+            dir.path()
+                .join(format!("{}.Zz09Zz09.tmp", vhd_file_name(Uuid::new_v4()))),
+        ];
+        for temp in &temps {
+            std::fs::write(temp, b"{").unwrap();
+        }
         let staging = dir
             .path()
             .join(staging_file_name(&vhd_file_name(Uuid::new_v4())));
@@ -104,7 +113,7 @@ mod tests {
 
         let sr = FileSr::open(dir.path()).unwrap();
         assert!(!orphan.exists() && !temp.exists() && !staging.exists());
-        assert!(!dir.path().join(INDEX_TEMP).exists());
+        assert!(temps.iter().all(|t| !t.exists()));
         assert!(dir.path().join("notes.txt").exists());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), kept + 1);
         sr.chain(vdi).unwrap();

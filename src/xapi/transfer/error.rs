@@ -51,6 +51,11 @@ pub enum TransferErrorKind {
     Connection(String),
     #[error("the target closed the import before taking the whole stream")]
     TargetClosed,
+    /// The target gave up on the import mid-way; its task says why.
+    #[error("the target failed the import: {0}")]
+    TargetFailed(ClientError),
+    #[error("the target VDI holds {size} bytes, smaller than the {needed}-byte disk sent to it")]
+    TargetTooSmall { size: u64, needed: u64 },
     #[error("too many redirects (last to {0})")]
     Redirects(String),
     #[error("cancelled")]
@@ -84,7 +89,7 @@ impl TransferError {
     /// The XAPI error code behind the failure, if a host answered with one.
     pub fn xapi_code(&self) -> Option<&str> {
         match &self.kind {
-            TransferErrorKind::Client(e) => e.xapi_code(),
+            TransferErrorKind::Client(e) | TransferErrorKind::TargetFailed(e) => e.xapi_code(),
             _ => None,
         }
     }

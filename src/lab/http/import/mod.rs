@@ -60,7 +60,10 @@ pub(super) async fn handle(lab: Lab, request: Request<Incoming>) -> Reply {
     tokio::spawn(pump(body, frames_tx, started_tx));
     let (reply_tx, reply_body) = ReplyBody::channel(1);
     let task = job.task.clone();
+    // Until the import ends its task, `task.cancel` leaves the task to it.
+    let running = job.lab.run_task(&task);
     tokio::task::spawn_blocking(move || {
+        let _running = running;
         let uuid = job.uuid;
         let names = [job.vdi.as_str(), &uuid.to_string()];
         let faults = job.lab.faults().arm(Plane::Import, &names);
