@@ -12,7 +12,8 @@
 //!   environment variable or the URL, and the certificate [`Trust`]) gives an [`XapiClient`],
 //!   or a [`ConnectError`]; [`credential_warnings`] says what the password's owner should fix.
 //! - Copy one VDI (whole, or its delta against a base) between two hosts: [`transfer_vdi`] with
-//!   [`TransferOptions`], giving a [`TransferReport`] or a [`TransferError`].
+//!   [`TransferOptions`] (stall timeout, a bandwidth [`Throttle`] shared by the transfers
+//!   given clones of it), giving a [`TransferReport`] or a [`TransferError`].
 //! - Replicate one VM: [`replicate_vm`] runs one cycle with [`CycleSettings`] (usually from a
 //!   [`Job`] file: [`Job::load`], [`Job::cycle_settings`], [`Job::source_login`]) until done
 //!   or until its [`CancellationToken`] is cancelled, giving a [`CycleReport`] or a
@@ -122,7 +123,7 @@ pub use xapi::connect::{
 };
 pub use xapi::tls::{Fingerprint, Trust};
 pub use xapi::transfer::{
-    Progress, TransferError, TransferErrorKind, TransferOptions, TransferReport, VdiOn,
+    Progress, Throttle, TransferError, TransferErrorKind, TransferOptions, TransferReport, VdiOn,
     transfer_vdi,
 };
 pub use xapi::{HostUrl, Secret};

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
+use vhdsync::lab::db::{Class, Field, Kind};
 use vhdsync::lab::{InitReport, Lab, LabError};
 use vhdsync::xapi::rpc::xmlrpc::decode_value;
 use vhdsync::xapi::rpc::{Call, Response, Value, XapiFault};
@@ -1426,9 +1427,328 @@ fn concurrent_calls_are_each_applied_whole() {
             .len(),
         8
     );
-    // Two disks per snapshot, plus the VM's own.
-    assert_eq!(
-        f.ok("VDI.get_all", &[]).as_array().unwrap().len(),
-        2 + 8 * 2
+    // Two disks per snapshot, plus the VM's own; and each snapshot froze one hidden parent
+    // per disk, an unmanaged VDI.
+    let records = f.ok("VDI.get_all_records", &[]);
+    let (managed, hidden): (Vec<_>, Vec<_>) = records
+        .as_struct()
+        .unwrap()
+        .values()
+        .partition(|vdi| vdi.get("managed").unwrap().as_bool().unwrap());
+    assert_eq!(managed.len(), 2 + 8 * 2);
+    assert_eq!(hidden.len(), 8 * 2);
+}
+
+/// A value of `field`'s kind that differs from `current`, for the setter test.
+fn sample(field: &Field, current: &Value, objects: &dyn Fn(Class) -> String) -> Value {
+    match field.kind {
+        Kind::Text => Value::from("set by the setter test"),
+        Kind::Enum(values) => Value::from(values[values.len() - 1]),
+        Kind::Ref(target) => match Class::from_name(target) {
+            Some(class) => Value::from(objects(class)),
+            // Classes the lab does not model: their references are kept as given.
+            None => Value::from("OpaqueRef:not-modelled"),
+        },
+        Kind::Int => Value::Int(5),
+        Kind::Float => Value::Double(2.5),
+        Kind::Bool => Value::Bool(current.as_bool() != Some(true)),
+        Kind::DateTime => Value::DateTime("20250319T04:16:24Z".into()),
+        Kind::Set => Value::from(vec!["a", "b"]),
+        Kind::IntSet => Value::from(vec![1i64, 2]),
+        Kind::Map(keys) => {
+            let key = keys.map_or("key", |keys| keys[0]);
+            Value::Struct([(key.to_owned(), Value::from("value"))].into())
+        }
+    }
+}
+
+/// Derived from the lab's datamodel tables: every field XAPI has a setter for (RW, or RO with
+/// an explicit `set_` message) answers `set_<field>` over RPC with a value of its kind, which
+/// `get_<field>` then returns; every other field has no setter. A field the tables mark
+/// settable without a working setter fails here.
+#[test]
+fn every_settable_field_of_every_class_has_a_working_setter() {
+    let f = Fixture::new();
+    let task = f.text("task.create", &["setter test".into(), "".into()]);
+    let vm = f.vm();
+    let disks = f.disks(&vm);
+    let first = |method: &str| {
+        f.ok(method, &[]).as_array().unwrap()[0]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let objects = |class: Class| match class {
+        Class::Pool => first("pool.get_all"),
+        Class::Host => first("host.get_all"),
+        Class::Sr => first("SR.get_all"),
+        Class::Vdi => disks[1].1.clone(),
+        Class::Vbd => first_vbd(&f, &vm),
+        Class::Vm => vm.clone(),
+        Class::Task => task.clone(),
+        Class::Session => f.session.clone(),
+    };
+    let mut set = 0;
+    for class in Class::ALL {
+        // Setters write the first disk, references point at the second.
+        let reference = match class {
+            Class::Vdi => disks[0].1.clone(),
+            _ => objects(class),
+        };
+        for field in class.fields() {
+            let method = format!("{}.set_{}", class.name(), field.name);
+            let getter = format!("{}.get_{}", class.name(), field.name);
+            let current = f.ok(&getter, &[reference.as_str().into()]);
+            let value = sample(field, &current, &objects);
+            let answer = f.call(&method, &[reference.as_str().into(), value.clone()]);
+            if !field.access.has_setter() {
+                let err = answer.expect_err(&method);
+                assert_eq!(err.code, "MESSAGE_METHOD_UNKNOWN", "{method}");
+                continue;
+            }
+            answer.unwrap_or_else(|e| panic!("{method}: {e}"));
+            assert_eq!(
+                f.ok(&getter, &[reference.as_str().into()]),
+                value,
+                "{method}"
+            );
+            set += 1;
+        }
+    }
+    // The four VM setters are among them.
+    for name in [
+        "has_vendor_device",
+        "order",
+        "shutdown_delay",
+        "start_delay",
+    ] {
+        assert!(Class::Vm.field(name).unwrap().access.has_setter(), "{name}");
+    }
+    assert!(set > 100, "only {set} setters");
+}
+
+fn first_vbd(f: &Fixture, vm: &str) -> String {
+    let vbds = f.ok("VM.get_VBDs", &[vm.into()]);
+    vbds.as_array().unwrap()[0].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn setters_with_semantics_check_their_values() {
+    let f = Fixture::new();
+    let vm = f.vm();
+    let fault = |method: &str, reference: &str, value: Value| {
+        f.call(method, &[reference.into(), value])
+            .expect_err(method)
+    };
+    for field in ["start_delay", "shutdown_delay", "order"] {
+        let err = fault(&format!("VM.set_{field}"), &vm, Value::Int(-1));
+        assert_eq!(err, XapiFault::new("INVALID_VALUE", [field, "-1"]));
+    }
+    let err = fault("VM.set_domain_type", &vm, "pvhvm".into());
+    assert_eq!(err.code, "INVALID_VALUE");
+    let err = fault(
+        "VM.set_bios_strings",
+        &vm,
+        Value::Struct([("bios-colour".to_owned(), Value::from("red"))].into()),
     );
+    assert_eq!(err.code, "INVALID_VALUE");
+    let pool = f.ok("pool.get_all", &[]).as_array().unwrap()[0]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let err = fault("pool.set_local_auth_max_threads", &pool, Value::Int(0));
+    assert_eq!(
+        err,
+        XapiFault::new("INVALID_VALUE", ["local_auth_max_threads", "0"])
+    );
+    // A VBD's mode changes only while its VM is halted.
+    let vbd = first_vbd(&f, &vm);
+    f.ok(
+        "VM.start",
+        &[vm.as_str().into(), false.into(), false.into()],
+    );
+    let err = fault("VBD.set_mode", &vbd, "RO".into());
+    assert_eq!(err.code, "VM_BAD_POWER_STATE");
+    f.ok("VM.hard_shutdown", &[vm.as_str().into()]);
+    f.ok("VBD.set_mode", &[vbd.as_str().into(), "RO".into()]);
+}
+
+#[test]
+fn vm_update_allowed_operations_recomputes_them_from_power_state_and_blocked_operations() {
+    let f = Fixture::new();
+    let vm = f.vm();
+    let allowed = |f: &Fixture| {
+        f.ok("VM.update_allowed_operations", &[vm.as_str().into()]);
+        let ops = f.ok("VM.get_allowed_operations", &[vm.as_str().into()]);
+        let mut ops: Vec<String> = ops
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|op| op.as_str().unwrap().to_owned())
+            .collect();
+        ops.sort();
+        ops
+    };
+    assert_eq!(
+        allowed(&f),
+        ["clone", "destroy", "snapshot", "start", "start_on"]
+    );
+    f.ok(
+        "VM.add_to_blocked_operations",
+        &[vm.as_str().into(), "start".into(), BLOCKED.into()],
+    );
+    assert_eq!(allowed(&f), ["clone", "destroy", "snapshot", "start_on"]);
+    f.ok(
+        "VM.remove_from_blocked_operations",
+        &[vm.as_str().into(), "start".into()],
+    );
+    f.ok(
+        "VM.start",
+        &[vm.as_str().into(), false.into(), false.into()],
+    );
+    assert_eq!(allowed(&f), ["clean_shutdown", "hard_shutdown", "snapshot"]);
+    let task = f.text("Async.VM.update_allowed_operations", &[vm.as_str().into()]);
+    assert!(task.starts_with("OpaqueRef:"), "{task}");
+    let err = f
+        .call("VM.update_allowed_operations", &["OpaqueRef:gone".into()])
+        .unwrap_err();
+    assert_eq!(
+        err,
+        XapiFault::new("HANDLE_INVALID", ["VM", "OpaqueRef:gone"])
+    );
+}
+
+/// The uuid `sm_config['vhd-parent']` of the VDI `vdi` names, if any.
+fn vhd_parent(f: &Fixture, vdi: &str) -> Option<String> {
+    let config = f.ok("VDI.get_sm_config", &[vdi.into()]);
+    config
+        .get("vhd-parent")
+        .map(|uuid| uuid.as_str().unwrap().to_owned())
+}
+
+/// Walk a VDI's chain through its hidden parents as clients do: `VDI.get_by_uuid` on each
+/// `vhd-parent`, then that VDI's `sm_config`. Returns the parents' refs, nearest first.
+fn walk_chain(f: &Fixture, vdi: &str) -> Vec<String> {
+    let mut parents = Vec::new();
+    let mut next = vhd_parent(f, vdi);
+    while let Some(uuid) = next {
+        assert!(parents.len() < 256, "the chain of {vdi} does not end");
+        let parent = f.text("VDI.get_by_uuid", &[uuid.as_str().into()]);
+        next = vhd_parent(f, &parent);
+        parents.push(parent);
+    }
+    parents
+}
+
+#[test]
+fn hidden_chain_parents_are_unmanaged_vdis_that_clients_walk_to_the_base() {
+    let f = Fixture::new();
+    let vdi = f.disks(&f.vm())[0].1.clone();
+    assert!(walk_chain(&f, &vdi).is_empty(), "a new disk is one VHD");
+    let first = f.text("VDI.snapshot", &[vdi.as_str().into()]);
+    let second = f.text("VDI.snapshot", &[vdi.as_str().into()]);
+    let parents = walk_chain(&f, &vdi);
+    assert_eq!(parents.len(), 2);
+    for parent in &parents {
+        let record = f.ok("VDI.get_record", &[parent.as_str().into()]);
+        assert_eq!(record.get("managed"), Some(&Value::Bool(false)), "{parent}");
+        assert_eq!(
+            record.get("read_only"),
+            Some(&Value::Bool(true)),
+            "{parent}"
+        );
+        assert_eq!(
+            record.get("is_a_snapshot"),
+            Some(&Value::Bool(false)),
+            "{parent}"
+        );
+        assert_eq!(record.get("VBDs"), Some(&Value::Array(vec![])), "{parent}");
+        assert_eq!(text_of(&record, "name_label"), "base copy");
+        assert_eq!(
+            record.get("allowed_operations"),
+            Some(&Value::Array(vec![]))
+        );
+        let sm_config = record.get("sm_config").unwrap();
+        assert_eq!(
+            sm_config.get("vdi_type").and_then(Value::as_str),
+            Some("vhd")
+        );
+    }
+    // The base has no parent; each snapshot builds on the parent frozen when it was taken.
+    assert_eq!(vhd_parent(&f, &parents[1]), None);
+    let uuid = |vdi: &str| f.text("VDI.get_uuid", &[vdi.into()]);
+    assert_eq!(vhd_parent(&f, &first), Some(uuid(&parents[1])));
+    assert_eq!(vhd_parent(&f, &second), Some(uuid(&parents[0])));
+    // The SR lists them, without counting their sizes into its virtual allocation.
+    let sr = f.ok("VDI.get_SR", &[vdi.as_str().into()]);
+    let sr_vdis = f.ok("SR.get_VDIs", std::slice::from_ref(&sr));
+    assert!(
+        parents
+            .iter()
+            .all(|p| sr_vdis.as_array().unwrap().contains(&p.as_str().into()))
+    );
+    let allocation = f.ok("SR.get_virtual_allocation", &[sr]).as_i64().unwrap();
+    // The disks (8 MiB, and 3 MiB rounded up to 4) and the two snapshots of the first.
+    assert_eq!(allocation as u64, (8 + 4 + 8 + 8) * MIB);
+
+    // Nobody destroys, branches, resizes or attaches them but the SR.
+    for method in ["VDI.destroy", "VDI.snapshot", "VDI.clone"] {
+        let err = f.call(method, &[parents[0].as_str().into()]).unwrap_err();
+        assert_eq!(
+            err,
+            XapiFault::new("VDI_NOT_MANAGED", [parents[0].as_str()]),
+            "{method}"
+        );
+    }
+    let err = f
+        .call("VDI.resize", &[parents[0].as_str().into(), int(16 * MIB)])
+        .unwrap_err();
+    assert_eq!(err.code, "VDI_NOT_MANAGED");
+
+    // Destroying both snapshots leaves the disk's chain as it was: its parents stay.
+    f.ok("VDI.destroy", &[first.as_str().into()]);
+    f.ok("VDI.destroy", &[second.as_str().into()]);
+    assert_eq!(walk_chain(&f, &vdi), parents);
+    // Destroying the disk too leaves no VHD file, so no hidden VDI either.
+    f.ok("VDI.destroy", &[vdi.as_str().into()]);
+    for parent in &parents {
+        let err = f
+            .call("VDI.get_record", &[parent.as_str().into()])
+            .unwrap_err();
+        assert_eq!(err.code, "HANDLE_INVALID", "{parent}");
+    }
+}
+
+/// The replication source's pattern: snapshot every cycle, keep the newest snapshot. Past 32
+/// files, destroys coalesce the chain; the unmanaged VDIs stay exactly the hidden parents the
+/// disk's chain walks through, merged-away ones gone and re-parented ones updated.
+#[test]
+fn coalescing_keeps_the_hidden_vdis_those_of_the_walked_chain() {
+    let f = Fixture::new();
+    let vdi = f.disks(&f.vm())[1].1.clone();
+    let mut kept: Option<String> = None;
+    for _ in 0..40 {
+        let snapshot = f.text("VDI.snapshot", &[vdi.as_str().into()]);
+        if let Some(old) = kept.replace(snapshot) {
+            f.ok("VDI.destroy", &[old.as_str().into()]);
+        }
+    }
+    let walked: BTreeSet<String> = walk_chain(&f, &vdi).into_iter().collect();
+    assert!(
+        walked.len() <= 33,
+        "{} parents: not coalesced",
+        walked.len()
+    );
+    let records = f.ok("VDI.get_all_records", &[]);
+    let hidden: BTreeSet<String> = records
+        .as_struct()
+        .unwrap()
+        .iter()
+        .filter(|(_, record)| record.get("managed") == Some(&Value::Bool(false)))
+        .map(|(reference, _)| reference.clone())
+        .collect();
+    assert_eq!(hidden, walked);
+    // The kept snapshot builds on the same chain.
+    let kept = kept.unwrap();
+    assert!(walked.contains(&f.text("VDI.get_by_uuid", &[vhd_parent(&f, &kept).unwrap().into()])));
 }

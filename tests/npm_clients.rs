@@ -295,6 +295,67 @@ fn npm_xen_api_without_events() {
     check_xen_api(false, "auto");
 }
 
+/// `datamodel.mjs`: the explicit VM setters Xen Orchestra's replica update calls, and a walk
+/// of a VHD chain through its hidden parents, which must be unmanaged VDI records.
+#[test]
+fn npm_xen_api_sets_vm_fields_and_walks_vhd_chains() {
+    let Some(clients) = clients() else { return };
+    let host = LabHost::start(&[("web01", "8M,4M")]);
+    let vm = host.vm("web01");
+    let (vm_ref, vm_uuid) = (vm["ref"].as_str().unwrap(), vm["uuid"].as_str().unwrap());
+
+    let seen = node(
+        clients,
+        "datamodel.mjs",
+        &[("url", &host.url), ("vm", vm_uuid)],
+    );
+
+    assert_eq!(seen["vm"], vm_ref);
+    let record = host.call("VM.get_record", &[vm_ref]);
+    let int = |name| record.get(name).unwrap().as_i64().unwrap();
+    assert_eq!(
+        record.get("has_vendor_device").unwrap().as_bool(),
+        Some(true)
+    );
+    assert_eq!(
+        (int("order"), int("shutdown_delay"), int("start_delay")),
+        (3, 7, 11)
+    );
+    assert_eq!(
+        seen["updated"],
+        json!({
+            "has_vendor_device": true,
+            "order": 3,
+            "shutdown_delay": 7,
+            "start_delay": 11,
+            "allowed_operations": ["clone", "destroy", "snapshot", "start", "start_on"],
+        })
+    );
+
+    // The first snapshot froze the disk's original VHD (the base, no parent); the second
+    // froze the child the disk had continued on. The walk meets them newest first.
+    let chain = seen["chain"].as_array().unwrap();
+    assert_eq!(chain.len(), 2, "{chain:?}");
+    for hidden in chain {
+        assert_eq!(hidden["managed"], false, "{hidden}");
+        assert_eq!(hidden["read_only"], true, "{hidden}");
+        assert_eq!(hidden["is_a_snapshot"], false, "{hidden}");
+        assert_eq!(hidden["VBDs"], json!([]), "{hidden}");
+    }
+    assert_eq!(chain[0]["vhd_parent"], chain[1]["uuid"]);
+    assert_eq!(chain[1]["vhd_parent"], Json::Null);
+    // Each snapshot builds on the parent frozen when it was taken, as the host says too.
+    let snapshots = seen["snapshots"].as_array().unwrap();
+    let vhd_parent = |uuid: &str| {
+        let vdi = host.call("VDI.get_by_uuid", &[uuid]);
+        let config = string_map(&host.call("VDI.get_sm_config", &[vdi.as_str().unwrap()]));
+        config.get("vhd-parent").cloned().unwrap_or_default()
+    };
+    assert_eq!(vhd_parent(snapshots[0].as_str().unwrap()), chain[1]["uuid"]);
+    assert_eq!(vhd_parent(snapshots[1].as_str().unwrap()), chain[0]["uuid"]);
+    assert_eq!(vhd_parent(seen["disk"].as_str().unwrap()), chain[0]["uuid"]);
+}
+
 // ---------------------------------------------------------------------------------------
 // xo-cr-seed
 

@@ -6,7 +6,9 @@
 //! leaf file name, virtual size and read-only flag (plus the optional capacity). As on
 //! XenServer, a snapshot or a clone turns the VDI's leaf into a hidden read-only parent and
 //! gives the VDI and the new VDI fresh empty differencing children of it. A destroy removes
-//! the VDI from the index, then sweeps away every file no remaining chain references.
+//! the VDI from the index, then sweeps away every file no remaining chain references. The
+//! hidden parents are listed by [`FileSr::hidden_vhds`], which the RPC layer shows as
+//! unmanaged VDIs, as XenServer does.
 //!
 //! Decisions:
 //! - Sizes are rounded up to whole 2 MiB blocks, as SM's `validate_and_round_vhd_size` does.
@@ -69,6 +71,18 @@ use index::{Index, VdiRecord};
 const SIZE_GRANULE: u64 = vhd::DEFAULT_BLOCK_SIZE as u64;
 /// Number of VDI lock stripes: enough that unrelated VDIs rarely share one.
 const VDI_LOCK_STRIPES: usize = 64;
+
+/// A hidden VHD file of the SR (see [`FileSr::hidden_vhds`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HiddenVhd {
+    /// Its footer uuid, which its children's parent locators and `vhd-parent` name.
+    pub uuid: Uuid,
+    /// The footer uuid of the VHD it builds on, if it is a differencing VHD.
+    pub parent: Option<Uuid>,
+    pub virtual_size: u64,
+    /// The size of its file.
+    pub file_size: u64,
+}
 
 /// A file SR over one directory.
 pub struct FileSr {
@@ -322,6 +336,40 @@ impl FileSr {
         let _vdi_lock = self.lock_vdi(vdi);
         let leaf = self.dir.join(self.record(op, vdi)?.leaf);
         vhd_files::parent_uuid(&leaf).map_err(image_error(op, vdi))
+    }
+
+    /// Every hidden VHD file: the frozen parents the VDIs' chains build on, which XenServer
+    /// shows as unmanaged "base copy" VDIs. In uuid order; each once, however many chains
+    /// share it. A VDI destroyed while this runs is skipped.
+    pub fn hidden_vhds(&self) -> Result<Vec<HiddenVhd>, SrError> {
+        let op = Operation::Read;
+        let mut found = std::collections::BTreeMap::new();
+        for vdi in self.vdis() {
+            let chain = match self.open_chain(op, vdi) {
+                Err(SrError::NotFound { .. }) => continue,
+                chain => chain?,
+            };
+            // Layers run leaf first: every one below the leaf is hidden.
+            let layers = chain.layers();
+            for (at, layer) in layers.iter().enumerate().skip(1) {
+                let uuid = layer.footer().unique_id;
+                if found.contains_key(&uuid) {
+                    continue;
+                }
+                let path = layer.path();
+                let file_size = std::fs::metadata(path)
+                    .map(|m| m.len())
+                    .map_err(Context::vdi(op, vdi).io("measure", path))?;
+                let hidden = HiddenVhd {
+                    uuid,
+                    parent: layers.get(at + 1).map(|p| p.footer().unique_id),
+                    virtual_size: layer.virtual_size(),
+                    file_size,
+                };
+                found.insert(uuid, hidden);
+            }
+        }
+        Ok(found.into_values().collect())
     }
 
     pub fn virtual_size(&self, vdi: Uuid) -> Result<u64, SrError> {

@@ -51,7 +51,8 @@ pub async fn load_snapshot(
     })
 }
 
-/// The SR `sr_uuid`'s reference and its non-snapshot VDIs: the candidate base disks.
+/// The SR `sr_uuid`'s reference and its managed non-snapshot VDIs: the candidate base
+/// disks. Hidden chain parents (unmanaged) are no disks of anybody's.
 pub async fn target_vdis(
     host: &XapiClient,
     sr_uuid: &str,
@@ -60,7 +61,7 @@ pub async fn target_vdis(
     let mut vdis = Vec::new();
     for reference in &sr.vdis {
         let vdi: VdiRecord = host.get_record(reference).await?;
-        if !vdi.is_a_snapshot {
+        if vdi.managed && !vdi.is_a_snapshot {
             vdis.push(TargetVdi {
                 reference: reference.clone(),
                 uuid: vdi.uuid,
@@ -93,11 +94,40 @@ pub async fn destroy_orphaned_disks(
 }
 
 /// A disk of this job and VM, on the job's SR for a replica disk, that no VBD attaches.
+/// Unmanaged VDIs (hidden chain parents) are the storage manager's, never destroyed here.
 fn is_orphaned_disk(vdi: &VdiRecord, id: &Identity, snapshot: bool) -> bool {
     let config = &vdi.other_config;
-    vdi.vbds.is_empty()
+    vdi.managed
+        && vdi.vbds.is_empty()
         && vdi.is_a_snapshot == snapshot
         && config.get(keys::JOB) == Some(&id.job_id)
         && config.get(keys::VM) == Some(&id.vm_uuid)
         && (snapshot || config.get(keys::SR) == Some(&id.sr_uuid))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unmanaged_vdi_is_never_an_orphaned_disk_even_with_this_jobs_keys() {
+        let id = Identity {
+            job_id: "job".into(),
+            schedule_id: "schedule".into(),
+            vm_uuid: "vm".into(),
+            sr_uuid: "sr".into(),
+        };
+        let other_config = [(keys::JOB, "job"), (keys::VM, "vm"), (keys::SR, "sr")]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        let mut vdi = VdiRecord {
+            managed: true,
+            other_config,
+            ..VdiRecord::default()
+        };
+        assert!(is_orphaned_disk(&vdi, &id, false));
+        vdi.managed = false;
+        assert!(!is_orphaned_disk(&vdi, &id, false));
+    }
 }

@@ -1,7 +1,7 @@
 //! Offline seeding, Xen Orchestra's documented manual procedure as two commands:
 //! [`export`] snapshots a job's VM and writes each disk's full VHD stream (what the source
 //! host's `/export_raw_vdi?format=vhd` serves) as a [`seed_file`](super::seed_file) plus a
-//! [`Manifest`]; [`import`] recreates the replica on the job's target SR from those files
+//! [`Manifest`](super::manifest::Manifest); [`import`] recreates the replica on the job's target SR from those files
 //! and writes the same metadata as [`seed`](super::seed::seed).
 //!
 //! Import is atomic in the runner's way: the replica carries the importing markers from its

@@ -92,8 +92,12 @@ impl<'a> Fields<'a> {
     }
 
     fn boolean(&self, field: &str) -> Result<bool, RecordError> {
+        self.boolean_or(field, false)
+    }
+
+    fn boolean_or(&self, field: &str, absent: bool) -> Result<bool, RecordError> {
         match self.map.get(field) {
-            None => Ok(false),
+            None => Ok(absent),
             Some(v) => v.as_bool().ok_or_else(|| self.wrong(field, "a bool", v)),
         }
     }
@@ -247,6 +251,9 @@ pub struct VdiRecord {
     pub physical_utilisation: u64,
     pub kind: String,
     pub read_only: bool,
+    /// False for the hidden parents of VHD chains (file SRs' "base copy" VDIs), which only
+    /// the storage manager uses; absent means managed.
+    pub managed: bool,
     pub is_a_snapshot: bool,
     pub snapshot_of: String,
     pub snapshot_time: String,
@@ -269,6 +276,7 @@ impl Record for VdiRecord {
             physical_utilisation: f.size("physical_utilisation")?,
             kind: f.text("type")?,
             read_only: f.boolean("read_only")?,
+            managed: f.boolean_or("managed", true)?,
             is_a_snapshot: f.boolean("is_a_snapshot")?,
             snapshot_of: f.text("snapshot_of")?,
             snapshot_time: f.text("snapshot_time")?,
@@ -459,6 +467,9 @@ mod tests {
         assert_eq!(vdi.other_config["xo:copy_of"], "abc");
         assert_eq!(vdi.vbds, ["OpaqueRef:1"]);
         assert!(!vdi.read_only, "an absent field takes its default");
+        assert!(vdi.managed, "a VDI is managed unless it says otherwise");
+        let hidden = record(&[("managed", Value::Bool(false))]);
+        assert!(!VdiRecord::from_value(&hidden).unwrap().managed);
     }
 
     #[test]

@@ -134,12 +134,15 @@ impl Host {
         disks
     }
 
+    /// The managed VDIs: disks, not the hidden chain parents the SR keeps as unmanaged VDIs.
     pub async fn vdi_count(&self) -> usize {
         self.client
             .get_all_records::<VdiRecord>()
             .await
             .unwrap()
-            .len()
+            .into_iter()
+            .filter(|(_, vdi)| vdi.managed)
+            .count()
     }
 
     /// `VM.snapshot`: the snapshot's reference.
@@ -170,7 +173,7 @@ impl Host {
             .collect()
     }
 
-    /// VDIs no VM uses: leaks.
+    /// Managed VDIs no VM uses: leaks. Hidden chain parents are the SR's, not leaks.
     pub async fn unused_vdis(&self) -> Vec<String> {
         let mut used = BTreeSet::new();
         for (reference, _) in &self.vms().await {
@@ -181,7 +184,7 @@ impl Host {
             .await
             .unwrap()
             .into_iter()
-            .filter(|(_, vdi)| !used.contains(&vdi.uuid))
+            .filter(|(_, vdi)| vdi.managed && !used.contains(&vdi.uuid))
             .map(|(_, vdi)| format!("{} ({})", vdi.uuid, vdi.name_label))
             .collect()
     }

@@ -2,7 +2,10 @@
 //!
 //! `allowed_operations` lists the operations the lab host implements that the object's
 //! state permits; for VMs it leaves out what `blocked_operations` blocks, as xapi's
-//! `update_allowed_operations` does.
+//! `update_allowed_operations` does. Unmanaged VDIs (hidden chain parents) allow nothing,
+//! as xapi refuses every operation on them but `forget`, which the lab lacks. VBDs (plugged
+//! by their VM's start, with no `VBD.plug` or CD media here), the host and the pool have no
+//! operation of their own the lab implements, so theirs stay empty.
 
 use crate::xapi::rpc::Value;
 
@@ -13,6 +16,7 @@ pub(super) fn refresh(class: Class, record: &mut Record) {
     let allowed = match class {
         Class::Vm => vm_operations(record),
         Class::Vdi => vdi_operations(record),
+        Class::Sr => SR_OPERATIONS.to_vec(),
         Class::Task => task_operations(record),
         _ => return,
     };
@@ -47,12 +51,24 @@ fn vm_operations(record: &Record) -> Vec<&'static str> {
 }
 
 fn vdi_operations(record: &Record) -> Vec<&'static str> {
-    if flag(record, "read_only") {
+    if !flag(record, "managed") {
+        vec![]
+    } else if flag(record, "read_only") {
         vec!["clone", "destroy", "snapshot"]
     } else {
         vec!["clone", "destroy", "resize", "snapshot"]
     }
 }
+
+/// What the lab's file SR does (`storage_operations`).
+const SR_OPERATIONS: &[&str] = &[
+    "scan",
+    "vdi_create",
+    "vdi_destroy",
+    "vdi_resize",
+    "vdi_clone",
+    "vdi_snapshot",
+];
 
 fn task_operations(record: &Record) -> Vec<&'static str> {
     if text(record, "status") == "pending" {

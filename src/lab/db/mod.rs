@@ -296,6 +296,19 @@ impl Db {
         reference
     }
 
+    /// Recompute the fields derived from the rest of the record, as xapi's
+    /// `update_allowed_operations` does; an object whose derived fields were current is left
+    /// as it was (no event).
+    pub fn refresh_derived(&mut self, class: Class, reference: &str) -> Result<(), DbError> {
+        let record = self.record(class, reference)?;
+        let mut fresh = record.clone();
+        derived::refresh(class, &mut fresh);
+        if &fresh != record {
+            self.modify(class, reference, |_| {})?;
+        }
+        Ok(())
+    }
+
     /// Replace one field's value; the caller has checked it fits the field's kind.
     pub fn set(
         &mut self,

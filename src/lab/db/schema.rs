@@ -137,10 +137,28 @@ pub enum Access {
     Constructor,
     /// RW: `set_<field>`, and `add_to_`/`remove_from_` for maps, `add_`/`remove_` for sets.
     ReadWrite,
-    /// Read-only in the datamodel, but XAPI has an explicit `set_<field>` message for it
-    /// (`VDI.set_name_label`, `VM.set_ha_restart_priority`, `task.set_progress`, …): the
+    /// RO/constructor in the datamodel, but XAPI has an explicit `set_<field>` message for
+    /// it (`VDI.set_name_label`, `VM.set_start_delay`, `VM.set_memory_static_max`, …): the
     /// setter exists, the map and set modifiers do not.
     Setter,
+    /// RO/runtime in the datamodel with an explicit setter message (`VDI.set_snapshot_of`,
+    /// `SR.set_shared`, `task.set_progress`, …): settable afterwards, ignored by `create`.
+    RuntimeSetter,
+}
+
+impl Access {
+    /// Whether `set_<field>` exists.
+    pub fn has_setter(self) -> bool {
+        !matches!(self, Access::Runtime | Access::Constructor)
+    }
+
+    /// Whether `<class>.create` takes the field from its record argument.
+    pub fn given_at_creation(self) -> bool {
+        matches!(
+            self,
+            Access::Constructor | Access::Setter | Access::ReadWrite
+        )
+    }
 }
 
 /// A field's API type, as far as the wire and validation are concerned.
@@ -336,6 +354,14 @@ const fn st(name: &'static str, kind: Kind) -> Field {
     }
 }
 
+/// RO/runtime with an explicit setter message.
+const fn rs(name: &'static str, kind: Kind) -> Field {
+    Field {
+        access: Access::RuntimeSetter,
+        ..ro(name, kind)
+    }
+}
+
 /// RW.
 const fn rw(name: &'static str, kind: Kind) -> Field {
     Field {
@@ -496,6 +522,16 @@ const TELEMETRY_FREQUENCY: &[&str] = &["weekly", "daily", "monthly"];
 const UPDATE_SYNC_FREQUENCY: &[&str] = &["weekly", "daily"];
 const UPDATES_APPLIED: &[&str] = &["unknown", "yes", "no"];
 const NUMA_POLICY: &[&str] = &["default_policy", "any", "best_effort"];
+/// The keys `VM.set_bios_strings` accepts (xapi's settable BIOS string keys).
+const BIOS_STRING_KEYS: &[&str] = &[
+    "bios-vendor",
+    "bios-version",
+    "system-manufacturer",
+    "system-product-name",
+    "system-version",
+    "system-serial-number",
+    "enclosure-asset-tag",
+];
 
 use Kind::{Bool, DateTime, Float, Int, IntSet, Set, Text};
 
@@ -518,8 +554,8 @@ const VM: &[Field] = &[
     rc("power_state", e(VM_POWER_STATES)),
     rw("user_version", Int).or(Init::Int(1)),
     rw("is_a_template", Bool),
-    ro("is_default_template", Bool),
-    rc("suspend_VDI", r("VDI")),
+    rs("is_default_template", Bool),
+    st("suspend_VDI", r("VDI")),
     ro("resident_on", r("host")),
     ro("scheduled_to_be_resident_on", r("host")),
     rw("affinity", r("host")),
@@ -565,7 +601,7 @@ const VM: &[Field] = &[
     rc("last_booted_record", Text),
     rw("recommendations", Text),
     rw("xenstore_data", MAP),
-    rc("ha_always_run", Bool),
+    st("ha_always_run", Bool),
     st("ha_restart_priority", Text),
     ro("is_a_snapshot", Bool),
     ro("snapshot_of", r("VM")),
@@ -579,25 +615,25 @@ const VM: &[Field] = &[
     ro("snapshot_metadata", Text),
     ro("parent", r("VM")),
     ro("children", Set),
-    ro("bios_strings", MAP),
-    rc("protection_policy", r("VMPP")),
-    rc("snapshot_schedule", r("VMSS")),
+    rs("bios_strings", Kind::Map(Some(BIOS_STRING_KEYS))),
+    st("protection_policy", r("VMPP")),
+    st("snapshot_schedule", r("VMSS")),
     rc("is_vmss_snapshot", Bool),
-    rc("appliance", r("VM_appliance")),
-    rc("start_delay", Int),
-    rc("shutdown_delay", Int),
-    rc("order", Int),
+    st("appliance", r("VM_appliance")),
+    st("start_delay", Int),
+    st("shutdown_delay", Int),
+    st("order", Int),
     ro("VGPUs", Set),
     ro("attached_PCIs", Set),
     rw("suspend_SR", r("SR")),
     rc("version", Int),
     rc("generation_id", Text),
     rw("hardware_platform_version", Int),
-    rc("has_vendor_device", Bool),
+    st("has_vendor_device", Bool),
     ro("requires_reboot", Bool),
     rc("reference_label", Text),
     st("domain_type", e(DOMAIN_TYPES)),
-    rc("NVRAM", MAP),
+    st("NVRAM", MAP),
     ro("pending_guidances", Set),
     ro("pending_guidances_recommended", Set),
     ro("pending_guidances_full", Set),
@@ -612,7 +648,7 @@ const VBD: &[Field] = &[
     rc("device", Text),
     rw("userdevice", Text),
     rw("bootable", Bool),
-    rc("mode", e(VBD_MODES)),
+    st("mode", e(VBD_MODES)),
     rw("type", e(VBD_TYPES)),
     rw("unpluggable", Bool).or(Init::Bool(true)),
     ro("storage_lock", Bool),
@@ -640,7 +676,7 @@ const VDI: &[Field] = &[
     rc("virtual_size", Int),
     ro("physical_utilisation", Int),
     rc("type", e(VDI_TYPES)),
-    rc("sharable", Bool),
+    st("sharable", Bool),
     rc("read_only", Bool),
     rw("other_config", MAP),
     ro("storage_lock", Bool),
@@ -650,14 +686,14 @@ const VDI: &[Field] = &[
     ro("parent", r("VDI")),
     rw("xenstore_data", MAP),
     rw("sm_config", MAP),
-    ro("is_a_snapshot", Bool),
-    ro("snapshot_of", r("VDI")),
+    rs("is_a_snapshot", Bool),
+    rs("snapshot_of", r("VDI")),
     ro("snapshots", Set),
-    ro("snapshot_time", DateTime),
+    rs("snapshot_time", DateTime),
     rw("tags", Set),
-    ro("allow_caching", Bool),
-    ro("on_boot", e(ON_BOOT)),
-    ro("metadata_of_pool", r("pool")),
+    rs("allow_caching", Bool),
+    rs("on_boot", e(ON_BOOT)),
+    rs("metadata_of_pool", r("pool")),
     ro("metadata_latest", Bool),
     ro("is_tools_iso", Bool),
     ro("cbt_enabled", Bool),
@@ -677,7 +713,7 @@ const SR: &[Field] = &[
     rc("physical_size", Int),
     rc("type", Text),
     rc("content_type", Text),
-    ro("shared", Bool),
+    rs("shared", Bool),
     rw("other_config", MAP),
     rw("tags", Set),
     rw("sm_config", MAP),
@@ -697,12 +733,12 @@ const TASK: &[Field] = &[
     ro("created", DateTime),
     ro("finished", DateTime),
     // Status, progress, result and error info have explicit setters (`task.set_progress`, …).
-    st("status", e(TASK_STATUSES)),
+    rs("status", e(TASK_STATUSES)),
     ro("resident_on", r("host")),
-    st("progress", Float),
+    rs("progress", Float),
     ro("type", Text).or(Init::Text("<none/>")),
-    st("result", Text),
-    st("error_info", Set),
+    rs("result", Text),
+    rs("error_info", Set),
     rw("other_config", MAP),
     ro("subtask_of", r("task")),
     ro("subtasks", Set),
@@ -740,7 +776,7 @@ const POOL: &[Field] = &[
     ro("ha_enabled", Bool),
     ro("ha_configuration", MAP),
     ro("ha_statefiles", Set),
-    ro("ha_host_failures_to_tolerate", Int),
+    rs("ha_host_failures_to_tolerate", Int),
     ro("ha_plan_exists_for", Int),
     rw("ha_allow_overcommit", Bool),
     ro("ha_overcommitted", Bool),
@@ -764,9 +800,9 @@ const POOL: &[Field] = &[
     ro("cpu_info", MAP),
     rw("policy_no_vendor_device", Bool),
     rw("live_patching_disabled", Bool),
-    ro("igmp_snooping_enabled", Bool),
-    rc("uefi_certificates", Text),
-    rc("custom_uefi_certificates", Text),
+    rs("igmp_snooping_enabled", Bool),
+    st("uefi_certificates", Text),
+    st("custom_uefi_certificates", Text),
     rw("is_psr_pending", Bool),
     ro("tls_verification_enabled", Bool),
     ro("repositories", Set),
@@ -777,15 +813,15 @@ const POOL: &[Field] = &[
     ro("repository_proxy_password", r("secret")),
     rw("migration_compression", Bool),
     rw("coordinator_bias", Bool).or(Init::Bool(true)),
-    rc("local_auth_max_threads", Int).or(Init::Int(8)),
-    rc("ext_auth_max_threads", Int).or(Init::Int(1)),
+    st("local_auth_max_threads", Int).or(Init::Int(8)),
+    st("ext_auth_max_threads", Int).or(Init::Int(1)),
     ro("telemetry_uuid", r("secret")),
     ro("telemetry_frequency", e(TELEMETRY_FREQUENCY)),
-    ro("telemetry_next_collection", DateTime),
+    rs("telemetry_next_collection", DateTime),
     ro("last_update_sync", DateTime),
     ro("update_sync_frequency", e(UPDATE_SYNC_FREQUENCY)),
     ro("update_sync_day", Int),
-    ro("update_sync_enabled", Bool),
+    rs("update_sync_enabled", Bool),
 ];
 
 const HOST: &[Field] = &[
@@ -838,24 +874,24 @@ const HOST: &[Field] = &[
     ro("PCIs", Set),
     ro("PGPUs", Set),
     ro("PUSBs", Set),
-    rc("ssl_legacy", Bool),
+    st("ssl_legacy", Bool),
     rw("guest_VCPUs_params", MAP),
     rw("display", e(HOST_DISPLAY)),
     ro("virtual_hardware_platform_versions", IntSet),
     ro("control_domain", r("VM")),
     ro("updates_requiring_reboot", Set),
     ro("features", Set),
-    rc("iscsi_iqn", Text),
-    rc("multipathing", Bool),
-    rc("uefi_certificates", Text),
+    st("iscsi_iqn", Text),
+    st("multipathing", Bool),
+    st("uefi_certificates", Text),
     ro("certificates", Set),
     ro("editions", Set),
     ro("pending_guidances", Set),
     ro("tls_verification_enabled", Bool),
     ro("last_software_update", DateTime),
-    ro("https_only", Bool),
+    rs("https_only", Bool),
     ro("latest_synced_updates_applied", e(UPDATES_APPLIED)),
-    ro("numa_affinity_policy", e(NUMA_POLICY)),
+    rs("numa_affinity_policy", e(NUMA_POLICY)),
     ro("pending_guidances_recommended", Set),
     ro("pending_guidances_full", Set),
     ro("last_update_hash", Text),

@@ -5,7 +5,7 @@
 //! no `get_all` or `get_all_records` ([`Class::lists_all`]).
 
 use super::args::{Invocation, Param};
-use super::live;
+use super::{live, setter_rules};
 use crate::lab::db::{
     Access, Class, Db, DbError, Field, Kind, NULL_REF, Record, schema::map_value,
 };
@@ -60,12 +60,7 @@ impl Accessor {
         // `add_to_`/`remove_from_` before `add_`/`remove_`, which they also start with.
         field("get_", |_| true)
             .map(Accessor::Get)
-            .or_else(|| {
-                field("set_", |f| {
-                    matches!(f.access, Access::ReadWrite | Access::Setter)
-                })
-                .map(Accessor::Set)
-            })
+            .or_else(|| field("set_", |f| f.access.has_setter()).map(Accessor::Set))
             .or_else(|| field("add_to_", |f| writable(f) && f.is_map()).map(Accessor::AddToMap))
             .or_else(|| {
                 field("remove_from_", |f| writable(f) && f.is_map()).map(Accessor::RemoveFromMap)
@@ -152,6 +147,7 @@ pub(super) fn run(lab: &Lab, class: Class, accessor: Accessor, call: &Invocation
             lab.with_db_mut(|db| {
                 db.record(class, reference)?;
                 check_target_exists(db, field, &value)?;
+                setter_rules::check(db, class, reference, field, &value)?;
                 db.set(class, reference, field.name, value)?;
                 Ok(Value::void())
             })
@@ -223,7 +219,7 @@ pub(super) fn constructor_fields(
     class
         .fields()
         .iter()
-        .filter(|field| field.access != Access::Runtime)
+        .filter(|field| field.access.given_at_creation())
         .filter_map(|field| Some((field, given.get(field.name)?)))
         .map(|(field, value)| {
             let value = field

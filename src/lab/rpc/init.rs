@@ -186,17 +186,6 @@ fn sr_fields() -> Record {
         ("name_label", Value::from("Local storage")),
         ("type", Value::from("ext")),
         ("content_type", Value::from("user")),
-        (
-            "allowed_operations",
-            Value::from(vec![
-                "scan",
-                "vdi_create",
-                "vdi_destroy",
-                "vdi_resize",
-                "vdi_clone",
-                "vdi_snapshot",
-            ]),
-        ),
     ])
 }
 

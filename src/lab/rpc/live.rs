@@ -30,6 +30,8 @@ pub(super) fn present(lab: &Lab, db: &Db, class: Class, reference: &str) -> Resu
             let allocated = db
                 .records(Class::Vdi)
                 .filter(|(_, vdi)| vdi.get("SR").and_then(Value::as_str) == Some(reference))
+                // Hidden parents' sizes are their children's, counted there.
+                .filter(|(_, vdi)| super::hidden::is_managed(vdi))
                 .filter_map(|(_, vdi)| vdi.get("virtual_size").and_then(Value::as_i64))
                 .sum::<i64>();
             record.insert("virtual_allocation".into(), Value::Int(allocated));

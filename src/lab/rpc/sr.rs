@@ -8,6 +8,7 @@ use uuid::Uuid;
 
 use super::args::{Invocation, Param};
 use super::dispatch::Message;
+use super::hidden;
 use super::live::uuid_of;
 use super::vdi::refresh_storage_fields;
 use crate::lab::db::{Class, Db, Record};
@@ -35,14 +36,16 @@ impl Lab {
 }
 
 /// Flag the SR's VDI records whose chain is gone as `missing` (and unflag those back),
-/// refresh the storage fields of the others, and introduce a record for every chain no
-/// record names.
+/// refresh the storage fields of the others, introduce a record for every chain no record
+/// names, and bring the unmanaged records of hidden parents in line with the files.
 fn scan_sr(lab: &Lab, db: &mut Db, sr: &str) -> Result<(), XapiFault> {
     db.record(Class::Sr, sr)?;
     let on_disk: BTreeSet<Uuid> = lab.sr().vdis().into_iter().collect();
     let mut known = BTreeSet::new();
+    // Hidden parents are no chains of their own: `hidden::sync` keeps their records.
     let records: Vec<(String, Option<Uuid>, bool)> = db
         .records(Class::Vdi)
+        .filter(|(_, record)| hidden::is_managed(record))
         .map(|(reference, record)| {
             let here = record.get("SR").and_then(Value::as_str) == Some(sr);
             (reference.clone(), uuid_of(record), here)
@@ -70,5 +73,5 @@ fn scan_sr(lab: &Lab, db: &mut Db, sr: &str) -> Result<(), XapiFault> {
         refresh_storage_fields(lab, db, &vdi)?;
         tracing::info!(%uuid, "SR scan: introduced a VDI record for a chain without one");
     }
-    Ok(())
+    hidden::sync(lab, db, sr)
 }

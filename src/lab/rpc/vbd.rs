@@ -32,7 +32,8 @@ fn create(lab: &Lab, call: &Invocation) -> Response {
     lab.with_db_mut(|db| {
         db.record(Class::Vm, &vm)?;
         if vdi != NULL_REF {
-            db.record(Class::Vdi, &vdi)?;
+            // Hidden chain parents are never attached (xapi: `VDI_NOT_MANAGED`).
+            super::hidden::ensure_managed(db, &vdi)?;
         }
         let userdevice = free_userdevice(db, &vm, &userdevice)?;
         fields.insert("userdevice".into(), Value::from(userdevice));

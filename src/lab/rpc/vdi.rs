@@ -1,7 +1,8 @@
 //! VDI messages over the file SR: create, destroy, snapshot, clone, resize. Storage changes
 //! come first and the records follow, so a record never names a VHD chain that does not
 //! exist; each VDI's `virtual_size`, `read_only` and `sm_config` (`vdi_type: vhd`,
-//! `vhd-parent: <uuid of the VHD its leaf builds on>`) are read back from the SR.
+//! `vhd-parent: <uuid of the VHD its leaf builds on>`) are read back from the SR, and the
+//! hidden parents the calls create or delete are kept as unmanaged VDIs (see `hidden`).
 
 use std::collections::BTreeMap;
 
@@ -10,6 +11,7 @@ use uuid::Uuid;
 use super::accessors::constructor_fields;
 use super::args::{Fallback, Invocation, Param};
 use super::dispatch::Message;
+use super::hidden;
 use super::live::{clamp, uuid_of};
 use super::now;
 use super::xapi_errors::{self, StorageCall};
@@ -105,11 +107,14 @@ fn resize(lab: &Lab, call: &Invocation) -> Response {
             sr: &sr,
             operation: "resize",
         };
+        hidden::ensure_managed(db, vdi)?;
         if attached(db, vdi)? {
             return Err(xapi_errors::vdi_in_use(vdi, "resize"));
         }
         lab.sr().resize(uuid, size).map_err(|e| storage.fault(e))?;
         refresh_storage_fields(lab, db, vdi)?;
+        // The old leaf is a hidden parent now.
+        hidden::sync(lab, db, &sr)?;
         Ok(Value::void())
     })
 }
@@ -161,6 +166,7 @@ pub(super) fn branch_vdi(
         Branch::Clone => "clone",
     };
     let (uuid, sr) = locate(db, vdi)?;
+    hidden::ensure_managed(db, vdi)?;
     let storage = StorageCall {
         vdi,
         sr: &sr,
@@ -186,8 +192,9 @@ pub(super) fn branch_vdi(
         storage_fields(lab, new_uuid, &Value::Nil).map_err(|e| storage.fault(e))?;
     fields.extend(storage_fields.map(|(name, value)| (name.to_owned(), value)));
     let new_vdi = db.insert(Class::Vdi, fields);
-    // The source now builds on the frozen parent too.
+    // The source now builds on the frozen parent too, which becomes an unmanaged VDI.
     refresh_storage_fields(lab, db, vdi)?;
+    hidden::sync(lab, db, &sr)?;
     Ok(new_vdi)
 }
 
@@ -199,6 +206,7 @@ pub(super) fn destroy_vdi(lab: &Lab, db: &mut Db, vdi: &str) -> Result<(), XapiF
         sr: &sr,
         operation: "destroy",
     };
+    hidden::ensure_managed(db, vdi)?;
     if attached(db, vdi)? {
         return Err(xapi_errors::vdi_in_use(vdi, "destroy"));
     }
@@ -211,6 +219,8 @@ pub(super) fn destroy_vdi(lab: &Lab, db: &mut Db, vdi: &str) -> Result<(), XapiF
         db.remove(Class::Vbd, &vbd)?;
     }
     db.remove(Class::Vdi, vdi)?;
+    // The sweep and coalescing after a destroy delete and merge hidden parents.
+    hidden::sync(lab, db, &sr)?;
     Ok(())
 }
 

@@ -58,6 +58,11 @@ pub(super) const MESSAGES: &[Message] = &[
     Message::long("hard_shutdown", &[Param::Required("vm")], hard_shutdown),
     Message::long("clean_shutdown", &[Param::Required("vm")], clean_shutdown),
     Message::long(
+        "update_allowed_operations",
+        &[Param::Required("self")],
+        update_allowed_operations,
+    ),
+    Message::long(
         "set_memory_limits",
         &[
             Param::Required("self"),
@@ -133,6 +138,24 @@ fn destroy(lab: &Lab, call: &Invocation) -> Response {
             db.remove(Class::Vbd, &vbd)?;
         }
         db.remove(Class::Vm, vm)?;
+        Ok(Value::void())
+    })
+}
+
+/// Recompute the `allowed_operations` of the VM and, as xapi does, of its VBDs and their
+/// VDIs. The lab recomputes them after every change already, so this only repairs objects
+/// loaded from an older state.
+fn update_allowed_operations(lab: &Lab, call: &Invocation) -> Response {
+    let vm = call.text(0)?;
+    lab.with_db_mut(|db| {
+        db.refresh_derived(Class::Vm, vm)?;
+        for vbd in db.set_items(Class::Vm, vm, "VBDs")? {
+            db.refresh_derived(Class::Vbd, &vbd)?;
+            let vdi = db.text(Class::Vbd, &vbd, "VDI")?.to_owned();
+            if db.exists(Class::Vdi, &vdi) {
+                db.refresh_derived(Class::Vdi, &vdi)?;
+            }
+        }
         Ok(Value::void())
     })
 }
