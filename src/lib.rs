@@ -104,6 +104,7 @@ pub mod image;
 pub mod lab;
 pub mod replicate;
 pub mod stream;
+pub mod units;
 pub mod vhd;
 pub mod xapi;
 

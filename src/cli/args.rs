@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use super::units::{parse_duration, parse_size};
-use crate::xapi::transfer::parse_rate;
+use super::units::parse_duration;
+use crate::units::{parse_rate, parse_size};
 
 /// Incremental replication of XenServer / XCP-ng VMs, and a toolbox for VHD files.
 #[derive(Debug, Parser)]

@@ -1,6 +1,6 @@
 //! Human units on the command line, one parser and one printer each: durations in humantime's
-//! syntax (every duration flag, every printed age) and byte counts in binary units (every size
-//! flag, every size printed for people; JSON output stays in plain bytes and seconds).
+//! syntax (every duration flag, every printed age) and byte counts printed in binary units (JSON
+//! output stays in plain bytes and seconds). Sizes and rates are parsed by [`crate::units`].
 
 use std::time::Duration;
 
@@ -52,42 +52,6 @@ pub fn human_age(seconds: i64) -> String {
     } else {
         shown
     }
-}
-
-/// A byte count: digits with an optional binary unit K, M, G or T, which may be written
-/// `KiB` or `KB` too (all binary), and an optional `B` for bytes.
-///
-/// Hand-written on purpose: the size crates (bytesize, byte-unit) read `KB` as 1000 bytes and
-/// accept fractions (`1.5G`), while every size here is binary, as in qemu-img and XAPI, and
-/// must be a whole number of bytes.
-pub fn parse_size(text: &str) -> Result<u64, String> {
-    let bad = || format!("{text:?} is not a size: use e.g. 4096, 512K, 64M, 1G");
-    let upper = text.trim().to_ascii_uppercase();
-    let (body, needs_unit) = match upper.strip_suffix("IB") {
-        Some(body) => (body, true),
-        None => (upper.strip_suffix('B').unwrap_or(&upper), false),
-    };
-    let shift = match body.chars().last() {
-        Some('K') => 10,
-        Some('M') => 20,
-        Some('G') => 30,
-        Some('T') => 40,
-        _ if !needs_unit => 0,
-        _ => return Err(bad()),
-    };
-    let digits = if shift == 0 {
-        body
-    } else {
-        &body[..body.len() - 1]
-    };
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(bad());
-    }
-    digits
-        .parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(1 << shift))
-        .ok_or_else(bad)
 }
 
 /// A byte count for people, in binary units: `512 B`, `16.00 MiB`.
@@ -163,21 +127,6 @@ mod tests {
         assert_eq!(human_age(90_000), "1day 1h");
         assert_eq!(human_age(200_000), "2days 7h");
         assert_eq!(human_age(-5), "-5s");
-    }
-
-    #[test]
-    fn sizes_take_binary_suffixes() {
-        assert_eq!(parse_size("4096"), Ok(4096));
-        assert_eq!(parse_size("64M"), Ok(64 << 20));
-        assert_eq!(parse_size("16m"), Ok(16 << 20));
-        assert_eq!(parse_size("1G"), Ok(1 << 30));
-        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
-        assert_eq!(parse_size("512K"), Ok(512 << 10));
-        assert_eq!(parse_size("3KB"), Ok(3 << 10));
-        assert_eq!(parse_size("7B"), Ok(7));
-        for bad in ["", "M", "1.5G", "-1", "12X", "99999999999T", "1IB", "+1"] {
-            assert!(parse_size(bad).is_err(), "{bad}");
-        }
     }
 
     #[test]

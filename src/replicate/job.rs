@@ -15,10 +15,10 @@ use toml::Spanned;
 use toml::de::{DeArray, DeTable, DeValue};
 use uuid::Uuid;
 
+use crate::units::parse_rate;
 use crate::xapi::HostUrl;
 use crate::xapi::connect::{HostLogin, SOURCE_PASSWORD_ENV, TARGET_PASSWORD_ENV, trust_for};
 use crate::xapi::tls::{Fingerprint, TlsError};
-use crate::xapi::transfer::parse_rate;
 
 /// Namespace of the ids derived from a job's name when `job_id` / `schedule_id` are absent.
 /// Never change it: the ids are written into host metadata (`xo:backup:job`,
@@ -631,7 +631,8 @@ mod tests {
     fn max_rate_is_a_size_per_second() {
         for (written, bytes) in [
             ("\"50MiB\"", 50 << 20),
-            ("\"100MB/s\"", 100_000_000),
+            ("\"100MB/s\"", 100 << 20),
+            ("\"50M\"", 50 << 20),
             ("1048576", 1 << 20),
         ] {
             let job = parse(&minimal(&format!("max_rate = {written}\n"))).unwrap();

@@ -32,7 +32,7 @@ pub use self::error::{Phase, TransferError, TransferErrorKind};
 pub use self::export::{ExportStream, open_export};
 pub use self::import::{ImportError, ImportReport, check_fits, import_stream};
 pub use self::progress::Progress;
-pub use self::throttle::{Throttle, Throttled, parse_rate};
+pub use self::throttle::{Throttle, Throttled};
 use super::client::XapiClient;
 
 /// How long a failed transfer waits for each host to end its cancelled task.

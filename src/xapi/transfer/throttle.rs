@@ -89,24 +89,6 @@ impl Throttle {
     }
 }
 
-/// A rate as people write it: a byte count, or a size with a unit (`50MiB`, `100MB`, `1.5
-/// GiB`; decimal `MB`, binary `MiB`), optionally followed by `/s`. Zero is refused: no limit
-/// is written by leaving the setting out.
-pub fn parse_rate(text: &str) -> Result<u64, String> {
-    let size = text.trim();
-    let size = size.strip_suffix("/s").unwrap_or(size).trim_end();
-    let bytes = size
-        .parse::<bytesize::ByteSize>()
-        .map_err(|_| format!("{text:?} is not a rate: expected bytes per second such as 52428800, \"50MiB\" or \"100MB\""))?
-        .as_u64();
-    if bytes == 0 {
-        return Err(format!(
-            "{text:?}: a rate must be more than 0 bytes per second"
-        ));
-    }
-    Ok(bytes)
-}
-
 impl PartialEq for Throttle {
     fn eq(&self, other: &Throttle) -> bool {
         Arc::ptr_eq(&self.bucket, &other.bucket)
@@ -152,19 +134,6 @@ impl<S: ChunkStream> ChunkStream for Throttled<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rates_parse_as_sizes_per_second() {
-        assert_eq!(parse_rate("52428800"), Ok(50 << 20));
-        assert_eq!(parse_rate("50MiB"), Ok(50 << 20));
-        assert_eq!(parse_rate("50 MiB/s"), Ok(50 << 20));
-        assert_eq!(parse_rate("100MB"), Ok(100_000_000));
-        assert_eq!(parse_rate("1.5GiB"), Ok(3 << 29));
-        assert!(parse_rate("0").is_err());
-        assert!(parse_rate("fast").is_err());
-        assert!(parse_rate("-5MiB").is_err());
-        assert!(parse_rate("5 parsecs").is_err());
-    }
 
     #[test]
     fn the_bucket_turns_debt_into_waiting() {
