@@ -20,7 +20,7 @@ mod frames;
 mod import;
 mod writer;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use self::export::export;
@@ -29,6 +29,7 @@ use super::clock::Clock;
 use super::op_error::OpError;
 use super::plan::Identity;
 use super::seed_file::SeedFileError;
+use crate::fsio::atomic::AtomicError;
 use crate::xapi::transfer::{Progress, Throttle, TransferError};
 
 /// Why an offline seed failed.
@@ -49,16 +50,44 @@ pub enum OfflineError {
         context: String,
         source: Box<TransferError>,
     },
-    /// The local disk failed (exit 1).
-    #[error("{0}")]
-    Failed(String),
+    /// The local disk failed (exit 1): what was being done, to which file.
+    #[error("cannot {action} {}: {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Replacing a file (the manifest, a seed file) failed (exit 1).
+    #[error(transparent)]
+    Atomic(#[from] AtomicError),
+    /// The compressing writer's thread ended without a verdict: it panicked (exit 1).
+    #[error("the seed file writer for {} stopped without a result", path.display())]
+    WriterLost { path: PathBuf },
 }
 
 impl OfflineError {
+    /// For `map_err`: an I/O error while doing `action` to `path`.
+    pub(crate) fn io(
+        action: &'static str,
+        path: &Path,
+    ) -> impl FnOnce(std::io::Error) -> OfflineError {
+        let path = path.to_owned();
+        move |source| OfflineError::Io {
+            action,
+            path,
+            source,
+        }
+    }
+
     pub fn is_input(&self) -> bool {
         !matches!(
             self,
-            OfflineError::Failed(_) | OfflineError::Host(_) | OfflineError::Transfer { .. }
+            OfflineError::Io { .. }
+                | OfflineError::Atomic(_)
+                | OfflineError::WriterLost { .. }
+                | OfflineError::Host(_)
+                | OfflineError::Transfer { .. }
         )
     }
 }

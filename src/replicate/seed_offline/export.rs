@@ -146,9 +146,9 @@ async fn export_snapshot(
         vm_record: record_subset(raw, &fields),
         disks,
     };
-    let text =
-        serde_json::to_vec_pretty(&manifest).map_err(|e| OfflineError::Failed(e.to_string()))?;
-    write_atomically(&dir.join(MANIFEST), &text)?;
+    // A struct of strings and numbers always serialises.
+    let text = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
+    atomic::write(&dir.join(MANIFEST), &text)?;
     Ok(manifest)
 }
 
@@ -164,10 +164,6 @@ fn prepare_dir(dir: &Path) -> Result<(), OfflineError> {
         )));
     }
     Ok(())
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), OfflineError> {
-    atomic::write(path, bytes).map_err(|e| OfflineError::Failed(e.to_string()))
 }
 
 /// `GET /export_raw_vdi?format=vhd` of the snapshot VDI into a seed file: the export half's
@@ -214,13 +210,10 @@ async fn export_disk(
             )
             .await
         }
-        Err(e) => Err(OfflineError::Failed(e.to_string())),
+        Err(e) => Err(e.into()),
     };
     stream.into_inner().close().await;
-    outcome.map_err(|e| match e {
-        OfflineError::Failed(message) => OfflineError::Failed(format!("{context}: {message}")),
-        other => other,
-    })
+    outcome
 }
 
 /// The whole stream into `seed`, committed once complete, with the stream's digest.
@@ -233,8 +226,10 @@ async fn write_seed(
     progress: SeedProgress<'_>,
 ) -> Result<Written, OfflineError> {
     let total = stream.get_ref().total_len();
-    let io = |e: std::io::Error| OfflineError::Failed(e.to_string());
-    let file = seed.file().try_clone().map_err(io)?;
+    let file = seed
+        .file()
+        .try_clone()
+        .map_err(OfflineError::io("open", seed.temp_path()))?;
     let mut writer = BackgroundWriter::start(file, seed.temp_path(), level)?;
     let mut stream_hash = Sha256::new();
     let started = Instant::now();
@@ -270,7 +265,6 @@ async fn write_seed(
     }
     let mut written = writer.finish().await?;
     written.stream_sha256 = hex::encode(stream_hash.finalize());
-    seed.commit()
-        .map_err(|e| OfflineError::Failed(e.to_string()))?;
+    seed.commit()?;
     Ok(written)
 }

@@ -92,7 +92,7 @@ impl SeedFrames {
             .file
             .read_buf(&mut self.buf)
             .await
-            .map_err(|e| OfflineError::Failed(format!("{}: {e}", self.path.display())))?;
+            .map_err(OfflineError::io("read", &self.path))?;
         self.file_hash.update(&self.buf[before..]);
         Ok(n)
     }

@@ -34,9 +34,9 @@ struct SeedWriter {
 
 impl SeedWriter {
     fn create(file: File, path: &Path, level: i32) -> Result<SeedWriter, OfflineError> {
-        let fail = |e: std::io::Error| OfflineError::Failed(format!("{}: {e}", path.display()));
         let mut writer = SeedWriter {
-            encoder: SeedEncoder::new(level, DEFAULT_FRAME).map_err(fail)?,
+            encoder: SeedEncoder::new(level, DEFAULT_FRAME)
+                .map_err(OfflineError::io("set up zstd for", path))?,
             file,
             pending: BytesMut::with_capacity(DEFAULT_FRAME as usize),
             file_hash: Sha256::new(),
@@ -51,7 +51,7 @@ impl SeedWriter {
         self.file_hash.update(bytes);
         self.file
             .write_all(bytes)
-            .map_err(|e| OfflineError::Failed(format!("{}: {e}", self.path.display())))
+            .map_err(OfflineError::io("write", &self.path))
     }
 
     fn push(&mut self, mut data: &[u8]) -> Result<(), OfflineError> {
@@ -74,7 +74,7 @@ impl SeedWriter {
         let frame = self
             .encoder
             .frame(&self.pending)
-            .map_err(|e| OfflineError::Failed(format!("{}: zstd: {e}", self.path.display())))?;
+            .map_err(OfflineError::io("compress a frame of", &self.path))?;
         self.pending.clear();
         self.emit(&frame)
     }
@@ -85,7 +85,7 @@ impl SeedWriter {
         self.emit(&end)?;
         self.file
             .sync_all()
-            .map_err(|e| OfflineError::Failed(format!("{}: {e}", self.path.display())))?;
+            .map_err(OfflineError::io("fsync", &self.path))?;
         Ok(Written {
             file_size: totals.compressed,
             file_sha256: hex::encode(self.file_hash.finalize()),
@@ -102,6 +102,7 @@ impl SeedWriter {
 pub(super) struct BackgroundWriter {
     queue: Option<tokio::sync::mpsc::Sender<Bytes>>,
     thread: tokio::task::JoinHandle<Result<Written, OfflineError>>,
+    path: PathBuf,
 }
 
 impl BackgroundWriter {
@@ -121,6 +122,7 @@ impl BackgroundWriter {
         Ok(BackgroundWriter {
             queue: Some(queue),
             thread,
+            path: path.to_owned(),
         })
     }
 
@@ -134,15 +136,18 @@ impl BackgroundWriter {
         } else {
             // The thread stopped on an error: it says which.
             self.queue = None;
-            Err(OfflineError::Failed("the seed file writer stopped".into()))
+            Err(OfflineError::WriterLost {
+                path: self.path.clone(),
+            })
         }
     }
 
     /// The totals, once the thread has written the end record and synced the file.
     pub(super) async fn finish(mut self) -> Result<Written, OfflineError> {
         self.queue = None;
+        let path = self.path;
         self.thread
             .await
-            .unwrap_or_else(|_| Err(OfflineError::Failed("the seed file writer panicked".into())))
+            .unwrap_or(Err(OfflineError::WriterLost { path }))
     }
 }
