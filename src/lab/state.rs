@@ -16,6 +16,7 @@
 //! so that they hold no thread and end when their client goes away.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
@@ -65,10 +66,32 @@ impl From<AtomicError> for LabError {
     }
 }
 
-/// A lab host: cheap to clone, and every clone is the same host.
-#[derive(Clone)]
+/// A lab host: cheap to clone, and every clone is the same host. Dropping the last clone
+/// saves the state before it returns.
 pub struct Lab {
     shared: Arc<Shared>,
+}
+
+impl Clone for Lab {
+    fn clone(&self) -> Lab {
+        self.shared.handles.fetch_add(1, Ordering::Relaxed);
+        Lab {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl Drop for Lab {
+    /// The last handle saves here, in the dropping thread. `Shared`'s own drop is not enough:
+    /// the flusher thread briefly holds the shared state during a save, and when it holds it
+    /// last, the final save ran there, after the owner had moved on (or exited the process).
+    fn drop(&mut self) {
+        if self.shared.handles.fetch_sub(1, Ordering::AcqRel) == 1
+            && let Err(e) = self.shared.flush()
+        {
+            tracing::error!(error = %e, "saving the lab state at shutdown failed");
+        }
+    }
 }
 
 struct Shared {
@@ -87,14 +110,8 @@ struct Shared {
     /// Held across a whole save, so that saves run one at a time and the newest state is the
     /// one written last.
     saving: Mutex<()>,
-}
-
-impl Drop for Shared {
-    fn drop(&mut self) {
-        if let Err(e) = self.flush() {
-            tracing::error!(error = %e, "saving the lab state at shutdown failed");
-        }
-    }
+    /// The [`Lab`] handles alive (the flusher thread holds none).
+    handles: AtomicUsize,
 }
 
 impl std::fmt::Debug for Lab {
@@ -157,9 +174,10 @@ impl Lab {
             faults: Faults::default(),
             flusher: Flusher::new(),
             saving: Mutex::new(()),
+            handles: AtomicUsize::new(1),
         });
-        // The thread holds no reference that would keep the lab alive: the last clone's drop
-        // stops it and saves.
+        // The thread holds no handle that would keep the lab alive: the last handle's drop
+        // saves, and dropping the shared state stops the thread.
         let weak = Arc::downgrade(&shared);
         shared
             .flusher
