@@ -163,8 +163,8 @@ async fn compose(
 /// Cancellation is cooperative: a task is `cancelling` until the host's handler ends it.
 /// Where a transfer reached a host, report only once that host has ended its task, so that
 /// a caller who inspects (or cleans up) the host right after the error never finds the
-/// transfer still running. A task no handler took stays `cancelling`, so those are not
-/// waited for.
+/// transfer still running. A task no transfer reached has no handler to end it (xapi may
+/// leave it `cancelling`; the lab ends it `cancelled` at once), so those are not waited for.
 async fn settle(host: &XapiClient, task: &str, started: bool) {
     if started {
         let _ = host.wait_task(task, SETTLE_TIMEOUT).await;
