@@ -249,7 +249,13 @@ async fn the_lock_and_job_file_errors() {
         .unwrap()
         .job_id;
 
-    let held = VmLock::acquire(&dir.path().join("state"), &job_id, &vm).unwrap();
+    let held = VmLock::acquire(
+        &dir.path().join("state"),
+        &job_id,
+        &vm,
+        std::time::SystemTime::now(),
+    )
+    .unwrap();
     let run = replicate(&job).await;
     assert_eq!(run.code, 3, "lock contention exits 3: {}", run.stderr);
     assert!(

@@ -15,7 +15,7 @@ use super::replicate::load_job;
 use super::terminal_text;
 use super::transfer::runtime;
 use super::units::{human_bytes, human_rate};
-use crate::replicate::clock::SystemClock;
+use crate::replicate::clock::{Clock, SystemClock};
 use crate::replicate::job::Job;
 use crate::replicate::lock::VmLock;
 use crate::replicate::plan::Identity;
@@ -148,7 +148,12 @@ fn seed_job(job: &Job, vm: &str, max_rate: Option<u64>) -> Result<SeedJob, CliEr
 
 /// The VM's lock, as `replicate` takes it: no cycle runs while this command does.
 pub(super) fn lock(job: &Job, vm: &str) -> Result<VmLock, CliError> {
-    Ok(VmLock::acquire(&job.state_dir, &job.job_id, vm)?)
+    Ok(VmLock::acquire(
+        &job.state_dir,
+        &job.job_id,
+        vm,
+        SystemClock.now(),
+    )?)
 }
 
 /// One line per disk every few seconds on a terminal, nothing otherwise.

@@ -62,7 +62,12 @@ impl VmLock {
     /// `<state_dir>/<job_id>-<vm_uuid>.lock`, creating `state_dir` (mode 0700) if missing.
     /// Both ids are UUIDs, so the name needs no escaping. A state directory writable by group
     /// or others, and a lock file that is not a regular file, are refused.
-    pub fn acquire(state_dir: &Path, job_id: &str, vm_uuid: &str) -> Result<VmLock, LockError> {
+    pub fn acquire(
+        state_dir: &Path,
+        job_id: &str,
+        vm_uuid: &str,
+        started: SystemTime,
+    ) -> Result<VmLock, LockError> {
         let io = |path: &Path, action| {
             let path = path.to_path_buf();
             move |source| LockError::Io {
@@ -119,14 +124,14 @@ impl VmLock {
             Err(TryLockError::Error(e)) => return Err(io(&path, "lock")(e)),
         }
         file.set_len(0)
-            .and_then(|()| file.write_all(holder_description().as_bytes()))
+            .and_then(|()| file.write_all(holder_description(started).as_bytes()))
             .map_err(io(&path, "write to the lock file"))?;
         Ok(VmLock { _file: file })
     }
 }
 
 /// Who we are, for a run that finds the lock taken.
-fn holder_description() -> String {
+fn holder_description(started: SystemTime) -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| format!(" on {}", h.trim()))
         .unwrap_or_default();
@@ -136,7 +141,7 @@ fn holder_description() -> String {
     format!(
         "pid {}{host}, started {}: {}\n",
         std::process::id(),
-        VhdTimestamp::from_system_time(SystemTime::now()),
+        VhdTimestamp::from_system_time(started),
         command.join(" ")
     )
 }
@@ -164,9 +169,9 @@ mod tests {
     #[test]
     fn a_second_acquire_is_refused_and_names_the_holder() {
         let dir = tempfile::tempdir().unwrap();
-        let _held = VmLock::acquire(dir.path(), JOB, VM1).unwrap();
+        let _held = VmLock::acquire(dir.path(), JOB, VM1, SystemTime::UNIX_EPOCH).unwrap();
         // A second open file description, as another process would have.
-        let err = VmLock::acquire(dir.path(), JOB, VM1).unwrap_err();
+        let err = VmLock::acquire(dir.path(), JOB, VM1, SystemTime::UNIX_EPOCH).unwrap_err();
         let LockError::Held { vm, holder } = &err else {
             panic!("expected Held, got {err}");
         };
@@ -185,15 +190,15 @@ mod tests {
     #[test]
     fn dropping_releases_the_lock() {
         let dir = tempfile::tempdir().unwrap();
-        drop(VmLock::acquire(dir.path(), JOB, VM1).unwrap());
-        let _again = VmLock::acquire(dir.path(), JOB, VM1).unwrap();
+        drop(VmLock::acquire(dir.path(), JOB, VM1, SystemTime::UNIX_EPOCH).unwrap());
+        let _again = VmLock::acquire(dir.path(), JOB, VM1, SystemTime::UNIX_EPOCH).unwrap();
     }
 
     #[test]
     fn different_vms_do_not_conflict() {
         let dir = tempfile::tempdir().unwrap();
-        let _one = VmLock::acquire(dir.path(), JOB, VM1).unwrap();
-        let _two = VmLock::acquire(dir.path(), JOB, VM2).unwrap();
+        let _one = VmLock::acquire(dir.path(), JOB, VM1, SystemTime::UNIX_EPOCH).unwrap();
+        let _two = VmLock::acquire(dir.path(), JOB, VM2, SystemTime::UNIX_EPOCH).unwrap();
     }
 
     #[test]
@@ -203,11 +208,11 @@ mod tests {
         std::fs::create_dir_all(&state).unwrap();
         std::fs::remove_dir(&state).unwrap();
         let file = state.join(format!("{JOB}-{VM1}.lock"));
-        drop(VmLock::acquire(&state, JOB, VM1).unwrap());
+        drop(VmLock::acquire(&state, JOB, VM1, SystemTime::UNIX_EPOCH).unwrap());
         let mode = std::fs::metadata(&state).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o700);
         std::fs::write(&file, "x".repeat(10_000)).unwrap();
-        let _held = VmLock::acquire(&state, JOB, VM1).unwrap();
+        let _held = VmLock::acquire(&state, JOB, VM1, SystemTime::UNIX_EPOCH).unwrap();
         let text = std::fs::read_to_string(&file).unwrap();
         assert!(text.starts_with("pid ") && !text.contains('x'), "{text}");
     }
@@ -221,7 +226,7 @@ mod tests {
         std::fs::write(&victim, "precious").unwrap();
         let lock = state.join(format!("{JOB}-{VM1}.lock"));
         std::os::unix::fs::symlink(&victim, &lock).unwrap();
-        let err = VmLock::acquire(&state, JOB, VM1).unwrap_err();
+        let err = VmLock::acquire(&state, JOB, VM1, SystemTime::UNIX_EPOCH).unwrap_err();
         assert!(
             matches!(&err, LockError::NotARegularFile { path } if *path == lock),
             "{err}"
@@ -233,7 +238,7 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
         // A dangling link would otherwise create the file it points at.
         std::fs::remove_file(&victim).unwrap();
-        assert!(VmLock::acquire(&state, JOB, VM1).is_err());
+        assert!(VmLock::acquire(&state, JOB, VM1, SystemTime::UNIX_EPOCH).is_err());
         assert!(!victim.exists());
     }
 
@@ -245,7 +250,7 @@ mod tests {
         let c_path = std::ffi::CString::new(lock.as_os_str().as_bytes()).unwrap();
         // SAFETY: a valid NUL-terminated path; mkfifo only creates a file.
         assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
-        let err = VmLock::acquire(dir.path(), JOB, VM1).unwrap_err();
+        let err = VmLock::acquire(dir.path(), JOB, VM1, SystemTime::UNIX_EPOCH).unwrap_err();
         assert!(
             matches!(&err, LockError::NotARegularFile { path } if *path == lock),
             "{err}"
@@ -259,7 +264,7 @@ mod tests {
         std::fs::create_dir(&state).unwrap();
         for mode in [0o777, 0o770, 0o1733] {
             std::fs::set_permissions(&state, std::fs::Permissions::from_mode(mode)).unwrap();
-            let err = VmLock::acquire(&state, JOB, VM1).unwrap_err();
+            let err = VmLock::acquire(&state, JOB, VM1, SystemTime::UNIX_EPOCH).unwrap_err();
             let refused = matches!(&err, LockError::UnsafeStateDir { path, mode: m }
                 if *path == state && *m == mode);
             assert!(refused, "{mode:o}: {err}");
@@ -276,7 +281,7 @@ mod tests {
             "no lock file created"
         );
         std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let _held = VmLock::acquire(&state, JOB, VM1).unwrap();
+        let _held = VmLock::acquire(&state, JOB, VM1, SystemTime::UNIX_EPOCH).unwrap();
     }
 
     #[test]
@@ -284,7 +289,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let not_a_dir = dir.path().join("file");
         std::fs::write(&not_a_dir, "").unwrap();
-        let err = VmLock::acquire(&not_a_dir, JOB, VM1).unwrap_err();
+        let err = VmLock::acquire(&not_a_dir, JOB, VM1, SystemTime::UNIX_EPOCH).unwrap_err();
         assert!(
             matches!(&err, LockError::Io { action, .. } if *action == "create the state directory"),
             "{err}"

@@ -88,10 +88,11 @@ pub async fn run_job(
         tasks.spawn(vm.clone(), async move {
             let _permit = permits.acquire_owned().await;
             // Held until the cycle ends; a killed process releases it with its descriptors.
-            let _lock = match VmLock::acquire(&state_dir, &settings.job_id, &vm) {
-                Ok(lock) => lock,
-                Err(e) => return VmOutcome::Locked(e),
-            };
+            let _lock =
+                match VmLock::acquire(&state_dir, &settings.job_id, &vm, settings.clock.now()) {
+                    Ok(lock) => lock,
+                    Err(e) => return VmOutcome::Locked(e),
+                };
             let mut report = |disk: &str, p: &Progress| {
                 if let Ok(mut f) = progress.lock() {
                     f(&vm, disk, p);
