@@ -20,10 +20,8 @@ use crate::replicate::clock::{Clock, SystemClock};
 use crate::replicate::error::ErrorKind;
 use crate::replicate::inventory::list_target_vms;
 use crate::replicate::job::Job;
-use crate::replicate::plan::{
-    Identity, TargetVm, is_committed_replica, is_interrupted_replica, replica_datetime,
-    replica_order,
-};
+use crate::replicate::layout::restore_points;
+use crate::replicate::plan::{Identity, TargetVm};
 use crate::replicate::runner::{JobProgress, RunOptions, VmOutcome, run_job};
 use crate::xapi::transfer::{Progress, Throttle, TransferOptions};
 
@@ -265,44 +263,35 @@ pub fn status(args: &StatusArgs) -> Result<ExitCode, CliError> {
                 vm_uuid: vm_uuid.clone(),
                 sr_uuid: job.target_sr.clone(),
             };
-            let mut replicas: Vec<(&TargetVm, bool)> = vms
+            let points = restore_points(&vms, &id);
+            let newest_valid_age = points
                 .iter()
-                .filter(|v| !v.is_a_snapshot)
-                .filter_map(|v| {
-                    if is_committed_replica(v, &id) {
-                        Some((v, true))
-                    } else if is_interrupted_replica(v, &id) {
-                        Some((v, false))
-                    } else {
-                        None
-                    }
-                })
-                .collect();
-            replicas.sort_by_key(|(v, _)| std::cmp::Reverse(replica_order(v)));
-            let newest_valid_age = replicas.iter().find(|(_, valid)| *valid).map(|(v, _)| now - replica_datetime(v));
+                .find(|p| p.valid)
+                .and_then(|p| p.datetime)
+                .map(|at| now - at);
             if let Some(limit) = args.max_age
                 && newest_valid_age.is_none_or(|age| age > limit.as_secs() as i64)
             {
                 stale.push(vm_uuid.clone());
             }
-            let rows: Vec<serde_json::Value> = replicas
+            let rows: Vec<serde_json::Value> = points
                 .iter()
-                .map(|(v, valid)| {
-                    let at = replica_datetime(v);
-                    json!({"uuid": v.uuid, "name": v.name_label, "datetime": crate::replicate::keys::datetime(at),
-                           "age_seconds": now - at, "valid": valid})
+                .map(|p| {
+                    json!({"uuid": p.vm.uuid, "name": p.vm.name_label, "kind": p.kind,
+                           "datetime": p.datetime.map(crate::replicate::keys::datetime),
+                           "age_seconds": p.datetime.map(|at| now - at), "valid": p.valid})
                 })
                 .collect();
             if !args.json {
-                println!("VM {vm_uuid}: {} replica(s)", rows.len());
-                for (v, valid) in &replicas {
-                    let age = now - replica_datetime(v);
+                println!("VM {vm_uuid}: {} restore point(s)", points.iter().filter(|p| p.valid).count());
+                for p in &points {
                     println!(
-                        "  {}  {}  age {}  {}",
-                        if *valid { "valid  " } else { "INVALID" },
-                        terminal_text::name(&v.name_label),
-                        human_age(age),
-                        v.uuid
+                        "  {}  {:<15}  {}  {}  {}",
+                        if p.valid { "valid  " } else { "INVALID" },
+                        p.kind.label(),
+                        terminal_text::name(&p.vm.name_label),
+                        p.datetime.map_or_else(|| "interrupted run".to_owned(), |at| format!("age {}", human_age(now - at))),
+                        p.vm.uuid
                     );
                 }
             }

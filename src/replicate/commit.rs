@@ -56,12 +56,76 @@ impl ReplicaCommit<'_> {
     }
 }
 
-/// Write the commit on `target`. Until its last call the replica still carries our
-/// importing key, so a commit cut short leaves a replica the next run removes.
-pub async fn commit_replica(
+/// The keys a live replica and its disks lose once its target snapshot carries them
+/// (XO §7.2: after the snapshot only the target snapshots carry the keys).
+const LIVE_CLEARED: &[&str] = &[
+    keys::DATETIME,
+    keys::JOB,
+    keys::SCHEDULE,
+    keys::VM,
+    keys::SR,
+    keys::COPY_OF,
+    keys::CONTENT_KEY,
+    keys::COMMITTED_MS,
+];
+
+/// Commit a live replica in the current layout, leaving nothing that looks valid unless it
+/// is whole, whenever the sequence stops:
+/// 1. the commit's keys, names and blocks, our importing key kept on the VM;
+/// 2. `VM.snapshot`: the target snapshot, importing too, as its keys are copied;
+/// 3. the importing key off the snapshot: the new restore point is valid;
+/// 4. `exported`, through `mark_exported`: the source snapshot becomes the next base;
+/// 5. the importing key off the live replica: it is valid too;
+/// 6. the keys off the live replica and its disks.
+///
+/// Returns the target snapshot's reference.
+pub async fn commit_live<F, Fut>(
     target: &XapiClient,
     commit: &ReplicaCommit<'_>,
-) -> Result<(), ClientError> {
+    snapshot_name: &str,
+    mark_exported: F,
+) -> Result<String, CommitError>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<(), CommitError>>,
+{
+    write_commit(target, commit).await?;
+    let vm = commit.vm_ref;
+    let snapshot = target.snapshot_vm(vm, snapshot_name).await?;
+    let config = MapName::OtherConfig;
+    target
+        .remove_entries(Class::Vm, &snapshot, config, &[keys::IMPORTING])
+        .await?;
+    mark_exported().await?;
+    target
+        .remove_entries(Class::Vm, vm, config, &[keys::IMPORTING])
+        .await?;
+    target
+        .remove_entries(Class::Vm, vm, config, LIVE_CLEARED)
+        .await?;
+    for disk in &commit.disks {
+        target
+            .remove_entries(Class::Vdi, disk.vdi_ref, config, LIVE_CLEARED)
+            .await?;
+    }
+    Ok(snapshot)
+}
+
+/// A failure of [`commit_live`]: on the target, or while marking the source snapshot.
+#[derive(Debug)]
+pub enum CommitError {
+    Target(ClientError),
+    Source(ClientError),
+}
+
+impl From<ClientError> for CommitError {
+    fn from(e: ClientError) -> Self {
+        CommitError::Target(e)
+    }
+}
+
+/// Everything of a commit but the removal of our importing key.
+async fn write_commit(target: &XapiClient, commit: &ReplicaCommit<'_>) -> Result<(), ClientError> {
     for disk in &commit.disks {
         if let Some(name) = disk.name_label {
             target.set_vdi_name_label(disk.vdi_ref, name).await?;
@@ -86,7 +150,17 @@ pub async fn commit_replica(
         target.add_vm_tag(vm, keys::REPLICA_TAG).await?;
     }
     target.clear_ha_restart_priority(vm).await?;
-    target.set_vm_name_label(vm, commit.name).await?;
+    target.set_vm_name_label(vm, commit.name).await
+}
+
+/// Write the commit on `target`. Until its last call the replica still carries our
+/// importing key, so a commit cut short leaves a replica the next run removes.
+pub async fn commit_replica(
+    target: &XapiClient,
+    commit: &ReplicaCommit<'_>,
+) -> Result<(), ClientError> {
+    write_commit(target, commit).await?;
+    let vm = commit.vm_ref;
     // Last: dropping the importing key is what makes the replica valid.
     target
         .remove_entries(Class::Vm, vm, MapName::OtherConfig, &[keys::IMPORTING])

@@ -1,27 +1,35 @@
 //! Failover and test failover on the target host.
 //!
-//! * [`failover`] makes a replica the VM: its start block goes, and so does `xo:copy_of` on
-//!   the VM and its disks, so that no later cycle ever clones its (now written) disks as a
-//!   delta base; without the start block, retention and XO's replica listing skip it too.
-//! * [`test_failover`] boots a fast clone (`VM.clone`) of the newest replica, stripped of
-//!   every replication key and marked as ours, so the replica chain is untouched and the
-//!   next cycle is still a delta; [`cleanup`] removes those clones.
+//! Restore points are those of [`layout`]: the live replica, its target snapshots, and
+//! classic replica VMs, whichever tool wrote them.
+//!
+//! * [`failover`] makes a restore point the VM. The live replica or a classic replica VM is
+//!   promoted in place: its start block goes, and so does `xo:copy_of` on the VM and its
+//!   disks, so that no later cycle ever clones its (now written) disks as a delta base. The
+//!   live replica keeps its target snapshots, through which a job replicating it back sends
+//!   a delta (failback). A target snapshot is cloned into a new VM, stripped of every
+//!   replication key.
+//! * [`test_failover`] boots a fast clone (`VM.clone`) of the newest restore point, stripped
+//!   of every replication key and marked as ours, so the chain is untouched and the next
+//!   cycle is still a delta; [`cleanup`] removes those clones.
 //!
 //! The choices are pure functions ([`pick_replica`], [`is_test_clone`]); the rest carries
 //! them out.
+//!
+//! [`layout`]: super::layout
 
 use super::clock::Clock;
 use super::inventory::list_target_vms;
 use super::keys;
+use super::layout::{PointKind, RestorePoint, restore_points};
 use super::op_error::OpError;
 use super::op_error::on_host as host;
-use super::plan::{Identity, TargetVm, is_committed_replica, replica_order};
+use super::plan::{Identity, TargetVm};
 use crate::xapi::client::{ClientError, XapiClient};
 use crate::xapi::ops::{Class, MapName};
 use crate::xapi::records::{StringMap, VdiRecord, VmRecord};
 
-/// Ours: on a failed-over replica, when it was failed over.
-pub const FAILED_OVER: &str = "vhdsync:failed_over";
+pub use super::keys::FAILED_OVER;
 /// Ours: on a test clone (VM and disks), the job whose replica it was cloned from.
 pub const TEST_FAILOVER_JOB: &str = "vhdsync:test_failover";
 /// Ours: on a test clone, the source VM and the replica it was cloned from.
@@ -34,22 +42,19 @@ pub const TEST_CLONE_SELF: &str = "vhdsync:test_clone";
 pub const TEST_TAG: &str = "vhdsync test failover";
 pub const TEST_NAME_PREFIX: &str = "[test] ";
 
-/// The replica to fail over to: the one given (it must be a committed replica of this job
-/// and VM), else the newest committed one.
-pub fn pick_replica<'a>(
-    vms: &'a [TargetVm],
+/// The restore point to fail over to: the one given (it must be a valid restore point of
+/// this job and VM), else the newest, the live replica first when it holds the newest
+/// content.
+pub fn pick_replica<'p, 'a>(
+    points: &'p [RestorePoint<'a>],
+    vms: &[TargetVm],
     id: &Identity,
     given: Option<&str>,
-) -> Result<&'a TargetVm, String> {
-    let mut replicas: Vec<&TargetVm> = vms
-        .iter()
-        .filter(|vm| !vm.is_a_snapshot && is_committed_replica(vm, id))
-        .collect();
-    replicas.sort_by_key(|vm| std::cmp::Reverse(replica_order(vm)));
+) -> Result<&'p RestorePoint<'a>, String> {
+    let mut valid = points.iter().filter(|p| p.valid);
     match given {
-        Some(uuid) => replicas
-            .into_iter()
-            .find(|vm| vm.uuid.eq_ignore_ascii_case(uuid))
+        Some(uuid) => valid
+            .find(|p| p.vm.uuid.eq_ignore_ascii_case(uuid))
             .ok_or_else(|| {
                 let what = vms
                     .iter()
@@ -58,12 +63,12 @@ pub fn pick_replica<'a>(
                         if vm.other_config.contains_key(FAILED_OVER) {
                             "it was already failed over"
                         } else {
-                            "it is not a committed, start-blocked replica of this job and VM"
+                            "it is not a valid restore point of this job and VM"
                         }
                     });
                 format!("--replica {uuid}: {what}")
             }),
-        None => replicas.into_iter().next().ok_or_else(|| {
+        None => valid.next().ok_or_else(|| {
             format!(
                 "no valid replica of VM {} by job {} on SR {} on the target",
                 id.vm_uuid, id.job_id, id.sr_uuid
@@ -97,13 +102,17 @@ pub fn replication_keys(config: &StringMap) -> Vec<&str> {
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct FailoverReport {
+    /// The VM that is now the VM: the promoted replica, or a target snapshot's clone.
     pub replica: String,
     pub name: String,
+    /// The restore point failed over to, and its kind.
+    pub restore_point: String,
+    pub kind: PointKind,
     pub started: bool,
     pub note: String,
 }
 
-/// Remove the replica's start block and its `xo:copy_of` links; start it if asked.
+/// Make a restore point the VM (see the module's description); start it if asked.
 pub async fn failover(
     target: &XapiClient,
     id: &Identity,
@@ -114,44 +123,103 @@ pub async fn failover(
     let vms = list_target_vms(target)
         .await
         .map_err(host("listing the target's VMs"))?;
-    let chosen = pick_replica(&vms, id, replica)
-        .map_err(OpError::Invalid)?
-        .clone();
-    let on = |what: &str| host(format!("{what} of replica {}", chosen.uuid));
-    let vm = chosen.reference.as_str();
+    let points = restore_points(&vms, id);
+    let chosen = pick_replica(&points, &vms, id, replica).map_err(OpError::Invalid)?;
+    let (kind, point) = (chosen.kind, chosen.vm.clone());
+    let on = |what: &str| host(format!("{what} of {} {}", kind.label(), point.uuid));
+    let (vm, name) = match kind {
+        PointKind::TargetSnapshot => {
+            let name = point.name_label.clone();
+            let clone = target
+                .clone_vm(&point.reference, &name)
+                .await
+                .map_err(on("cloning"))?;
+            let made = async {
+                target.set_vm_is_a_template(&clone, false).await?;
+                strip_replication_keys(target, &clone).await?;
+                Ok::<_, ClientError>(clone.clone())
+            };
+            match made.await {
+                Ok(vm) => (vm, name),
+                Err(e) => {
+                    let _ = target.destroy_vm_and_disks(&clone).await;
+                    return Err(on("preparing the clone")(e));
+                }
+            }
+        }
+        PointKind::LiveReplica | PointKind::ReplicaVm => {
+            (point.reference.clone(), point.name_label.clone())
+        }
+    };
     let now = keys::datetime(clock.unix());
     target
-        .set_entries(Class::Vm, vm, MapName::OtherConfig, &[(FAILED_OVER, &now)])
+        .set_entries(Class::Vm, &vm, MapName::OtherConfig, &[(FAILED_OVER, &now)])
         .await
         .map_err(on("marking"))?;
     target
         .remove_entries(
             Class::Vm,
-            vm,
+            &vm,
             MapName::BlockedOperations,
             &keys::BLOCKED_OPERATIONS,
         )
         .await
         .map_err(on("unblocking"))?;
-    unlink(
-        target,
-        &chosen.reference,
-        &[keys::COPY_OF, keys::CONTENT_KEY],
-    )
-    .await
-    .map_err(on("unlinking the disks"))?;
+    unlink(target, &vm, &[keys::COPY_OF, keys::CONTENT_KEY])
+        .await
+        .map_err(on("unlinking the disks"))?;
     if start {
-        target.start_vm(vm).await.map_err(on("starting"))?;
+        target.start_vm(&vm).await.map_err(on("starting"))?;
     }
-    Ok(FailoverReport {
-        replica: chosen.uuid.clone(),
-        name: chosen.name_label.clone(),
-        started: start,
-        note: format!(
-            "replica {} is now a VM of its own and no longer takes deltas; the next replicate of VM {} starts a new chain with a full",
-            chosen.uuid, id.vm_uuid
+    let uuid = target.vm_uuid(&vm).await.map_err(on("reading"))?;
+    let note = match kind {
+        PointKind::LiveReplica => format!(
+            "the live replica {uuid} is now the VM; its target snapshots stay, so a job replicating it back sends a delta. The next replicate of VM {} builds a new live replica from the newest snapshot",
+            id.vm_uuid
         ),
+        PointKind::TargetSnapshot => format!(
+            "target snapshot {} was cloned into VM {uuid}; the snapshot and the live replica are untouched",
+            point.uuid
+        ),
+        PointKind::ReplicaVm => format!(
+            "replica {uuid} is now a VM of its own and no longer takes deltas; the next replicate of VM {} continues from the newest remaining restore point, or starts a new chain with a full",
+            id.vm_uuid
+        ),
+    };
+    Ok(FailoverReport {
+        replica: uuid,
+        name,
+        restore_point: point.uuid.clone(),
+        kind,
+        started: start,
+        note,
     })
+}
+
+/// Remove every replication key from a VM and its disks.
+async fn strip_replication_keys(target: &XapiClient, vm_ref: &str) -> Result<(), ClientError> {
+    let config = MapName::OtherConfig;
+    let vm: VmRecord = target.get_record(vm_ref).await?;
+    target
+        .remove_entries(
+            Class::Vm,
+            vm_ref,
+            config,
+            &replication_keys(&vm.other_config),
+        )
+        .await?;
+    for vdi in target.disk_vdis(vm_ref).await? {
+        let record: VdiRecord = target.get_record(&vdi).await?;
+        target
+            .remove_entries(
+                Class::Vdi,
+                &vdi,
+                config,
+                &replication_keys(&record.other_config),
+            )
+            .await?;
+    }
+    Ok(())
 }
 
 /// Remove `keys` from the VM and from each of its disks.
@@ -186,15 +254,21 @@ pub async fn test_failover(
     let vms = list_target_vms(target)
         .await
         .map_err(host("listing the target's VMs"))?;
-    let replica = pick_replica(&vms, id, None)
-        .map_err(OpError::Invalid)?
-        .clone();
+    let points = restore_points(&vms, id);
+    let chosen = pick_replica(&points, &vms, id, None).map_err(OpError::Invalid)?;
+    let (kind, replica) = (chosen.kind, chosen.vm.clone());
     let name = format!("{TEST_NAME_PREFIX}{}", replica.name_label);
     let clone_ref = target
         .clone_vm(&replica.reference, &name)
         .await
         .map_err(host(format!("cloning replica {}", replica.uuid)))?;
-    let prepared = prepare_clone(target, &clone_ref, id, &replica, start).await;
+    let prepared = async {
+        if kind == PointKind::TargetSnapshot {
+            target.set_vm_is_a_template(&clone_ref, false).await?;
+        }
+        prepare_clone(target, &clone_ref, id, &replica, start).await
+    }
+    .await;
     match prepared {
         Ok(uuid) => Ok(TestCloneReport {
             clone: uuid,
@@ -305,8 +379,9 @@ pub async fn cleanup(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::replicate::layout::retention_victims;
     use crate::replicate::plan::fixtures::{config, id};
-    use crate::replicate::plan::{is_interrupted_replica, replica_victims};
+    use crate::replicate::plan::{is_committed_replica, is_interrupted_replica};
 
     fn replica(uuid: &str, datetime: &str) -> TargetVm {
         TargetVm {
@@ -380,17 +455,19 @@ mod tests {
             replica("new", "20240102T00:00:00Z"),
             failed_over(replica("newest-but-failed-over", "20240103T00:00:00Z")),
         ];
-        assert_eq!(pick_replica(&vms, &id(), None).unwrap().uuid, "new");
-        assert_eq!(pick_replica(&vms, &id(), Some("OLD")).unwrap().uuid, "old");
+        let points = restore_points(&vms, &id());
+        let pick = |given| pick_replica(&points, &vms, &id(), given).map(|p| p.vm.uuid.clone());
+        assert_eq!(pick(None).unwrap(), "new");
+        assert_eq!(pick(Some("OLD")).unwrap(), "old");
         for (given, expected) in [
             ("newest-but-failed-over", "already failed over"),
             ("nope", "no VM with that UUID"),
         ] {
-            let err = pick_replica(&vms, &id(), Some(given)).unwrap_err();
+            let err = pick(Some(given)).unwrap_err();
             assert!(err.contains(expected), "{err}");
         }
         assert!(
-            pick_replica(&[], &id(), None)
+            pick_replica(&[], &[], &id(), None)
                 .unwrap_err()
                 .contains("no valid replica")
         );
@@ -409,7 +486,7 @@ mod tests {
         }
         let all = vec![r.clone(), clone.clone(), gone];
         // Retention 0 would delete every replica it knows: only the real one.
-        let victims: Vec<&str> = replica_victims(&all, &id(), 0)
+        let victims: Vec<&str> = retention_victims(&restore_points(&all, &id()), 0)
             .iter()
             .map(|v| v.uuid.as_str())
             .collect();

@@ -3,9 +3,10 @@
 //! uses any more.
 
 use super::keys;
-use super::plan::{Identity, SnapshotDisk, SourceSnapshot, TargetVdi, TargetVm};
+use super::layout::TargetDisk;
+use super::plan::{Identity, SnapshotDisk, SourceSnapshot, TargetVm};
 use crate::xapi::client::{ClientError, XapiClient};
-use crate::xapi::records::{SrRecord, VdiRecord, VmRecord};
+use crate::xapi::records::{SrRecord, VbdRecord, VdiRecord, VmRecord};
 
 /// Every VM on `host`, as the planner sees them.
 pub async fn list_target_vms(host: &XapiClient) -> Result<Vec<TargetVm>, ClientError> {
@@ -18,6 +19,8 @@ pub async fn list_target_vms(host: &XapiClient) -> Result<Vec<TargetVm>, ClientE
             name_label: vm.name_label,
             is_a_template: vm.is_a_template,
             is_a_snapshot: vm.is_a_snapshot,
+            snapshot_of: vm.snapshot_of,
+            power_state: vm.power_state,
             other_config: vm.other_config,
             blocked_operations: vm.blocked_operations,
         })
@@ -51,26 +54,36 @@ pub async fn load_snapshot(
     })
 }
 
-/// The SR `sr_uuid`'s reference and its managed non-snapshot VDIs: the candidate base
-/// disks. Hidden chain parents (unmanaged) are no disks of anybody's.
-pub async fn target_vdis(
+/// The SR `sr_uuid`'s reference and its managed VDIs, snapshots included, each with the
+/// VMs that use it. Hidden chain parents (unmanaged) are no disks of anybody's.
+pub async fn target_disks(
     host: &XapiClient,
     sr_uuid: &str,
-) -> Result<(String, Vec<TargetVdi>), ClientError> {
-    let (sr_ref, sr) = host.record_by_uuid::<SrRecord>(sr_uuid).await?;
-    let mut vdis = Vec::new();
-    for reference in &sr.vdis {
-        let vdi: VdiRecord = host.get_record(reference).await?;
-        if vdi.managed && !vdi.is_a_snapshot {
-            vdis.push(TargetVdi {
-                reference: reference.clone(),
-                uuid: vdi.uuid,
-                virtual_size: vdi.virtual_size,
-                other_config: vdi.other_config,
-            });
+) -> Result<(String, Vec<TargetDisk>), ClientError> {
+    let (sr_ref, _) = host.record_by_uuid::<SrRecord>(sr_uuid).await?;
+    let vbds = host.get_all_records::<VbdRecord>().await?;
+    let mut disks = Vec::new();
+    for (reference, vdi) in host.get_all_records::<VdiRecord>().await? {
+        if vdi.sr != sr_ref || !vdi.managed {
+            continue;
         }
+        let attached = vbds
+            .iter()
+            .filter(|(_, vbd)| vbd.vdi == reference)
+            .map(|(_, vbd)| (vbd.vm.clone(), vbd.userdevice.clone()))
+            .collect();
+        disks.push(TargetDisk {
+            uuid: vdi.uuid,
+            virtual_size: vdi.virtual_size,
+            other_config: vdi.other_config,
+            is_a_snapshot: vdi.is_a_snapshot,
+            snapshot_of: vdi.snapshot_of,
+            snapshot_time: keys::parse_datetime(&vdi.snapshot_time).unwrap_or(0),
+            attached,
+            reference,
+        });
     }
-    Ok((sr_ref, vdis))
+    Ok((sr_ref, disks))
 }
 
 /// Destroy the disks of this job and VM that no VM uses any more (snapshot disks on the

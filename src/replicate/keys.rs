@@ -35,6 +35,9 @@ pub const IMPORTING: &str = "vhdsync:importing";
 /// (XO's datetime has second resolution).
 pub const COMMITTED_MS: &str = "vhdsync:committed_ms";
 
+/// Ours: on a failed-over replica, when it was failed over.
+pub const FAILED_OVER: &str = "vhdsync:failed_over";
+
 /// XO's datetime of a replica still being imported: sorts oldest, so retention drops it.
 pub const IMPORTING_DATETIME: &str = "19700101T000000Z";
 /// XO's `blocked_operations` text on replicas, for `start` and `start_on`.
@@ -99,6 +102,12 @@ pub fn snapshot_name(job: &str, vm: &str) -> String {
 /// A committed replica's name, XO's classic form: `<vm> - <job> - (<YYYYMMDDTHHmmssZ>)`.
 pub fn replica_name(vm: &str, job: &str, unix: i64) -> String {
     format!("{vm} - {job} - ({})", name_datetime(unix))
+}
+
+/// A target snapshot's name, XO 6.3+'s form: `<vm> - <job> / vhdsync <YYYYMMDDTHHmmssZ>`
+/// (XO puts its schedule's name where ours says `vhdsync`).
+pub fn target_snapshot_name(vm: &str, job: &str, unix: i64) -> String {
+    format!("{vm} - {job} / vhdsync {}", name_datetime(unix))
 }
 
 /// The replica's time from its name, XO's fallback when `xo:backup:datetime` is missing:

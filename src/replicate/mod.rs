@@ -2,7 +2,7 @@
 //! changed blocks into a new protected replica on the target, and commits it with Xen
 //! Orchestra's metadata, so either tool can continue the other's replica chains.
 //!
-//! [`keys`] and [`plan`] are pure (floor 1); `inventory`, `replica` and `commit`
+//! [`keys`], [`plan`] and [`layout`] are pure (floor 1); `inventory`, `replica` and `commit`
 //! read and write the hosts through `xapi::ops`; [`run`] (the cycle), [`seed`] and
 //! [`failover`] orchestrate them, reading the time only through a [`clock::Clock`].
 
@@ -13,6 +13,7 @@ pub mod failover;
 pub(crate) mod inventory;
 pub mod job;
 pub mod keys;
+pub mod layout;
 pub mod lock;
 pub mod manifest;
 pub mod op_error;

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use super::keys;
+use super::layout::{TargetDisk, find_replica_disk};
 use crate::xapi::records::StringMap;
 
 /// Whose objects these are: the job, its schedule, the source VM and the target SR.
@@ -37,15 +38,6 @@ pub struct SnapshotDisk {
     pub other_config: StringMap,
 }
 
-/// A non-snapshot VDI on the target SR: a candidate base replica disk.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct TargetVdi {
-    pub reference: String,
-    pub uuid: String,
-    pub virtual_size: u64,
-    pub other_config: StringMap,
-}
-
 /// A VM on the target: a replica of some job, or anything else.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct TargetVm {
@@ -54,6 +46,9 @@ pub struct TargetVm {
     pub name_label: String,
     pub is_a_template: bool,
     pub is_a_snapshot: bool,
+    /// For a snapshot, the VM it is a snapshot of.
+    pub snapshot_of: String,
+    pub power_state: String,
     pub other_config: StringMap,
     pub blocked_operations: StringMap,
 }
@@ -125,12 +120,18 @@ pub fn select_base<'a>(
 pub enum DiskPlan {
     /// A new empty VDI, and the whole disk sent.
     Full,
-    /// A clone of the previous replica's disk, and the changes since the base sent.
+    /// The changes since the base sent onto a target disk with the base's content: written
+    /// in place into the live replica's disk, or into a clone of `replica_vdi`.
     Delta {
         /// The base snapshot's VDI on the source (export `base=`).
         base_vdi: String,
-        /// The previous replica's VDI on the target, to clone.
+        /// The target VDI holding the base's content (a target snapshot's disk, or a classic
+        /// replica's disk), to clone.
         replica_vdi: String,
+        /// The disk to update in place instead, if the run can (see `layout`).
+        live: Option<String>,
+        /// Found in the classic layout.
+        classic: bool,
     },
 }
 
@@ -151,13 +152,13 @@ impl CyclePlan {
 }
 
 /// Full or delta, disk by disk. A disk goes delta when the base snapshot has a disk at the
-/// same userdevice and exactly one replica VDI on the target SR names that base VDI in
-/// `xo:copy_of`, no larger than the new disk. `full_interval` (0 = never) forces a full
-/// when `full_interval <= deltaChainLength + 1`, XO's rule.
+/// same userdevice and the target holds its content ([`find_replica_disk`]), no larger than
+/// the new disk. `full_interval` (0 = never) forces a full when `full_interval <=
+/// deltaChainLength + 1`, XO's rule. `source_disks` are the source VM's own disks.
 pub fn plan_cycle(
     new_disks: &[SnapshotDisk],
     base: Option<&SourceSnapshot>,
-    target_vdis: &[TargetVdi],
+    target: &TargetSide<'_>,
     full_interval: u32,
 ) -> CyclePlan {
     let mut notes = Vec::new();
@@ -171,7 +172,7 @@ pub fn plan_cycle(
     let mut disks = BTreeMap::new();
     for disk in new_disks {
         let plan = match base {
-            Some(base) if !forced_full => delta_for(disk, base, target_vdis, &mut notes),
+            Some(base) if !forced_full => delta_for(disk, base, target, &mut notes),
             _ => DiskPlan::Full,
         };
         disks.insert(disk.userdevice.clone(), plan);
@@ -184,10 +185,19 @@ pub fn plan_cycle(
     }
 }
 
+/// What the planner knows of the target and the source VM.
+#[derive(Debug, Clone, Copy)]
+pub struct TargetSide<'a> {
+    pub disks: &'a [TargetDisk],
+    pub id: &'a Identity,
+    /// The source VM's own disks (references): on one host, never a base.
+    pub source_disks: &'a [String],
+}
+
 fn delta_for(
     disk: &SnapshotDisk,
     base: &SourceSnapshot,
-    target_vdis: &[TargetVdi],
+    target: &TargetSide<'_>,
     notes: &mut Vec<String>,
 ) -> DiskPlan {
     let Some(base_disk) = base.disks.iter().find(|d| d.userdevice == disk.userdevice) else {
@@ -197,36 +207,29 @@ fn delta_for(
         ));
         return DiskPlan::Full;
     };
-    let copies: Vec<&TargetVdi> = target_vdis
-        .iter()
-        .filter(|v| v.other_config.get(keys::COPY_OF) == Some(&base_disk.vdi_uuid))
-        .collect();
-    match copies.as_slice() {
-        [replica] if replica.virtual_size <= disk.virtual_size => DiskPlan::Delta {
-            base_vdi: base_disk.vdi_ref.clone(),
-            replica_vdi: replica.reference.clone(),
-        },
-        [replica] => {
-            notes.push(format!(
-                "disk {}: the replica {} ({} bytes) is larger than the disk ({} bytes), full",
-                disk.userdevice, replica.uuid, replica.virtual_size, disk.virtual_size
-            ));
-            DiskPlan::Full
+    match find_replica_disk(base_disk, target.disks, target.id, target.source_disks) {
+        Ok(found) => {
+            let size = target
+                .disks
+                .iter()
+                .find(|d| d.reference == found.vdi)
+                .map_or(0, |d| d.virtual_size);
+            if size > disk.virtual_size {
+                notes.push(format!(
+                    "disk {}: the replica {} ({size} bytes) is larger than the disk ({} bytes), full",
+                    disk.userdevice, found.uuid, disk.virtual_size
+                ));
+                return DiskPlan::Full;
+            }
+            DiskPlan::Delta {
+                base_vdi: base_disk.vdi_ref.clone(),
+                replica_vdi: found.vdi,
+                live: found.live,
+                classic: found.classic,
+            }
         }
-        [] => {
-            notes.push(format!(
-                "disk {}: no replica of base VDI {} on the target SR, full",
-                disk.userdevice, base_disk.vdi_uuid
-            ));
-            DiskPlan::Full
-        }
-        _ => {
-            notes.push(format!(
-                "disk {}: {} replicas of base VDI {} on the target SR, ambiguous, full",
-                disk.userdevice,
-                copies.len(),
-                base_disk.vdi_uuid
-            ));
+        Err(why) => {
+            notes.push(format!("disk {}: {why}, full", disk.userdevice));
             DiskPlan::Full
         }
     }
@@ -265,43 +268,6 @@ pub fn is_committed_replica(vm: &TargetVm, id: &Identity) -> bool {
         && vm.other_config.get(keys::VM) == Some(&id.vm_uuid)
         && vm.other_config.get(keys::SR) == Some(&id.sr_uuid)
         && (vm.is_a_snapshot || vm.blocked_operations.contains_key("start"))
-}
-
-/// A replica's time: `xo:backup:datetime`, else the date in its name.
-pub fn replica_datetime(vm: &TargetVm) -> i64 {
-    vm.other_config
-        .get(keys::DATETIME)
-        .and_then(|t| keys::parse_datetime(t))
-        .or_else(|| keys::datetime_from_replica_name(&vm.name_label))
-        .unwrap_or(0)
-}
-
-/// Newest last: the datetime, then our millisecond commit time for replicas committed in
-/// the same second.
-pub fn replica_order(vm: &TargetVm) -> (i64, u64) {
-    let millis = vm
-        .other_config
-        .get(keys::COMMITTED_MS)
-        .and_then(|m| m.parse().ok())
-        .unwrap_or(0);
-    (replica_datetime(vm), millis)
-}
-
-/// The committed replicas to delete so that `retention` remain, oldest first. Never a VM
-/// without the start block: a replica someone started, or anything that is not ours.
-pub fn replica_victims<'a>(
-    vms: &'a [TargetVm],
-    id: &Identity,
-    retention: u32,
-) -> Vec<&'a TargetVm> {
-    let mut replicas: Vec<&TargetVm> = vms
-        .iter()
-        .filter(|vm| !vm.is_a_snapshot && is_committed_replica(vm, id))
-        .collect();
-    replicas.sort_by_key(|vm| std::cmp::Reverse(replica_order(vm)));
-    let mut victims = replicas.split_off((retention as usize).min(replicas.len()));
-    victims.reverse();
-    victims
 }
 
 /// Source snapshots of this job that a run left unexported: never a base, to delete.
@@ -437,12 +403,22 @@ mod tests {
         assert_eq!(select_base(&[seeded], &id()).unwrap().uuid, "seed");
     }
 
-    fn target_copy(of: &str, size: u64) -> TargetVdi {
-        TargetVdi {
+    fn target_copy(of: &str, size: u64) -> TargetDisk {
+        TargetDisk {
             reference: format!("replica-of-{of}"),
             uuid: format!("uuid-replica-of-{of}"),
             virtual_size: size,
             other_config: config(&[(keys::COPY_OF, of)]),
+            ..TargetDisk::default()
+        }
+    }
+
+    fn side(disks: &[TargetDisk]) -> TargetSide<'_> {
+        static ID: std::sync::OnceLock<Identity> = std::sync::OnceLock::new();
+        TargetSide {
+            disks,
+            id: ID.get_or_init(id),
+            source_disks: &[],
         }
     }
 
@@ -456,12 +432,14 @@ mod tests {
         let new = snapshot("new", "20240102T00:00:00Z", &[]).disks;
         // Disk 0 has its replica; disk 1 has none.
         let targets = vec![target_copy("vdi-base-0", 100)];
-        let plan = plan_cycle(&new, Some(&base), &targets, 0);
+        let plan = plan_cycle(&new, Some(&base), &side(&targets), 0);
         assert_eq!(
             plan.disks["0"],
             DiskPlan::Delta {
                 base_vdi: "vdiref-base-0".into(),
-                replica_vdi: "replica-of-vdi-base-0".into()
+                replica_vdi: "replica-of-vdi-base-0".into(),
+                live: Some("replica-of-vdi-base-0".into()),
+                classic: true,
             }
         );
         assert_eq!(plan.disks["1"], DiskPlan::Full);
@@ -475,21 +453,26 @@ mod tests {
             target_copy("vdi-base-0", 100),
             target_copy("vdi-base-1", 50),
         ];
-        let plan = plan_cycle(&new, Some(&base), &targets, 0);
+        let plan = plan_cycle(&new, Some(&base), &side(&targets), 0);
         assert_eq!(plan.delta_chain_length, 3);
         // A replica larger than the disk, or two candidates: full.
-        let plan = plan_cycle(&new, Some(&base), &[target_copy("vdi-base-0", 200)], 0);
+        let plan = plan_cycle(
+            &new,
+            Some(&base),
+            &side(&[target_copy("vdi-base-0", 200)]),
+            0,
+        );
         assert_eq!(plan.disks["0"], DiskPlan::Full);
         let dup = vec![
             target_copy("vdi-base-0", 100),
             target_copy("vdi-base-0", 100),
         ];
         assert_eq!(
-            plan_cycle(&new, Some(&base), &dup, 0).disks["0"],
+            plan_cycle(&new, Some(&base), &side(&dup), 0).disks["0"],
             DiskPlan::Full
         );
         // No base: everything full, chain 0.
-        let plan = plan_cycle(&new, None, &targets, 0);
+        let plan = plan_cycle(&new, None, &side(&targets), 0);
         assert!(plan.is_full());
         assert_eq!(plan.delta_chain_length, 0);
     }
@@ -513,7 +496,7 @@ mod tests {
                 "20240101T00:00:00Z",
                 &[EXPORTED, (keys::DELTA_CHAIN_LENGTH, &chain.to_string())],
             );
-            let plan = plan_cycle(&new, Some(&base), &targets, interval);
+            let plan = plan_cycle(&new, Some(&base), &side(&targets), interval);
             assert_eq!(plan.is_full(), full, "interval {interval} chain {chain}");
         }
     }
@@ -534,12 +517,10 @@ mod tests {
     }
 
     #[test]
-    fn retention_keeps_the_newest_and_spares_started_replicas() {
-        let vms = vec![
+    fn interrupted_runs_are_recognised_and_other_jobs_objects_are_not() {
+        let vms = [
             replica("r1", "20240101T00:00:00Z", true),
-            replica("r2", "20240102T00:00:00Z", true),
             replica("started", "20231231T00:00:00Z", false),
-            replica("r3", "20240103T00:00:00Z", true),
             replica("importing", keys::IMPORTING_DATETIME, true),
             TargetVm {
                 other_config: config(&[(keys::JOB, "other")]),
@@ -547,14 +528,16 @@ mod tests {
             },
         ];
         let names = |v: Vec<&TargetVm>| v.iter().map(|r| r.uuid.clone()).collect::<Vec<_>>();
-        assert_eq!(names(replica_victims(&vms, &id(), 2)), ["r1"]);
-        assert_eq!(names(replica_victims(&vms, &id(), 1)), ["r1", "r2"]);
-        assert!(replica_victims(&vms, &id(), 5).is_empty());
         let interrupted: Vec<_> = vms
             .iter()
             .filter(|v| is_interrupted_replica(v, &id()))
             .collect();
         assert_eq!(names(interrupted), ["importing"]);
+        let committed: Vec<_> = vms
+            .iter()
+            .filter(|v| is_committed_replica(v, &id()))
+            .collect();
+        assert_eq!(names(committed), ["r1"]);
     }
 
     /// A committed replica of a source VM named like an import in progress is not an

@@ -1,11 +1,16 @@
 //! One replication cycle of one VM (`xo-replication.md` §3-§10), carrying out [`plan`]'s
-//! decisions: clean what interrupted runs left, find the base, snapshot the source, build a
-//! new replica (clones of the previous replica's disks for deltas, new disks for fulls),
-//! transfer every disk, commit the metadata, then apply retention on both sides.
+//! and [`layout`]'s decisions: clean what interrupted runs left, find the base, snapshot
+//! the source, write the changes into the live replica (in place, or into a new one built
+//! from clones of the disks holding the base's content), commit it, snapshot it on the
+//! target, then apply retention on both sides.
 //!
-//! Atomicity: the previous replica is never written (a delta goes into a clone of its disk),
-//! the new replica carries the importing markers from its first moment until the commit, and
-//! any failure destroys what the run created, so no broken replica ever looks valid.
+//! Atomicity: a restore point (a target snapshot, or a classic replica VM) is never written.
+//! The live replica carries the importing markers from the run's first write until its
+//! commit, its snapshot becomes valid only once whole, and any failure destroys the live
+//! replica being written, so no broken replica ever looks valid; the previous run's target
+//! snapshot is the restore point meanwhile.
+//!
+//! [`layout`]: super::layout
 //!
 //! [`plan`]: super::plan
 
@@ -16,21 +21,23 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::clock::Clock;
-use super::commit::{CommitDisk, ReplicaCommit, commit_replica};
+use super::commit::{CommitDisk, CommitError, ReplicaCommit, commit_live};
 pub use super::error::{CycleCause, CycleError, ErrorKind, Phase};
-use super::inventory::{destroy_orphaned_disks, list_target_vms, load_snapshot, target_vdis};
+use super::inventory::{destroy_orphaned_disks, list_target_vms, load_snapshot, target_disks};
 use super::keys;
+use super::layout::{PointKind, TargetDisk, in_place_target, restore_points, retention_victims};
 use super::plan::{
-    CyclePlan, DiskPlan, Identity, SnapshotDisk, SourceSnapshot, TargetVm, is_interrupted_replica,
-    plan_cycle, replica_victims, select_base, snapshot_victims, unexported_snapshots,
+    CyclePlan, DiskPlan, Identity, SnapshotDisk, SourceSnapshot, TargetSide, TargetVm,
+    is_interrupted_replica, plan_cycle, select_base, snapshot_victims, unexported_snapshots,
 };
 use super::replica::{
-    create_replica_disk, create_replica_vm, importing_disk, replica_tags, roll_back,
+    create_replica_disk, create_replica_vm, importing_disk, replica_keys, replica_tags, roll_back,
 };
 use crate::xapi::client::{ClientError, XapiClient};
 use crate::xapi::ops::{Class, MapName};
-use crate::xapi::records::VmRecord;
-use crate::xapi::transfer::{Progress, TransferOptions, VdiOn, transfer_vdi};
+use crate::xapi::records::{StringMap, VdiRecord, VmRecord};
+use crate::xapi::rpc::Value;
+use crate::xapi::transfer::{Progress, TransferOptions, VdiOn, changed_blocks, transfer_vdi};
 
 /// What a job's cycle needs besides the hosts.
 #[derive(Debug, Clone)]
@@ -70,8 +77,14 @@ pub struct CycleReport {
     pub bytes_sent: u64,
     pub virtual_size: u64,
     pub seconds: f64,
+    /// The live replica, which now holds this run's content.
     pub replica: String,
     pub replica_name: String,
+    /// The target snapshot this run left: its restore point.
+    pub target_snapshot: String,
+    /// `in_place` (the live replica was updated) or `new_live_replica`.
+    pub layout: &'static str,
+    /// The source snapshot.
     pub snapshot: String,
     pub deleted_replicas: Vec<String>,
     pub deleted_snapshots: Vec<String>,
@@ -107,6 +120,8 @@ pub async fn replicate_vm(
         },
         phase: Phase::SourceVm,
         created_vdis: Vec::new(),
+        live_ref: None,
+        exported: false,
     };
     let (vm_ref, vm) = cycle.on_source(source.record_by_uuid::<VmRecord>(vm_uuid).await)?;
     if vm.is_a_template || vm.is_a_snapshot {
@@ -135,11 +150,12 @@ pub async fn replicate_vm(
         vm.snapshots.retain(|s| *s != untagged);
         cleaned_up.push(format!("untagged source snapshot {untagged}"));
     }
-    let snapshots = cycle.source_snapshots(&vm).await?;
+    let mut snapshots = cycle.source_snapshots(&vm).await?;
     for stale in unexported_snapshots(&snapshots, &cycle.id) {
         cycle.on_source(source.destroy_vm_and_disks(&stale.reference).await)?;
         cleaned_up.push(format!("source snapshot {}", stale.uuid));
     }
+    snapshots.retain(|s| !s.is_job_snapshot(&cycle.id) || s.is_exported());
     for orphan in cycle.on_source(destroy_orphaned_disks(source, &cycle.id, true).await)? {
         cleaned_up.push(format!("orphaned source snapshot disk {orphan}"));
     }
@@ -150,14 +166,24 @@ pub async fn replicate_vm(
     let now = settings.clock.unix();
     let snapshot = cycle.snapshot(&vm_ref, &vm, now).await?;
     let outcome = cycle
-        .replicate_from(&vm_ref, &vm, &snapshot, base.as_ref(), now, progress)
+        .replicate_from(
+            &vm_ref,
+            &vm,
+            &snapshot,
+            base.as_ref(),
+            &snapshots,
+            now,
+            progress,
+        )
         .await;
     let replicated = match outcome {
         Ok(done) => done,
         Err(e) => {
-            // The snapshot was never exported: no base. Remove it now; if this fails too,
-            // the next run's clean-up does it.
-            let _ = source.destroy_vm_and_disks(&snapshot.reference).await;
+            // A snapshot never exported is no base: remove it now; if this fails too, the
+            // next run's clean-up does it. One exported is the next base: keep it.
+            if !cycle.exported {
+                let _ = source.destroy_vm_and_disks(&snapshot.reference).await;
+            }
             return Err(e);
         }
     };
@@ -168,8 +194,9 @@ pub async fn replicate_vm(
     tracing::info!(vm = vm_uuid, replica = %replicated.uuid, "committed; retention");
     let mut deleted_replicas = Vec::new();
     let vms = cycle.target_vms().await?;
-    for victim in replica_victims(&vms, &cycle.id, settings.retention) {
-        if victim.reference == replicated.reference {
+    let points = restore_points(&vms, &cycle.id);
+    for victim in retention_victims(&points, settings.retention) {
+        if victim.uuid == replicated.target_snapshot {
             continue;
         }
         cycle.on_target(target.destroy_vm_and_disks(&victim.reference).await)?;
@@ -208,6 +235,12 @@ pub async fn replicate_vm(
         seconds: started.elapsed().as_secs_f64(),
         replica: replicated.uuid,
         replica_name: replicated.name,
+        target_snapshot: replicated.target_snapshot,
+        layout: if replicated.in_place {
+            "in_place"
+        } else {
+            "new_live_replica"
+        },
         snapshot: snapshot.uuid,
         deleted_replicas,
         deleted_snapshots,
@@ -225,13 +258,19 @@ struct Cycle<'a> {
     phase: Phase,
     /// VDIs this run created on the target, destroyed if the run fails.
     created_vdis: Vec<String>,
+    /// The live replica being written, destroyed if the run fails before the source
+    /// snapshot is marked exported.
+    live_ref: Option<String>,
+    /// The source snapshot is marked exported: the next run's base, whatever happens next.
+    exported: bool,
 }
 
-/// A committed replica.
+/// A committed live replica and its new target snapshot.
 struct Replicated {
-    reference: String,
     uuid: String,
     name: String,
+    target_snapshot: String,
+    in_place: bool,
     disks: Vec<DiskReport>,
     notes: Vec<String>,
 }
@@ -267,11 +306,12 @@ impl Cycle<'_> {
         result.map_err(|e| self.fail(None, Some(self.target), e.into()))
     }
 
-    /// Replicas of this job and VM that an interrupted run left on the target.
+    /// What an interrupted run of this job and VM left on the target: a replica or live
+    /// replica marked importing, a target snapshot taken but not yet made valid.
     async fn clean_target(&self) -> Result<Vec<String>, CycleError> {
         let mut cleaned = Vec::new();
         for vm in self.target_vms().await? {
-            if is_interrupted_replica(&vm, &self.id) {
+            if is_interrupted_replica(&vm, &self.id) || is_interrupted_snapshot(&vm, &self.id) {
                 self.on_target(self.target.destroy_vm_and_disks(&vm.reference).await)?;
                 cleaned.push(format!("interrupted replica {}", vm.uuid));
             }
@@ -358,57 +398,256 @@ impl Cycle<'_> {
         }
     }
 
-    /// Replica creation, transfer and commit; on failure, everything created is destroyed.
+    /// Replica preparation, transfer and commit; on failure, the live replica being written
+    /// and everything the run created are destroyed (the restore points stay).
+    #[allow(clippy::too_many_arguments)]
     async fn replicate_from(
         &mut self,
         vm_ref: &str,
         vm: &VmRecord,
         snapshot: &SourceSnapshot,
         base: Option<&SourceSnapshot>,
+        other_snapshots: &[SourceSnapshot],
         now: i64,
         progress: DiskProgress<'_>,
     ) -> Result<Replicated, CycleError> {
         self.enter(Phase::ReplicaCreation)?;
-        let (sr_ref, candidates) =
-            self.on_target(target_vdis(self.target, &self.id.sr_uuid).await)?;
-        let plan = plan_cycle(
-            &snapshot.disks,
-            base,
-            &candidates,
-            self.settings.full_interval,
-        );
+        let (sr_ref, disks) = self.on_target(target_disks(self.target, &self.id.sr_uuid).await)?;
+        let vms = self.target_vms().await?;
+        let source_disks = self.on_source(self.source.disk_vdis(vm_ref).await)?;
+        let side = TargetSide {
+            disks: &disks,
+            id: &self.id,
+            source_disks: &source_disks,
+        };
+        let mut plan = match base {
+            Some(base) => plan_cycle(
+                &snapshot.disks,
+                Some(base),
+                &side,
+                self.settings.full_interval,
+            ),
+            None => content_key_plan(&snapshot.disks, other_snapshots, &side),
+        };
+        let writing = self.choose_writing(&mut plan, &disks, &vms).await?;
         let raw_vm = self.on_source(self.source.vm_record_value(vm_ref).await)?;
-        let replica_ref =
-            self.on_target(create_replica_vm(self.target, &self.id, &raw_vm, vm, now).await)?;
+        let live_ref = match &writing {
+            Writing::InPlace { vm: live, classic } => {
+                self.live_ref = Some(live.reference.clone());
+                self.prepare_in_place(live, *classic, &raw_vm, vm, now)
+                    .await?;
+                live.reference.clone()
+            }
+            Writing::NewLive => {
+                let created = self
+                    .on_target(create_replica_vm(self.target, &self.id, &raw_vm, vm, now).await)?;
+                self.live_ref = Some(created.clone());
+                created
+            }
+        };
         let outcome = self
-            .fill_replica(&replica_ref, vm, snapshot, &plan, &sr_ref, now, progress)
+            .fill_replica(
+                &live_ref, &writing, vm, snapshot, &plan, &sr_ref, now, progress,
+            )
             .await;
         match outcome {
-            Ok((uuid, name, disks)) => Ok(Replicated {
-                reference: replica_ref,
-                uuid,
-                name,
-                disks,
-                notes: plan.notes,
-            }),
+            Ok((uuid, name, target_snapshot, disks)) => {
+                let mut notes = plan.notes;
+                if matches!(writing, Writing::NewLive) {
+                    notes.extend(self.supersede(&live_ref, &vms).await?);
+                }
+                Ok(Replicated {
+                    uuid,
+                    name,
+                    target_snapshot,
+                    in_place: matches!(writing, Writing::InPlace { .. }),
+                    disks,
+                    notes,
+                })
+            }
             Err(e) => {
-                roll_back(self.target, &replica_ref, &self.created_vdis).await;
+                if !self.exported {
+                    roll_back(self.target, &live_ref, &self.created_vdis).await;
+                }
                 Err(e)
             }
         }
     }
 
+    /// Update the live replica in place when [`in_place_target`] allows and its disks
+    /// still hold their newest snapshot's content; else a new live replica, built from
+    /// clones of the disks that hold the base's content.
+    async fn choose_writing(
+        &self,
+        plan: &mut CyclePlan,
+        disks: &[TargetDisk],
+        vms: &[TargetVm],
+    ) -> Result<Writing, CycleError> {
+        let mut bases = Vec::new();
+        let mut compare = Vec::new();
+        let mut classic = Vec::new();
+        for (userdevice, disk_plan) in &plan.disks {
+            if let DiskPlan::Delta {
+                replica_vdi,
+                live,
+                classic: is_classic,
+                ..
+            } = disk_plan
+            {
+                let Some(live) = live else {
+                    plan.notes.push(format!(
+                        "disk {userdevice}: its replica disk is gone; a new live replica"
+                    ));
+                    return Ok(Writing::NewLive);
+                };
+                bases.push((userdevice.as_str(), live.as_str()));
+                classic.push(*is_classic);
+                if !is_classic {
+                    compare.push((live.clone(), replica_vdi.clone()));
+                }
+            }
+        }
+        if bases.is_empty() {
+            return Ok(Writing::NewLive);
+        }
+        if classic.iter().any(|c| *c) && !classic.iter().all(|c| *c) {
+            plan.notes
+                .push("the base is in both layouts; a new live replica".into());
+            return Ok(Writing::NewLive);
+        }
+        let live = match in_place_target(&bases, disks, vms, &self.id) {
+            Ok(live) => live.clone(),
+            Err(why) => {
+                plan.notes.push(format!("{why}; a new live replica"));
+                return Ok(Writing::NewLive);
+            }
+        };
+        for (live_vdi, snapshot_vdi) in &compare {
+            if self.differs(live_vdi, snapshot_vdi).await? {
+                plan.notes.push(format!(
+                    "live replica {} changed since its snapshot; a new live replica",
+                    live.uuid
+                ));
+                return Ok(Writing::NewLive);
+            }
+        }
+        Ok(Writing::InPlace {
+            classic: classic.iter().all(|c| *c),
+            vm: live,
+        })
+    }
+
+    /// Whether target disk `vdi` holds other content than `snapshot`, from the BATs.
+    async fn differs(&self, vdi: &str, snapshot: &str) -> Result<bool, CycleError> {
+        let on = VdiOn {
+            host: self.target,
+            vdi,
+        };
+        let changed = changed_blocks(on, snapshot, &self.settings.transfer, self.cancel)
+            .await
+            .map_err(|e| CycleError {
+                vm: self.id.vm_uuid.clone(),
+                phase: self.phase,
+                disk: None,
+                host: Some(e.host.clone()),
+                cause: e.into(),
+            })?;
+        Ok(changed != 0)
+    }
+
+    /// Make the live replica `live` ready to be written: a classic replica is first
+    /// snapshotted, so its content stays a restore point; then it is marked as importing
+    /// (XO §7.1: its keys at the epoch datetime, the importing block and name, and our key)
+    /// and given the source VM's settings.
+    async fn prepare_in_place(
+        &self,
+        live: &TargetVm,
+        classic: bool,
+        raw_vm: &Value,
+        vm: &VmRecord,
+        now: i64,
+    ) -> Result<(), CycleError> {
+        let target = self.target;
+        let reference = live.reference.as_str();
+        if classic {
+            let at = replica_datetime_or(live, now);
+            let name = keys::target_snapshot_name(&vm.name_label, &self.settings.job_name, at);
+            self.on_target(target.snapshot_vm(reference, &name).await)?;
+        }
+        let other_config = importing_vm_config(&self.id, vm, now);
+        self.on_target(target.set_vm_other_config(reference, &other_config).await)?;
+        let blocked: Vec<(&str, &str)> = keys::BLOCKED_OPERATIONS
+            .iter()
+            .map(|op| (*op, keys::IMPORTING_BLOCKED))
+            .collect();
+        self.on_target(
+            target
+                .set_entries(Class::Vm, reference, MapName::BlockedOperations, &blocked)
+                .await,
+        )?;
+        let name = format!("{}{}", keys::IMPORTING_VM_PREFIX, vm.name_label);
+        self.on_target(target.set_vm_name_label(reference, &name).await)?;
+        self.on_target(target.update_vm_from(reference, raw_vm).await)?;
+        Ok(())
+    }
+
+    /// Destroy the live replicas of this job that `current` replaces: halted, start-blocked,
+    /// whole, and holding their newest snapshot's content, which stays as a restore point.
+    /// One whose disks changed behind the job's back is left alone, with a note.
+    async fn supersede(&self, current: &str, vms: &[TargetVm]) -> Result<Vec<String>, CycleError> {
+        let mut notes = Vec::new();
+        let (_, disks) = self.on_target(target_disks(self.target, &self.id.sr_uuid).await)?;
+        for point in restore_points(vms, &self.id) {
+            let old = point.vm;
+            if point.kind != PointKind::LiveReplica || old.reference == current || !point.valid {
+                continue;
+            }
+            if old.power_state != "Halted" {
+                continue;
+            }
+            let mut clean = true;
+            for disk in disks
+                .iter()
+                .filter(|d| d.attached.iter().any(|(v, _)| *v == old.reference))
+            {
+                let newest = disks
+                    .iter()
+                    .filter(|s| s.is_a_snapshot && s.snapshot_of == disk.reference)
+                    .max_by_key(|s| s.snapshot_time);
+                clean &= match newest {
+                    Some(snapshot) => !self.differs(&disk.reference, &snapshot.reference).await?,
+                    None => false,
+                };
+            }
+            if clean {
+                self.on_target(self.target.destroy_vm_and_disks(&old.reference).await)?;
+                notes.push(format!(
+                    "former live replica {} destroyed; its snapshots keep its content",
+                    old.uuid
+                ));
+            } else {
+                notes.push(format!(
+                    "former live replica {} left alone: its disks changed since its newest snapshot",
+                    old.uuid
+                ));
+            }
+        }
+        Ok(notes)
+    }
+
     #[allow(clippy::too_many_arguments)]
     async fn fill_replica(
         &mut self,
-        replica_ref: &str,
+        live_ref: &str,
+        writing: &Writing,
         vm: &VmRecord,
         snapshot: &SourceSnapshot,
         plan: &CyclePlan,
         sr_ref: &str,
         now: i64,
         progress: DiskProgress<'_>,
-    ) -> Result<(String, String, Vec<DiskReport>), CycleError> {
+    ) -> Result<(String, String, String, Vec<DiskReport>), CycleError> {
+        let in_place = matches!(writing, Writing::InPlace { .. });
         let mut disks: Vec<Filling<'_>> = Vec::new();
         for disk in &snapshot.disks {
             let disk_plan = plan
@@ -416,12 +655,16 @@ impl Cycle<'_> {
                 .get(&disk.userdevice)
                 .cloned()
                 .unwrap_or(DiskPlan::Full);
-            let vdi_ref = self.replica_disk(disk, &disk_plan, sr_ref).await?;
-            self.on_target(
-                self.target
-                    .attach_disk(replica_ref, &vdi_ref, &disk.userdevice)
-                    .await,
-            )?;
+            let (vdi_ref, attach) = self
+                .replica_disk(disk, &disk_plan, in_place, sr_ref)
+                .await?;
+            if attach {
+                self.on_target(
+                    self.target
+                        .attach_disk(live_ref, &vdi_ref, &disk.userdevice)
+                        .await,
+                )?;
+            }
             disks.push((disk, disk_plan, vdi_ref));
         }
 
@@ -437,12 +680,14 @@ impl Cycle<'_> {
         for (disk, _, _) in &disks {
             names.push(self.on_source(self.source.vdi_name_label(&disk.vdi_ref).await)?);
         }
-        let name = keys::replica_name(&vm.name_label, &self.settings.job_name, now);
+        let name = keys::snapshot_name(&self.settings.job_name, &vm.name_label);
+        let snapshot_name =
+            keys::target_snapshot_name(&vm.name_label, &self.settings.job_name, now);
         let datetime = keys::datetime(now);
         let tags = replica_tags(&vm.tags);
         let commit = ReplicaCommit {
             id: &self.id,
-            vm_ref: replica_ref,
+            vm_ref: live_ref,
             tags: &tags,
             snapshot_uuid: &snapshot.uuid,
             datetime: &datetime,
@@ -458,10 +703,24 @@ impl Cycle<'_> {
                 })
                 .collect(),
         };
-        self.on_target(commit_replica(self.target, &commit).await)?;
-        self.mark_exported(snapshot, plan).await?;
-        let uuid = self.on_target(self.target.vm_uuid(replica_ref).await)?;
-        Ok((uuid, name, reports))
+        let exported = &mut self.exported;
+        let (source, target) = (self.source, self.target);
+        let committed = commit_live(target, &commit, &snapshot_name, || async {
+            mark_exported(source, snapshot, plan)
+                .await
+                .map_err(CommitError::Source)?;
+            *exported = true;
+            Ok(())
+        })
+        .await;
+        let target_snapshot = match committed {
+            Ok(reference) => reference,
+            Err(CommitError::Source(e)) => return Err(self.fail(None, Some(source), e.into())),
+            Err(CommitError::Target(e)) => return Err(self.fail(None, Some(target), e.into())),
+        };
+        let uuid = self.on_target(target.vm_uuid(live_ref).await)?;
+        let snapshot_uuid = self.on_target(target.vm_uuid(&target_snapshot).await)?;
+        Ok((uuid, name, snapshot_uuid, reports))
     }
 
     /// Stream one disk's changed blocks into its replica disk.
@@ -511,55 +770,38 @@ impl Cycle<'_> {
         })
     }
 
-    /// The source snapshot becomes the next base only once its replica is committed.
-    async fn mark_exported(
-        &self,
-        snapshot: &SourceSnapshot,
-        plan: &CyclePlan,
-    ) -> Result<(), CycleError> {
-        let chain = plan.delta_chain_length.to_string();
-        let exported = [
-            (keys::EXPORTED, "true"),
-            (keys::DELTA_CHAIN_LENGTH, chain.as_str()),
-        ];
-        let config = MapName::OtherConfig;
-        self.on_source(
-            self.source
-                .set_entries(Class::Vm, &snapshot.reference, config, &exported)
-                .await,
-        )?;
-        for disk in &snapshot.disks {
-            self.on_source(
-                self.source
-                    .set_entries(Class::Vdi, &disk.vdi_ref, config, &exported)
-                    .await,
-            )?;
-        }
-        Ok(())
-    }
-
-    /// A clone of the previous replica's disk (grown to the disk's size if needed), or a new
-    /// VDI; named as importing and carrying the job's keys from the start.
+    /// The target disk for `disk`: in place, the live replica's own disk (grown if the
+    /// source grew); else a clone of the disk with the base's content, or a new VDI. Named
+    /// as importing and carrying the job's keys at the importing datetime. Also whether it
+    /// must be attached to the live replica.
     async fn replica_disk(
         &mut self,
         disk: &SnapshotDisk,
         plan: &DiskPlan,
+        in_place: bool,
         sr_ref: &str,
-    ) -> Result<String, CycleError> {
+    ) -> Result<(String, bool), CycleError> {
         let target = self.target;
-        match plan {
-            DiskPlan::Delta { replica_vdi, .. } => {
-                let clone = self.on_target(target.clone_vdi(replica_vdi).await)?;
-                self.created_vdis.push(clone.clone());
-                let size: crate::xapi::records::VdiRecord =
-                    self.on_target(target.get_record(&clone).await)?;
-                if size.virtual_size < disk.virtual_size {
-                    self.on_target(target.resize_vdi(&clone, disk.virtual_size).await)?;
+        let (vdi, attach) = match plan {
+            DiskPlan::Delta {
+                replica_vdi, live, ..
+            } => {
+                let (vdi, attach) = match live {
+                    Some(live) if in_place => (live.clone(), false),
+                    _ => {
+                        let clone = self.on_target(target.clone_vdi(replica_vdi).await)?;
+                        self.created_vdis.push(clone.clone());
+                        (clone, true)
+                    }
+                };
+                let record: VdiRecord = self.on_target(target.get_record(&vdi).await)?;
+                if record.virtual_size < disk.virtual_size {
+                    self.on_target(target.resize_vdi(&vdi, disk.virtual_size).await)?;
                 }
                 let (name, other_config) = importing_disk(&self.id, &disk.vdi_uuid);
-                self.on_target(target.set_vdi_name_label(&clone, &name).await)?;
-                self.on_target(target.set_vdi_other_config(&clone, &other_config).await)?;
-                Ok(clone)
+                self.on_target(target.set_vdi_name_label(&vdi, &name).await)?;
+                self.on_target(target.set_vdi_other_config(&vdi, &other_config).await)?;
+                (vdi, attach)
             }
             DiskPlan::Full => {
                 let created = self.on_target(
@@ -573,8 +815,107 @@ impl Cycle<'_> {
                     .await,
                 )?;
                 self.created_vdis.push(created.clone());
-                Ok(created)
+                (created, true)
             }
+        };
+        Ok((vdi, attach))
+    }
+}
+
+/// A target snapshot a commit took but did not live to make valid: this job's keys and our
+/// importing key, copied from the live replica.
+fn is_interrupted_snapshot(vm: &TargetVm, id: &Identity) -> bool {
+    vm.is_a_snapshot
+        && vm.other_config.contains_key(keys::IMPORTING)
+        && vm.other_config.get(keys::JOB) == Some(&id.job_id)
+        && vm.other_config.get(keys::VM) == Some(&id.vm_uuid)
+        && vm.other_config.get(keys::SR) == Some(&id.sr_uuid)
+}
+
+/// How a run writes the target.
+enum Writing {
+    /// Into the live replica's disks (a classic replica is snapshotted first).
+    InPlace { vm: TargetVm, classic: bool },
+    /// Into a new live replica.
+    NewLive,
+}
+
+/// The source snapshot becomes the next base only once its replica is committed.
+async fn mark_exported(
+    source: &XapiClient,
+    snapshot: &SourceSnapshot,
+    plan: &CyclePlan,
+) -> Result<(), ClientError> {
+    let chain = plan.delta_chain_length.to_string();
+    let exported = [
+        (keys::EXPORTED, "true"),
+        (keys::DELTA_CHAIN_LENGTH, chain.as_str()),
+    ];
+    let config = MapName::OtherConfig;
+    source
+        .set_entries(Class::Vm, &snapshot.reference, config, &exported)
+        .await?;
+    for disk in &snapshot.disks {
+        source
+            .set_entries(Class::Vdi, &disk.vdi_ref, config, &exported)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Without a base of this job, any snapshot of the VM whose content the target holds under
+/// its content key (XO 6.5+ §4, "fallback"): a snapshot another job took, or the target
+/// snapshot of a replica that was failed over and is now replicated back (failback). The
+/// newest first; the first with a delta for some disk is the base.
+fn content_key_plan(
+    new_disks: &[SnapshotDisk],
+    snapshots: &[SourceSnapshot],
+    target: &TargetSide<'_>,
+) -> CyclePlan {
+    let mut candidates: Vec<&SourceSnapshot> = snapshots
+        .iter()
+        .filter(|s| {
+            s.disks
+                .iter()
+                .any(|d| d.other_config.contains_key(keys::DATETIME))
+        })
+        .collect();
+    candidates.sort_by_key(|s| std::cmp::Reverse(s.datetime()));
+    for candidate in candidates {
+        let mut plan = plan_cycle(new_disks, Some(candidate), target, 0);
+        if !plan.is_full() {
+            // Another job's chain: this job's own starts here.
+            plan.delta_chain_length = 1;
+            plan.notes = vec![format!(
+                "base found by content key: snapshot {} of another chain",
+                candidate.uuid
+            )];
+            return plan;
         }
     }
+    plan_cycle(new_disks, None, target, 0)
+}
+
+/// A live replica's `other_config` while a run writes it: the source VM's own entries, the
+/// job's keys at XO's importing datetime, our importing key, `auto_poweron` off.
+fn importing_vm_config(id: &Identity, vm: &VmRecord, now: i64) -> StringMap {
+    let mut config: StringMap = vm
+        .other_config
+        .iter()
+        .filter(|(k, _)| !keys::is_replication_state(k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    config.extend(replica_keys(id, keys::IMPORTING_DATETIME));
+    config.insert(keys::IMPORTING.into(), keys::datetime(now));
+    config.insert(keys::AUTO_POWERON.into(), "false".into());
+    config
+}
+
+/// A classic replica's time, for the name of the snapshot that preserves it.
+fn replica_datetime_or(vm: &TargetVm, fallback: i64) -> i64 {
+    vm.other_config
+        .get(keys::DATETIME)
+        .and_then(|t| keys::parse_datetime(t))
+        .or_else(|| keys::datetime_from_replica_name(&vm.name_label))
+        .unwrap_or(fallback)
 }

@@ -7,6 +7,7 @@
 mod maps;
 mod vdi;
 mod vm;
+mod vm_update;
 
 pub use maps::{Class, MapName};
 pub use vdi::NewVdi;

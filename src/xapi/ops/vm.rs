@@ -123,6 +123,23 @@ impl XapiClient {
         .await
     }
 
+    /// Replace `vm`'s whole `other_config` in one call.
+    pub async fn set_vm_other_config(
+        &self,
+        vm: &str,
+        other_config: &crate::xapi::records::StringMap,
+    ) -> Result<(), ClientError> {
+        let params = vec![Value::from(vm), super::map_value(other_config)];
+        self.call_unit("VM.set_other_config", params).await
+    }
+
+    /// `VM.set_is_a_template`: a clone of a snapshot is a template until this turns it into
+    /// a VM.
+    pub async fn set_vm_is_a_template(&self, vm: &str, template: bool) -> Result<(), ClientError> {
+        let params = vec![Value::from(vm), Value::Bool(template)];
+        self.call_unit("VM.set_is_a_template", params).await
+    }
+
     /// `ha_restart_priority` = `""`: HA never restarts the VM.
     pub async fn clear_ha_restart_priority(&self, vm: &str) -> Result<(), ClientError> {
         let params = vec![Value::from(vm), Value::from("")];

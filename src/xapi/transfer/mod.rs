@@ -90,6 +90,22 @@ pub trait ChunkStream: Send {
     fn blocks(&self) -> (u32, Option<u32>);
 }
 
+/// How many blocks of `vdi` differ from `base` (another VDI on the same host), read from
+/// the head of `GET /export_raw_vdi?base=` alone: the BATs decide, no data is read. Zero
+/// means the two hold the same content.
+pub async fn changed_blocks(
+    vdi: VdiOn<'_>,
+    base: &str,
+    options: &TransferOptions,
+    cancel: &CancellationToken,
+) -> Result<u32, TransferError> {
+    let export = open_export(vdi, Some(base), "vhdsync compare", options, cancel).await?;
+    let (_, announced) = export.blocks();
+    export.close().await;
+    // A head without a block count is no proof of equality.
+    Ok(announced.unwrap_or(u32::MAX))
+}
+
 /// Copy `source`'s content (the delta against `base`, a VDI on the same host, when given)
 /// into `target`'s VDI. `progress` is called as bytes move; the transfer stops with
 /// [`TransferErrorKind::Cancelled`] when `cancel` completes.
