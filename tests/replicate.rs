@@ -85,10 +85,13 @@ async fn a_full_then_five_deltas_with_retention() {
     let first = replicate(&job).await;
     let r = report(&first);
     assert_eq!(r["mode"], "full");
-    // Replica digests as made, by replica uuid: the source snapshots go away with retention.
+    assert_eq!(r["layout"], "new_live_replica");
+    let live = r["replica"].as_str().unwrap().to_owned();
+    // Restore point digests as made, by target snapshot uuid: the source snapshots go away
+    // with retention.
     let mut expected: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
     expected.insert(
-        r["replica"].as_str().unwrap().into(),
+        r["target_snapshot"].as_str().unwrap().into(),
         check_replica_matches(&source, &target, r).await,
     );
 
@@ -109,6 +112,12 @@ async fn a_full_then_five_deltas_with_retention() {
         let run = replicate(&job).await;
         let r = report(&run);
         assert_eq!(r["mode"], "delta", "round {round}: {r}");
+        assert_eq!(r["layout"], "in_place", "round {round}: {r}");
+        assert_eq!(
+            r["replica"],
+            live.as_str(),
+            "the live replica keeps its uuid"
+        );
         for disk in r["disks"].as_array().unwrap() {
             let d: usize = disk["userdevice"].as_str().unwrap().parse().unwrap();
             assert_eq!(
@@ -118,40 +127,53 @@ async fn a_full_then_five_deltas_with_retention() {
             );
         }
         expected.insert(
-            r["replica"].as_str().unwrap().into(),
+            r["target_snapshot"].as_str().unwrap().into(),
             check_replica_matches(&source, &target, r).await,
         );
     }
 
-    // Retention: 3 replicas remain, the newest three; each still holds what it was made from.
-    let replicas = target.replicas().await;
-    assert_eq!(replicas.len(), 3, "retention 3");
-    let newest: Vec<&String> = expected.keys().collect();
-    for (reference, vm) in &replicas {
+    // Retention: 3 target snapshots remain, the newest three; each still holds what it was
+    // made from, and carries the keys (the live replica carries none).
+    let snapshots = target.target_snapshots().await;
+    assert_eq!(snapshots.len(), 3, "retention 3");
+    assert_eq!(expected.len(), 6);
+    for (reference, snapshot) in &snapshots {
         let digests = expected
-            .get(&vm.uuid)
-            .unwrap_or_else(|| panic!("unexpected replica {}", vm.uuid));
+            .get(&snapshot.uuid)
+            .unwrap_or_else(|| panic!("unexpected restore point {}", snapshot.uuid));
         for (device, _, vdi) in target.disks(reference).await {
             assert_eq!(
                 &target.hash(&vdi.uuid).await,
                 &digests[&device],
-                "retained replica {} disk {device}",
-                vm.name_label
+                "retained snapshot {} disk {device}",
+                snapshot.name_label
             );
+            assert!(vdi.other_config.contains_key(keys::CONTENT_KEY));
         }
-        assert_eq!(
-            vm.blocked_operations.get("start").map(String::as_str),
-            Some(keys::START_BLOCKED)
-        );
-        assert_eq!(
-            vm.other_config.get(keys::AUTO_POWERON).map(String::as_str),
-            Some("false")
-        );
-        assert!(!vm.other_config.contains_key(keys::IMPORTING));
+        assert!(!snapshot.other_config.contains_key(keys::IMPORTING));
     }
-    assert!(newest.len() == 6);
-    // Exactly the replicas' disks exist on the target: nothing leaked.
-    assert_eq!(target.vdi_count().await, 3 * 2);
+    let lives = target.live_replicas().await;
+    assert_eq!(lives.len(), 1);
+    let (live_ref, live_vm) = &lives[0];
+    assert_eq!(live_vm.uuid, live);
+    assert_eq!(
+        live_vm.blocked_operations.get("start").map(String::as_str),
+        Some(keys::START_BLOCKED)
+    );
+    assert_eq!(
+        live_vm
+            .other_config
+            .get(keys::AUTO_POWERON)
+            .map(String::as_str),
+        Some("false")
+    );
+    assert!(live_vm.other_config.keys().all(|k| !k.starts_with("xo:")));
+    assert!(
+        target.replicas().await.is_empty(),
+        "no VM of the classic layout"
+    );
+    // Exactly the live replica's and the snapshots' disks exist on the target.
+    assert_eq!(target.vdi_count().await, 2 + 3 * 2);
     // The source keeps one snapshot (the base) besides the VM's own disks.
     let snapshots: Vec<_> = source
         .vms()
@@ -161,41 +183,32 @@ async fn a_full_then_five_deltas_with_retention() {
         .collect();
     assert_eq!(snapshots.len(), 1, "snapshot retention keeps the base only");
 
-    // A replica without the start block (someone started it) is never deleted.
-    let (oldest_ref, oldest) = replicas
-        .iter()
-        .min_by_key(|(_, v)| {
-            v.other_config
-                .get(keys::COMMITTED_MS)
-                .cloned()
-                .unwrap_or_default()
-                .parse::<u64>()
-                .unwrap_or(0)
-        })
-        .unwrap();
+    // A live replica someone started (its start block removed) is a VM of its own: the
+    // next run builds a new live replica from the newest snapshot, still a delta, and
+    // leaves the started one alone.
     target
         .call(
             "VM.remove_from_blocked_operations",
-            vec![Value::from(oldest_ref.as_str()), Value::from("start")],
+            vec![Value::from(live_ref.as_str()), Value::from("start")],
         )
         .await;
     source.write(&disks[0], 0, 512, Some(99)).await;
-    report(&replicate(&job).await);
-    let after: Vec<String> = target
-        .replicas()
+    let run = replicate(&job).await;
+    let r = report(&run);
+    assert_eq!(
+        (r["mode"].as_str(), r["layout"].as_str()),
+        (Some("delta"), Some("new_live_replica")),
+        "{r}"
+    );
+    check_replica_matches(&source, &target, r).await;
+    let vms: Vec<String> = target
+        .vms()
         .await
         .into_iter()
         .map(|(_, v)| v.uuid)
         .collect();
-    assert!(
-        after.contains(&oldest.uuid),
-        "the started replica survives retention"
-    );
-    assert_eq!(
-        after.len(),
-        4,
-        "three protected replicas plus the started one"
-    );
+    assert!(vms.contains(&live), "the started replica survives");
+    assert_eq!(target.target_snapshots().await.len(), 3);
 
     // status lists them, and --max-age works as an RPO check.
     let status = tokio::process::Command::new(BIN)
@@ -212,7 +225,18 @@ async fn a_full_then_five_deltas_with_retention() {
     );
     let doc: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     let rows = doc["vms"][0]["replicas"].as_array().unwrap();
-    assert_eq!(rows.iter().filter(|r| r["valid"] == true).count(), 3);
+    assert_eq!(
+        rows.iter().filter(|r| r["valid"] == true).count(),
+        4,
+        "{doc}"
+    );
+    assert_eq!(rows[0]["kind"], "live_replica", "{doc}");
+    assert_eq!(
+        rows.iter()
+            .filter(|r| r["kind"] == "target_snapshot")
+            .count(),
+        3
+    );
     let stale = tokio::process::Command::new(BIN)
         .args(["status", "--job"])
         .arg(&job)
@@ -429,19 +453,18 @@ async fn a_failure_mid_transfer_leaves_the_target_as_it_was() {
     let job = write_job(dir.path(), &source, &target, &vm.ids.uuid, 2, "");
     source.write(&disk, 0, 4 * MIB, Some(1)).await;
     let first = replicate(&job).await;
-    let replica = report(&first)["replica"].as_str().unwrap().to_owned();
-    let before_vms: Vec<String> = target
-        .vms()
-        .await
-        .into_iter()
-        .map(|(_, v)| v.uuid)
-        .collect();
-    let before_vdis = target.vdi_count().await;
-    let replica_disk = report(&first)["disks"][0]["replica_vdi"]
+    let restore_point = report(&first)["target_snapshot"]
         .as_str()
         .unwrap()
         .to_owned();
-    let before_digest = target.hash(&replica_disk).await;
+    let (snapshot_ref, _) = target
+        .target_snapshots()
+        .await
+        .into_iter()
+        .find(|(_, s)| s.uuid == restore_point)
+        .unwrap();
+    let before_digest = target.disk_uuids(&snapshot_ref).await["0"].clone();
+    let before_digest = target.hash(&before_digest).await;
 
     // The import connection drops in the middle of the next delta.
     source.write(&disk, 6 * MIB, 16 * MIB, Some(2)).await;
@@ -466,31 +489,34 @@ async fn a_failure_mid_transfer_leaves_the_target_as_it_was() {
         "names VM and disk: {error}"
     );
 
-    // The target is exactly as before: same VMs, same VDIs, the previous replica intact.
-    let after_vms: Vec<String> = target
-        .vms()
-        .await
-        .into_iter()
-        .map(|(_, v)| v.uuid)
-        .collect();
-    assert_eq!(after_vms, before_vms);
-    assert_eq!(target.vdi_count().await, before_vdis);
-    assert_eq!(target.hash(&replica_disk).await, before_digest);
+    // The half-written live replica is gone; the restore point is intact and the only
+    // object of the job left; nothing leaked.
+    let vms = target.vms().await;
+    assert_eq!(vms.len(), 1, "{vms:?}");
+    assert_eq!(vms[0].1.uuid, restore_point);
+    let disk_now = target.disk_uuids(&snapshot_ref).await["0"].clone();
+    assert_eq!(target.hash(&disk_now).await, before_digest);
+    assert!(target.unused_vdis().await.is_empty());
 
-    // The next run recovers with a delta, and both replicas are right.
+    // The next run recovers with a delta into a new live replica built from the snapshot,
+    // and the previous restore point is kept (retention 2).
     let next = replicate(&job).await;
     let r = report(&next);
-    assert_eq!(r["mode"], "delta", "{r}");
+    assert_eq!(
+        (r["mode"].as_str(), r["layout"].as_str()),
+        (Some("delta"), Some("new_live_replica")),
+        "{r}"
+    );
     check_replica_matches(&source, &target, r).await;
-    let names: Vec<String> = target
-        .replicas()
+    let snapshots: Vec<String> = target
+        .target_snapshots()
         .await
         .into_iter()
         .map(|(_, v)| v.uuid)
         .collect();
     assert!(
-        names.contains(&replica),
-        "the previous replica is kept (retention 2)"
+        snapshots.contains(&restore_point),
+        "the previous restore point is kept (retention 2)"
     );
 }
 

@@ -118,12 +118,13 @@ pub async fn create_replica_disk(
         .await
 }
 
-/// Best effort after a failed run: destroy the replica VM and the disks the run created
-/// (the previous replica's disks are never among them). What fails here is left to the
-/// next run's clean-up.
+/// Best effort after a failed run: destroy the live replica being written with its disks
+/// (new, cloned, or its own half-written ones; never a restore point's), and the disks the
+/// run created but had not attached. What fails here is left to the next run's clean-up.
 pub async fn roll_back(target: &XapiClient, replica_ref: &str, created_vdis: &[String]) {
+    let attached = target.disk_vdis(replica_ref).await.unwrap_or_default();
     let _ = target.destroy_vm(replica_ref).await;
-    for vdi in created_vdis {
+    for vdi in attached.iter().chain(created_vdis) {
         let _ = target.destroy_vdi(vdi).await;
     }
 }

@@ -115,6 +115,27 @@ impl Host {
             .collect()
     }
 
+    /// The target snapshots of the current layout: snapshots carrying a job's keys.
+    pub async fn target_snapshots(&self) -> Vec<(String, VmRecord)> {
+        self.vms()
+            .await
+            .into_iter()
+            .filter(|(_, vm)| vm.is_a_snapshot && vm.other_config.contains_key(keys::JOB))
+            .collect()
+    }
+
+    /// The VM a host's snapshots were taken of, for live replicas: those with snapshots.
+    pub async fn live_replicas(&self) -> Vec<(String, VmRecord)> {
+        let snapshots = self.target_snapshots().await;
+        self.vms()
+            .await
+            .into_iter()
+            .filter(|(reference, vm)| {
+                !vm.is_a_snapshot && snapshots.iter().any(|(_, s)| s.snapshot_of == *reference)
+            })
+            .collect()
+    }
+
     pub async fn vm(&self, reference: &str) -> VmRecord {
         self.client.get_record(reference).await.unwrap()
     }
