@@ -1,6 +1,6 @@
 //! One replication cycle of one VM of a job file, using only the library's facade: the
-//! first cycle sends a full copy, the next ones the blocks changed since, into a new
-//! protected replica on the target each time.
+//! first cycle sends a full copy, the next ones the blocks changed since, into the
+//! protected live replica on the target, which is snapshotted after each cycle.
 //!
 //! ```sh
 //! cargo run --example replicate_vm -- JOB_FILE VM_UUID

@@ -73,11 +73,15 @@ async fn replicate_vm_makes_a_full_replica_then_a_delta() {
     assert_eq!(delta.mode, "delta");
     assert!(delta.bytes_sent < full.bytes_sent, "{delta:?}");
     check_replica_matches(&source, &target, &serde_json::to_value(&delta).unwrap()).await;
-    assert_eq!(target.replicas().await.len(), 2);
+    assert_eq!(
+        delta.replica, full.replica,
+        "the live replica is updated in place"
+    );
+    assert_eq!(target.target_snapshots().await.len(), 2);
 
-    // A cancelled token: the cycle ends cancelled and leaves no third replica.
+    // A cancelled token: the cycle ends cancelled and leaves no third restore point.
     cancel.cancel();
     let error = replicate_vm::replicate(&args, &cancel).await.unwrap_err();
     assert!(error.to_string().contains("cancelled"), "{error}");
-    assert_eq!(target.replicas().await.len(), 2);
+    assert_eq!(target.target_snapshots().await.len(), 2);
 }

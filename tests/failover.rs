@@ -144,7 +144,7 @@ async fn failover_unblocks_and_starts_the_replica_which_no_cycle_touches_again()
     .await;
     assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
     assert!(
-        run.stdout.contains(&replica_uuid) && run.stdout.contains("no longer takes deltas"),
+        run.stdout.contains(&replica_uuid) && run.stdout.contains("live replica"),
         "{}",
         run.stdout
     );
@@ -159,13 +159,16 @@ async fn failover_unblocks_and_starts_the_replica_which_no_cycle_touches_again()
         assert!(!vdi.other_config.contains_key(keys::COPY_OF));
     }
 
-    // The next cycle builds a new chain (a full) and, with retention 1, deletes nothing of
-    // the failed-over VM.
+    // The next cycle builds a new live replica from the newest target snapshot (still a
+    // delta) and, with retention 1, deletes nothing of the failed-over VM.
     let report = replicate(&job).await;
-    assert_eq!(report["mode"], "full", "{report:#}");
+    assert_eq!(report["mode"], "delta", "{report:#}");
+    assert_eq!(report["layout"], "new_live_replica", "{report:#}");
+    assert_ne!(report["replica"], replica_uuid.as_str());
     check_replica_matches(&source, &target, &report).await;
     let report = replicate(&job).await;
     assert_eq!(report["mode"], "delta", "{report:#}");
+    assert_eq!(report["layout"], "in_place", "{report:#}");
     let still = target.vm(&replica_ref).await;
     assert_eq!(still.power_state, "Running");
     // Failing over to it again is refused: it is no replica any more.
