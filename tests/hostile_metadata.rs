@@ -45,7 +45,7 @@ async fn forged_own_keys_on_the_source_never_reach_a_replica_nor_get_it_destroye
     let job_id = first["job_id"].as_str().unwrap_or_default().to_owned();
     let job_id = if job_id.is_empty() {
         // The job id is on every replica; an attacker reads it there.
-        target.replicas().await[0].1.other_config[keys::JOB].clone()
+        target.target_snapshots().await[0].1.other_config[keys::JOB].clone()
     } else {
         job_id
     };
@@ -66,10 +66,10 @@ async fn forged_own_keys_on_the_source_never_reach_a_replica_nor_get_it_destroye
         .await;
     let second = replicate(&job).await;
     assert_eq!(second["mode"], "delta", "{second:#}");
-    let replica_uuid = second["replica"].as_str().unwrap().to_owned();
+    let replica_uuid = second["target_snapshot"].as_str().unwrap().to_owned();
     let replica_ref = target.text("VM.get_by_uuid", &[&replica_uuid]).await;
     // The attack: cleaning up test clones must not touch the replicas.
-    let replicas_before = target.replicas().await.len();
+    let replicas_before = target.target_snapshots().await.len();
     let vdis_before = target.vdi_count().await;
     let cleanup = vhdsync(&[
         "test-failover",
@@ -80,7 +80,7 @@ async fn forged_own_keys_on_the_source_never_reach_a_replica_nor_get_it_destroye
     ])
     .await;
     assert_eq!(cleanup.code, 0, "{}{}", cleanup.stdout, cleanup.stderr);
-    assert_eq!(target.replicas().await.len(), replicas_before);
+    assert_eq!(target.target_snapshots().await.len(), replicas_before);
     assert_eq!(target.vdi_count().await, vdis_before);
     let replica = target.vm(&replica_ref).await;
     let forged: Vec<&String> = replica
@@ -108,9 +108,9 @@ async fn forged_own_keys_on_the_source_never_reach_a_replica_nor_get_it_destroye
         third["cleaned_up"].as_array().is_none_or(|c| c.is_empty()),
         "{third:#}"
     );
-    // Retention 2: the second replica is still there, kept as a replica, not removed as junk.
+    // Retention 2: the second restore point is still there, kept, not removed as junk.
     target.vm(&replica_ref).await;
-    assert_eq!(target.replicas().await.len(), 2);
+    assert_eq!(target.target_snapshots().await.len(), 2);
 
     // The escape codes in the VM's name reach no terminal raw (issue 17 finding 10).
     let job_arg = job.to_str().unwrap();
