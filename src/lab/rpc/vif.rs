@@ -156,7 +156,7 @@ pub(super) fn insert_copies(db: &mut Db, vm: &str, copies: Vec<Record>) {
 }
 
 /// The seed in a VM's `other_config`, if it has one.
-pub(super) fn mac_seed(other_config: &Value) -> Option<String> {
+fn mac_seed(other_config: &Value) -> Option<String> {
     other_config
         .get(MAC_SEED)
         .and_then(Value::as_str)
