@@ -62,6 +62,10 @@ pub enum Command {
     /// Measure vhdsync against cat, qemu-img and a curl relay on the same bytes, between two
     /// lab hosts it starts, and judge the performance targets.
     Bench(BenchArgs),
+    /// Write a shell completion script to stdout (bash, zsh, fish, elvish or powershell).
+    Completions(super::packaging::CompletionsArgs),
+    /// Write the vhdsync(1) manual page (roff) to stdout, or with --out every command's page.
+    Man(super::packaging::ManArgs),
 }
 
 #[derive(Debug, Args)]
