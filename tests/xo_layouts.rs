@@ -171,6 +171,16 @@ async fn vhdsync_then_xen_orchestra_then_vhdsync_all_deltas_in_place() {
     live_holds(&p.source, &p.target, &xo.source_vdis).await;
 
     p.guest_writes(3).await;
+    // Settings changed on the source reach the live replica updated in place.
+    let source_vm = p.source.text("VM.get_by_uuid", &[&p.vm]).await;
+    for (method, n) in [("VM.set_VCPUs_max", 4), ("VM.set_VCPUs_at_startup", 3)] {
+        p.source
+            .call(
+                method,
+                vec![source_vm.as_str().into(), vhdsync::xapi::rpc::Value::Int(n)],
+            )
+            .await;
+    }
     let r = replicate(&p.job).await;
     assert_eq!(
         (r["mode"].as_str(), r["layout"].as_str()),
@@ -178,6 +188,12 @@ async fn vhdsync_then_xen_orchestra_then_vhdsync_all_deltas_in_place() {
         "{r:#}"
     );
     assert_eq!(r["replica"], live.as_str());
+    let live_ref = p.target.text("VM.get_by_uuid", &[&live]).await;
+    let vcpus = p
+        .target
+        .call("VM.get_VCPUs_at_startup", vec![live_ref.as_str().into()])
+        .await;
+    assert_eq!(vcpus.as_i64(), Some(3), "{vcpus:?}");
     check_replica_matches(&p.source, &p.target, &r).await;
     live_holds(&p.source, &p.target, &report_sources(&r)).await;
     eprintln!(
