@@ -92,7 +92,7 @@ where
 {
     write_commit(target, commit).await?;
     let vm = commit.vm_ref;
-    let snapshot = target.snapshot_vm(vm, snapshot_name).await?;
+    let snapshot = target.snapshot_vm(vm, snapshot_name, &[]).await?;
     let config = MapName::OtherConfig;
     target
         .remove_entries(Class::Vm, &snapshot, config, &[keys::IMPORTING])

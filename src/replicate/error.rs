@@ -60,7 +60,7 @@ pub enum CycleCause {
     Transfer(Box<TransferError>),
     /// The VM given is not one this job can replicate.
     #[error("{0}")]
-    Invalid(&'static str),
+    Invalid(std::borrow::Cow<'static, str>),
     /// The caller cancelled the cycle between two steps.
     #[error("cancelled")]
     Cancelled,

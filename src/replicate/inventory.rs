@@ -4,9 +4,10 @@
 
 use super::keys;
 use super::layout::TargetDisk;
+use super::networks::{Network, SourceNic};
 use super::plan::{Identity, SnapshotDisk, SourceSnapshot, TargetVm};
 use crate::xapi::client::{ClientError, XapiClient};
-use crate::xapi::records::{SrRecord, VbdRecord, VdiRecord, VmRecord};
+use crate::xapi::records::{SrRecord, VbdRecord, VdiRecord, VifRecord, VmRecord};
 
 /// Every VM on `host`, as the planner sees them.
 pub async fn list_target_vms(host: &XapiClient) -> Result<Vec<TargetVm>, ClientError> {
@@ -84,6 +85,62 @@ pub async fn target_disks(
         });
     }
     Ok((sr_ref, disks))
+}
+
+/// The other_config key xapi sets on its host-internal management network.
+const INTERNAL_NETWORK: &str = "is_host_internal_management_network";
+
+/// Every network of `host`, with its VLAN and whether it carries the management interface.
+pub async fn networks(host: &XapiClient) -> Result<Vec<Network>, ClientError> {
+    let (networks, pifs) = host.networks_and_pifs().await?;
+    Ok(networks
+        .into_iter()
+        .map(|(reference, network)| {
+            let own: Vec<_> = pifs
+                .iter()
+                .filter(|(_, p)| p.network == reference)
+                .collect();
+            Network {
+                vlan: own.first().map_or(-1, |(_, p)| p.vlan),
+                management: own.iter().any(|(_, p)| p.management),
+                internal: network
+                    .other_config
+                    .get(INTERNAL_NETWORK)
+                    .is_some_and(|v| v == "true"),
+                uuid: network.uuid,
+                name: network.name_label,
+                reference,
+            }
+        })
+        .collect())
+}
+
+/// `vm`'s interfaces with their networks as the mapping sees them, and their records.
+pub async fn vm_nics(
+    host: &XapiClient,
+    vm: &VmRecord,
+    networks: &[Network],
+) -> Result<Vec<(SourceNic, VifRecord)>, ClientError> {
+    Ok(host
+        .vm_vifs(vm)
+        .await?
+        .into_iter()
+        .map(|(_, vif)| {
+            let network = networks
+                .iter()
+                .find(|n| n.reference == vif.network)
+                .cloned()
+                .unwrap_or_default();
+            (
+                SourceNic {
+                    device: vif.device.clone(),
+                    mac: vif.mac.clone(),
+                    network,
+                },
+                vif,
+            )
+        })
+        .collect())
 }
 
 /// Destroy the disks of this job and VM that no VM uses any more (snapshot disks on the

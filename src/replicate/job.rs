@@ -44,6 +44,8 @@ const TOP_KEYS: &[&str] = &[
     "source_password_file",
     "target_password_file",
     "tls",
+    "network_map",
+    "new_mac_addresses",
 ];
 const TLS_KEYS: &[&str] = &["source_fingerprint", "target_fingerprint", "insecure"];
 
@@ -75,6 +77,11 @@ pub struct Job {
     pub insecure: bool,
     /// Where the per-VM lock files live.
     pub state_dir: PathBuf,
+    /// `[network_map]`: source network (UUID or name) -> target network (UUID or name),
+    /// in the file's order; the first rule of the replica's network mapping.
+    pub network_map: Vec<(String, String)>,
+    /// Replica interfaces get MACs of the target's choosing instead of the source's.
+    pub new_mac_addresses: bool,
 }
 
 /// One host of a job.
@@ -223,6 +230,13 @@ impl Job {
                     )
                 })?,
         };
+        let network_map = match top.get("network_map") {
+            Some(entry) => network_map(&doc, entry)?,
+            None => Vec::new(),
+        };
+        let new_mac_addresses = top
+            .get("new_mac_addresses")
+            .map_or(Ok(false), |e| e.bool())?;
         Ok(Job {
             name: name.to_string(),
             source,
@@ -238,8 +252,36 @@ impl Job {
             max_rate,
             insecure,
             state_dir,
+            network_map,
+            new_mac_addresses,
         })
     }
+}
+
+/// `[network_map]`: every value a non-empty string without control characters.
+fn network_map<'a>(doc: &'a Doc<'a>, entry: Entry<'a>) -> Result<Vec<(String, String)>, JobError> {
+    let table = Table {
+        doc,
+        prefix: "network_map.",
+        entries: entry.table()?,
+    };
+    let mut rules: Vec<(String, String, usize)> = Vec::new();
+    for (key, _) in table.entries.iter() {
+        let name = key.get_ref().as_ref();
+        let Some(value) = table.get(name) else {
+            continue;
+        };
+        let target = value.str()?;
+        if name.is_empty() || target.trim().is_empty() {
+            return Err(value.error("source and target networks must not be empty"));
+        }
+        if name.chars().chain(target.chars()).any(char::is_control) {
+            return Err(value.error("must not contain control characters"));
+        }
+        rules.push((name.to_owned(), target.to_owned(), key.span().start));
+    }
+    rules.sort_by_key(|(_, _, at)| *at);
+    Ok(rules.into_iter().map(|(s, t, _)| (s, t)).collect())
 }
 
 /// `source` or `target` with its password file and pinned fingerprint.

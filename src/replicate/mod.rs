@@ -3,12 +3,13 @@
 //! Orchestra's metadata and snapshots it there (XO 6.3+'s layout), so either tool can
 //! continue the other's replica chains.
 //!
-//! [`keys`], [`plan`] and [`layout`] are pure (floor 1); `inventory`, `replica` and `commit`
+//! [`keys`], [`plan`], [`layout`] and [`networks`] are pure (floor 1); `inventory`, `replica` and `commit`
 //! read and write the hosts through `xapi::ops`; [`run`] (the cycle), [`seed`] and
 //! [`failover`] orchestrate them, reading the time only through a [`clock::Clock`].
 
 pub mod clock;
 pub(crate) mod commit;
+pub(crate) mod devices;
 pub(crate) mod error;
 pub mod failover;
 pub(crate) mod inventory;
@@ -17,6 +18,7 @@ pub mod keys;
 pub mod layout;
 pub mod lock;
 pub mod manifest;
+pub mod networks;
 pub mod op_error;
 pub mod plan;
 pub(crate) mod replica;

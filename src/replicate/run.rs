@@ -22,10 +22,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::clock::Clock;
 use super::commit::{CommitDisk, CommitError, ReplicaCommit, commit_live};
+use super::devices::{Devices, DevicesError, apply_devices, plan_devices};
 pub use super::error::{CycleCause, CycleError, ErrorKind, Phase};
 use super::inventory::{destroy_orphaned_disks, list_target_vms, load_snapshot, target_disks};
 use super::keys;
 use super::layout::{PointKind, TargetDisk, in_place_target, restore_points, retention_victims};
+use super::networks::NicPlan;
 use super::plan::{
     CyclePlan, DiskPlan, Identity, SnapshotDisk, SourceSnapshot, TargetSide, TargetVm,
     is_interrupted_replica, plan_cycle, select_base, snapshot_victims, unexported_snapshots,
@@ -52,6 +54,10 @@ pub struct CycleSettings {
     pub transfer: TransferOptions,
     /// The time of snapshots, names and commits.
     pub clock: Arc<dyn Clock>,
+    /// The job's `network_map`: source network (UUID or name) -> target network.
+    pub network_map: Vec<(String, String)>,
+    /// Replica interfaces get MACs of the target's choosing.
+    pub new_mac_addresses: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -89,8 +95,26 @@ pub struct CycleReport {
     pub deleted_replicas: Vec<String>,
     pub deleted_snapshots: Vec<String>,
     pub cleaned_up: Vec<String>,
+    /// The replica's interfaces and the network each went on, and why.
+    pub interfaces: Vec<NicPlan>,
+    /// Disks neither snapshotted nor copied (`[NOBAK]` in their name).
+    pub skipped_disks: Vec<SkippedDisk>,
     pub notes: Vec<String>,
 }
+
+/// A source disk the cycle leaves out.
+#[derive(Debug, Clone, Serialize)]
+pub struct SkippedDisk {
+    pub userdevice: String,
+    pub vdi: String,
+    pub name: String,
+    pub reason: &'static str,
+}
+
+/// Xen Orchestra's tag for a disk left out of backups and replication.
+const NOBAK: &str = "[NOBAK]";
+/// Xen Orchestra's tag for a disk left out of manual snapshots only.
+const NOSNAP: &str = "[NOSNAP]";
 
 /// Progress of one disk's transfer: (userdevice, progress).
 pub type DiskProgress<'a> = &'a mut (dyn FnMut(&str, &Progress) + Send);
@@ -128,7 +152,7 @@ pub async fn replicate_vm(
         return Err(cycle.fail(
             None,
             None,
-            CycleCause::Invalid("it is a template or a snapshot, not a VM"),
+            CycleCause::Invalid("it is a template or a snapshot, not a VM".into()),
         ));
     }
     if vm.other_config.get(keys::JOB) == Some(&settings.job_id)
@@ -137,9 +161,13 @@ pub async fn replicate_vm(
         return Err(cycle.fail(
             None,
             None,
-            CycleCause::Invalid("it is a replica made by this very job"),
+            CycleCause::Invalid("it is a replica made by this very job".into()),
         ));
     }
+
+    let devices = cycle.plan_devices(&vm).await?;
+    let (skipped_disks, ignored, mut notes) = cycle.excluded_disks(&vm).await?;
+    notes.extend(devices.notes.iter().cloned());
 
     cycle.enter(Phase::Cleanup)?;
     tracing::info!(vm = vm_uuid, "cleaning up interrupted runs");
@@ -164,7 +192,7 @@ pub async fn replicate_vm(
     cycle.enter(Phase::Snapshot)?;
     tracing::info!(vm = vm_uuid, base = ?base.as_ref().map(|b| &b.uuid), "snapshot");
     let now = settings.clock.unix();
-    let snapshot = cycle.snapshot(&vm_ref, &vm, now).await?;
+    let snapshot = cycle.snapshot(&vm_ref, &vm, &ignored, now).await?;
     let outcome = cycle
         .replicate_from(
             &vm_ref,
@@ -172,6 +200,7 @@ pub async fn replicate_vm(
             &snapshot,
             base.as_ref(),
             &snapshots,
+            &devices,
             now,
             progress,
         )
@@ -245,7 +274,9 @@ pub async fn replicate_vm(
         deleted_replicas,
         deleted_snapshots,
         cleaned_up,
-        notes: replicated.notes,
+        interfaces: devices.nics.into_iter().map(|(plan, _)| plan).collect(),
+        skipped_disks,
+        notes: notes.into_iter().chain(replicated.notes).collect(),
     })
 }
 
@@ -337,6 +368,52 @@ impl Cycle<'_> {
         Ok(untagged)
     }
 
+    /// The source VM's interfaces mapped onto the target's networks, its CD drives and
+    /// vTPMs; a `network_map` naming no target network fails here, before the snapshot.
+    async fn plan_devices(&self, vm: &VmRecord) -> Result<Devices, CycleError> {
+        let settings = self.settings;
+        plan_devices(
+            self.source,
+            self.target,
+            vm,
+            &settings.network_map,
+            settings.new_mac_addresses,
+        )
+        .await
+        .map_err(|e| match e {
+            DevicesError::Source(e) => self.fail(None, Some(self.source), e.into()),
+            DevicesError::Target(e) => self.fail(None, Some(self.target), e.into()),
+            DevicesError::Mapping(why) => self.fail(None, None, CycleCause::Invalid(why.into())),
+        })
+    }
+
+    /// The disks `[NOBAK]` leaves out (with the VDI references `VM.snapshot` must ignore),
+    /// and notes on `[NOSNAP]` disks, which Xen Orchestra leaves out of manual snapshots
+    /// only: replication copies them.
+    async fn excluded_disks(
+        &self,
+        vm: &VmRecord,
+    ) -> Result<(Vec<SkippedDisk>, Vec<String>, Vec<String>), CycleError> {
+        let (mut skipped, mut ignored, mut notes) = (Vec::new(), Vec::new(), Vec::new());
+        for disk in self.on_source(self.source.vm_disks(vm).await)? {
+            if disk.vdi.name_label.contains(NOBAK) {
+                ignored.push(disk.vdi_ref.clone());
+                skipped.push(SkippedDisk {
+                    userdevice: disk.userdevice,
+                    vdi: disk.vdi.uuid,
+                    name: disk.vdi.name_label,
+                    reason: "[NOBAK] in its name",
+                });
+            } else if disk.vdi.name_label.contains(NOSNAP) {
+                notes.push(format!(
+                    "disk {}: [NOSNAP] keeps a disk out of manual snapshots only; replicated",
+                    disk.userdevice
+                ));
+            }
+        }
+        Ok((skipped, ignored, notes))
+    }
+
     async fn target_vms(&self) -> Result<Vec<TargetVm>, CycleError> {
         self.on_target(list_target_vms(self.target).await)
     }
@@ -354,11 +431,12 @@ impl Cycle<'_> {
         &self,
         vm_ref: &str,
         vm: &VmRecord,
+        ignored: &[String],
         now: i64,
     ) -> Result<SourceSnapshot, CycleError> {
         let source = self.source;
         let name = keys::snapshot_name(&self.settings.job_name, &vm.name_label);
-        let reference = self.on_source(source.snapshot_vm(vm_ref, &name).await)?;
+        let reference = self.on_source(source.snapshot_vm(vm_ref, &name, ignored).await)?;
         let tag = async {
             let snapshot = load_snapshot(source, &reference).await?;
             let datetime = keys::datetime(now);
@@ -408,6 +486,7 @@ impl Cycle<'_> {
         snapshot: &SourceSnapshot,
         base: Option<&SourceSnapshot>,
         other_snapshots: &[SourceSnapshot],
+        devices: &Devices,
         now: i64,
         progress: DiskProgress<'_>,
     ) -> Result<Replicated, CycleError> {
@@ -445,11 +524,15 @@ impl Cycle<'_> {
                 created
             }
         };
-        let outcome = self
-            .fill_replica(
-                &live_ref, &writing, vm, snapshot, &plan, &sr_ref, now, progress,
-            )
-            .await;
+        let outcome = match apply_devices(self.target, &live_ref, devices).await {
+            Ok(()) => {
+                self.fill_replica(
+                    &live_ref, &writing, vm, snapshot, &plan, &sr_ref, now, progress,
+                )
+                .await
+            }
+            Err(e) => Err(self.fail(None, Some(self.target), e.into())),
+        };
         match outcome {
             Ok((uuid, name, target_snapshot, disks)) => {
                 let mut notes = plan.notes;
@@ -576,7 +659,7 @@ impl Cycle<'_> {
         if classic {
             let at = replica_datetime_or(live, now);
             let name = keys::target_snapshot_name(&vm.name_label, &self.settings.job_name, at);
-            self.on_target(target.snapshot_vm(reference, &name).await)?;
+            self.on_target(target.snapshot_vm(reference, &name, &[]).await)?;
         }
         let other_config = importing_vm_config(&self.id, vm, now);
         self.on_target(target.set_vm_other_config(reference, &other_config).await)?;

@@ -45,6 +45,8 @@ impl Job {
             full_interval: self.full_interval,
             transfer,
             clock,
+            network_map: self.network_map.clone(),
+            new_mac_addresses: self.new_mac_addresses,
         }
     }
 }

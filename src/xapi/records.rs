@@ -175,6 +175,8 @@ pub struct VmRecord {
     pub snapshots: Vec<String>,
     pub snapshot_time: String,
     pub vbds: Vec<String>,
+    pub vifs: Vec<String>,
+    pub vtpms: Vec<String>,
     pub other_config: StringMap,
     pub blocked_operations: StringMap,
     pub tags: Vec<String>,
@@ -196,6 +198,8 @@ impl Record for VmRecord {
             snapshots: f.strings("snapshots")?,
             snapshot_time: f.text("snapshot_time")?,
             vbds: f.strings("VBDs")?,
+            vifs: f.strings("VIFs")?,
+            vtpms: f.strings("VTPMs")?,
             other_config: f.map("other_config")?,
             blocked_operations: f.map("blocked_operations")?,
             tags: f.strings("tags")?,
@@ -236,6 +240,91 @@ impl Record for VbdRecord {
             mode: f.text("mode")?,
             bootable: f.boolean("bootable")?,
             empty: f.boolean("empty")?,
+        })
+    }
+}
+
+/// The `VIF` fields a replica's interfaces are made from.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct VifRecord {
+    pub uuid: String,
+    pub device: String,
+    pub network: String,
+    pub vm: String,
+    pub mac: String,
+    pub mtu: i64,
+    pub other_config: StringMap,
+    pub qos_algorithm_type: String,
+    pub qos_algorithm_params: StringMap,
+    pub locking_mode: String,
+    pub ipv4_allowed: Vec<String>,
+    pub ipv6_allowed: Vec<String>,
+}
+
+impl Record for VifRecord {
+    const CLASS: &'static str = "VIF";
+    fn from_value(value: &Value) -> Result<Self, RecordError> {
+        let f = Fields::new(Self::CLASS, value)?;
+        Ok(VifRecord {
+            uuid: f.text("uuid")?,
+            device: f.text("device")?,
+            network: f.text("network")?,
+            vm: f.text("VM")?,
+            mac: f.text("MAC")?,
+            mtu: f.int("MTU")?,
+            other_config: f.map("other_config")?,
+            qos_algorithm_type: f.text("qos_algorithm_type")?,
+            qos_algorithm_params: f.map("qos_algorithm_params")?,
+            locking_mode: f.text("locking_mode")?,
+            ipv4_allowed: f.strings("ipv4_allowed")?,
+            ipv6_allowed: f.strings("ipv6_allowed")?,
+        })
+    }
+}
+
+/// The `network` fields the network mapping reads.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct NetworkRecord {
+    pub uuid: String,
+    pub name_label: String,
+    pub bridge: String,
+    pub pifs: Vec<String>,
+    pub other_config: StringMap,
+}
+
+impl Record for NetworkRecord {
+    const CLASS: &'static str = "network";
+    fn from_value(value: &Value) -> Result<Self, RecordError> {
+        let f = Fields::new(Self::CLASS, value)?;
+        Ok(NetworkRecord {
+            uuid: f.text("uuid")?,
+            name_label: f.text("name_label")?,
+            bridge: f.text("bridge")?,
+            pifs: f.strings("PIFs")?,
+            other_config: f.map("other_config")?,
+        })
+    }
+}
+
+/// The `PIF` fields the network mapping reads: its VLAN and whether it is the management
+/// interface.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PifRecord {
+    pub uuid: String,
+    pub network: String,
+    pub vlan: i64,
+    pub management: bool,
+}
+
+impl Record for PifRecord {
+    const CLASS: &'static str = "PIF";
+    fn from_value(value: &Value) -> Result<Self, RecordError> {
+        let f = Fields::new(Self::CLASS, value)?;
+        Ok(PifRecord {
+            uuid: f.text("uuid")?,
+            network: f.text("network")?,
+            vlan: f.int("VLAN")?,
+            management: f.boolean("management")?,
         })
     }
 }

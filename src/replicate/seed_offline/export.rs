@@ -52,7 +52,7 @@ pub async fn export(
         .map_err(on_host("reading the VM record"))?;
     let name = keys::snapshot_name(&job.name, &vm.name_label);
     let snapshot_ref = source
-        .snapshot_vm(&vm_ref, &name)
+        .snapshot_vm(&vm_ref, &name, &[])
         .await
         .map_err(on_host(format!("snapshot of VM {}", vm.uuid)))?;
     let outcome = export_snapshot(

@@ -5,11 +5,13 @@
 //! metadata, is decided above (`replicate`).
 
 mod maps;
+mod network;
 mod vdi;
 mod vm;
 mod vm_update;
 
 pub use maps::{Class, MapName};
+pub use network::NewVif;
 pub use vdi::NewVdi;
 pub use vm::{VM_CONSTRUCTOR_FIELDS, VmDisk, constructor_fields};
 

@@ -82,10 +82,25 @@ impl XapiClient {
             .await
     }
 
-    /// `VM.snapshot` named `name`: the snapshot's reference.
-    pub async fn snapshot_vm(&self, vm: &str, name: &str) -> Result<String, ClientError> {
-        self.call_for_string("VM.snapshot", vec![Value::from(vm), Value::from(name)])
-            .await
+    /// `VM.snapshot` named `name`, leaving out the disks `ignore_vdis` names: the
+    /// snapshot's reference. The third argument goes only when there is one to ignore, so
+    /// hosts that predate it are asked the two-argument form.
+    pub async fn snapshot_vm(
+        &self,
+        vm: &str,
+        name: &str,
+        ignore_vdis: &[String],
+    ) -> Result<String, ClientError> {
+        let mut params = vec![Value::from(vm), Value::from(name)];
+        if !ignore_vdis.is_empty() {
+            params.push(Value::Array(
+                ignore_vdis
+                    .iter()
+                    .map(|v| Value::from(v.as_str()))
+                    .collect(),
+            ));
+        }
+        self.call_for_string("VM.snapshot", params).await
     }
 
     /// `VM.clone` (a fast clone of the disks) named `name`: the clone's reference.
@@ -172,6 +187,29 @@ impl XapiClient {
             ("type", Value::from("Disk")),
             ("empty", Value::Bool(false)),
             ("unpluggable", Value::Bool(false)),
+            ("other_config", Value::Struct(BTreeMap::new())),
+            ("qos_algorithm_type", Value::from("")),
+            ("qos_algorithm_params", Value::Struct(BTreeMap::new())),
+        ]);
+        self.call_unit("VBD.create", vec![vbd]).await
+    }
+
+    /// An empty CD drive at `userdevice`.
+    pub async fn attach_empty_cd(
+        &self,
+        vm: &str,
+        userdevice: &str,
+        bootable: bool,
+    ) -> Result<(), ClientError> {
+        let vbd = record([
+            ("VM", Value::from(vm)),
+            ("VDI", Value::from(crate::xapi::records::NULL_REF)),
+            ("userdevice", Value::from(userdevice)),
+            ("bootable", Value::Bool(bootable)),
+            ("mode", Value::from("RO")),
+            ("type", Value::from("CD")),
+            ("empty", Value::Bool(true)),
+            ("unpluggable", Value::Bool(true)),
             ("other_config", Value::Struct(BTreeMap::new())),
             ("qos_algorithm_type", Value::from("")),
             ("qos_algorithm_params", Value::Struct(BTreeMap::new())),
