@@ -284,3 +284,72 @@ async fn network_map_new_macs_and_the_default_network() {
         "new MACs: {got:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failovers_keep_the_interfaces_and_a_rehearsal_can_be_isolated() {
+    let source = Host::start(&[("web01", &[4 * MIB])]).await;
+    let target = Host::start(&[]).await;
+    let vm = &source.report.vms[0];
+    let management = network_named(&source, MANAGEMENT).await;
+    add_vif(
+        &source,
+        &vm.ids.reference,
+        &management,
+        "0",
+        "02:00:00:00:02:00",
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let job = write_job(dir.path(), &source, &target, &vm.ids.uuid, 2);
+    let job_arg = job.to_str().unwrap();
+    let r = replicate(&job).await;
+    let restore_point = r["target_snapshot"].as_str().unwrap().to_owned();
+
+    // A rehearsal on its own network: same MAC-bearing interface, nothing it can reach.
+    let run = vhdsync(&[
+        "test-failover",
+        "--job",
+        job_arg,
+        "--vm",
+        &vm.ids.uuid,
+        "--isolated",
+        "--json",
+    ])
+    .await;
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    let clone = target
+        .text("VM.get_by_uuid", &[run.json["clone"].as_str().unwrap()])
+        .await;
+    let nics = interfaces(&target, &clone).await;
+    assert_eq!(nics.len(), 1);
+    assert_eq!(nics[0].1, vhdsync::replicate::failover::ISOLATED_NETWORK);
+    let run = vhdsync(&["test-failover", "--job", job_arg, "--cleanup", "--json"]).await;
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+
+    // Failing over to a target snapshot clones it, with the snapshot's MAC.
+    let run = vhdsync(&[
+        "failover",
+        "--job",
+        job_arg,
+        "--vm",
+        &vm.ids.uuid,
+        "--replica",
+        &restore_point,
+        "--yes",
+        "--json",
+    ])
+    .await;
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    assert_eq!(run.json["kind"], "target_snapshot");
+    let promoted = target
+        .text("VM.get_by_uuid", &[run.json["replica"].as_str().unwrap()])
+        .await;
+    assert_eq!(
+        interfaces(&target, &promoted).await,
+        [(
+            "0".to_owned(),
+            MANAGEMENT.to_owned(),
+            "02:00:00:00:02:00".to_owned()
+        )]
+    );
+}

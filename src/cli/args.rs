@@ -171,6 +171,10 @@ pub struct TestFailoverArgs {
     /// Start the clone.
     #[arg(long, conflicts_with = "cleanup")]
     pub start: bool,
+    /// Put the clone's interfaces on a network of their own with no physical interface, so
+    /// a rehearsal cannot take production addresses.
+    #[arg(long, conflicts_with = "cleanup")]
+    pub isolated: bool,
     /// Remove the job's test clones instead (all VMs, or only --vm's).
     #[arg(long)]
     pub cleanup: bool,

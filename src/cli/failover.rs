@@ -100,7 +100,7 @@ pub fn test_failover(args: &TestFailoverArgs) -> Result<ExitCode, CliError> {
             (_, true) => cleanup(&target, &job.job_id, vm.as_ref().map(|id| id.vm_uuid.as_str()))
                 .await
                 .map(|removed| json!({"removed": removed})),
-            (Some(id), false) => run_test(&target, id, args.start)
+            (Some(id), false) => run_test(&target, id, args.start, args.isolated)
                 .await
                 .map(|report| json!(report)),
             (None, false) => Err(OpError::Invalid("--vm is required".into())),
@@ -117,10 +117,11 @@ pub fn test_failover(args: &TestFailoverArgs) -> Result<ExitCode, CliError> {
             println!("removed {} test clone(s): {}", removed.len(), removed.join(", "));
         } else {
             println!(
-                "test clone {} ({}) of replica {}{}; replication is untouched. Remove it with: vhdsync test-failover --cleanup --job {}",
+                "test clone {} ({}) of replica {}{}{}; replication is untouched. Remove it with: vhdsync test-failover --cleanup --job {}",
                 report["clone"].as_str().unwrap_or_default(),
                 terminal_text::name(report["name"].as_str().unwrap_or_default()),
                 report["replica"].as_str().unwrap_or_default(),
+                if args.isolated { ", its interfaces on an isolated network" } else { "" },
                 if args.start { ", started" } else { "" },
                 args.job.display()
             );

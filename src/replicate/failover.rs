@@ -26,8 +26,9 @@ use super::op_error::OpError;
 use super::op_error::on_host as host;
 use super::plan::{Identity, TargetVm};
 use crate::xapi::client::{ClientError, XapiClient};
+use crate::xapi::ops::NewVif;
 use crate::xapi::ops::{Class, MapName};
-use crate::xapi::records::{StringMap, VdiRecord, VmRecord};
+use crate::xapi::records::{StringMap, VdiRecord, VifRecord, VmRecord};
 
 pub use super::keys::FAILED_OVER;
 /// Ours: on a test clone (VM and disks), the job whose replica it was cloned from.
@@ -137,6 +138,7 @@ pub async fn failover(
             let made = async {
                 target.set_vm_is_a_template(&clone, false).await?;
                 strip_replication_keys(target, &clone).await?;
+                keep_macs(target, &point.reference, &clone).await?;
                 Ok::<_, ClientError>(clone.clone())
             };
             match made.await {
@@ -196,6 +198,66 @@ pub async fn failover(
     })
 }
 
+/// The name of the network `test-failover --isolated` puts clones' interfaces on.
+pub const ISOLATED_NETWORK: &str = "vhdsync isolated test failover";
+
+/// Recreate `vm`'s interfaces on `network`, with their MACs and settings.
+async fn move_vifs(
+    target: &XapiClient,
+    vm: &str,
+    network: impl Fn(&VifRecord) -> String,
+    mac: impl Fn(&VifRecord) -> String,
+) -> Result<(), ClientError> {
+    let record: VmRecord = target.get_record(vm).await?;
+    for (reference, vif) in target.vm_vifs(&record).await? {
+        let (network, mac) = (network(&vif), mac(&vif));
+        if network == vif.network && mac.eq_ignore_ascii_case(&vif.mac) {
+            continue;
+        }
+        target.destroy_vif(&reference).await?;
+        target
+            .create_vif(&NewVif {
+                vm,
+                network: &network,
+                device: &vif.device,
+                mac: &mac,
+                like: &vif,
+            })
+            .await?;
+    }
+    Ok(())
+}
+
+/// A clone of a target snapshot gets new MACs from `VM.clone`; a failover keeps the
+/// snapshot's, which the guest's network configuration (and DHCP reservations) expect.
+async fn keep_macs(target: &XapiClient, snapshot: &str, clone: &str) -> Result<(), ClientError> {
+    let snapshot: VmRecord = target.get_record(snapshot).await?;
+    let original = target.vm_vifs(&snapshot).await?;
+    move_vifs(
+        target,
+        clone,
+        |vif| vif.network.clone(),
+        |vif| {
+            original
+                .iter()
+                .find(|(_, o)| o.device == vif.device)
+                .map_or_else(|| vif.mac.clone(), |(_, o)| o.mac.clone())
+        },
+    )
+    .await
+}
+
+/// Put every interface of `vm` on the isolated network (created on first use: a network
+/// with no PIF reaches nothing outside the host).
+async fn isolate(target: &XapiClient, vm: &str) -> Result<(), ClientError> {
+    let network = target.network_named(ISOLATED_NETWORK).await?;
+    let network = match network {
+        Some(existing) => existing,
+        None => target.create_network(ISOLATED_NETWORK).await?,
+    };
+    move_vifs(target, vm, |_| network.clone(), |vif| vif.mac.clone()).await
+}
+
 /// Remove every replication key from a VM and its disks.
 async fn strip_replication_keys(target: &XapiClient, vm_ref: &str) -> Result<(), ClientError> {
     let config = MapName::OtherConfig;
@@ -242,6 +304,7 @@ pub struct TestCloneReport {
     pub name: String,
     pub replica: String,
     pub started: bool,
+    pub isolated: bool,
 }
 
 /// Clone the newest replica as `[test] <name>`, strip the clone of every replication key,
@@ -250,6 +313,7 @@ pub async fn test_failover(
     target: &XapiClient,
     id: &Identity,
     start: bool,
+    isolated: bool,
 ) -> Result<TestCloneReport, OpError> {
     let vms = list_target_vms(target)
         .await
@@ -266,6 +330,9 @@ pub async fn test_failover(
         if kind == PointKind::TargetSnapshot {
             target.set_vm_is_a_template(&clone_ref, false).await?;
         }
+        if isolated {
+            isolate(target, &clone_ref).await?;
+        }
         prepare_clone(target, &clone_ref, id, &replica, start).await
     }
     .await;
@@ -275,6 +342,7 @@ pub async fn test_failover(
             name,
             replica: replica.uuid,
             started: start,
+            isolated,
         }),
         Err(e) => {
             let _ = target.hard_shutdown_vm(&clone_ref).await;

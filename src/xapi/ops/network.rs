@@ -78,6 +78,29 @@ impl XapiClient {
         self.call_for_string("VIF.create", vec![args]).await
     }
 
+    /// The network named `name`, if the host has one.
+    pub async fn network_named(&self, name: &str) -> Result<Option<String>, ClientError> {
+        let found = self
+            .call("network.get_by_name_label", vec![Value::from(name)])
+            .await?;
+        Ok(found
+            .as_array()
+            .and_then(|refs| refs.first())
+            .and_then(Value::as_str)
+            .map(str::to_owned))
+    }
+
+    /// `network.create` named `name`, with no PIF: it reaches nothing outside the host.
+    pub async fn create_network(&self, name: &str) -> Result<String, ClientError> {
+        let args = record([
+            ("name_label", Value::from(name)),
+            ("name_description", Value::from("created by vhdsync")),
+            ("MTU", Value::Int(1500)),
+            ("other_config", Value::Struct(Default::default())),
+        ]);
+        self.call_for_string("network.create", vec![args]).await
+    }
+
     pub async fn destroy_vif(&self, vif: &str) -> Result<(), ClientError> {
         self.call("VIF.destroy", vec![Value::from(vif)])
             .await
