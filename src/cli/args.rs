@@ -59,6 +59,9 @@ pub enum Command {
     Failover(FailoverArgs),
     /// Boot a clone of a VM's newest replica to test it; --cleanup removes the clones.
     TestFailover(TestFailoverArgs),
+    /// Boot a clone of each VM's newest restore point, cut off from every network, wait for
+    /// its guest to report that it booted, then destroy the clone and record the result.
+    HealthCheck(HealthCheckArgs),
     /// Measure vhdsync against cat, qemu-img and a curl relay on the same bytes, between two
     /// lab hosts it starts, and judge the performance targets.
     Bench(BenchArgs),
@@ -232,6 +235,23 @@ pub struct StatusArgs {
     /// 1d; a bare number is seconds).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub max_age: Option<Duration>,
+    /// Print one JSON document.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct HealthCheckArgs {
+    /// The job file (TOML).
+    #[arg(long)]
+    pub job: PathBuf,
+    /// Check only this VM of the job (repeatable; default: every VM).
+    #[arg(long, value_name = "UUID")]
+    pub vm: Vec<String>,
+    /// How long a guest may take to report that it booted (default: the job's
+    /// `health_check_timeout`, else 10m).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
     /// Print one JSON document.
     #[arg(long)]
     pub json: bool,

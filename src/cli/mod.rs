@@ -6,6 +6,7 @@ mod connect;
 mod demo;
 mod error;
 mod failover;
+mod health;
 mod inspect;
 mod lab;
 mod output;
@@ -58,6 +59,7 @@ fn dispatch(command: args::Command) -> Result<ExitCode, CliError> {
         Command::Trust(a) => transfer::trust(&a),
         Command::Replicate(a) => replicate::replicate(&a),
         Command::Status(a) => replicate::status(&a),
+        Command::HealthCheck(a) => health::health_check(&a),
         Command::Demo(a) => demo::demo(&a),
         Command::Bench(a) => bench::bench(&a),
         Command::Lab(a) => lab::run(a.command),

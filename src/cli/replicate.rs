@@ -18,10 +18,12 @@ use super::transfer::runtime;
 use super::units::{human_age, human_bytes, human_duration, human_rate};
 use crate::replicate::clock::{Clock, SystemClock};
 use crate::replicate::error::ErrorKind;
+use crate::replicate::health::last_result;
 use crate::replicate::inventory::list_target_vms;
 use crate::replicate::job::Job;
 use crate::replicate::layout::restore_points;
 use crate::replicate::plan::{Identity, TargetVm};
+use crate::replicate::run::HealthOutcome;
 use crate::replicate::runner::{JobProgress, RunOptions, VmOutcome, run_job};
 use crate::xapi::transfer::{Progress, Throttle, TransferOptions};
 
@@ -190,6 +192,17 @@ fn report(
                     for note in r.notes.iter().chain(&r.cleaned_up) {
                         println!("  note: {}", terminal_text::message(note));
                     }
+                    match &r.health_check {
+                        Some(HealthOutcome::Checked(h)) => println!(
+                            "  health check: {} ({})",
+                            if h.passed { "passed" } else { "FAILED" },
+                            terminal_text::message(&h.detail)
+                        ),
+                        Some(HealthOutcome::Error { error, .. }) => {
+                            println!("  health check: FAILED ({})", terminal_text::message(error))
+                        }
+                        None => {}
+                    }
                     if !r.deleted_replicas.is_empty() {
                         println!(
                             "  retention deleted replicas: {}",
@@ -214,7 +227,10 @@ fn report(
     let code = outcomes
         .iter()
         .map(|(_, outcome)| match outcome {
-            VmOutcome::Replicated(_) => 0,
+            // A replica that does not boot is a failure to report, though it is committed.
+            VmOutcome::Replicated(r) => {
+                u8::from(r.health_check.as_ref().is_some_and(|h| !h.passed()))
+            }
             VmOutcome::Locked(e) => lock_exit_code(e),
             VmOutcome::Failed(_) | VmOutcome::Panicked(_) => 1,
         })
@@ -277,9 +293,11 @@ pub fn status(args: &StatusArgs) -> Result<ExitCode, CliError> {
             let rows: Vec<serde_json::Value> = points
                 .iter()
                 .map(|p| {
+                    let health = last_result(p.vm).map(|(passed, text)| json!({"passed": passed, "result": text}));
                     json!({"uuid": p.vm.uuid, "name": p.vm.name_label, "kind": p.kind,
                            "datetime": p.datetime.map(crate::replicate::keys::datetime),
-                           "age_seconds": p.datetime.map(|at| now - at), "valid": p.valid})
+                           "age_seconds": p.datetime.map(|at| now - at), "valid": p.valid,
+                           "health_check": health})
                 })
                 .collect();
             if !args.json {
@@ -293,6 +311,9 @@ pub fn status(args: &StatusArgs) -> Result<ExitCode, CliError> {
                         p.datetime.map_or_else(|| "interrupted run".to_owned(), |at| format!("age {}", human_age(now - at))),
                         p.vm.uuid
                     );
+                    if let Some((_, text)) = last_result(p.vm) {
+                        println!("      health check: {}", terminal_text::message(text));
+                    }
                 }
             }
             documents.push(json!({"vm": vm_uuid, "replicas": rows, "newest_valid_age_seconds": newest_valid_age}));

@@ -46,7 +46,11 @@ const TOP_KEYS: &[&str] = &[
     "tls",
     "network_map",
     "new_mac_addresses",
+    "health_check",
+    "health_check_timeout",
 ];
+/// Xen Orchestra's `healthCheckTimeout` default.
+pub const DEFAULT_HEALTH_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 const TLS_KEYS: &[&str] = &["source_fingerprint", "target_fingerprint", "insecure"];
 
 /// A replication job, validated: UUIDs are canonical (lowercase, hyphenated), URLs and
@@ -82,6 +86,10 @@ pub struct Job {
     pub network_map: Vec<(String, String)>,
     /// Replica interfaces get MACs of the target's choosing instead of the source's.
     pub new_mac_addresses: bool,
+    /// Run the health check after each successful cycle.
+    pub health_check: bool,
+    /// How long a health-checked guest may take to boot.
+    pub health_check_timeout: std::time::Duration,
 }
 
 /// One host of a job.
@@ -237,6 +245,19 @@ impl Job {
         let new_mac_addresses = top
             .get("new_mac_addresses")
             .map_or(Ok(false), |e| e.bool())?;
+        let health_check = top.get("health_check").map_or(Ok(false), |e| e.bool())?;
+        let health_check_timeout = match top.get("health_check_timeout") {
+            Some(entry) => {
+                let text = entry.str()?;
+                let timeout = humantime::parse_duration(text)
+                    .map_err(|e| entry.error(format!("{e} (a duration such as 90s, 10m or 1h)")))?;
+                if timeout.is_zero() {
+                    return Err(entry.error("must be longer than 0s"));
+                }
+                timeout
+            }
+            None => DEFAULT_HEALTH_CHECK_TIMEOUT,
+        };
         Ok(Job {
             name: name.to_string(),
             source,
@@ -254,6 +275,8 @@ impl Job {
             state_dir,
             network_map,
             new_mac_addresses,
+            health_check,
+            health_check_timeout,
         })
     }
 }

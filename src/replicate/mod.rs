@@ -12,6 +12,7 @@ pub(crate) mod commit;
 pub(crate) mod devices;
 pub(crate) mod error;
 pub mod failover;
+pub mod health;
 pub(crate) mod inventory;
 pub mod job;
 pub mod keys;

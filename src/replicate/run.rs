@@ -24,6 +24,7 @@ use super::clock::Clock;
 use super::commit::{CommitDisk, CommitError, ReplicaCommit, commit_live};
 use super::devices::{Devices, DevicesError, apply_devices, plan_devices};
 pub use super::error::{CycleCause, CycleError, ErrorKind, Phase};
+use super::health::{HealthReport, health_check};
 use super::inventory::{destroy_orphaned_disks, list_target_vms, load_snapshot, target_disks};
 use super::keys;
 use super::layout::{PointKind, TargetDisk, in_place_target, restore_points, retention_victims};
@@ -58,6 +59,8 @@ pub struct CycleSettings {
     pub network_map: Vec<(String, String)>,
     /// Replica interfaces get MACs of the target's choosing.
     pub new_mac_addresses: bool,
+    /// Run the health check after a successful cycle, with this timeout.
+    pub health_check: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -99,7 +102,23 @@ pub struct CycleReport {
     pub interfaces: Vec<NicPlan>,
     /// Disks neither snapshotted nor copied (`[NOBAK]` in their name).
     pub skipped_disks: Vec<SkippedDisk>,
+    /// The health check run after the cycle, when the job asks for one.
+    pub health_check: Option<HealthOutcome>,
     pub notes: Vec<String>,
+}
+
+/// A health check after a cycle: its report, or why it could not run.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum HealthOutcome {
+    Checked(HealthReport),
+    Error { passed: bool, error: String },
+}
+
+impl HealthOutcome {
+    pub fn passed(&self) -> bool {
+        matches!(self, HealthOutcome::Checked(r) if r.passed)
+    }
 }
 
 /// A source disk the cycle leaves out.
@@ -245,6 +264,19 @@ pub async fn replicate_vm(
         deleted_snapshots.push(victim.uuid.clone());
     }
 
+    let health_check = match settings.health_check {
+        Some(timeout) => Some(
+            match health_check(target, &cycle.id, timeout, settings.clock.as_ref()).await {
+                Ok(report) => HealthOutcome::Checked(report),
+                Err(e) => HealthOutcome::Error {
+                    passed: false,
+                    error: e.to_string(),
+                },
+            },
+        ),
+        None => None,
+    };
+
     let disks = replicated.disks;
     let modes: Vec<&str> = disks.iter().map(|d| d.mode).collect();
     let mode = if modes.iter().all(|m| *m == "full") {
@@ -276,6 +308,7 @@ pub async fn replicate_vm(
         cleaned_up,
         interfaces: devices.nics.into_iter().map(|(plan, _)| plan).collect(),
         skipped_disks,
+        health_check,
         notes: notes.into_iter().chain(replicated.notes).collect(),
     })
 }

@@ -47,6 +47,7 @@ impl Job {
             clock,
             network_map: self.network_map.clone(),
             new_mac_addresses: self.new_mac_addresses,
+            health_check: self.health_check.then_some(self.health_check_timeout),
         }
     }
 }
