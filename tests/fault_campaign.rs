@@ -303,6 +303,9 @@ impl Campaign {
                 ..TransferOptions::default()
             },
             clock: std::sync::Arc::new(SystemClock),
+            network_map: Vec::new(),
+            new_mac_addresses: false,
+            health_check: None,
         };
         Campaign {
             source,
