@@ -402,8 +402,26 @@ fn transmission_io(source: io::Error) -> NbdError {
 }
 
 /// Run the handshake to its end: flush what it has to send, read what it needs, upgrade to
-/// TLS when the server agrees.
+/// TLS when the server agrees. After a refused option, leave with `NBD_OPT_ABORT`.
 async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
+    link: &mut Link<S>,
+    handshake: &mut ClientHandshake,
+    tls: Option<&NbdTls>,
+    buffer: &mut BytesMut,
+) -> Result<HandshakeEvent, NbdError> {
+    let result = negotiate(link, handshake, tls, buffer).await;
+    if result.is_err()
+        && let Some(abort) = handshake.abort_after_refusal()
+    {
+        // The refusal is the error to report; failing to leave politely changes nothing.
+        let _ = link.write_all(&abort).await;
+        let _ = link.flush().await;
+        let _ = link.shutdown().await;
+    }
+    result
+}
+
+async fn negotiate<S: AsyncRead + AsyncWrite + Unpin>(
     link: &mut Link<S>,
     handshake: &mut ClientHandshake,
     tls: Option<&NbdTls>,

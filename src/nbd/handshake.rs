@@ -124,6 +124,8 @@ enum State {
     /// `StartTls` was handed out; waiting for `tls_started`.
     Upgrading,
     ExportNameReply,
+    /// The server refused this option with a final error reply.
+    Refused(u32),
     Finished,
 }
 
@@ -193,6 +195,7 @@ impl ClientHandshake {
             State::Replies(option) => Phase::Option(option),
             State::Upgrading => Phase::Tls,
             State::ExportNameReply => Phase::Option(OPT_EXPORT_NAME),
+            State::Refused(option) => Phase::Option(option),
             State::Finished => Phase::Transmission,
         }
     }
@@ -204,7 +207,9 @@ impl ClientHandshake {
             State::Greeting => self.greeting(input)?,
             State::Replies(option) => self.option_reply(option, input)?,
             State::ExportNameReply => self.export_name_reply(input)?,
-            State::Upgrading | State::Finished if input.is_empty() => Decoded::NeedMore(1),
+            State::Upgrading | State::Refused(_) | State::Finished if input.is_empty() => {
+                Decoded::NeedMore(1)
+            }
             State::Upgrading => {
                 return Err(self.error(
                     "data",
@@ -212,7 +217,7 @@ impl ClientHandshake {
                     format!("{} plain-text bytes before the TLS handshake", input.len()),
                 ));
             }
-            State::Finished => {
+            State::Finished | State::Refused(_) => {
                 return Err(self.error(
                     "data",
                     0,
@@ -235,6 +240,18 @@ impl ClientHandshake {
         }
         self.send_query();
         Ok(())
+    }
+
+    /// After the server refused an option (an [`NbdError::Refused`] from `decode`): the
+    /// `NBD_OPT_ABORT` to send before closing, since the protocol wants a client to leave
+    /// with that soft disconnect wherever it can. `None` at any other point (a protocol
+    /// violation, a failed TLS handshake), where closing the connection is the way out.
+    pub fn abort_after_refusal(&mut self) -> Option<Vec<u8>> {
+        let State::Refused(_) = self.state else {
+            return None;
+        };
+        self.state = State::Finished;
+        Some(encode_option(OPT_ABORT, &[]))
     }
 
     /// The server closed the connection with `buffered` bytes unconsumed: the error saying
@@ -263,6 +280,7 @@ impl ClientHandshake {
                 "instead of accepting the export ({buffered} bytes of the reply; the server may not know it)"
             ),
             State::Upgrading => "before the TLS handshake".into(),
+            State::Refused(_) => "after refusing the option".into(),
             State::Finished => "after the handshake".into(),
         };
         Err(NbdError::Closed {
@@ -409,7 +427,8 @@ impl ClientHandshake {
         })
     }
 
-    fn refused(&self, option: u32, code: ReplyCode, payload: &[u8]) -> NbdError {
+    fn refused(&mut self, option: u32, code: ReplyCode, payload: &[u8]) -> NbdError {
+        self.state = State::Refused(option);
         let mut message = display_string(payload);
         // Servers echo the export name (qemu: "export 'NAME' not present"); for XAPI it
         // carries the session, which must not reach logs.
@@ -1106,6 +1125,22 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn a_refusal_is_left_with_abort_and_a_violation_without() {
+        let stream = [greeted(), reply(OPT_GO, ReplyCode::Policy, b"")].concat();
+        let mut handshake = go();
+        failure(&mut handshake, &stream);
+        assert_eq!(
+            handshake.abort_after_refusal(),
+            Some(encode_option(OPT_ABORT, &[]))
+        );
+        assert_eq!(handshake.abort_after_refusal(), None);
+        let stream = [greeted(), reply(OPT_GO, ReplyCode::Other(9), b"")].concat();
+        let mut handshake = go();
+        failure(&mut handshake, &stream);
+        assert_eq!(handshake.abort_after_refusal(), None);
     }
 
     #[test]
