@@ -43,6 +43,8 @@ enum Fault {
     Structured,
     /// Close instead of answering `NBD_OPT_GO`, as xapi-nbd does for a bad session.
     CloseOnGo,
+    /// Read requests but never answer them.
+    Stall,
 }
 
 #[derive(Clone)]
@@ -208,6 +210,9 @@ impl Server {
             }
             for i in (1..batch.len()).rev() {
                 batch.swap(i, rng.below(i + 1));
+            }
+            if self.fault == Fault::Stall {
+                continue;
             }
             let mut out = Vec::new();
             for request in batch {
@@ -505,6 +510,41 @@ async fn unknown_exports_and_vanishing_servers_are_named_without_the_session() {
 }
 
 #[tokio::test]
+async fn over_tcp_by_address_and_port() {
+    let disk = pattern(11, 256 << 10);
+    let server = Server::new(disk.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let serving = server.clone();
+    tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let _ = serving.serve(Box::new(stream)).await;
+    });
+    let (mut client, info) = bounded(NbdClient::connect_tcp("127.0.0.1", port, EXPORT, None))
+        .await
+        .unwrap();
+    assert_eq!(info.size, disk.len() as u64);
+    let mut buf = vec![0; disk.len()];
+    bounded(client.read(0, &mut buf)).await.unwrap();
+    assert!(buf == disk);
+    bounded(client.disconnect()).await.unwrap();
+    // Nobody listening: an I/O error of the first phase.
+    let e = bounded(NbdClient::connect_tcp("127.0.0.1", port, EXPORT, None))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            NbdError::Io {
+                phase: Phase::Greeting,
+                ..
+            }
+        ),
+        "{e}"
+    );
+}
+
+#[tokio::test]
 async fn probe_describes_the_export_and_leaves() {
     let mut server = Server::new(vec![0; 1 << 16]);
     server.block_sizes = Some(BlockSizes {
@@ -628,6 +668,21 @@ async fn a_server_closing_mid_reply_is_an_error_not_a_hang() {
             assert!(again.to_string().contains("unusable"), "{again}");
         }
     }
+}
+
+#[tokio::test]
+async fn a_read_cancelled_by_a_timeout_leaves_the_connection_unusable() {
+    let mut server = Server::new(vec![0; 1 << 20]);
+    server.fault = Fault::Stall;
+    let (mut client, _) = bounded(NbdClient::connect(server.start(), EXPORT, None))
+        .await
+        .unwrap();
+    let mut buf = vec![0; 4096];
+    let timed_out = tokio::time::timeout(Duration::from_millis(100), client.read(0, &mut buf));
+    assert!(timed_out.await.is_err());
+    let e = bounded(client.read(0, &mut buf)).await.unwrap_err();
+    assert!(e.to_string().contains("cancelled"), "{e}");
+    bounded(client.disconnect()).await.unwrap();
 }
 
 #[tokio::test]

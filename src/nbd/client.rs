@@ -2,7 +2,8 @@
 //! optional TLS upgrade (`NBD_OPT_STARTTLS`), pipelined reads and a clean disconnect.
 //!
 //! Timeouts are the caller's: wrap [`NbdClient::connect`] and each read in
-//! `tokio::time::timeout`. A server that closes the connection at any point gives an
+//! `tokio::time::timeout`. A read cancelled that way leaves the connection unusable (later
+//! reads say so); drop it. A server that closes the connection at any point gives an
 //! [`NbdError::Closed`] saying where, never a hang or a short read.
 //!
 //! Memory: reads land in the caller's buffers (the data of a reply is read straight into
@@ -19,6 +20,7 @@ use bytes::{Buf, BytesMut};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
@@ -157,6 +159,26 @@ impl<S> std::fmt::Debug for NbdClient<S> {
     }
 }
 
+impl NbdClient<TcpStream> {
+    /// Connect to `address` (a host name or an IP address, as `VDI.get_nbd_info` gives it)
+    /// and `port` over TCP, without Nagle's delays as the protocol recommends, then
+    /// [`NbdClient::connect`].
+    pub async fn connect_tcp(
+        address: &str,
+        port: u16,
+        export_name: &str,
+        tls: Option<&NbdTls>,
+    ) -> Result<(NbdClient<TcpStream>, ExportInfo), NbdError> {
+        let io = |source| NbdError::Io {
+            phase: Phase::Greeting,
+            source,
+        };
+        let stream = TcpStream::connect((address, port)).await.map_err(io)?;
+        stream.set_nodelay(true).map_err(io)?;
+        NbdClient::connect(stream, export_name, tls).await
+    }
+}
+
 impl<S: AsyncRead + AsyncWrite + Unpin> NbdClient<S> {
     /// Negotiate `export_name` on `stream` (over TLS when `tls` is given; a server refusing
     /// TLS then fails the handshake) and enter transmission phase.
@@ -248,8 +270,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> NbdClient<S> {
                 pieces.push((at, chunk));
             }
         }
+        // Cleared below when the replies are all in: a read dropped half-way (by a timeout)
+        // leaves replies on the way that no later read could tell from its own.
+        self.broken = Some("an earlier read was cancelled before all its replies arrived".into());
         match self.pipeline(&mut pieces).await {
-            Ok(failure) => failure.map_or(Ok(()), Err),
+            Ok(failure) => {
+                self.broken = None;
+                failure.map_or(Ok(()), Err)
+            }
             Err(e) => {
                 self.broken = Some(e.to_string());
                 Err(e)

@@ -79,7 +79,8 @@ impl ExportInfo {
 
     /// The alignment of every request's offset and length.
     pub fn min_block(&self) -> u32 {
-        self.block_sizes.map_or(1, |b| b.minimum)
+        // At least 1 even for a hand-made `BlockSizes`: the codec divides by it.
+        self.block_sizes.map_or(1, |b| b.minimum.max(1))
     }
 
     /// The longest read sent in one request: the server's maximum, at most
