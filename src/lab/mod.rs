@@ -1,5 +1,6 @@
 //! The lab host: a simulated XAPI host over real VHD chains.
 
+mod boot;
 pub mod db;
 pub mod faults;
 mod flusher;
