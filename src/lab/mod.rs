@@ -9,5 +9,6 @@ pub mod rpc;
 pub mod sr;
 pub mod state;
 
-pub use rpc::init::{DEFAULT_SR_CAPACITY, InitReport, VifSpec, VmSpec};
+pub use db::DEFAULT_BOOT_DELAY;
+pub use rpc::init::{DEFAULT_SR_CAPACITY, Firmware, InitConfig, InitReport, VifSpec, VmSpec};
 pub use state::{Lab, LabError};
