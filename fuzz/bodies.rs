@@ -6,11 +6,16 @@
 // Each fuzz binary calls one of these bodies.
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use bytes::{Bytes, BytesMut};
 use tokio_util::codec::Decoder;
 use vhdsync::image::{Chain, Damage, ImageErrorKind, VhdLayer, check::check_bytes, locate_footer};
+use vhdsync::nbd::ExportInfo;
+use vhdsync::nbd::handshake::{ClientHandshake, Goal, HandshakeEvent};
+use vhdsync::nbd::transmission::{Reply, Transmission};
+use vhdsync::nbd::wire::{Decoded, MAX_OPTION_REPLY_PAYLOAD, OPTION_REPLY_HEADER_LEN};
 use vhdsync::replicate::job::Job;
 use vhdsync::replicate::seed_file::{
     SeedDecoder, SeedEncoder, SeedEvent, SeedFileError, file_header,
@@ -373,4 +378,160 @@ pub fn seed_frames(data: &[u8]) -> bool {
     let mut framed = file_header(1 << 16).to_vec();
     framed.extend_from_slice(data);
     seed_check(data) | seed_check(&framed)
+}
+
+/// What an NBD client made of a server's bytes.
+#[derive(Debug, PartialEq, Eq)]
+pub struct NbdSession {
+    /// The export, once the handshake reached transmission (or the probe its answer).
+    pub export: Option<ExportInfo>,
+    /// The data each read received, by handle, and whether it completed.
+    pub reads: BTreeMap<u64, (Vec<u8>, bool)>,
+    pub failed: Vec<u64>,
+    /// The error that ended the session: a decoding error, or the server closing.
+    pub error: String,
+}
+
+/// The largest `NeedMore` the handshake may ask for: one option reply with the largest
+/// payload. Anything more would let a server make the client buffer at will.
+const MAX_HANDSHAKE_NEED: usize = OPTION_REPLY_HEADER_LEN + MAX_OPTION_REPLY_PAYLOAD;
+
+/// Run a client session over `server` (all the bytes the server sends), fed `chunk` bytes
+/// at a time: the handshake, then up to four reads of the export, whose replies come from
+/// the rest of the bytes. With TLS (taken as a no-op upgrade), bytes are fed only as the
+/// codec asks for them, as they would come through TLS: none is buffered when the server
+/// accepts STARTTLS.
+pub fn nbd_session(server: &[u8], tls: bool, goal: Goal, chunk: usize) -> NbdSession {
+    let mut session = NbdSession {
+        export: None,
+        reads: BTreeMap::new(),
+        failed: Vec::new(),
+        error: String::new(),
+    };
+    let mut handshake = ClientHandshake::new("/vdi?session_id=OpaqueRef:x", tls, goal).unwrap();
+    let (mut buffered, mut fed) = (Vec::new(), 0);
+    let mut feed = |buffered: &mut Vec<u8>, need: usize| {
+        let take = if tls { chunk.min(need) } else { chunk };
+        let take = take.min(server.len() - fed);
+        buffered.extend_from_slice(&server[fed..fed + take]);
+        fed += take;
+        take > 0
+    };
+    let info = loop {
+        let sent = handshake.take_output();
+        assert!(sent.len() <= 8 << 10, "{} bytes sent at once", sent.len());
+        match handshake.decode(&buffered) {
+            Err(e) => {
+                session.error = e.to_string();
+                return session;
+            }
+            Ok(Decoded::NeedMore(n)) => {
+                assert!(n > 0 && n <= MAX_HANDSHAKE_NEED, "needs {n}");
+                if !feed(&mut buffered, n) {
+                    match handshake.server_closed(buffered.len()) {
+                        Ok(HandshakeEvent::Probed(info)) => session.export = Some(info),
+                        Ok(other) => panic!("a close gave {other:?}"),
+                        Err(e) => session.error = e.to_string(),
+                    }
+                    return session;
+                }
+            }
+            Ok(Decoded::Done { value, consumed }) => {
+                assert!(consumed > 0 && consumed <= buffered.len());
+                buffered.drain(..consumed);
+                match value {
+                    HandshakeEvent::Continue => {}
+                    HandshakeEvent::StartTls => handshake.tls_started().unwrap(),
+                    HandshakeEvent::Probed(info) => {
+                        session.export = Some(info);
+                        return session;
+                    }
+                    HandshakeEvent::Ready(info) => break info,
+                }
+            }
+        }
+    };
+    session.export = Some(info);
+    let mut tx = Transmission::new(info, 16);
+    let min = u64::from(info.min_block());
+    let len = 4096u64
+        .max(min)
+        .min(u64::from(info.max_request()))
+        .min(info.size)
+        / min
+        * min;
+    let mut requested = BTreeMap::new();
+    for i in 0..4 {
+        if len > 0 && (i + 1) * len <= info.size {
+            let (handle, _) = tx.encode_read(i * len, len as u32).expect("a valid read");
+            requested.insert(handle, len as usize);
+        }
+    }
+    loop {
+        match tx.decode(&buffered) {
+            Err(e) => {
+                session.error = e.to_string();
+                return session;
+            }
+            Ok(Decoded::NeedMore(n)) => {
+                let due = tx.data_due().map_or(0, |d| d.remaining as usize);
+                assert!(n > 0 && n <= due.max(16), "needs {n}");
+                if !feed(&mut buffered, n) {
+                    session.error = tx.server_closed(buffered.len()).to_string();
+                    return session;
+                }
+            }
+            Ok(Decoded::Done { value, consumed }) => {
+                assert!(consumed <= buffered.len());
+                match value {
+                    Reply::Data {
+                        handle,
+                        at,
+                        data,
+                        complete,
+                    } => {
+                        assert!(data.end <= consumed, "data beyond what was consumed");
+                        let (bytes, done) = session.reads.entry(handle).or_default();
+                        assert!(!*done, "data after the read completed");
+                        assert_eq!(bytes.len(), at as usize, "data out of place");
+                        bytes.extend_from_slice(&buffered[data]);
+                        assert!(bytes.len() <= requested[&handle], "more data than asked");
+                        *done = complete;
+                        assert_eq!(complete, bytes.len() == requested[&handle]);
+                    }
+                    Reply::Failed { handle, len, .. } => {
+                        assert_eq!(len as usize, requested[&handle]);
+                        session.failed.push(handle);
+                    }
+                }
+                buffered.drain(..consumed);
+            }
+        }
+    }
+}
+
+/// `nbd_server_replies`: arbitrary bytes as everything an NBD server sends to the client
+/// codec (the first byte picks TLS and the goal). Never a panic, never a buffer request
+/// beyond one option reply or one reply header, never data beyond what a read asked for,
+/// and the same outcome however the bytes are split. Returns whether the handshake
+/// completed.
+pub fn nbd_server_replies(data: &[u8]) -> bool {
+    let Some((&shape, server)) = data.split_first() else {
+        return false;
+    };
+    let tls = shape & 1 != 0;
+    let goal = if shape & 2 != 0 {
+        Goal::Probe
+    } else {
+        Goal::Transmission
+    };
+    let whole = nbd_session(server, tls, goal, server.len().max(1));
+    for chunk in [1, 7, 64] {
+        assert_eq!(
+            nbd_session(server, tls, goal, chunk),
+            whole,
+            "chunk size {chunk} changed the outcome"
+        );
+    }
+    whole.export.is_some()
 }

@@ -102,6 +102,7 @@ pub mod cli;
 pub mod fsio;
 pub mod image;
 pub mod lab;
+pub mod nbd;
 pub mod replicate;
 pub mod stream;
 pub mod units;

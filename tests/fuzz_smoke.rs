@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use bodies::{
-    footer_parse, header_parse, image_check, job_parse, jsonrpc_decode, seed_frames, stream_decode,
-    xmlrpc_decode,
+    footer_parse, header_parse, image_check, job_parse, jsonrpc_decode, nbd_server_replies,
+    seed_frames, stream_decode, xmlrpc_decode,
 };
 use uuid::Uuid;
 use vhdsync::image::{Chain, CreateOptions, ParentLink, VhdWriter, create};
@@ -304,6 +304,95 @@ fn seed_frames_body_survives_mutated_files() {
         "fuzz smoke: {} seed files, {accepted} accepted",
         INPUTS / 20
     );
+}
+
+/// Whole NBD sessions as a server sends them, each behind the fuzz body's shape byte (bit 0:
+/// TLS, bit 1: probe): `NBD_OPT_GO` with block sizes and four reads answered out of order
+/// (one failed), the same over STARTTLS, the `NBD_OPT_EXPORT_NAME` fallback with its zeroes,
+/// and a probe.
+fn nbd_seeds() -> Vec<Vec<u8>> {
+    use vhdsync::nbd::server::{
+        encode_export_name_reply, encode_greeting, encode_info_block_size, encode_info_export,
+        encode_option_reply, encode_simple_reply,
+    };
+    use vhdsync::nbd::wire::{OPT_ABORT, OPT_GO, OPT_INFO, OPT_STARTTLS};
+    use vhdsync::nbd::{BlockSizes, ReplyCode, ServerError};
+
+    let size = 1u64 << 20;
+    let sizes = BlockSizes {
+        minimum: 512,
+        preferred: 4096,
+        maximum: 1 << 20,
+    };
+    let answers = |option| {
+        [
+            encode_option_reply(option, ReplyCode::Info, &encode_info_export(size, 1)),
+            encode_option_reply(option, ReplyCode::Info, &encode_info_block_size(sizes)),
+            encode_option_reply(option, ReplyCode::Ack, &[]),
+        ]
+        .concat()
+    };
+    // The body reads 4 KiB at 0, 4, 8 and 12 KiB, with handles 1 to 4.
+    let reads = [
+        [encode_simple_reply(3, None).to_vec(), vec![0x33; 4096]].concat(),
+        encode_simple_reply(2, Some(ServerError::EIO)).to_vec(),
+        [encode_simple_reply(1, None).to_vec(), vec![0x11; 4096]].concat(),
+        [encode_simple_reply(4, None).to_vec(), vec![0x44; 4096]].concat(),
+    ]
+    .concat();
+    let greeting = encode_greeting(3).to_vec();
+    vec![
+        [vec![0], greeting.clone(), answers(OPT_GO), reads.clone()].concat(),
+        [
+            vec![1],
+            greeting.clone(),
+            encode_option_reply(OPT_STARTTLS, ReplyCode::Ack, &[]),
+            answers(OPT_GO),
+            reads.clone(),
+        ]
+        .concat(),
+        [
+            vec![0],
+            encode_greeting(1).to_vec(),
+            encode_option_reply(OPT_GO, ReplyCode::Unsupported, b"old server"),
+            encode_export_name_reply(size, 1, true),
+            reads,
+        ]
+        .concat(),
+        [
+            vec![2],
+            greeting,
+            answers(OPT_INFO),
+            encode_option_reply(OPT_ABORT, ReplyCode::Ack, &[]),
+        ]
+        .concat(),
+    ]
+}
+
+/// The NBD body over mutations of whole sessions, and over random bytes behind a shape byte.
+#[test]
+fn nbd_body_survives_mutated_sessions() {
+    let seeds = nbd_seeds();
+    for seed in &seeds {
+        assert!(nbd_server_replies(seed), "a valid session completes");
+    }
+    let mut rng = Rng(0x5EED_F022_5A1E_0004);
+    let mut completed = 0;
+    for n in 0..INPUTS / 20 {
+        let input = if n % 5 == 0 {
+            let len = rng.below(300);
+            rng.bytes(len)
+        } else {
+            let pick = rng.below(seeds.len());
+            mutate(&mut rng, &seeds[pick])
+        };
+        completed += usize::from(nbd_server_replies(&input));
+    }
+    println!(
+        "fuzz smoke: {} NBD sessions, {completed} reached the export",
+        INPUTS / 20
+    );
+    assert!(completed > 0);
 }
 
 fn mutate_text(rng: &mut Rng, seed: &[u8]) -> Vec<u8> {

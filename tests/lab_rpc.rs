@@ -1138,7 +1138,19 @@ fn npm_xen_api_event_watching_sequence() {
         .map(str::to_owned)
         .collect();
     let expected = [
-        "PIF", "SR", "VBD", "VDI", "VIF", "VLAN", "VM", "host", "network", "pool", "task",
+        "PIF",
+        "SR",
+        "VBD",
+        "VDI",
+        "VIF",
+        "VLAN",
+        "VM",
+        "VM_guest_metrics",
+        "VTPM",
+        "host",
+        "network",
+        "pool",
+        "task",
     ];
     assert_eq!(types, expected.map(String::from).into());
 
@@ -1503,6 +1515,15 @@ fn every_settable_field_of_every_class_has_a_working_setter() {
         "PIF.get_VLAN_master_of",
         &[vlan_pifs.as_array().unwrap()[0].clone()],
     );
+    let vtpm = f.text("VTPM.create", &[vm.as_str().into(), false.into()]);
+    // A VM that booted at once has guest metrics.
+    f.ok("lab.set_boot_delay", &[Value::Int(0)]);
+    let booted = f.text("VM.create", &[Value::Struct(Default::default())]);
+    f.ok(
+        "VM.start",
+        &[booted.as_str().into(), false.into(), false.into()],
+    );
+    let guest_metrics = f.text("VM.get_guest_metrics", &[booted.into()]);
     let objects = |class: Class| match class {
         Class::Pool => first("pool.get_all"),
         Class::Host => first("host.get_all"),
@@ -1516,6 +1537,8 @@ fn every_settable_field_of_every_class_has_a_working_setter() {
         Class::Vif => vif.clone(),
         Class::Pif => first("PIF.get_all"),
         Class::Vlan => vlan.clone(),
+        Class::VmGuestMetrics => guest_metrics.clone(),
+        Class::Vtpm => vtpm.clone(),
     };
     let mut set = 0;
     for class in Class::ALL {

@@ -418,7 +418,7 @@ pub enum LabCommand {
     Hash(LabHashArgs),
     /// Inject a fault into a running lab host (it prints the fault's id), or list or clear
     /// its faults. A fault fires once unless --persistent.
-    Fault(LabFaultArgs),
+    Fault(Box<LabFaultArgs>),
 }
 
 #[derive(Debug, Args)]
@@ -429,11 +429,16 @@ pub struct LabInitArgs {
     /// root's password.
     #[arg(long, default_value = "lab")]
     pub password: String,
-    /// A halted VM: the sizes of its disks (K, M, G, T are binary) and its interfaces,
-    /// vif[=NETWORK][@MAC] (the management network without a name), e.g.
-    /// web01:64M,16M,vif,vif=backend.
+    /// A halted VM: the sizes of its disks (K, M, G, T are binary), its interfaces,
+    /// vif[=NETWORK][@MAC] (the management network without a name), cd (an empty CD drive),
+    /// uefi or uefi-secureboot (UEFI firmware with EFI variables in its NVRAM) and vtpm (a
+    /// virtual TPM with contents), e.g. web01:64M,16M,vif,vif=backend,cd,uefi,vtpm.
     #[arg(long = "vm", value_name = "NAME:ITEM[,ITEM...]", value_parser = parse_vm)]
     pub vms: Vec<VmSpec>,
+    /// How long a started VM takes to boot, i.e. until its guest agent reports
+    /// (guest_metrics), e.g. 2s or 500ms; changed at run time with lab.set_boot_delay.
+    #[arg(long, default_value = "2s", value_name = "DURATION", value_parser = parse_duration)]
+    pub boot_delay: Duration,
     /// Print one JSON document with the uuids and references instead of text.
     #[arg(long)]
     pub json: bool,
@@ -498,7 +503,7 @@ pub struct LabHashArgs {
 }
 
 /// What `lab fault` takes to describe a fault to inject, which listing or clearing refuses.
-const FAULT_SPEC: [&str; 11] = [
+const FAULT_SPEC: [&str; 13] = [
     "kind",
     "after",
     "seconds",
@@ -509,6 +514,8 @@ const FAULT_SPEC: [&str; 11] = [
     "on",
     "to",
     "vdi",
+    "vm",
+    "mode",
     "persistent",
 ];
 
@@ -556,6 +563,13 @@ pub struct LabFaultArgs {
     /// Only transfers (or clones) of this VDI (uuid or reference) meet the fault.
     #[arg(long, value_name = "UUID")]
     pub vdi: Option<String>,
+    /// boot_failure: only this VM's start (uuid or reference) meets the fault.
+    #[arg(long, value_name = "UUID")]
+    pub vm: Option<String>,
+    /// boot_failure: hang (the guest never reports; the default) or crash (the VM halts
+    /// after the boot delay).
+    #[arg(long, value_name = "MODE")]
+    pub mode: Option<String>,
     /// Fire every time until cleared, instead of once.
     #[arg(long)]
     pub persistent: bool,
@@ -665,6 +679,27 @@ mod tests {
         assert_eq!(vm.disks, vec![64 << 20, 16 << 20]);
         assert_eq!(vm.vifs.len(), 2);
         assert_eq!(vm.vifs[1].network.as_deref(), Some("lan"));
+        assert_eq!(init.boot_delay, Duration::from_secs(2));
+        let Ok(Cli {
+            command:
+                Command::Lab(LabArgs {
+                    command: LabCommand::Init(init),
+                }),
+            ..
+        }) = parse(&[
+            "--dir",
+            "d",
+            "--boot-delay",
+            "250ms",
+            "--vm",
+            "web01:1G,cd,uefi-secureboot,vtpm",
+        ])
+        else {
+            panic!("lab init --boot-delay");
+        };
+        assert_eq!(init.boot_delay, Duration::from_millis(250));
+        assert_eq!(init.vms[0].cd_drives, 1);
+        assert!(init.vms[0].vtpm);
         for bad in ["web01", "web01:64M,", "web01:vif=lan@nope"] {
             assert!(parse(&["--dir", "d", "--vm", bad]).is_err(), "{bad}");
         }

@@ -15,7 +15,7 @@ use super::output::print_json;
 use super::units::human_bytes;
 use crate::lab::http::LabServer;
 use crate::lab::rpc::LAB_WRITE_ZEROS;
-use crate::lab::{DEFAULT_SR_CAPACITY, InitReport, Lab, LabError};
+use crate::lab::{InitConfig, InitReport, Lab, LabError};
 use crate::xapi::HostUrl;
 use crate::xapi::client::{ClientError, XapiClient};
 use crate::xapi::rpc::Value;
@@ -38,8 +38,12 @@ pub fn run(command: LabCommand) -> Result<ExitCode, CliError> {
 }
 
 fn init(args: &LabInitArgs) -> Result<ExitCode, CliError> {
-    let report = Lab::init_with(&args.dir, &args.password, &args.vms, DEFAULT_SR_CAPACITY)
-        .map_err(lab_error)?;
+    let config = InitConfig {
+        boot_delay: args.boot_delay,
+        ..InitConfig::default()
+    };
+    let report =
+        Lab::init_with_config(&args.dir, &args.password, &args.vms, &config).map_err(lab_error)?;
     if args.json {
         let document = serde_json::to_value(&report)
             .map_err(|e| CliError::Failed(format!("encoding the report: {e}")))?;
@@ -62,7 +66,12 @@ fn print_report(dir: &std::path::Path, report: &InitReport) {
         );
     }
     for vm in &report.vms {
-        println!("VM   {} {}", vm.ids.uuid, vm.name);
+        let firmware = match (vm.firmware, vm.secure_boot) {
+            ("uefi", true) => " (UEFI, Secure Boot)",
+            ("uefi", false) => " (UEFI)",
+            _ => "",
+        };
+        println!("VM   {} {}{firmware}", vm.ids.uuid, vm.name);
         for disk in &vm.disks {
             println!(
                 "  disk {}: VDI {} ({})",
@@ -76,6 +85,12 @@ fn print_report(dir: &std::path::Path, report: &InitReport) {
                 "  vif {}: VIF {} {} on {}",
                 vif.device, vif.vif.uuid, vif.mac, vif.network
             );
+        }
+        for cd in &vm.cd_drives {
+            println!("  cd {}: VBD {} (empty)", cd.userdevice, cd.vbd.uuid);
+        }
+        if let Some(vtpm) = &vm.vtpm {
+            println!("  vtpm: VTPM {}", vtpm.uuid);
         }
     }
 }
@@ -230,6 +245,8 @@ fn fault_spec(args: &LabFaultArgs) -> Result<Value, CliError> {
         ("on", &args.on),
         ("to", &args.to),
         ("vdi", &args.vdi),
+        ("vm", &args.vm),
+        ("mode", &args.mode),
     ];
     for (field, value) in texts {
         if let Some(text) = value {

@@ -8,6 +8,9 @@
 //! in again, which npm `xen-api` and the Python SDK do by themselves on `SESSION_INVALID`.
 //! Injected faults are not saved either: they are set up by the test that runs the host.
 //!
+//! A second thread, the boot timer (`lab::boot`), completes started VMs' boots when their
+//! delay has passed, through the same locked change as an RPC.
+//!
 //! Concurrency: RPCs take the database lock for their whole run, storage calls included, so
 //! each one is atomic with respect to the others; the data plane uses the [`FileSr`] directly,
 //! which has its own locks (lock order: database, then SR). Waiters in `event.from` sleep on a
@@ -18,11 +21,12 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
 use crate::fsio::atomic::{self, AtomicError};
+use crate::lab::boot::BootTimer;
 use crate::lab::db::{Db, StateFormatError};
 use crate::lab::faults::Faults;
 use crate::lab::flusher::{FLUSH_INTERVAL, Flusher};
@@ -107,6 +111,8 @@ struct Shared {
     sr: Arc<FileSr>,
     faults: Faults,
     flusher: Flusher,
+    /// When started VMs finish booting (see `lab::boot`).
+    boots: BootTimer,
     /// Held across a whole save, so that saves run one at a time and the newest state is the
     /// one written last.
     saving: Mutex<()>,
@@ -145,8 +151,13 @@ impl Lab {
         let db = Db::from_state_json(&bytes).map_err(|source| LabError::State { path, source })?;
         let sr = FileSr::open(&dir.join(SR_DIR))?;
         let lab = Lab::assemble(dir, db, sr)?;
-        lab.with_db_mut(|db| lab.scan_all(db))
-            .map_err(LabError::Setup)?;
+        lab.with_db_mut(|db| {
+            lab.scan_all(db)?;
+            // A restart is a toolstack restart: running guests still boot.
+            crate::lab::rpc::resume_boots(&lab, db);
+            Ok(())
+        })
+        .map_err(LabError::Setup)?;
         Ok(lab)
     }
 
@@ -173,6 +184,7 @@ impl Lab {
             sr: Arc::new(sr),
             faults: Faults::default(),
             flusher: Flusher::new(),
+            boots: BootTimer::new(),
             saving: Mutex::new(()),
             handles: AtomicUsize::new(1),
         });
@@ -187,6 +199,30 @@ impl Lab {
             })
             .map_err(|source| LabError::Io {
                 action: "start the state flusher for",
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        // Like the flusher, the timer holds no handle; the boots it completes are changes
+        // like an RPC's, which wake `event.from` waiters.
+        let weak = Arc::downgrade(&shared);
+        shared
+            .boots
+            .spawn(move |due| {
+                let shared = weak.upgrade()?;
+                let applied = shared.change(|db| {
+                    if shared.boots.take_current(&due) {
+                        crate::lab::rpc::complete_boot(db, &due)
+                    } else {
+                        Ok(())
+                    }
+                });
+                if let Err(fault) = applied {
+                    tracing::warn!(vm = %due.vm, %fault, "completing a boot failed");
+                }
+                Some(())
+            })
+            .map_err(|source| LabError::Io {
+                action: "start the boot timer for",
                 path: dir.to_path_buf(),
                 source,
             })?;
@@ -228,17 +264,28 @@ impl Lab {
         &self,
         change: impl FnOnce(&mut Db) -> Result<T, XapiFault>,
     ) -> Result<T, XapiFault> {
-        let mut db = self.lock();
-        let before = db.generation();
-        let outcome = change(&mut db);
-        if db.is_unsaved() {
-            self.shared.flusher.dirty();
-        }
-        if db.generation() != before {
-            self.shared.changed.notify_all();
-            self.shared.generation.send_replace(db.generation());
-        }
-        outcome
+        self.shared.change(change)
+    }
+
+    /// The timer that completes started VMs' boots.
+    pub(crate) fn boot_timer(&self) -> &BootTimer {
+        &self.shared.boots
+    }
+
+    /// How long a started VM takes to boot (to get its `guest_metrics`), saved with the lab.
+    pub fn boot_delay(&self) -> Duration {
+        self.with_db(|db| db.settings().boot_delay)
+    }
+
+    /// Change the boot delay for the boots that start from now on.
+    pub fn set_boot_delay(&self, delay: Duration) {
+        // The closure cannot fail.
+        let _ = self.with_db_mut(|db| {
+            let mut settings = db.settings();
+            settings.boot_delay = delay;
+            db.set_settings(settings);
+            Ok(())
+        });
     }
 
     /// A receiver that sees every later change of the database: async waiters subscribe
@@ -289,6 +336,24 @@ impl Lab {
 }
 
 impl Shared {
+    /// Change the database (see [`Lab::with_db_mut`]), whoever asks: an RPC or the boot timer.
+    fn change<T>(
+        &self,
+        change: impl FnOnce(&mut Db) -> Result<T, XapiFault>,
+    ) -> Result<T, XapiFault> {
+        let mut db = self.lock_db();
+        let before = db.generation();
+        let outcome = change(&mut db);
+        if db.is_unsaved() {
+            self.flusher.dirty();
+        }
+        if db.generation() != before {
+            self.changed.notify_all();
+            self.generation.send_replace(db.generation());
+        }
+        outcome
+    }
+
     fn lock_db(&self) -> MutexGuard<'_, Db> {
         // A panic mid-change can leave the database inconsistent only in memory; carrying on
         // serves the other clients, and the state file still holds the last whole save.

@@ -1,5 +1,6 @@
 //! The lab host's object database: pool, host, SR, VDI, VBD, VM, task, session, network,
-//! VIF, PIF and VLAN records, keyed by `OpaqueRef:<uuid>`, in memory. Pure data: no files, no
+//! VIF, PIF, VLAN, VM_guest_metrics and VTPM records, keyed by `OpaqueRef:<uuid>`, in memory,
+//! with the secrets no record shows (a VTPM's contents) and the lab's own settings. Pure data: no files, no
 //! clock beyond the datetimes it is given, no storage; the RPC layer drives it and `state`
 //! saves it.
 //!
@@ -16,6 +17,7 @@ mod persist;
 pub mod schema;
 
 use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
 
 use crate::xapi::rpc::{Value, XapiFault};
 
@@ -30,6 +32,25 @@ pub type Record = BTreeMap<String, Value>;
 /// Deletions remembered for `event.from`; a token older than the oldest forgotten one gets
 /// `EVENTS_LOST`, which makes clients reload everything.
 const MAX_DELETIONS: usize = 65_536;
+
+/// How long a started VM takes to boot unless the lab is told otherwise: its guest agent
+/// reports (`VM.guest_metrics`) this long after `VM.start`.
+pub const DEFAULT_BOOT_DELAY: Duration = Duration::from_secs(2);
+
+/// The lab host's own settings, which no XAPI class holds; saved with the objects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    /// From `VM.start` to the guest's first report.
+    pub boot_delay: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            boot_delay: DEFAULT_BOOT_DELAY,
+        }
+    }
+}
 
 /// A new reference, unguessable since session references are credentials.
 pub fn new_ref() -> String {
@@ -130,6 +151,11 @@ pub struct Db {
     /// Deletions up to this generation may have been forgotten.
     deletions_known_since: u64,
     root_password: PasswordHash,
+    /// Values that belong to an object but are in no record, by the object's reference: the
+    /// contents of a VTPM, which xapi keeps in an internal-only `secret`. They go with their
+    /// object.
+    secrets: BTreeMap<String, String>,
+    settings: Settings,
     /// A persistent object changed since the last [`Db::take_unsaved`].
     unsaved: bool,
 }
@@ -145,8 +171,40 @@ impl Db {
             deletions: VecDeque::new(),
             deletions_known_since: 0,
             root_password,
+            secrets: BTreeMap::new(),
+            settings: Settings::default(),
             unsaved: true,
         }
+    }
+
+    pub fn settings(&self) -> Settings {
+        self.settings
+    }
+
+    /// Change the lab's settings; they are saved like a persistent object.
+    pub fn set_settings(&mut self, settings: Settings) {
+        if settings != self.settings {
+            self.settings = settings;
+            self.unsaved = true;
+        }
+    }
+
+    /// The secret value of an object that has one.
+    pub fn secret(&self, reference: &str) -> Option<&str> {
+        self.secrets.get(reference).map(String::as_str)
+    }
+
+    /// Give an existing object its secret value, replacing any it had.
+    pub fn set_secret(
+        &mut self,
+        class: Class,
+        reference: &str,
+        value: String,
+    ) -> Result<(), DbError> {
+        self.record(class, reference)?;
+        self.unsaved |= class.is_persistent();
+        self.secrets.insert(reference.to_owned(), value);
+        Ok(())
     }
 
     pub fn root_password(&self) -> &PasswordHash {
@@ -444,6 +502,7 @@ impl Db {
             .table_mut(class)
             .remove(reference)
             .expect("checked above");
+        self.secrets.remove(reference);
         for relation in schema::RELATIONS.iter().filter(|r| r.child == class) {
             let parent = text_of(&row.record, relation.foreign_key);
             self.link(relation.parent, &parent, relation.set, reference, false);

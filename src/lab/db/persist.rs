@@ -1,22 +1,27 @@
 //! The database as a JSON document, for the state file: the persistent classes' records (not
-//! sessions or tasks), the generation counter and the root password's hash.
+//! sessions or tasks), their secrets, the generation counter, the root password's hash and
+//! the lab's settings.
 //!
 //! ```json
 //! {"format": 1, "generation": 42,
 //!  "root_password": {"salt": "<hex>", "sha256": "<hex>"},
-//!  "objects": {"VM": {"OpaqueRef:…": {"uuid": "…", "memory_static_max": 1073741824, …}}}}
+//!  "settings": {"boot_delay_ms": 2000},
+//!  "objects": {"VM": {"OpaqueRef:…": {"uuid": "…", "memory_static_max": 1073741824, …}}},
+//!  "secrets": {"OpaqueRef:…": "<a VTPM's contents>"}}
 //! ```
 //!
 //! Values are plain JSON; loading re-types them by the schema (an int stays an int, a
 //! datetime becomes a datetime again). Fields added to the schema since the file was written
-//! take their defaults; fields it no longer has are dropped.
+//! take their defaults; fields it no longer has are dropped. A file without `settings` or
+//! `secrets` (written before them) gets the default settings and no secrets; a secret whose
+//! object is gone is dropped.
 
 use std::collections::BTreeMap;
 
 use serde_json::{Map, Value as Json, json};
 
 use super::schema::{Class, Kind};
-use super::{Db, PasswordHash, Record, Row};
+use super::{Db, PasswordHash, Record, Row, Settings};
 use crate::xapi::rpc::Value;
 
 const FORMAT: u64 = 1;
@@ -47,11 +52,19 @@ impl Db {
                 (class.name().to_owned(), Json::Object(rows))
             })
             .collect();
+        let secrets: Map<String, Json> = self
+            .secrets
+            .iter()
+            .map(|(reference, value)| (reference.clone(), Json::from(value.as_str())))
+            .collect();
+        let boot_delay_ms = u64::try_from(self.settings.boot_delay.as_millis()).unwrap_or(u64::MAX);
         let document = json!({
             "format": FORMAT,
             "generation": self.generation,
             "root_password": {"salt": salt, "sha256": sha256},
+            "settings": {"boot_delay_ms": boot_delay_ms},
             "objects": objects,
+            "secrets": secrets,
         });
         serde_json::to_vec_pretty(&document).expect("JSON values always serialise")
     }
@@ -100,6 +113,19 @@ impl Db {
                 );
             }
         }
+        db.settings = settings_from_json(document.get("settings"))?;
+        let secrets = document.get("secrets").and_then(Json::as_object);
+        for (reference, value) in secrets.into_iter().flatten() {
+            let value = value
+                .as_str()
+                .ok_or_else(|| fail(format!("secrets: {reference}: {value} is not a string")))?;
+            let owned = Class::ALL
+                .into_iter()
+                .any(|class| db.exists(class, reference));
+            if owned {
+                db.secrets.insert(reference.clone(), value.to_owned());
+            }
+        }
         db.rebuild_links();
         for class in Class::ALL {
             for row in db.table_mut(class).values_mut() {
@@ -109,6 +135,23 @@ impl Db {
         db.unsaved = false;
         Ok(db)
     }
+}
+
+/// The settings saved, each taking its default when missing.
+fn settings_from_json(settings: Option<&Json>) -> Result<Settings, StateFormatError> {
+    let mut read = Settings::default();
+    let Some(settings) = settings else {
+        return Ok(read);
+    };
+    if let Some(delay) = settings.get("boot_delay_ms") {
+        let ms = delay.as_u64().ok_or_else(|| {
+            StateFormatError(format!(
+                "settings: boot_delay_ms: {delay} is not a number of milliseconds"
+            ))
+        })?;
+        read.boot_delay = std::time::Duration::from_millis(ms);
+    }
+    Ok(read)
 }
 
 fn record_from_json(
@@ -211,6 +254,45 @@ mod tests {
         );
         assert!(loaded.root_password().verify("pw"));
         assert_eq!(loaded.generation(), db.generation());
+    }
+
+    #[test]
+    fn settings_and_secrets_round_trip_and_secrets_follow_their_objects() {
+        let mut db = Db::new(PasswordHash::new("pw"));
+        let vm = db.insert(Class::Vm, Record::new());
+        let vtpm = db.insert(
+            Class::Vtpm,
+            [("VM".to_owned(), Value::from(vm.as_str()))].into(),
+        );
+        db.set_secret(Class::Vtpm, &vtpm, "c2VjcmV0".into())
+            .unwrap();
+        assert!(
+            db.set_secret(Class::Vtpm, "OpaqueRef:gone", "x".into())
+                .is_err()
+        );
+        let settings = Settings {
+            boot_delay: std::time::Duration::from_millis(250),
+        };
+        db.set_settings(settings);
+        let loaded = Db::from_state_json(&db.to_state_json()).unwrap();
+        assert_eq!(loaded.settings(), settings);
+        assert_eq!(loaded.secret(&vtpm), Some("c2VjcmV0"));
+        assert_eq!(
+            loaded.set_items(Class::Vm, &vm, "VTPMs").unwrap(),
+            vec![vtpm.clone()]
+        );
+
+        // A file from before settings and secrets loads with the defaults.
+        let mut old: Json = serde_json::from_slice(&db.to_state_json()).unwrap();
+        let document = old.as_object_mut().unwrap();
+        document.remove("settings");
+        document.remove("secrets");
+        let loaded = Db::from_state_json(&serde_json::to_vec(&old).unwrap()).unwrap();
+        assert_eq!(loaded.settings(), Settings::default());
+        assert_eq!(loaded.secret(&vtpm), None);
+
+        db.remove(Class::Vtpm, &vtpm).unwrap();
+        assert_eq!(db.secret(&vtpm), None, "a secret goes with its object");
     }
 
     #[test]

@@ -28,10 +28,12 @@ pub enum Class {
     Vif,
     Pif,
     Vlan,
+    VmGuestMetrics,
+    Vtpm,
 }
 
 impl Class {
-    pub const ALL: [Class; 12] = [
+    pub const ALL: [Class; 14] = [
         Class::Pool,
         Class::Host,
         Class::Sr,
@@ -44,6 +46,8 @@ impl Class {
         Class::Vif,
         Class::Pif,
         Class::Vlan,
+        Class::VmGuestMetrics,
+        Class::Vtpm,
     ];
 
     /// The name in method names and errors (`VM.get_record`, `HANDLE_INVALID [VM, …]`).
@@ -61,6 +65,8 @@ impl Class {
             Class::Vif => "VIF",
             Class::Pif => "PIF",
             Class::Vlan => "VLAN",
+            Class::VmGuestMetrics => "VM_guest_metrics",
+            Class::Vtpm => "VTPM",
         }
     }
 
@@ -84,6 +90,8 @@ impl Class {
             Class::Vif => "vif",
             Class::Pif => "pif",
             Class::Vlan => "vlan",
+            Class::VmGuestMetrics => "vm_guest_metrics",
+            Class::Vtpm => "vtpm",
         }
     }
 
@@ -111,6 +119,8 @@ impl Class {
             Class::Vif => VIF,
             Class::Pif => PIF,
             Class::Vlan => VLAN,
+            Class::VmGuestMetrics => VM_GUEST_METRICS,
+            Class::Vtpm => VTPM,
         }
     }
 
@@ -478,6 +488,12 @@ pub const RELATIONS: &[Relation] = &[
         foreign_key: "tagged_PIF",
         parent: Class::Pif,
         set: "VLAN_slave_of",
+    },
+    Relation {
+        child: Class::Vtpm,
+        foreign_key: "VM",
+        parent: Class::Vm,
+        set: "VTPMs",
     },
 ];
 
@@ -1057,6 +1073,40 @@ const VLAN: &[Field] = &[
     rw("other_config", MAP),
 ];
 
+// What a VM's guest agent reports (the datamodel's `VM_guest_metrics`), and its virtual TPM
+// (`VTPM`, whose contents are a secret kept outside the record, see `Db::secret`).
+const TRISTATE: &[&str] = &["unspecified", "yes", "no"];
+pub const VTPM_PERSISTENCE_BACKENDS: &[&str] = &["xapi"];
+
+const VM_GUEST_METRICS: &[Field] = &[
+    ro("uuid", Text),
+    ro("os_version", MAP),
+    ro("PV_drivers_version", MAP),
+    ro("PV_drivers_up_to_date", Bool),
+    // Removed from the datamodel's documentation but still in every record, always empty.
+    ro("memory", MAP),
+    ro("disks", MAP),
+    ro("networks", MAP),
+    ro("other", MAP),
+    ro("last_updated", DateTime),
+    rw("other_config", MAP),
+    ro("live", Bool),
+    ro("can_use_hotplug_vbd", e(TRISTATE)),
+    ro("can_use_hotplug_vif", e(TRISTATE)),
+    ro("PV_drivers_detected", Bool),
+];
+
+const VTPM: &[Field] = &[
+    ro("uuid", Text),
+    ro("allowed_operations", Set),
+    ro("current_operations", MAP),
+    rc("VM", r("VM")),
+    ro("backend", r("VM")),
+    ro("persistence_backend", e(VTPM_PERSISTENCE_BACKENDS)),
+    rc("is_unique", Bool),
+    ro("is_protected", Bool),
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1079,6 +1129,9 @@ mod tests {
             (Class::Vif, 26),
             (Class::Pif, 35),
             (Class::Vlan, 5),
+            // From XAPI's `doc/data/xenapi.json`; VTPM's internal-only `contents` is a secret.
+            (Class::VmGuestMetrics, 14),
+            (Class::Vtpm, 8),
         ];
         for (class, count) in expected {
             let fields = class.fields();

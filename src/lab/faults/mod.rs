@@ -1,5 +1,9 @@
 //! Fault injection: faults a test sets with `lab.inject_fault` (or `vhdsync lab fault`), which
-//! the RPC dispatch and the data plane then act on (issue 8 §1).
+//! the RPC dispatch, the data plane and booting VMs then act on (issue 8 §1). A
+//! `boot_failure` is met by the next `VM.start` (of its `vm` only, if given): the VM runs but
+//! its guest never reports (`mode: "hang"`, the default), or it halts again once the boot
+//! delay has passed (`mode: "crash"`); either way no `guest_metrics` appear, which is what a
+//! health check waits for.
 //!
 //! This module only decides; it performs no I/O and reads no clock. The registry says which
 //! fault a call or a transfer meets, and [`TransferFaults::step`] says what to do with a
@@ -21,7 +25,10 @@ mod spec;
 mod transfer;
 
 pub use registry::{Fault, Faults, RpcFault};
-pub use spec::{FaultKind, FaultSpec, Plane, Planes, SpecError, SrFullOn, VdiFilter, kind_names};
+pub use spec::{
+    BootFailure, FaultKind, FaultSpec, Plane, Planes, SpecError, SrFullOn, VdiFilter, VmFilter,
+    kind_names,
+};
 pub use transfer::{Cut, CutKind, Step, TransferFaults};
 
 /// A fault's identifier, unique for the life of the lab host.

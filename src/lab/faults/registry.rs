@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use super::FaultId;
-use super::spec::{FaultKind, FaultSpec, Plane, SrFullOn, count_value, is_lab_call};
+use super::spec::{BootFailure, FaultKind, FaultSpec, Plane, SrFullOn, count_value, is_lab_call};
 use super::transfer::TransferFaults;
 use crate::xapi::rpc::Value;
 
@@ -137,6 +137,19 @@ impl Faults {
     pub fn on_transfer_request(&self, plane: Plane) -> Option<String> {
         self.registry().fire_first(|fault| match &fault.spec.kind {
             FaultKind::Redirect { on, to } if *on == plane => Some(to.clone()),
+            _ => None,
+        })
+    }
+
+    /// How the boot of the VM known by `vm` (a reference, a uuid) fails, if a `boot_failure`
+    /// fault waits for it; the fault fires.
+    pub fn on_boot(&self, vm: &[&str]) -> Option<BootFailure> {
+        self.registry().fire_first(|fault| match &fault.spec.kind {
+            FaultKind::BootFailure { mode, vm: only }
+                if only.as_ref().is_none_or(|f| f.matches(vm)) =>
+            {
+                Some(*mode)
+            }
             _ => None,
         })
     }

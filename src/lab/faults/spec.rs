@@ -59,6 +59,38 @@ pub enum FaultKind {
     /// A transfer request on `on` is answered `302 Found` to the host at base URL `to`, with
     /// the same path and query, as a pool member that does not hold the SR answers.
     Redirect { on: Plane, to: String },
+    /// The next VM started (or only `vm`) fails to boot: `VM.start` succeeds, but its guest
+    /// agent never reports (`hang`), or the VM crashes back to Halted after the boot delay
+    /// (`crash`).
+    BootFailure {
+        mode: BootFailure,
+        vm: Option<VmFilter>,
+    },
+}
+
+/// How a boot fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BootFailure {
+    /// The VM runs but never gets `guest_metrics`: a guest stuck before its agent starts.
+    Hang,
+    /// The VM halts when it would have reported, as a guest that crashes while booting.
+    Crash,
+}
+
+impl BootFailure {
+    fn name(self) -> &'static str {
+        match self {
+            BootFailure::Hang => "hang",
+            BootFailure::Crash => "crash",
+        }
+    }
+}
+
+/// The VM a boot fault is restricted to, by both of its names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmFilter {
+    pub reference: String,
+    pub uuid: String,
 }
 
 /// The VDI a fault is restricted to, by both of its names, since a transfer or a call may
@@ -95,6 +127,8 @@ pub enum SpecError {
     },
     #[error("no VDI {0}")]
     UnknownVdi(String),
+    #[error("no VM {0}")]
+    UnknownVm(String),
 }
 
 impl From<SpecError> for XapiFault {
@@ -110,6 +144,10 @@ impl From<SpecError> for XapiFault {
                 XapiFault::new("HANDLE_INVALID", ["VDI".to_owned(), name])
             }
             SpecError::UnknownVdi(name) => XapiFault::new("UUID_INVALID", ["VDI".to_owned(), name]),
+            SpecError::UnknownVm(name) if name.starts_with("OpaqueRef:") => {
+                XapiFault::new("HANDLE_INVALID", ["VM".to_owned(), name])
+            }
+            SpecError::UnknownVm(name) => XapiFault::new("UUID_INVALID", ["VM".to_owned(), name]),
         }
     }
 }
@@ -129,6 +167,7 @@ const KINDS: &[(&str, &[&str])] = &[
     ("rpc_error", &["method", "code", "count"]),
     ("bandwidth", &["bytes_per_second", "on"]),
     ("redirect", &["on", "to"]),
+    ("boot_failure", &["mode", "vm"]),
 ];
 
 /// The fault kinds, as `lab.inject_fault` and `vhdsync lab fault` name them.
@@ -207,11 +246,13 @@ fn invalid(field: &str, value: impl ToString, reason: impl Into<String>) -> Spec
 
 impl FaultSpec {
     /// Read a spec such as `{kind: "drop_export", after_bytes: "1048576", vdi: "…"}`.
-    /// `resolve` finds the VDI a `vdi` member names (by reference or uuid). Fields a kind
-    /// does not take are refused, so a misspelt one is not silently ignored.
+    /// `resolve` finds the VDI a `vdi` member names and `resolve_vm` the VM a `vm` member
+    /// names (by reference or uuid). Fields a kind does not take are refused, so a misspelt
+    /// one is not silently ignored.
     pub fn parse(
         members: &BTreeMap<String, Value>,
         resolve: impl FnOnce(&str) -> Option<VdiFilter>,
+        resolve_vm: impl FnOnce(&str) -> Option<VmFilter>,
     ) -> Result<FaultSpec, SpecError> {
         let given = Members(members);
         let name = given.required_text("kind")?;
@@ -270,6 +311,19 @@ impl FaultSpec {
             "redirect" => FaultKind::Redirect {
                 on: plane(given.required_text("on")?)?,
                 to: base_url(given.required_text("to")?)?,
+            },
+            "boot_failure" => FaultKind::BootFailure {
+                mode: match given.text("mode")?.unwrap_or("hang") {
+                    "hang" => BootFailure::Hang,
+                    "crash" => BootFailure::Crash,
+                    other => return Err(invalid("mode", other, "hang or crash")),
+                },
+                vm: given
+                    .text("vm")?
+                    .map(|named| {
+                        resolve_vm(named).ok_or_else(|| SpecError::UnknownVm(named.into()))
+                    })
+                    .transpose()?,
             },
             _ => return Err(not_a_kind()),
         };
@@ -372,6 +426,7 @@ impl FaultKind {
             FaultKind::RpcError { .. } => "rpc_error",
             FaultKind::Bandwidth { .. } => "bandwidth",
             FaultKind::Redirect { .. } => "redirect",
+            FaultKind::BootFailure { .. } => "boot_failure",
         }
     }
 
@@ -382,6 +437,7 @@ impl FaultKind {
             self,
             FaultKind::RpcError { .. }
                 | FaultKind::Redirect { .. }
+                | FaultKind::BootFailure { .. }
                 | FaultKind::SrFull {
                     on: SrFullOn::VdiCreate
                 }
@@ -399,6 +455,15 @@ impl FaultKind {
 
 impl VdiFilter {
     /// Whether a call or transfer known by `names` (a reference, a uuid) is about this VDI.
+    pub(super) fn matches(&self, names: &[&str]) -> bool {
+        names
+            .iter()
+            .any(|n| *n == self.reference || *n == self.uuid)
+    }
+}
+
+impl VmFilter {
+    /// Whether the VM known by `names` (a reference, a uuid) is this one.
     pub(super) fn matches(&self, names: &[&str]) -> bool {
         names
             .iter()
@@ -472,6 +537,13 @@ impl FaultSpec {
                 ("on", Value::from(plane(on))),
                 ("to", Value::from(to.as_str())),
             ],
+            FaultKind::BootFailure { mode, vm } => {
+                let mut fields = vec![("mode", Value::from(mode.name()))];
+                if let Some(vm) = vm {
+                    fields.push(("vm", Value::from(vm.uuid.as_str())));
+                }
+                fields
+            }
         };
         members.extend(fields.into_iter().map(|(k, v)| (k.to_owned(), v)));
         members
@@ -493,12 +565,54 @@ mod tests {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), v.clone()))
             .collect();
-        FaultSpec::parse(&members, |name| {
-            (name == "disk" || name == "OpaqueRef:disk").then(|| VdiFilter {
-                reference: "OpaqueRef:disk".into(),
-                uuid: "disk".into(),
-            })
-        })
+        FaultSpec::parse(
+            &members,
+            |name| {
+                (name == "disk" || name == "OpaqueRef:disk").then(|| VdiFilter {
+                    reference: "OpaqueRef:disk".into(),
+                    uuid: "disk".into(),
+                })
+            },
+            |name| {
+                (name == "web" || name == "OpaqueRef:web").then(|| VmFilter {
+                    reference: "OpaqueRef:web".into(),
+                    uuid: "web".into(),
+                })
+            },
+        )
+    }
+
+    #[test]
+    fn boot_failures_hang_by_default_and_may_name_a_vm() {
+        let hang = spec(&[kind("boot_failure")]).unwrap();
+        assert_eq!(
+            hang.kind,
+            FaultKind::BootFailure {
+                mode: BootFailure::Hang,
+                vm: None
+            }
+        );
+        let crash = spec(&[
+            kind("boot_failure"),
+            ("mode", "crash".into()),
+            ("vm", "OpaqueRef:web".into()),
+        ])
+        .unwrap();
+        let shown = crash.to_members();
+        assert_eq!(shown["mode"], Value::from("crash"));
+        assert_eq!(shown["vm"], Value::from("web"));
+        let faults = Faults::default();
+        faults.inject(crash);
+        assert_eq!(faults.on_boot(&["OpaqueRef:other", "other"]), None);
+        assert_eq!(
+            faults.on_boot(&["OpaqueRef:web", "web"]),
+            Some(BootFailure::Crash)
+        );
+        assert_eq!(faults.on_boot(&["OpaqueRef:web", "web"]), None, "one-shot");
+        // Boot faults meet no call and no transfer.
+        faults.inject(hang);
+        assert_eq!(faults.on_rpc("VM.start", None), None);
+        assert_eq!(faults.on_boot(&["any"]), Some(BootFailure::Hang));
     }
 
     fn kind(name: &str) -> (&'static str, Value) {
@@ -666,6 +780,26 @@ mod tests {
             (
                 &[kind("stall"), ("on", "both".into()), ("seconds", int(1))],
                 XapiFault::new("INVALID_VALUE", ["on", "both"]),
+            ),
+            (
+                &[kind("boot_failure"), ("mode", "explode".into())],
+                XapiFault::new("INVALID_VALUE", ["mode", "explode"]),
+            ),
+            (
+                &[kind("boot_failure"), ("vm", "OpaqueRef:nope".into())],
+                XapiFault::new("HANDLE_INVALID", ["VM", "OpaqueRef:nope"]),
+            ),
+            (
+                &[kind("boot_failure"), ("vdi", "disk".into())],
+                XapiFault::new("INVALID_VALUE", ["vdi", "disk"]),
+            ),
+            (
+                &[
+                    kind("drop_export"),
+                    ("after_bytes", int(1)),
+                    ("vm", "web".into()),
+                ],
+                XapiFault::new("INVALID_VALUE", ["vm", "web"]),
             ),
         ];
         for (members, expected) in cases {

@@ -3,18 +3,21 @@
 use super::accessors::Accessor;
 use super::args::Invocation;
 use super::dispatch::Message;
-use super::{event, lab_calls, network, session, sr, task, vbd, vdi, vif, vlan, vm};
+use super::{event, lab_calls, network, nvram, session, sr, task, vbd, vdi, vif, vlan, vm, vtpm};
 use crate::lab::db::Class;
 use crate::lab::state::Lab;
 use crate::xapi::rpc::{Response, Value};
 
 const SYSTEM: &[Message] = &[Message::sessionless("listMethods", &[], list_methods)];
 
-/// Namespaces with messages of their own; every class also has its accessors.
+/// Namespaces with messages of their own, a namespace's spread over entries from several
+/// modules; every class also has its accessors.
 const NAMESPACES: &[(&str, &[Message])] = &[
     ("system", SYSTEM),
     ("session", session::MESSAGES),
     ("VM", vm::MESSAGES),
+    ("VM", nvram::MESSAGES),
+    ("VTPM", vtpm::MESSAGES),
     ("VBD", vbd::MESSAGES),
     ("VDI", vdi::MESSAGES),
     ("SR", sr::MESSAGES),
@@ -29,11 +32,11 @@ const NAMESPACES: &[(&str, &[Message])] = &[
     ("lab", lab_calls::MESSAGES),
 ];
 
-pub(super) fn messages(namespace: &str) -> &'static [Message] {
+pub(super) fn messages(namespace: &str) -> impl Iterator<Item = &'static Message> {
     NAMESPACES
         .iter()
-        .find(|(name, _)| *name == namespace)
-        .map_or(&[], |(_, messages)| messages)
+        .filter(move |(name, _)| *name == namespace)
+        .flat_map(|(_, messages)| messages.iter())
 }
 
 /// Every synchronous method name the lab host answers, sorted.

@@ -103,10 +103,7 @@ fn route(lab: &Lab, call: &Call) -> Result<Dispatched, XapiFault> {
         None => (false, call.method.as_str()),
     };
     let (namespace, message_name) = name.split_once('.').ok_or_else(unknown)?;
-    if let Some(message) = catalog::messages(namespace)
-        .iter()
-        .find(|m| m.name == message_name)
-    {
+    if let Some(message) = catalog::messages(namespace).find(|m| m.name == message_name) {
         if asynchronous && !message.asynchronous {
             return Err(unknown());
         }

@@ -5,24 +5,53 @@
 //! ("Pool-wide network associated with eth0", bridge `xenbr0`) with the host's physical PIF
 //! `eth0` (management, VLAN -1, the host's address), and the host-internal management
 //! network (bridge `xenapi`, no PIF). A VM's interface on another network name makes that
-//! network, without a PIF (see [`VmSpec`]).
+//! network, without a PIF (see [`VmSpec`]). A VM may also have empty CD drives, UEFI firmware
+//! with an `NVRAM` of random `EFI-variables` (as `varstored` writes them, base64) and a VTPM
+//! with random contents.
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::time::Duration;
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
 use serde::Serialize;
 
-use super::mac;
 use super::network::{INTERNAL_MANAGEMENT, free_bridge};
 use super::vdi::create_vdi;
 use super::vif::{MAC_SEED, create_vif};
-pub use super::vm_spec::{VifSpec, VmSpec};
-use crate::lab::db::{Class, Db, EPOCH, PasswordHash, Record};
+pub use super::vm_spec::{Firmware, VifSpec, VmSpec};
+use super::{mac, vtpm};
+use crate::lab::db::{
+    Class, DEFAULT_BOOT_DELAY, Db, EPOCH, NULL_REF, PasswordHash, Record, Settings,
+};
 use crate::lab::state::{Lab, LabError};
 use crate::xapi::rpc::{Value, XapiFault};
 
 /// The SR's capacity unless told otherwise: 1 TiB, thin-provisioned.
 pub const DEFAULT_SR_CAPACITY: u64 = 1 << 40;
+
+/// Random bytes in a UEFI VM's `EFI-variables` and in a VTPM, about what a first boot leaves.
+const EFI_VARIABLES_BYTES: usize = 4096;
+const VTPM_CONTENTS_BYTES: usize = 4096;
+
+/// How `init` sets the host up, besides its VMs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InitConfig {
+    /// What the SR may hold in VHD files.
+    pub sr_capacity: u64,
+    /// From `VM.start` to the guest's report (`guest_metrics`); `lab.set_boot_delay` changes it.
+    pub boot_delay: Duration,
+}
+
+impl Default for InitConfig {
+    fn default() -> InitConfig {
+        InitConfig {
+            sr_capacity: DEFAULT_SR_CAPACITY,
+            boot_delay: DEFAULT_BOOT_DELAY,
+        }
+    }
+}
 
 /// What `init` created.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -58,6 +87,17 @@ pub struct VmReport {
     pub ids: ObjectIds,
     pub disks: Vec<DiskReport>,
     pub vifs: Vec<VifReport>,
+    pub cd_drives: Vec<CdReport>,
+    /// `bios` or `uefi`.
+    pub firmware: &'static str,
+    pub secure_boot: bool,
+    pub vtpm: Option<ObjectIds>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CdReport {
+    pub userdevice: String,
+    pub vbd: ObjectIds,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -101,14 +141,28 @@ impl Lab {
         Lab::init_with(dir, password, &specs, sr_capacity)
     }
 
-    /// Create a lab host in `dir` with VMs as `vms` describe them (disks and interfaces),
-    /// whose SR may hold `sr_capacity` bytes of VHD files. Fails if `dir` already holds one;
-    /// on another failure, what was created is left in `dir`.
+    /// Create a lab host in `dir` with VMs as `vms` describe them (disks, interfaces and
+    /// devices), whose SR may hold `sr_capacity` bytes of VHD files. Fails if `dir` already
+    /// holds one; on another failure, what was created is left in `dir`.
     pub fn init_with(
         dir: &Path,
         password: &str,
         vms: &[VmSpec],
         sr_capacity: u64,
+    ) -> Result<InitReport, LabError> {
+        let config = InitConfig {
+            sr_capacity,
+            ..InitConfig::default()
+        };
+        Lab::init_with_config(dir, password, vms, &config)
+    }
+
+    /// [`Lab::init_with`], with the host set up as `config` says.
+    pub fn init_with_config(
+        dir: &Path,
+        password: &str,
+        vms: &[VmSpec],
+        config: &InitConfig,
     ) -> Result<InitReport, LabError> {
         std::fs::create_dir_all(dir).map_err(|source| LabError::Io {
             action: "create directory",
@@ -116,9 +170,14 @@ impl Lab {
             source,
         })?;
         let lab = Lab::create(dir, Db::new(PasswordHash::new(password)))?;
-        lab.sr().set_capacity(Some(sr_capacity))?;
+        lab.sr().set_capacity(Some(config.sr_capacity))?;
         let report = lab
-            .with_db_mut(|db| populate(&lab, db, vms))
+            .with_db_mut(|db| {
+                db.set_settings(Settings {
+                    boot_delay: config.boot_delay,
+                });
+                populate(&lab, db, vms)
+            })
             .map_err(LabError::Setup)?;
         lab.flush()?;
         Ok(report)
@@ -153,7 +212,7 @@ fn populate(lab: &Lab, db: &mut Db, vms: &[VmSpec]) -> Result<InitReport, XapiFa
     };
     for spec in vms {
         let name = &spec.name;
-        let vm = db.insert(Class::Vm, vm_fields(name));
+        let vm = db.insert(Class::Vm, vm_fields(name, spec.firmware));
         let mut disks = Vec::new();
         for (position, &size) in spec.disks.iter().enumerate() {
             let userdevice = position.to_string();
@@ -189,11 +248,36 @@ fn populate(lab: &Lab, db: &mut Db, vms: &[VmSpec]) -> Result<InitReport, XapiFa
                 device,
             });
         }
+        let mut cd_drives = Vec::new();
+        for position in spec.disks.len()..spec.disks.len() + spec.cd_drives {
+            let userdevice = position.to_string();
+            let vbd = db.insert(Class::Vbd, cd_drive_fields(&vm, &userdevice));
+            cd_drives.push(CdReport {
+                userdevice,
+                vbd: ids(db, Class::Vbd, &vbd)?,
+            });
+        }
+        let vtpm = match spec.vtpm {
+            true => {
+                let contents = random_base64(VTPM_CONTENTS_BYTES);
+                let vtpm = vtpm::insert(db, &vm, false, contents)?;
+                Some(ids(db, Class::Vtpm, &vtpm)?)
+            }
+            false => None,
+        };
+        let (firmware, secure_boot) = match spec.firmware {
+            Firmware::Bios => ("bios", false),
+            Firmware::Uefi { secure_boot } => ("uefi", secure_boot),
+        };
         report.vms.push(VmReport {
             name: name.clone(),
             ids: ids(db, Class::Vm, &vm)?,
             disks,
             vifs,
+            cd_drives,
+            firmware,
+            secure_boot,
+            vtpm,
         });
     }
     report.networks = networks.report(db)?;
@@ -383,7 +467,23 @@ fn vif_fields(vm: &str, network: &str, device: &str, spec: &VifSpec) -> Record {
 
 const GIB: i64 = 1 << 30;
 
-fn vm_fields(name: &str) -> Record {
+fn vm_fields(name: &str, firmware: Firmware) -> Record {
+    let mut boot_params = vec![("order", "cd")];
+    let mut platform = vec![
+        ("acpi", "1"),
+        ("apic", "true"),
+        ("pae", "true"),
+        ("viridian", "true"),
+    ];
+    let mut nvram = BTreeMap::new();
+    if let Firmware::Uefi { secure_boot } = firmware {
+        boot_params.push(("firmware", "uefi"));
+        platform.push(("secureboot", if secure_boot { "true" } else { "false" }));
+        nvram.insert(
+            "EFI-variables".to_owned(),
+            Value::from(random_base64(EFI_VARIABLES_BYTES)),
+        );
+    }
     record(vec![
         ("name_label", Value::from(name)),
         (
@@ -396,17 +496,30 @@ fn vm_fields(name: &str) -> Record {
         ("memory_static_min", Value::Int(GIB / 2)),
         ("memory_target", Value::Int(GIB)),
         ("HVM_boot_policy", Value::from("BIOS order")),
-        ("HVM_boot_params", text_map(&[("order", "cd")])),
-        (
-            "platform",
-            text_map(&[
-                ("acpi", "1"),
-                ("apic", "true"),
-                ("pae", "true"),
-                ("viridian", "true"),
-            ]),
-        ),
+        ("HVM_boot_params", text_map(&boot_params)),
+        ("platform", text_map(&platform)),
+        ("NVRAM", Value::Struct(nvram)),
         ("hardware_platform_version", Value::Int(2)),
+    ])
+}
+
+/// `bytes` random bytes, base64 as XAPI carries binary state (NVRAM, VTPM contents).
+fn random_base64(bytes: usize) -> String {
+    let mut data = vec![0u8; bytes];
+    rand::fill(&mut data[..]);
+    STANDARD.encode(data)
+}
+
+/// An empty CD drive, as a VM template's: no VDI, read-only, not bootable.
+fn cd_drive_fields(vm: &str, userdevice: &str) -> Record {
+    record(vec![
+        ("VM", Value::from(vm)),
+        ("VDI", Value::from(NULL_REF)),
+        ("userdevice", Value::from(userdevice)),
+        ("bootable", Value::Bool(false)),
+        ("mode", Value::from("RO")),
+        ("type", Value::from("CD")),
+        ("empty", Value::Bool(true)),
     ])
 }
 

@@ -14,10 +14,16 @@
 //! * `lab.clear_faults(session[, id])`: remove one fault, or all: how many went.
 //! * `lab.sessions(session)`: the references (the secrets) of the open sessions, so that a
 //!   test can check no client ever prints one.
+//! * `lab.set_boot_delay(session, seconds)`: how long a started VM takes to boot (to get its
+//!   `guest_metrics`) from now on, an int or a float (or its decimal text) from 0 to 3600;
+//!   saved with the lab. Returns void.
+//! * `lab.get_boot_delay(session)`: that delay, in seconds (a float).
 //!
-//! `vdi` may be a reference or a uuid. The data goes straight to the SR, in bounded chunks,
+//! `vdi` (and a `boot_failure`'s `vm`) may be a reference or a uuid. The data goes straight to the SR, in bounded chunks,
 //! without holding the database lock. The faults injected here are met by every other call,
 //! through [`injected`], and by the data plane; `lab.` calls are never faulted.
+
+use std::time::Duration;
 
 use uuid::Uuid;
 
@@ -25,7 +31,7 @@ use super::args::{Fallback, Invocation, Param};
 use super::dispatch::Message;
 use super::xapi_errors::StorageCall;
 use crate::lab::db::{Class, DbError};
-use crate::lab::faults::{FaultSpec, RpcFault, VdiFilter};
+use crate::lab::faults::{FaultSpec, RpcFault, VdiFilter, VmFilter};
 use crate::lab::state::Lab;
 use crate::xapi::rpc::{Response, Value, XapiFault};
 
@@ -49,7 +55,16 @@ pub(super) const MESSAGES: &[Message] = &[
         &[Param::Optional("id", Fallback::Text(""))],
         clear_faults,
     ),
+    Message::sync(
+        "set_boot_delay",
+        &[Param::Required("seconds")],
+        set_boot_delay,
+    ),
+    Message::sync("get_boot_delay", &[], get_boot_delay),
 ];
+
+/// The longest boot delay: an hour is already a guest that never boots for any test.
+const MAX_BOOT_DELAY: Duration = Duration::from_secs(3600);
 
 /// The `data` argument asking for zeros.
 pub const ZERO: &str = "zero";
@@ -109,13 +124,20 @@ fn hash(lab: &Lab, call: &Invocation) -> Response {
 }
 
 fn inject_fault(lab: &Lab, call: &Invocation) -> Response {
-    let spec = FaultSpec::parse(call.record(0)?, |named| {
-        let (reference, uuid) = lab.vdi_by_ref_or_uuid(named)?;
-        Some(VdiFilter {
-            reference,
-            uuid: uuid.to_string(),
-        })
-    })?;
+    let spec = FaultSpec::parse(
+        call.record(0)?,
+        |named| {
+            let (reference, uuid) = lab.vdi_by_ref_or_uuid(named)?;
+            Some(VdiFilter {
+                reference,
+                uuid: uuid.to_string(),
+            })
+        },
+        |named| {
+            let (reference, uuid) = lab.vm_by_ref_or_uuid(named)?;
+            Some(VmFilter { reference, uuid })
+        },
+    )?;
     let id = lab.faults().inject(spec);
     Ok(Value::from(id.to_string()))
 }
@@ -152,6 +174,35 @@ fn clear_faults(lab: &Lab, call: &Invocation) -> Response {
     };
     let cleared = lab.faults().clear(id);
     Ok(Value::Int(i64::try_from(cleared).unwrap_or(i64::MAX)))
+}
+
+fn set_boot_delay(lab: &Lab, call: &Invocation) -> Response {
+    let given = call.value(0);
+    let seconds = given
+        .as_f64()
+        .or_else(|| given.as_str().and_then(|t| t.trim().parse().ok()))
+        .ok_or_else(|| XapiFault::new("FIELD_TYPE_ERROR", ["seconds"]))?;
+    let delay = Duration::try_from_secs_f64(seconds)
+        .ok()
+        .filter(|delay| *delay <= MAX_BOOT_DELAY)
+        .ok_or_else(|| {
+            XapiFault::new(
+                "INVALID_VALUE",
+                [
+                    "seconds".to_owned(),
+                    format!(
+                        "{seconds}: a boot delay is from 0 to {} s",
+                        MAX_BOOT_DELAY.as_secs()
+                    ),
+                ],
+            )
+        })?;
+    lab.set_boot_delay(delay);
+    Ok(Value::void())
+}
+
+fn get_boot_delay(lab: &Lab, _: &Invocation) -> Response {
+    Ok(Value::Double(lab.boot_delay().as_secs_f64()))
 }
 
 /// The error an injected fault makes a call answer, if it meets one: an `rpc_error`, or an
@@ -219,6 +270,21 @@ impl Lab {
                 db.by_uuid(Class::Vdi, vdi).ok()?.clone()
             };
             let uuid = db.text(Class::Vdi, &reference, "uuid").ok()?.parse().ok()?;
+            Some((reference, uuid))
+        })
+    }
+}
+
+impl Lab {
+    /// The VM named by a reference or a uuid: its reference and uuid.
+    fn vm_by_ref_or_uuid(&self, vm: &str) -> Option<(String, String)> {
+        self.with_db(|db| {
+            let reference = if db.exists(Class::Vm, vm) {
+                vm.to_owned()
+            } else {
+                db.by_uuid(Class::Vm, vm).ok()?.clone()
+            };
+            let uuid = db.text(Class::Vm, &reference, "uuid").ok()?.to_owned();
             Some((reference, uuid))
         })
     }

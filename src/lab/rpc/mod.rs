@@ -17,12 +17,14 @@ mod args;
 mod catalog;
 mod dispatch;
 mod event;
+mod guest;
 mod hidden;
 pub mod init;
 mod lab_calls;
 mod live;
 mod mac;
 mod network;
+mod nvram;
 mod session;
 mod setter_rules;
 mod sr;
@@ -33,6 +35,7 @@ mod vif;
 mod vlan;
 mod vm;
 mod vm_spec;
+mod vtpm;
 mod xapi_errors;
 
 use crate::lab::db::{Class, Db};
@@ -42,6 +45,7 @@ use crate::xapi::rpc::{Call, Response, Value};
 pub(crate) use dispatch::Dispatched;
 pub(crate) use event::EventWaits;
 pub use event::MAX_WAITS_PER_SESSION;
+pub(crate) use guest::{complete_boot, resume_boots};
 pub(crate) use task::RunningTasks;
 
 /// The one method xapi answers without its `Status` envelope over XML-RPC.

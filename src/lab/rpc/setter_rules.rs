@@ -3,7 +3,7 @@
 //! handlers for them do. A table, so that a setter without a rule is the plain field write
 //! xapi's generated setters are.
 
-use super::xapi_errors;
+use super::{vm, xapi_errors};
 use crate::lab::db::{Class, Db, Field};
 use crate::xapi::rpc::{Value, XapiFault};
 
@@ -13,6 +13,9 @@ enum Rule {
     AtLeast(i64),
     /// The VBD's VM must be halted (`VBD.set_mode`), else `VM_BAD_POWER_STATE`.
     VbdVmHalted,
+    /// The VM must be halted (`VM.set_NVRAM`, xapi's `changing_NVRAM`), else
+    /// `VM_BAD_POWER_STATE`.
+    VmHalted,
 }
 
 const RULES: &[(Class, &str, Rule)] = &[
@@ -28,6 +31,7 @@ const RULES: &[(Class, &str, Rule)] = &[
     (Class::Pool, "local_auth_max_threads", Rule::AtLeast(1)),
     (Class::Pool, "ext_auth_max_threads", Rule::AtLeast(1)),
     (Class::Vbd, "mode", Rule::VbdVmHalted),
+    (Class::Vm, "NVRAM", Rule::VmHalted),
 ];
 
 /// Check `value` (already of the field's kind) against the field's rule, if it has one.
@@ -64,6 +68,7 @@ pub(super) fn check(
                 Err(xapi_errors::bad_power_state(vm, "Halted", state))
             }
         }
+        Rule::VmHalted => vm::check_halted(db, reference),
     }
 }
 
@@ -72,13 +77,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_rule_names_a_settable_int_or_the_vbd_mode() {
+    fn every_rule_names_a_settable_field_of_its_kind() {
         for (class, name, rule) in RULES {
             let field = class.field(name).unwrap_or_else(|| panic!("{name}"));
             assert!(field.access.has_setter(), "{name} has no setter");
             match rule {
                 Rule::AtLeast(_) => assert_eq!(field.kind, crate::lab::db::Kind::Int, "{name}"),
                 Rule::VbdVmHalted => assert_eq!((*class, *name), (Class::Vbd, "mode")),
+                Rule::VmHalted => assert_eq!(*class, Class::Vm),
             }
         }
     }

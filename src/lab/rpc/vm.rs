@@ -2,10 +2,14 @@
 //! their disks are VDIs on the file SR, reached through VBDs.
 //!
 //! Snapshots and clones follow xapi's `Xapi_vm_clone`: the disks first (rolled back if one
-//! fails), then the VM record, then a copy of every VBD and VIF (a snapshot keeps the VIFs'
-//! MACs; a clone gets a new `mac_seed` and MACs derived from it). A snapshot is a template
-//! (`is_a_template` and `is_a_snapshot`); a clone copies the source's template flag, so a
-//! clone of a snapshot is a template too, which `VM.set_is_a_template` turns into a VM.
+//! fails), then the VM record (with a copy of the guest metrics, if any), then a copy of every
+//! VBD, VIF and VTPM (a snapshot keeps the VIFs' MACs; a clone gets a new `mac_seed` and MACs
+//! derived from it; see `vtpm` for the contents). `NVRAM` is copied as it is: xapi's clone
+//! also has `varstore-rm` clear a few per-VM UEFI variables, which the lab does not model.
+//! A running VM with a VTPM is snapshotted like any other, as on a host with xapi's
+//! `ignore-vtpm-unimplemented` (without it xapi answers `NOT_IMPLEMENTED`). A snapshot is a
+//! template (`is_a_template` and `is_a_snapshot`); a clone copies the source's template flag,
+//! so a clone of a snapshot is a template too, which `VM.set_is_a_template` turns into a VM.
 //! Neither copies `blocked_operations`.
 
 use uuid::Uuid;
@@ -15,7 +19,7 @@ use super::args::{Fallback, Invocation, Param};
 use super::dispatch::Message;
 use super::vdi::{Branch, branch_vdi, destroy_vdi};
 use super::vif::{self, MAC_SEED};
-use super::xapi_errors;
+use super::{guest, vtpm, xapi_errors};
 use super::{now, this_host};
 use crate::lab::db::{Class, Db, EPOCH, NULL_REF, Record};
 use crate::lab::state::Lab;
@@ -141,14 +145,18 @@ fn destroy(lab: &Lab, call: &Invocation) -> Response {
         if !matches!(state.as_str(), "Halted" | "Suspended") {
             return Err(xapi_errors::bad_power_state(vm, "Halted", &state));
         }
-        // The VBDs and VIFs go with the VM; the VDIs stay (xapi's `Xapi_vm_helpers.destroy`).
+        // The VBDs, VIFs, VTPMs and guest metrics go with the VM; the VDIs stay (xapi's
+        // `Xapi_vm_helpers.destroy`).
         for vbd in db.set_items(Class::Vm, vm, "VBDs")? {
             db.remove(Class::Vbd, &vbd)?;
         }
         for vif in db.set_items(Class::Vm, vm, "VIFs")? {
             db.remove(Class::Vif, &vif)?;
         }
+        vtpm::destroy_all(db, vm)?;
+        guest::delete_metrics(db, vm)?;
         db.remove(Class::Vm, vm)?;
+        lab.boot_timer().forget(vm);
         Ok(Value::void())
     })
 }
@@ -184,8 +192,13 @@ fn snapshot(lab: &Lab, call: &Invocation) -> Response {
         }
         let state = power_state(db, vm)?;
         let vifs = vif::plan_copies(db, vm, true, None)?;
+        let vtpms = vtpm::plan_copies(db, vm)?;
         let disks = copy_disks(lab, db, vm, Branch::Snapshot(&time), &ignored)?;
         let mut fields = copied_fields(db.record(Class::Vm, vm)?, name);
+        fields.insert(
+            "guest_metrics".into(),
+            Value::from(guest::copy_metrics(db, vm)?),
+        );
         fields.extend([
             ("is_a_template".to_owned(), Value::Bool(true)),
             ("is_a_snapshot".to_owned(), Value::Bool(true)),
@@ -210,6 +223,7 @@ fn snapshot(lab: &Lab, call: &Invocation) -> Response {
         db.set(Class::Vm, vm, "parent", Value::from(snapshot.as_str()))?;
         attach_copies(db, &snapshot, disks)?;
         vif::insert_copies(db, &snapshot, vifs);
+        vtpm::insert_copies(db, &snapshot, vtpms)?;
         Ok(Value::from(snapshot))
     })
 }
@@ -236,10 +250,16 @@ fn clone(lab: &Lab, call: &Invocation) -> Response {
         ]);
         let seed = renew_mac_seed(&mut fields);
         let vifs = vif::plan_copies(db, vm, false, Some(&seed))?;
+        let vtpms = vtpm::plan_copies(db, vm)?;
         let disks = copy_disks(lab, db, vm, Branch::Clone, &[])?;
+        fields.insert(
+            "guest_metrics".into(),
+            Value::from(guest::copy_metrics(db, vm)?),
+        );
         let clone = db.insert(Class::Vm, fields);
         attach_copies(db, &clone, disks)?;
         vif::insert_copies(db, &clone, vifs);
+        vtpm::insert_copies(db, &clone, vtpms)?;
         Ok(Value::from(clone))
     })
 }
@@ -250,7 +270,7 @@ fn start(lab: &Lab, call: &Invocation) -> Response {
     call.bool(2)?;
     lab.with_db_mut(|db| {
         let host = this_host(db);
-        power_on(db, vm, "start", &host, paused)
+        power_on(lab, db, vm, "start", &host, paused)
     })
 }
 
@@ -260,7 +280,7 @@ fn start_on(lab: &Lab, call: &Invocation) -> Response {
     call.bool(3)?;
     lab.with_db_mut(|db| {
         db.record(Class::Host, host)?;
-        power_on(db, vm, "start_on", host, paused)
+        power_on(lab, db, vm, "start_on", host, paused)
     })
 }
 
@@ -272,6 +292,7 @@ fn hard_shutdown(lab: &Lab, call: &Invocation) -> Response {
         if state == "Halted" {
             return Err(xapi_errors::bad_power_state(vm, "Running", &state));
         }
+        lab.boot_timer().forget(vm);
         power_off(db, vm)
     })
 }
@@ -284,6 +305,7 @@ fn clean_shutdown(lab: &Lab, call: &Invocation) -> Response {
         if state != "Running" {
             return Err(xapi_errors::bad_power_state(vm, "Running", &state));
         }
+        lab.boot_timer().forget(vm);
         power_off(db, vm)
     })
 }
@@ -329,7 +351,25 @@ fn power_state(db: &Db, vm: &str) -> Result<String, XapiFault> {
     Ok(db.text(Class::Vm, vm, "power_state")?.to_owned())
 }
 
-fn power_on(db: &mut Db, vm: &str, operation: &str, host: &str, paused: bool) -> Response {
+/// `VM_BAD_POWER_STATE [vm, halted, actual]` unless `vm` is halted, as xapi's
+/// `assert_initial_power_state_is ~expected:Halted`.
+pub(super) fn check_halted(db: &Db, vm: &str) -> Result<(), XapiFault> {
+    let state = db.text(Class::Vm, vm, "power_state")?;
+    if state == "Halted" {
+        Ok(())
+    } else {
+        Err(xapi_errors::bad_power_state(vm, "Halted", state))
+    }
+}
+
+fn power_on(
+    lab: &Lab,
+    db: &mut Db,
+    vm: &str,
+    operation: &str,
+    host: &str,
+    paused: bool,
+) -> Response {
     check_not_blocked(db, vm, operation)?;
     if db.get(Class::Vm, vm, "is_a_template")?.as_bool() == Some(true) {
         return Err(xapi_errors::vm_is_template(vm));
@@ -362,10 +402,14 @@ fn power_on(db: &mut Db, vm: &str, operation: &str, host: &str, paused: bool) ->
         db.set(Class::Vbd, &vbd, "currently_attached", Value::Bool(true))?;
     }
     set_vifs_attached(db, vm, true)?;
+    vtpm::refresh_allowed(db, vm)?;
+    guest::on_start(lab, db, vm, paused)?;
     Ok(Value::void())
 }
 
-fn power_off(db: &mut Db, vm: &str) -> Response {
+/// Halt a running VM, as a shutdown or a crash does; its guest metrics stay, as in xapi,
+/// until the next start. Whoever stops it forgets its boot (`BootTimer::forget`).
+pub(super) fn power_off(db: &mut Db, vm: &str) -> Response {
     db.set(Class::Vm, vm, "power_state", Value::from("Halted"))?;
     db.set(Class::Vm, vm, "resident_on", Value::from(NULL_REF))?;
     db.set(Class::Vm, vm, "domid", Value::Int(-1))?;
@@ -373,6 +417,7 @@ fn power_off(db: &mut Db, vm: &str) -> Response {
         db.set(Class::Vbd, &vbd, "currently_attached", Value::Bool(false))?;
     }
     set_vifs_attached(db, vm, false)?;
+    vtpm::refresh_allowed(db, vm)?;
     Ok(Value::void())
 }
 
