@@ -353,3 +353,121 @@ async fn failovers_keep_the_interfaces_and_a_rehearsal_can_be_isolated() {
         )]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_health_check_boots_a_clone_and_fails_cleanly_under_the_boot_fault() {
+    let source = Host::start(&[("web01", &[4 * MIB])]).await;
+    let target = Host::start(&[]).await;
+    target
+        .call("lab.set_boot_delay", vec![Value::Double(0.2)])
+        .await;
+    let vm = &source.report.vms[0];
+    let management = network_named(&source, MANAGEMENT).await;
+    add_vif(
+        &source,
+        &vm.ids.reference,
+        &management,
+        "0",
+        "02:00:00:00:03:00",
+    )
+    .await;
+    // A vTPM with contents: copied with them.
+    let vtpm = source
+        .call(
+            "VTPM.create",
+            vec![vm.ids.reference.as_str().into(), Value::Bool(false)],
+        )
+        .await;
+    let contents = "dnRwbSBzdGF0ZSBvZiB0aGUgc291cmNl";
+    source
+        .call(
+            "VTPM.set_contents",
+            vec![vtpm.clone(), Value::from(contents)],
+        )
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let job = write_job(dir.path(), &source, &target, &vm.ids.uuid, 2);
+    let text = std::fs::read_to_string(&job).unwrap();
+    std::fs::write(
+        &job,
+        format!("{text}health_check = true\nhealth_check_timeout = \"20s\"\n"),
+    )
+    .unwrap();
+    let job_arg = job.to_str().unwrap();
+
+    // After the cycle, the job's health check passes.
+    let r = replicate(&job).await;
+    assert_eq!(r["health_check"]["passed"], true, "{r:#}");
+    let live = target
+        .text("VM.get_by_uuid", &[r["replica"].as_str().unwrap()])
+        .await;
+    let record: VmRecord = target.vm(&live).await;
+    assert_eq!(record.vtpms.len(), 1);
+    let copied = target
+        .call("VTPM.get_contents", vec![record.vtpms[0].as_str().into()])
+        .await;
+    assert_eq!(copied.as_str(), Some(contents));
+    // The clone is gone; its result is on the restore point; status shows it.
+    let vms_after = target.vms().await;
+    assert!(
+        vms_after
+            .iter()
+            .all(|(_, v)| !v.name_label.starts_with("Health Check"))
+    );
+    let status = vhdsync(&["status", "--job", job_arg, "--json"]).await;
+    let rows = status.json["vms"][0]["replicas"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert!(
+        rows.iter().any(|row| row["health_check"]["passed"] == true),
+        "{}",
+        status.stdout
+    );
+
+    // Under the boot fault, the command fails cleanly: exit 1, the clone removed, the
+    // failure recorded.
+    for mode in ["hang", "crash"] {
+        let spec: BTreeMap<String, Value> = [
+            ("kind".to_owned(), Value::from("boot_failure")),
+            ("mode".to_owned(), Value::from(mode)),
+        ]
+        .into();
+        target
+            .call("lab.inject_fault", vec![Value::Struct(spec)])
+            .await;
+        let run = vhdsync(&[
+            "health-check",
+            "--job",
+            job_arg,
+            "--timeout",
+            "3s",
+            "--json",
+        ])
+        .await;
+        assert_eq!(run.code, 1, "{mode}: {}{}", run.stdout, run.stderr);
+        let check = &run.json["checks"][0];
+        assert_eq!(check["passed"], false, "{mode}: {check}");
+        let vms_now = target.vms().await;
+        assert_eq!(
+            vms_now.len(),
+            vms_after.len(),
+            "{mode}: the clone is removed"
+        );
+        target.call("lab.clear_faults", vec![]).await;
+    }
+    let status = vhdsync(&["status", "--job", job_arg, "--json"]).await;
+    let rows = status.json["vms"][0]["replicas"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert!(
+        rows.iter()
+            .any(|row| row["health_check"]["passed"] == false),
+        "{}",
+        status.stdout
+    );
+    let run = vhdsync(&["health-check", "--job", job_arg, "--timeout", "20s"]).await;
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    assert!(run.stdout.contains("passed"), "{}", run.stdout);
+}
