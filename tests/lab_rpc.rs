@@ -408,9 +408,11 @@ fn map_and_set_modifiers_follow_xapi() {
         "VM.add_to_other_config",
         &[vm_value.clone(), "xo:copy_of".into(), "def".into()],
     );
+    // Besides the VM's `mac_seed`.
     assert_eq!(
-        f.ok("VM.get_other_config", &[vm.as_str().into()]),
-        map(&[("xo:copy_of", "def")])
+        f.ok("VM.get_other_config", &[vm.as_str().into()])
+            .get("xo:copy_of"),
+        Some(&Value::from("def"))
     );
     f.ok(
         "VM.set_other_config",
@@ -1135,7 +1137,9 @@ fn npm_xen_api_event_watching_sequence() {
         .filter_map(|name| name.as_str().unwrap().strip_suffix(".get_all_records"))
         .map(str::to_owned)
         .collect();
-    let expected = ["SR", "VBD", "VDI", "VM", "host", "pool", "task"];
+    let expected = [
+        "PIF", "SR", "VBD", "VDI", "VIF", "VLAN", "VM", "host", "network", "pool", "task",
+    ];
     assert_eq!(types, expected.map(String::from).into());
 
     let pool = f.report.pool.reference.as_str();
@@ -1419,7 +1423,8 @@ fn concurrent_calls_are_each_applied_whole() {
     let snapshots: BTreeSet<String> = workers.into_iter().map(|w| w.join().unwrap()).collect();
     assert_eq!(snapshots.len(), 8);
     let other_config = f.ok("VM.get_other_config", &[vm.as_str().into()]);
-    assert_eq!(other_config.as_struct().unwrap().len(), 80);
+    // The workers' keys and the VM's `mac_seed`.
+    assert_eq!(other_config.as_struct().unwrap().len(), 81);
     assert_eq!(
         f.ok("VM.get_snapshots", &[vm.as_str().into()])
             .as_array()
@@ -1453,6 +1458,9 @@ fn sample(field: &Field, current: &Value, objects: &dyn Fn(Class) -> String) -> 
         Kind::Float => Value::Double(2.5),
         Kind::Bool => Value::Bool(current.as_bool() != Some(true)),
         Kind::DateTime => Value::DateTime("20250319T04:16:24Z".into()),
+        // A VIF's allowed addresses are checked to be of their family.
+        Kind::Set if field.name == "ipv4_allowed" => Value::from(vec!["192.0.2.1"]),
+        Kind::Set if field.name == "ipv6_allowed" => Value::from(vec!["2001:db8::1"]),
         Kind::Set => Value::from(vec!["a", "b"]),
         Kind::IntSet => Value::from(vec![1i64, 2]),
         Kind::Map(keys) => {
@@ -1478,6 +1486,23 @@ fn every_settable_field_of_every_class_has_a_working_setter() {
             .unwrap()
             .to_owned()
     };
+    let network = first("network.get_all");
+    let vif_args = [
+        ("VM", vm.as_str()),
+        ("network", network.as_str()),
+        ("device", "0"),
+    ]
+    .map(|(k, v)| (k.to_owned(), Value::from(v)));
+    let vif = f.text("VIF.create", &[Value::Struct(vif_args.into())]);
+    let tagged = f.text("network.create", &[Value::Struct(Default::default())]);
+    let vlan_pifs = f.ok(
+        "pool.create_VLAN",
+        &["eth0".into(), tagged.into(), Value::Int(7)],
+    );
+    let vlan = f.text(
+        "PIF.get_VLAN_master_of",
+        &[vlan_pifs.as_array().unwrap()[0].clone()],
+    );
     let objects = |class: Class| match class {
         Class::Pool => first("pool.get_all"),
         Class::Host => first("host.get_all"),
@@ -1487,6 +1512,10 @@ fn every_settable_field_of_every_class_has_a_working_setter() {
         Class::Vm => vm.clone(),
         Class::Task => task.clone(),
         Class::Session => f.session.clone(),
+        Class::Network => network.clone(),
+        Class::Vif => vif.clone(),
+        Class::Pif => first("PIF.get_all"),
+        Class::Vlan => vlan.clone(),
     };
     let mut set = 0;
     for class in Class::ALL {

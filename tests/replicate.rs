@@ -441,6 +441,16 @@ async fn a_chain_with_xo_classic_metadata_continues_with_a_delta() {
     assert_eq!(r["disks"][0]["blocks"], 1);
     assert_eq!(r["disks"][1]["blocks"], 0);
     check_replica_matches(&source, &target, r).await;
+    // Converted to the current layout: the classic replica is now the live replica, updated
+    // in place, its classic content kept as a target snapshot beside the new one.
+    assert_eq!(r["layout"], "in_place", "{r}");
+    assert_eq!(r["replica"], old.ids.uuid.as_str());
+    assert_eq!(target.target_snapshots().await.len(), 2);
+    assert!(
+        target.replicas().await.is_empty(),
+        "no classic VM left with keys"
+    );
+    assert!(target.unused_vdis().await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

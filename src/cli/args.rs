@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use super::units::parse_duration;
+use crate::lab::VmSpec;
 use crate::units::{parse_rate, parse_size};
 
 /// Incremental replication of XenServer / XCP-ng VMs, and a toolbox for VHD files.
@@ -61,6 +62,10 @@ pub enum Command {
     /// Measure vhdsync against cat, qemu-img and a curl relay on the same bytes, between two
     /// lab hosts it starts, and judge the performance targets.
     Bench(BenchArgs),
+    /// Write a shell completion script to stdout (bash, zsh, fish, elvish or powershell).
+    Completions(super::packaging::CompletionsArgs),
+    /// Write the vhdsync(1) manual page (roff) to stdout, or with --out every command's page.
+    Man(super::packaging::ManArgs),
 }
 
 #[derive(Debug, Args)]
@@ -400,9 +405,11 @@ pub struct LabInitArgs {
     /// root's password.
     #[arg(long, default_value = "lab")]
     pub password: String,
-    /// A halted VM and the sizes of its disks, e.g. web01:64M,16M (K, M, G, T are binary).
-    #[arg(long = "vm", value_name = "NAME:SIZE[,SIZE...]", value_parser = parse_vm)]
-    pub vms: Vec<(String, Vec<u64>)>,
+    /// A halted VM: the sizes of its disks (K, M, G, T are binary) and its interfaces,
+    /// vif[=NETWORK][@MAC] (the management network without a name), e.g.
+    /// web01:64M,16M,vif,vif=backend.
+    #[arg(long = "vm", value_name = "NAME:ITEM[,ITEM...]", value_parser = parse_vm)]
+    pub vms: Vec<VmSpec>,
     /// Print one JSON document with the uuids and references instead of text.
     #[arg(long)]
     pub json: bool,
@@ -541,19 +548,9 @@ fn parse_percent(text: &str) -> Result<f64, String> {
     }
 }
 
-/// `NAME:SIZE[,SIZE...]`.
-fn parse_vm(text: &str) -> Result<(String, Vec<u64>), String> {
-    let (name, sizes) = text
-        .split_once(':')
-        .ok_or_else(|| format!("{text:?}: expected NAME:SIZE[,SIZE...], e.g. web01:64M,16M"))?;
-    if name.is_empty() {
-        return Err(format!("{text:?}: the VM needs a name"));
-    }
-    let sizes = sizes
-        .split(',')
-        .map(parse_size)
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok((name.to_owned(), sizes))
+/// `NAME:ITEM[,ITEM...]`, as [`VmSpec`] reads it.
+fn parse_vm(text: &str) -> Result<VmSpec, String> {
+    text.parse()
 }
 
 #[cfg(test)]
@@ -622,14 +619,30 @@ mod tests {
     }
 
     #[test]
-    fn vms_are_a_name_and_disk_sizes() {
-        assert_eq!(
-            parse_vm("web01:64M,16M"),
-            Ok(("web01".to_owned(), vec![64 << 20, 16 << 20]))
-        );
-        assert!(parse_vm("web01").is_err());
-        assert!(parse_vm(":64M").is_err());
-        assert!(parse_vm("web01:").is_err());
-        assert!(parse_vm("web01:64M,").is_err());
+    fn vms_are_a_name_disk_sizes_and_interfaces() {
+        let parse =
+            |args: &[&str]| Cli::try_parse_from([&["vhdsync", "lab", "init"], args].concat());
+        let Ok(Cli {
+            command:
+                Command::Lab(LabArgs {
+                    command: LabCommand::Init(init),
+                }),
+            ..
+        }) = parse(&[
+            "--dir",
+            "d",
+            "--vm",
+            "web01:64M,16M,vif,vif=lan@02:00:00:00:00:01",
+        ])
+        else {
+            panic!("lab init --vm");
+        };
+        let vm = &init.vms[0];
+        assert_eq!(vm.disks, vec![64 << 20, 16 << 20]);
+        assert_eq!(vm.vifs.len(), 2);
+        assert_eq!(vm.vifs[1].network.as_deref(), Some("lan"));
+        for bad in ["web01", "web01:64M,", "web01:vif=lan@nope"] {
+            assert!(parse(&["--dir", "d", "--vm", bad]).is_err(), "{bad}");
+        }
     }
 }

@@ -15,7 +15,7 @@ use super::output::print_json;
 use super::units::human_bytes;
 use crate::lab::http::LabServer;
 use crate::lab::rpc::LAB_WRITE_ZEROS;
-use crate::lab::{InitReport, Lab, LabError};
+use crate::lab::{DEFAULT_SR_CAPACITY, InitReport, Lab, LabError};
 use crate::xapi::HostUrl;
 use crate::xapi::client::{ClientError, XapiClient};
 use crate::xapi::rpc::Value;
@@ -38,7 +38,8 @@ pub fn run(command: LabCommand) -> Result<ExitCode, CliError> {
 }
 
 fn init(args: &LabInitArgs) -> Result<ExitCode, CliError> {
-    let report = Lab::init(&args.dir, &args.password, &args.vms).map_err(lab_error)?;
+    let report = Lab::init_with(&args.dir, &args.password, &args.vms, DEFAULT_SR_CAPACITY)
+        .map_err(lab_error)?;
     if args.json {
         let document = serde_json::to_value(&report)
             .map_err(|e| CliError::Failed(format!("encoding the report: {e}")))?;
@@ -54,6 +55,12 @@ fn print_report(dir: &std::path::Path, report: &InitReport) {
     println!("pool {}", report.pool.uuid);
     println!("host {}", report.host.uuid);
     println!("SR   {} (Local storage)", report.sr.uuid);
+    for network in &report.networks {
+        println!(
+            "net  {} {} ({})",
+            network.ids.uuid, network.name, network.bridge
+        );
+    }
     for vm in &report.vms {
         println!("VM   {} {}", vm.ids.uuid, vm.name);
         for disk in &vm.disks {
@@ -62,6 +69,12 @@ fn print_report(dir: &std::path::Path, report: &InitReport) {
                 disk.userdevice,
                 disk.vdi.uuid,
                 human_bytes(disk.virtual_size)
+            );
+        }
+        for vif in &vm.vifs {
+            println!(
+                "  vif {}: VIF {} {} on {}",
+                vif.device, vif.vif.uuid, vif.mac, vif.network
             );
         }
     }

@@ -9,6 +9,7 @@ mod failover;
 mod inspect;
 mod lab;
 mod output;
+mod packaging;
 mod replicate;
 mod seed;
 mod streams;
@@ -65,6 +66,8 @@ fn dispatch(command: args::Command) -> Result<ExitCode, CliError> {
         Command::SeedImport(a) => seed::seed_import(&a),
         Command::Failover(a) => failover::failover(&a),
         Command::TestFailover(a) => failover::test_failover(&a),
+        Command::Completions(a) => packaging::completions(&a),
+        Command::Man(a) => packaging::man(&a),
     }
 }
 

@@ -8,5 +8,5 @@ pub mod rpc;
 pub mod sr;
 pub mod state;
 
-pub use rpc::init::{DEFAULT_SR_CAPACITY, InitReport};
+pub use rpc::init::{DEFAULT_SR_CAPACITY, InitReport, VifSpec, VmSpec};
 pub use state::{Lab, LabError};

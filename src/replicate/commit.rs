@@ -1,7 +1,8 @@
 //! The commit of a replica: Xen Orchestra's keys on the replica and its disks, its name,
 //! the start block, `auto_poweron` off, HA priority cleared, the replica tag, and last the
 //! removal of our importing key, which is what makes the replica valid
-//! (`xo-replication.md` §7, §8). One sequence for the cycle, `seed` and `seed-import`.
+//! (`xo-replication.md` §7, §8). [`commit_replica`] commits a classic replica VM (`seed`,
+//! `seed-import`); [`commit_live`] commits the cycle's live replica and its target snapshot.
 
 use super::keys;
 use super::plan::Identity;

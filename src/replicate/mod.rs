@@ -1,6 +1,7 @@
 //! Replication jobs: a cron-run cycle per VM that snapshots the source, sends each disk's
-//! changed blocks into a new protected replica on the target, and commits it with Xen
-//! Orchestra's metadata, so either tool can continue the other's replica chains.
+//! changed blocks into the protected live replica on the target, commits it with Xen
+//! Orchestra's metadata and snapshots it there (XO 6.3+'s layout), so either tool can
+//! continue the other's replica chains.
 //!
 //! [`keys`], [`plan`] and [`layout`] are pure (floor 1); `inventory`, `replica` and `commit`
 //! read and write the hosts through `xapi::ops`; [`run`] (the cycle), [`seed`] and

@@ -456,8 +456,12 @@ impl Cycle<'_> {
         match outcome {
             Ok((uuid, name, target_snapshot, disks)) => {
                 let mut notes = plan.notes;
-                if matches!(writing, Writing::NewLive) {
-                    notes.extend(self.supersede(&live_ref, &vms).await?);
+                // Every run, not only one that made a new live replica: one that could
+                // not be removed then is removed by the next. The live replica is
+                // committed: failing to remove a former one is a note, not a failure.
+                match self.supersede(&live_ref, &vms).await {
+                    Ok(done) => notes.extend(done),
+                    Err(e) => notes.push(format!("removing a former live replica: {e}")),
                 }
                 Ok(Replicated {
                     uuid,

@@ -3,6 +3,7 @@
 
 pub mod lab_pair;
 pub mod npm;
+pub mod xo_writer;
 
 use std::path::{Path, PathBuf};
 

@@ -1,6 +1,7 @@
-//! The lab host's object database: pool, host, SR, VDI, VBD, VM, task and session records,
-//! keyed by `OpaqueRef:<uuid>`, in memory. Pure data: no files, no clock beyond the datetimes
-//! it is given, no storage; the RPC layer drives it and `state` saves it.
+//! The lab host's object database: pool, host, SR, VDI, VBD, VM, task, session, network,
+//! VIF, PIF and VLAN records, keyed by `OpaqueRef:<uuid>`, in memory. Pure data: no files, no
+//! clock beyond the datetimes it is given, no storage; the RPC layer drives it and `state`
+//! saves it.
 //!
 //! Every record holds every field of its class ([`schema`]): inserts fill in defaults, so all
 //! records of a class have the same field set. The database keeps the derived sides of

@@ -3,7 +3,7 @@
 use super::accessors::Accessor;
 use super::args::Invocation;
 use super::dispatch::Message;
-use super::{event, lab_calls, session, sr, task, vbd, vdi, vm};
+use super::{event, lab_calls, network, session, sr, task, vbd, vdi, vif, vlan, vm};
 use crate::lab::db::Class;
 use crate::lab::state::Lab;
 use crate::xapi::rpc::{Response, Value};
@@ -19,6 +19,11 @@ const NAMESPACES: &[(&str, &[Message])] = &[
     ("VDI", vdi::MESSAGES),
     ("SR", sr::MESSAGES),
     ("task", task::MESSAGES),
+    ("network", network::MESSAGES),
+    ("VIF", vif::MESSAGES),
+    ("PIF", vlan::PIF_MESSAGES),
+    ("VLAN", vlan::VLAN_MESSAGES),
+    ("pool", vlan::POOL_MESSAGES),
     ("event", event::MESSAGES),
     // Lab-only calls, in a namespace no XAPI class uses.
     ("lab", lab_calls::MESSAGES),

@@ -21,13 +21,18 @@ mod hidden;
 pub mod init;
 mod lab_calls;
 mod live;
+mod mac;
+mod network;
 mod session;
 mod setter_rules;
 mod sr;
 mod task;
 mod vbd;
 mod vdi;
+mod vif;
+mod vlan;
 mod vm;
+mod vm_spec;
 mod xapi_errors;
 
 use crate::lab::db::{Class, Db};

@@ -2,7 +2,8 @@
 //! their disks are VDIs on the file SR, reached through VBDs.
 //!
 //! Snapshots and clones follow xapi's `Xapi_vm_clone`: the disks first (rolled back if one
-//! fails), then the VM record, then a copy of every VBD. A snapshot is a template
+//! fails), then the VM record, then a copy of every VBD and VIF (a snapshot keeps the VIFs'
+//! MACs; a clone gets a new `mac_seed` and MACs derived from it). A snapshot is a template
 //! (`is_a_template` and `is_a_snapshot`); a clone copies the source's template flag, so a
 //! clone of a snapshot is a template too, which `VM.set_is_a_template` turns into a VM.
 //! Neither copies `blocked_operations`.
@@ -13,6 +14,7 @@ use super::accessors::constructor_fields;
 use super::args::{Fallback, Invocation, Param};
 use super::dispatch::Message;
 use super::vdi::{Branch, branch_vdi, destroy_vdi};
+use super::vif::{self, MAC_SEED};
 use super::xapi_errors;
 use super::{now, this_host};
 use crate::lab::db::{Class, Db, EPOCH, NULL_REF, Record};
@@ -115,13 +117,19 @@ const NOT_COPIED: &[&str] = &[
     "version",
 ];
 
-/// `other_config` key xapi gives each VM for its MAC addresses, renewed on every clone.
-const MAC_SEED: &str = "mac_seed";
-
 fn create(lab: &Lab, call: &Invocation) -> Response {
     let mut fields = constructor_fields(Class::Vm, call.record(0)?)?;
     // A new VM is off whatever the record says; starting it is a separate call.
     fields.insert("power_state".into(), Value::from("Halted"));
+    // xapi gives every new VM a seed for its VIFs' MACs, unless the record has one.
+    let other_config = fields
+        .entry("other_config".into())
+        .or_insert_with(|| Value::Struct(Default::default()));
+    if let Value::Struct(other_config) = other_config {
+        other_config
+            .entry(MAC_SEED.into())
+            .or_insert_with(|| Value::from(Uuid::new_v4().to_string()));
+    }
     lab.with_db_mut(|db| Ok(Value::from(db.insert(Class::Vm, fields))))
 }
 
@@ -133,9 +141,12 @@ fn destroy(lab: &Lab, call: &Invocation) -> Response {
         if !matches!(state.as_str(), "Halted" | "Suspended") {
             return Err(xapi_errors::bad_power_state(vm, "Halted", &state));
         }
-        // The VBDs go with the VM; the VDIs stay (xapi's `Xapi_vm_helpers.destroy`).
+        // The VBDs and VIFs go with the VM; the VDIs stay (xapi's `Xapi_vm_helpers.destroy`).
         for vbd in db.set_items(Class::Vm, vm, "VBDs")? {
             db.remove(Class::Vbd, &vbd)?;
+        }
+        for vif in db.set_items(Class::Vm, vm, "VIFs")? {
+            db.remove(Class::Vif, &vif)?;
         }
         db.remove(Class::Vm, vm)?;
         Ok(Value::void())
@@ -172,6 +183,7 @@ fn snapshot(lab: &Lab, call: &Invocation) -> Response {
             ));
         }
         let state = power_state(db, vm)?;
+        let vifs = vif::plan_copies(db, vm, true, None)?;
         let disks = copy_disks(lab, db, vm, Branch::Snapshot(&time), &ignored)?;
         let mut fields = copied_fields(db.record(Class::Vm, vm)?, name);
         fields.extend([
@@ -197,6 +209,7 @@ fn snapshot(lab: &Lab, call: &Invocation) -> Response {
         // xapi threads snapshots into a tree: the VM now descends from its latest snapshot.
         db.set(Class::Vm, vm, "parent", Value::from(snapshot.as_str()))?;
         attach_copies(db, &snapshot, disks)?;
+        vif::insert_copies(db, &snapshot, vifs);
         Ok(Value::from(snapshot))
     })
 }
@@ -209,7 +222,6 @@ fn clone(lab: &Lab, call: &Invocation) -> Response {
         if state != "Halted" {
             return Err(xapi_errors::bad_power_state(vm, "Halted", &state));
         }
-        let disks = copy_disks(lab, db, vm, Branch::Clone, &[])?;
         let mut fields = copied_fields(db.record(Class::Vm, vm)?, name);
         // A clone is a VM of its own, even when cloned from a snapshot.
         fields.extend([
@@ -222,9 +234,12 @@ fn clone(lab: &Lab, call: &Invocation) -> Response {
             ),
             ("parent".to_owned(), Value::from(NULL_REF)),
         ]);
-        renew_mac_seed(&mut fields);
+        let seed = renew_mac_seed(&mut fields);
+        let vifs = vif::plan_copies(db, vm, false, Some(&seed))?;
+        let disks = copy_disks(lab, db, vm, Branch::Clone, &[])?;
         let clone = db.insert(Class::Vm, fields);
         attach_copies(db, &clone, disks)?;
+        vif::insert_copies(db, &clone, vifs);
         Ok(Value::from(clone))
     })
 }
@@ -346,6 +361,7 @@ fn power_on(db: &mut Db, vm: &str, operation: &str, host: &str, paused: bool) ->
         }
         db.set(Class::Vbd, &vbd, "currently_attached", Value::Bool(true))?;
     }
+    set_vifs_attached(db, vm, true)?;
     Ok(Value::void())
 }
 
@@ -356,7 +372,21 @@ fn power_off(db: &mut Db, vm: &str) -> Response {
     for vbd in db.set_items(Class::Vm, vm, "VBDs")? {
         db.set(Class::Vbd, &vbd, "currently_attached", Value::Bool(false))?;
     }
+    set_vifs_attached(db, vm, false)?;
     Ok(Value::void())
+}
+
+/// Plug or unplug every VIF of `vm`, as starting and stopping it does.
+fn set_vifs_attached(db: &mut Db, vm: &str, attached: bool) -> Result<(), XapiFault> {
+    for vif in db.set_items(Class::Vm, vm, "VIFs")? {
+        db.set(
+            Class::Vif,
+            &vif,
+            "currently_attached",
+            Value::Bool(attached),
+        )?;
+    }
+    Ok(())
 }
 
 /// The source VM's fields a snapshot or clone starts from.
@@ -372,10 +402,17 @@ fn copied_fields(source: &Record, name: &str) -> Record {
     fields
 }
 
-fn renew_mac_seed(fields: &mut Record) {
-    if let Some(Value::Struct(other_config)) = fields.get_mut("other_config") {
-        other_config.insert(MAC_SEED.into(), Value::from(Uuid::new_v4().to_string()));
+/// Give a clone a new seed for its VIFs' MACs, as xapi's `copy_vm_record` does whether or
+/// not the source had one; returns it.
+fn renew_mac_seed(fields: &mut Record) -> String {
+    let seed = Uuid::new_v4().to_string();
+    let other_config = fields
+        .entry("other_config".into())
+        .or_insert_with(|| Value::Struct(Default::default()));
+    if let Value::Struct(other_config) = other_config {
+        other_config.insert(MAC_SEED.into(), Value::from(seed.as_str()));
     }
+    seed
 }
 
 /// A VBD of the source VM and the VDI its copy points at.

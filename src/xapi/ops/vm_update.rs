@@ -41,28 +41,35 @@ fn int_field(record: &Value, field: &str) -> Option<i64> {
 }
 
 impl XapiClient {
-    /// Set `vm`'s settings to those of `source` (a `VM.get_record` answer). `vm` must be
-    /// halted, as XAPI requires for the memory limits and the vCPU maximum.
+    /// Set `vm`'s settings to those of `source` (a `VM.get_record` answer), calling a
+    /// setter only for a field whose value differs: fewer round trips, and no call a host
+    /// may not know when there is nothing to change. `vm` must be halted, as XAPI requires
+    /// for the memory limits and the vCPU maximum.
     pub async fn update_vm_from(&self, vm: &str, source: &Value) -> Result<(), ClientError> {
         let Some(fields) = source.as_struct() else {
             return Ok(());
         };
-        let memory = [
+        let current: Value = self.call("VM.get_record", vec![Value::from(vm)]).await?;
+        let now = current.as_struct();
+        let differs = |field: &str| now.and_then(|c| c.get(field)) != fields.get(field);
+        const MEMORY: [&str; 4] = [
             "memory_static_min",
             "memory_static_max",
             "memory_dynamic_min",
             "memory_dynamic_max",
-        ]
-        .map(|f| fields.get(f).cloned());
-        if let [Some(a), Some(b), Some(c), Some(d)] = memory {
+        ];
+        let memory = MEMORY.map(|f| fields.get(f).cloned());
+        if MEMORY.iter().any(|f| differs(f))
+            && let [Some(a), Some(b), Some(c), Some(d)] = memory
+        {
             self.call("VM.set_memory_limits", vec![Value::from(vm), a, b, c, d])
                 .await?;
         }
         if let (Some(max), Some(at_startup)) = (
             int_field(source, "VCPUs_max"),
             int_field(source, "VCPUs_at_startup"),
-        ) {
-            let current: Value = self.call("VM.get_record", vec![Value::from(vm)]).await?;
+        ) && (differs("VCPUs_max") || differs("VCPUs_at_startup"))
+        {
             let current_at_startup = int_field(&current, "VCPUs_at_startup").unwrap_or(1);
             // XAPI keeps VCPUs_at_startup <= VCPUs_max at every step.
             let set_max = ("VM.set_VCPUs_max", max);
@@ -78,7 +85,9 @@ impl XapiClient {
             }
         }
         for field in COPIED_FIELDS {
-            if let Some(value) = fields.get(*field) {
+            if let Some(value) = fields.get(*field)
+                && differs(field)
+            {
                 let method = format!("VM.set_{field}");
                 self.call(&method, vec![Value::from(vm), value.clone()])
                     .await?;
