@@ -1,20 +1,49 @@
-//! The fault campaign (issue 8): with a fixed seed, randomised faults in every phase of a
-//! replication cycle (snapshot, replica creation, export, import, commit, retention) and
-//! `kill -9` of a running `vhdsync replicate` at random moments. After each, the invariants
-//! are checked by content digest and metadata, then a run without a fault must recover:
+//! The fault campaign (issue 8), for the current replica layout: one *live replica* on the
+//! target, updated in place by each cycle (or rebuilt from clones of its newest snapshot's
+//! disks), plus one *target snapshot* of it per successful cycle, the restore points.
 //!
-//! - every replica that was valid before is still there (retention aside) with the same
-//!   content: otherwise it counts as *corrupted*;
-//! - every replica that looks valid (committed markers, start blocked) holds exactly the guest
-//!   content of its cycle's snapshot: otherwise it counts as *falsely valid*;
-//! - the recovery run succeeds as a delta (the base always survives these faults), leaves no
-//!   interrupted replica, and no VDI on either host that no VM uses (the lab's VDI list).
+//! With a fixed seed it stops cycles in three ways, each followed by the checks below and a
+//! recovery run:
 //!
-//! The model is independent of the engine: a replica's expected digests are the source disks'
-//! digests taken just before its cycle, and "looks valid" is judged from the raw metadata.
+//! - **Faults.** RPC errors and data-plane faults in every phase (snapshot, replica creation,
+//!   export, import, commit, retention), every fault kind of [`pick_fault`] in turn with
+//!   random parameters, on in-place runs and on runs building a new live replica.
+//! - **Crashes.** An in-process cycle dropped where it stands, as a killed process, once it
+//!   has made a given number of calls: after each write of the source snapshot's tagging and
+//!   of the commit's steps around the target snapshot, and after random writes elsewhere,
+//!   learnt from a clean in-place run's calls. An `rpc_error` strikes the first calls of its
+//!   method, so only a crash stops the commit between any two of its calls.
+//! - **Kills.** `kill -9` of a running `vhdsync replicate` at random moments of its transfer.
+//!
+//! The invariants, checked by content digest and raw metadata:
+//!
+//! - **Restore points are immutable.** A target snapshot *looks valid* when it carries the
+//!   job's keys, not our importing key, and not XO's epoch datetime. Once seen valid with
+//!   some content it keeps exactly that content and those markers until retention removes
+//!   it; the newest one never vanishes. Otherwise it counts as *corrupted*.
+//! - **Nothing broken looks valid.** A target snapshot that becomes valid holds exactly the
+//!   guest content of its cycle's source snapshot. The live replica *looks valid* when its
+//!   start is blocked with the committed text, it has no importing key nor epoch datetime,
+//!   and its name is not `[Importing…]`; it then holds exactly the content of the newest
+//!   valid target snapshot (the commit makes it valid only after that snapshot). Either one
+//!   looking valid with other content counts as *falsely valid*.
+//! - **What does not look valid is interrupted.** A stopped run may leave such target
+//!   objects; they are counted, and the recovery run removes them.
+//! - **Recovery.** The next run without a fault succeeds as a delta (the base always survives
+//!   these faults) and leaves no interrupted object, no VDI on either host that no VM uses
+//!   (snapshot VDIs are used by their snapshot VMs), exactly `min(retention, successful
+//!   cycles)` target snapshots, exactly one live replica, free of the job's keys (so no
+//!   classic replica VM) and the VM the newest snapshot is a snapshot of, and on the source
+//!   the base snapshot alone. Its report names that live replica and that snapshot.
+//!
+//! The model is independent of the engine: a restore point's expected digests are the source
+//! disks' digests taken just before its cycle, and "looks valid" is judged from the raw
+//! metadata, not by the engine's classification.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Duration;
 
 mod common;
@@ -22,22 +51,40 @@ mod common;
 use common::lab_pair::{Host, url};
 use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
+use tracing_subscriber::Layer;
+use tracing_subscriber::layer::{Context, SubscriberExt};
 use vhdsync::replicate::clock::SystemClock;
 use vhdsync::replicate::keys;
-use vhdsync::replicate::run::{CycleError, CycleSettings, Phase, replicate_vm};
-use vhdsync::xapi::records::VmRecord;
+use vhdsync::replicate::run::{CycleError, CycleReport, CycleSettings, Phase, replicate_vm};
+use vhdsync::xapi::HostUrl;
+use vhdsync::xapi::client::XapiClient;
 use vhdsync::xapi::rpc::Value;
+use vhdsync::xapi::tls::Trust;
 use vhdsync::xapi::transfer::TransferOptions;
 
 const MIB: u64 = 1 << 20;
 const BIN: &str = env!("CARGO_BIN_EXE_vhdsync");
 const SEED: u64 = 0x5eed_0008;
-const RPC_FAULTS: usize = 54;
-const KILLS: usize = 11;
+/// Fault rounds: every kind of [`pick_fault`] once.
+const RPC_FAULTS: usize = FAULT_KINDS;
+/// Crashes after random writes of a run, besides those after each write of the stretches
+/// where what a run leaves changes meaning (see [`crash_points`]).
+const SPARSE_CRASHES: usize = 6;
+const KILLS: usize = 8;
 const DISKS: [u64; 2] = [4 * MIB, 4 * MIB];
 const RETENTION: u32 = 2;
 const JOB_ID: &str = "7d3c1f0e-8a5b-4c1d-9e2f-0a1b2c3d4e5f";
 const SCHEDULE_ID: &str = "1e2d3c4b-5a69-4788-96a5-b4c3d2e1f0a9";
+/// An export of the target's live disk against its snapshot, to compare them, reads the
+/// VHD's head alone: footer and header are its first 1536 bytes, so a cut within the first
+/// 1024 always strikes.
+const COMPARE_HEAD: u64 = 1024;
+
+/// userdevice -> content digest.
+type Digests = BTreeMap<String, String>;
+
+/// RPC calls in the order sent: (host, method).
+type Calls = Vec<(String, String)>;
 
 /// splitmix64: a small deterministic generator, so the campaign is the same on every run.
 struct Rng(u64);
@@ -77,6 +124,20 @@ struct Fault {
     /// A stall the engine may ride out: an import stall shorter than the task timeout, once
     /// the rest of the stream sits in buffers, delays the import but need not fail it.
     may_be_absorbed: bool,
+    /// The fault is on the path of a run that builds a new live replica: a failed in-place
+    /// run goes first, whose rollback destroys the live replica, so that the faulted run
+    /// builds a new one.
+    new_live_replica: bool,
+}
+
+impl Fault {
+    fn on_new_live_replica(self) -> Fault {
+        Fault {
+            label: format!("{}, building a new live replica", self.label),
+            new_live_replica: true,
+            ..self
+        }
+    }
 }
 
 fn rpc_fault(side: Side, method: &'static str, count: u64, phase: Phase) -> Fault {
@@ -91,6 +152,7 @@ fn rpc_fault(side: Side, method: &'static str, count: u64, phase: Phase) -> Faul
         phase,
         label: format!("rpc_error {method} x{count} on {side:?}"),
         may_be_absorbed: false,
+        new_live_replica: false,
     }
 }
 
@@ -113,147 +175,201 @@ fn data_fault(side: Side, spec: Vec<(&'static str, Value)>, phase: Phase) -> Fau
         phase,
         label,
         may_be_absorbed,
+        new_live_replica: false,
     }
 }
 
-/// The `round`th fault: the phases in turn, each with a random kind and parameters.
-fn pick_fault(round: usize, rng: &mut Rng) -> Fault {
+/// An export fault: `drop_export`, `fail_export`, `embedded_error` or a stall, `variant`
+/// in that order, cutting after a byte count below `within`.
+fn export_fault(side: Side, variant: usize, within: u64, phase: Phase, rng: &mut Rng) -> Fault {
+    let after = int(rng.within(0..within));
+    let spec = match variant {
+        0 => vec![("kind", Value::from("drop_export")), ("after_bytes", after)],
+        1 => vec![("kind", Value::from("fail_export"))],
+        2 => vec![
+            ("kind", Value::from("embedded_error")),
+            ("after_bytes", after),
+        ],
+        _ => vec![
+            ("kind", Value::from("stall")),
+            ("on", Value::from("export")),
+            ("seconds", int(3)),
+            ("after_bytes", after),
+        ],
+    };
+    data_fault(side, spec, phase)
+}
+
+/// How many fault kinds [`pick_fault`] knows.
+const FAULT_KINDS: usize = 35;
+
+/// Fault kind `kind` (modulo [`FAULT_KINDS`]) with random parameters. A faulted run
+/// follows a clean one, so it updates the live replica in place unless the fault is marked
+/// [`Fault::new_live_replica`]. An `rpc_error` strikes the first calls of its method in the
+/// run: each kind names the phase where that first call falls.
+fn pick_fault(kind: usize, rng: &mut Rng) -> Fault {
+    use Phase::{Commit, ReplicaCreation, Retention, Snapshot, Transfer};
     use Side::{Source, Target};
     let after = |rng: &mut Rng| int(rng.within(0..2 * MIB));
-    let choice = rng.next() as usize;
-    match round % 6 {
-        0 => match choice % 3 {
-            0 => rpc_fault(Source, "VM.snapshot", 1, Phase::Snapshot),
-            1 => rpc_fault(
-                Source,
-                "VM.add_to_other_config",
-                rng.within(1..5),
-                Phase::Snapshot,
-            ),
-            _ => rpc_fault(
-                Source,
-                "VDI.add_to_other_config",
-                rng.within(1..4),
-                Phase::Snapshot,
-            ),
-        },
-        1 => match choice % 4 {
-            0 => rpc_fault(Target, "VM.create", 1, Phase::ReplicaCreation),
-            1 => rpc_fault(
-                Target,
-                "VDI.clone",
-                rng.within(1..3),
-                Phase::ReplicaCreation,
-            ),
-            2 => rpc_fault(
-                Target,
-                "VBD.create",
-                rng.within(1..3),
-                Phase::ReplicaCreation,
-            ),
-            _ => data_fault(
-                Target,
-                vec![
-                    ("kind", Value::from("sr_full")),
-                    ("on", Value::from("VDI.clone")),
-                ],
-                Phase::ReplicaCreation,
-            ),
-        },
-        2 => match choice % 4 {
-            0 => data_fault(
-                Source,
-                vec![
-                    ("kind", Value::from("drop_export")),
-                    ("after_bytes", after(rng)),
-                ],
-                Phase::Transfer,
-            ),
-            1 => data_fault(
-                Source,
-                vec![("kind", Value::from("fail_export"))],
-                Phase::Transfer,
-            ),
-            2 => data_fault(
-                Source,
-                vec![
-                    ("kind", Value::from("embedded_error")),
-                    ("after_bytes", after(rng)),
-                ],
-                Phase::Transfer,
-            ),
-            _ => data_fault(
-                Source,
-                vec![
-                    ("kind", Value::from("stall")),
-                    ("on", Value::from("export")),
-                    ("seconds", int(3)),
-                    ("after_bytes", after(rng)),
-                ],
-                Phase::Transfer,
-            ),
-        },
-        3 => match choice % 4 {
-            0 => data_fault(
-                Target,
-                vec![
-                    ("kind", Value::from("drop_import")),
-                    ("after_bytes", after(rng)),
-                ],
-                Phase::Transfer,
-            ),
-            1 => data_fault(
-                Target,
-                vec![("kind", Value::from("fail_import"))],
-                Phase::Transfer,
-            ),
-            2 => data_fault(
-                Target,
-                vec![
-                    ("kind", Value::from("sr_full")),
-                    ("on", Value::from("import")),
-                ],
-                Phase::Transfer,
-            ),
-            _ => data_fault(
-                Target,
-                vec![
-                    ("kind", Value::from("stall")),
-                    ("on", Value::from("import")),
-                    ("seconds", int(3)),
-                    ("after_bytes", after(rng)),
-                ],
-                Phase::Transfer,
-            ),
-        },
-        4 => match choice % 5 {
-            0 => rpc_fault(Target, "VM.set_name_label", 1, Phase::Commit),
-            1 => rpc_fault(Target, "VM.add_to_blocked_operations", 1, Phase::Commit),
-            2 => rpc_fault(Target, "VM.set_ha_restart_priority", 1, Phase::Commit),
-            3 => rpc_fault(
-                Target,
-                "VDI.add_to_other_config",
-                rng.within(1..4),
-                Phase::Commit,
-            ),
-            _ => rpc_fault(Target, "VM.get_uuid", 1, Phase::Commit),
-        },
-        _ => match choice % 4 {
-            0 => rpc_fault(Target, "VM.destroy", 1, Phase::Retention),
-            1 => rpc_fault(Target, "VDI.destroy", rng.within(1..3), Phase::Retention),
-            2 => rpc_fault(Source, "VM.destroy", 1, Phase::Retention),
-            _ => rpc_fault(Source, "VDI.destroy", rng.within(1..3), Phase::Retention),
-        },
+    match kind % FAULT_KINDS {
+        // The source snapshot and its tags.
+        0 => rpc_fault(Source, "VM.snapshot", 1, Snapshot),
+        1 => rpc_fault(Source, "VM.add_to_other_config", rng.within(1..5), Snapshot),
+        2 => rpc_fault(
+            Source,
+            "VDI.add_to_other_config",
+            rng.within(1..4),
+            Snapshot,
+        ),
+        // In place: the comparison of the live disks with their snapshot (an export on the
+        // target), then the live replica marked as importing.
+        k @ 3..=6 => export_fault(Target, k - 3, COMPARE_HEAD, ReplicaCreation, rng),
+        7 => rpc_fault(Target, "VM.set_other_config", 1, ReplicaCreation),
+        8 => rpc_fault(
+            Target,
+            "VM.add_to_blocked_operations",
+            rng.within(1..3),
+            ReplicaCreation,
+        ),
+        9 => rpc_fault(Target, "VM.set_name_label", 1, ReplicaCreation),
+        // A new live replica: its disks cloned from the snapshot's, the VM, the VBDs.
+        10 => rpc_fault(Target, "VM.create", 1, ReplicaCreation).on_new_live_replica(),
+        11 => {
+            rpc_fault(Target, "VDI.clone", rng.within(1..3), ReplicaCreation).on_new_live_replica()
+        }
+        12 => {
+            rpc_fault(Target, "VBD.create", rng.within(1..3), ReplicaCreation).on_new_live_replica()
+        }
+        13 => data_fault(
+            Target,
+            vec![
+                ("kind", Value::from("sr_full")),
+                ("on", Value::from("VDI.clone")),
+            ],
+            ReplicaCreation,
+        )
+        .on_new_live_replica(),
+        // The export from the source.
+        k @ 14..=17 => export_fault(Source, k - 14, 2 * MIB, Transfer, rng),
+        // The import into the target.
+        18 => data_fault(
+            Target,
+            vec![
+                ("kind", Value::from("drop_import")),
+                ("after_bytes", after(rng)),
+            ],
+            Transfer,
+        ),
+        19 => data_fault(Target, vec![("kind", Value::from("fail_import"))], Transfer),
+        20 => data_fault(
+            Target,
+            vec![
+                ("kind", Value::from("sr_full")),
+                ("on", Value::from("import")),
+            ],
+            Transfer,
+        ),
+        21 => data_fault(
+            Target,
+            vec![
+                ("kind", Value::from("stall")),
+                ("on", Value::from("import")),
+                ("seconds", int(3)),
+                ("after_bytes", after(rng)),
+            ],
+            Transfer,
+        ),
+        // The commit: the keys on the disks and the VM, the target snapshot, the UUIDs
+        // read once all is committed; on a new live replica also its block and name.
+        22 => rpc_fault(Target, "VDI.add_to_other_config", rng.within(1..4), Commit),
+        23 => rpc_fault(
+            Target,
+            "VDI.remove_from_other_config",
+            rng.within(1..3),
+            Commit,
+        ),
+        24 => rpc_fault(Target, "VM.remove_from_other_config", 1, Commit),
+        25 => rpc_fault(Target, "VM.add_to_other_config", 1, Commit),
+        26 => rpc_fault(Target, "VM.set_ha_restart_priority", 1, Commit),
+        27 => rpc_fault(Target, "VM.snapshot", 1, Commit),
+        28 => rpc_fault(Target, "VM.get_uuid", rng.within(1..3), Commit),
+        29 => rpc_fault(Target, "VM.add_to_blocked_operations", 1, Commit).on_new_live_replica(),
+        30 => rpc_fault(Target, "VM.set_name_label", 1, Commit).on_new_live_replica(),
+        // Retention on both sides.
+        31 => rpc_fault(Target, "VM.destroy", 1, Retention),
+        32 => rpc_fault(Target, "VDI.destroy", rng.within(1..3), Retention),
+        33 => rpc_fault(Source, "VM.destroy", 1, Retention),
+        _ => rpc_fault(Source, "VDI.destroy", rng.within(1..3), Retention),
     }
 }
 
-/// What the campaign knows: the replicas it has seen become valid, with their content.
+/// One VM on the target, judged from its raw metadata.
+struct Seen {
+    reference: String,
+    uuid: String,
+    /// A target snapshot; else a live replica, or a new one being written.
+    snapshot: bool,
+    looks_valid: bool,
+    snapshot_of: String,
+    job_keys: bool,
+    digests: Option<Digests>,
+}
+
+/// What the campaign knows: the restore points it has seen become valid, with their content.
 struct Model {
-    /// Valid replicas by VM uuid: (commit order, userdevice -> digest).
-    replicas: BTreeMap<String, (usize, BTreeMap<String, String>)>,
-    cycles: usize,
+    /// Valid target snapshots by VM uuid: (the check that first saw it valid, content).
+    points: BTreeMap<String, (usize, Digests)>,
+    checks: usize,
+    /// Cycles that succeeded, each leaving a restore point.
+    successes: usize,
     corrupted: Vec<String>,
     falsely_valid: Vec<String>,
+}
+
+impl Model {
+    /// The newest valid target snapshot: (uuid, content).
+    fn newest(&self) -> Option<(&String, &Digests)> {
+        self.points
+            .iter()
+            .max_by_key(|(_, (order, _))| *order)
+            .map(|(uuid, (_, content))| (uuid, content))
+    }
+}
+
+/// What a check found on the target besides the restore points it knew.
+#[derive(Debug, Default, Clone, Copy)]
+struct Left {
+    /// Target snapshots that do not look valid.
+    interrupted_snapshots: usize,
+    /// Live replicas (or new ones being written) that do not look valid.
+    interrupted_live: usize,
+    /// A target snapshot became valid.
+    new_point: bool,
+    /// A live replica looks valid.
+    valid_live: bool,
+}
+
+/// What the runs that failed or were stopped left, over the campaign.
+#[derive(Debug, Default)]
+struct Tally {
+    /// Interrupted target objects (each removed by the recovery run).
+    interrupted: usize,
+    /// Runs that left an interrupted target snapshot.
+    interrupted_snapshot: usize,
+    /// Runs that left a new restore point and no valid live replica.
+    point_without_live: usize,
+    /// Runs that left a new restore point and a valid live replica: they stopped after
+    /// their commit.
+    point_and_live: usize,
+}
+
+impl Tally {
+    fn add(&mut self, left: Left) {
+        self.interrupted += left.interrupted_snapshots + left.interrupted_live;
+        self.interrupted_snapshot += usize::from(left.interrupted_snapshots > 0);
+        self.point_without_live += usize::from(left.new_point && !left.valid_live);
+        self.point_and_live += usize::from(left.new_point && left.valid_live);
+    }
 }
 
 /// The lab: both hosts, the VM, and the job.
@@ -363,7 +479,7 @@ impl Campaign {
     }
 
     /// The guest content now: what the next snapshot will hold.
-    async fn source_digests(&self) -> BTreeMap<String, String> {
+    async fn source_digests(&self) -> Digests {
         let mut digests = BTreeMap::new();
         for (i, disk) in self.disks.iter().enumerate() {
             digests.insert(i.to_string(), self.source.hash(disk).await);
@@ -371,18 +487,53 @@ impl Campaign {
         digests
     }
 
-    async fn cycle(&self) -> Result<&'static str, CycleError> {
+    async fn run_cycle(
+        &self,
+        source: &XapiClient,
+        target: &XapiClient,
+    ) -> Result<CycleReport, CycleError> {
         let mut progress = |_: &str, _: &vhdsync::xapi::transfer::Progress| {};
         replicate_vm(
-            &self.source.client,
-            &self.target.client,
+            source,
+            target,
             &self.settings,
             &self.vm_uuid,
             &mut progress,
             &CancellationToken::new(),
         )
         .await
-        .map(|report| report.mode)
+    }
+
+    async fn cycle(&self) -> Result<CycleReport, CycleError> {
+        self.run_cycle(&self.source.client, &self.target.client)
+            .await
+    }
+
+    /// A cycle with `fault` armed, cleared after it.
+    async fn faulted_cycle(&self, fault: &Fault) -> Result<CycleReport, CycleError> {
+        self.host(fault.side).inject(fault.spec.clone()).await;
+        let outcome = self.cycle().await;
+        self.source.clear_faults().await;
+        self.target.clear_faults().await;
+        outcome
+    }
+
+    /// A cycle that crashes, as a process killed at that point would: it is dropped where it
+    /// stands once its call number `calls` (to either host) has been answered, with no
+    /// clean-up. `None` if it crashed; its outcome if it ended first.
+    async fn crashing_cycle(&self, calls: u64) -> Option<Result<CycleReport, CycleError>> {
+        let source = connect(&self.source).await;
+        let target = connect(&self.target).await;
+        let made = || source.requests_sent() + target.requests_sent();
+        let start = made();
+        let mut cycle = std::pin::pin!(self.run_cycle(&source, &target));
+        std::future::poll_fn(|cx| {
+            if made() - start >= calls {
+                return Poll::Ready(None);
+            }
+            cycle.as_mut().poll(cx).map(Some)
+        })
+        .await
     }
 
     /// `vhdsync replicate` as cron runs it.
@@ -397,95 +548,134 @@ impl Campaign {
             .unwrap()
     }
 
-    /// The target's replicas of our VM: (uuid, looks valid, userdevice -> digest for those
-    /// `hash` selects by uuid).
-    async fn replicas(
-        &self,
-        hash: impl Fn(&str) -> bool,
-    ) -> Vec<(String, bool, Option<BTreeMap<String, String>>)> {
+    /// Every VM on the target (the target holds nothing but this job's objects), judged
+    /// from its raw metadata; the disks of those `hash` selects are hashed.
+    async fn survey(&self, hash: impl Fn(&Seen) -> bool) -> Vec<Seen> {
         let mut found = Vec::new();
-        for (reference, vm) in self
-            .target
-            .client
-            .get_all_records::<VmRecord>()
-            .await
-            .unwrap()
-        {
-            if vm.is_a_snapshot || vm.other_config.get(keys::VM) != Some(&self.vm_uuid) {
+        for (reference, vm) in self.target.vms().await {
+            // A snapshot is a template too, as in XAPI.
+            if vm.is_control_domain || (vm.is_a_template && !vm.is_a_snapshot) {
                 continue;
             }
-            let valid = vm.other_config.get(keys::JOB).map(String::as_str) == Some(JOB_ID)
-                && !vm.other_config.contains_key(keys::IMPORTING)
-                && vm.other_config.get(keys::DATETIME).map(String::as_str)
-                    != Some(keys::IMPORTING_DATETIME)
-                && !vm.name_label.starts_with("[Importing")
-                && vm.blocked_operations.contains_key("start");
-            let mut digests = None;
-            if hash(&vm.uuid) {
+            let config = &vm.other_config;
+            let importing = config.contains_key(keys::IMPORTING)
+                || config.get(keys::DATETIME).map(String::as_str) == Some(keys::IMPORTING_DATETIME);
+            let job_keys = config.get(keys::JOB).map(String::as_str) == Some(JOB_ID)
+                && config.get(keys::VM) == Some(&self.vm_uuid);
+            let looks_valid = if vm.is_a_snapshot {
+                job_keys && !importing
+            } else {
+                vm.blocked_operations.get("start").map(String::as_str) == Some(keys::START_BLOCKED)
+                    && !importing
+                    && !vm.name_label.starts_with("[Importing")
+            };
+            let mut seen = Seen {
+                reference,
+                uuid: vm.uuid,
+                snapshot: vm.is_a_snapshot,
+                looks_valid,
+                snapshot_of: vm.snapshot_of,
+                job_keys,
+                digests: None,
+            };
+            if hash(&seen) {
                 let mut hashed = BTreeMap::new();
-                for (device, vdi) in self.target.disk_uuids(&reference).await {
+                for (device, vdi) in self.target.disk_uuids(&seen.reference).await {
                     hashed.insert(device, self.target.hash(&vdi).await);
                 }
-                digests = Some(hashed);
+                seen.digests = Some(hashed);
             }
-            found.push((vm.uuid, valid, digests));
+            found.push(seen);
         }
         found
     }
 
-    /// Check the invariants after a cycle whose snapshot held `expected` (the guest content
-    /// before it); the replicas known valid are hashed again only if `rehash` (after a fault:
-    /// a clean run has no more chance to damage them, and chains grow long). Returns how many
-    /// replicas are left marked as importing.
-    async fn check(
-        &self,
-        model: &mut Model,
-        expected: &BTreeMap<String, String>,
-        when: &str,
-        rehash: bool,
-    ) -> usize {
-        model.cycles += 1;
-        let replicas = self
-            .replicas(|uuid| rehash || !model.replicas.contains_key(uuid))
+    /// Check the invariants after a cycle whose source snapshot held `expected` (the guest
+    /// content before it); the restore points known valid are hashed again only if `rehash`
+    /// (after a fault: a clean run has no more chance to damage them, and chains grow long).
+    async fn check(&self, model: &mut Model, expected: &Digests, when: &str, rehash: bool) -> Left {
+        model.checks += 1;
+        let seen = self
+            .survey(|s| {
+                s.looks_valid && (!s.snapshot || rehash || !model.points.contains_key(&s.uuid))
+            })
             .await;
-        let mut interrupted = 0;
-        let present: BTreeSet<&String> = replicas.iter().map(|(uuid, _, _)| uuid).collect();
-        // The newest valid replica is never removed by a later cycle (retention keeps it).
-        if let Some((newest, _)) = model.replicas.iter().max_by_key(|(_, (order, _))| *order)
+        let mut left = Left::default();
+
+        let snapshots: Vec<&Seen> = seen.iter().filter(|s| s.snapshot).collect();
+        let present: BTreeSet<&String> = snapshots.iter().map(|s| &s.uuid).collect();
+        // The newest restore point is never removed by a later cycle (retention keeps it).
+        if let Some((newest, _)) = model.newest()
             && !present.contains(newest)
         {
-            model
-                .corrupted
-                .push(format!("{when}: the newest replica {newest} vanished"));
+            model.corrupted.push(format!(
+                "{when}: the newest target snapshot {newest} vanished"
+            ));
         }
-        model.replicas.retain(|uuid, _| present.contains(uuid));
-        for (uuid, valid, digests) in replicas {
-            match model.replicas.get(&uuid) {
+        model.points.retain(|uuid, _| present.contains(uuid));
+        for s in snapshots {
+            let uuid = &s.uuid;
+            let digests = &s.digests;
+            match model.points.get(uuid) {
                 Some((_, known)) if digests.as_ref().is_some_and(|d| d != known) => {
                     model.corrupted.push(format!(
-                        "{when}: replica {uuid} changed: {known:?} -> {digests:?}"
+                        "{when}: target snapshot {uuid} changed: {known:?} -> {digests:?}"
                     ))
                 }
-                Some(_) if !valid => model
-                    .corrupted
-                    .push(format!("{when}: replica {uuid} lost its committed markers")),
+                Some(_) if !s.looks_valid => model.corrupted.push(format!(
+                    "{when}: target snapshot {uuid} lost its committed markers"
+                )),
                 Some(_) => {}
-                None if !valid => interrupted += 1,
+                None if !s.looks_valid => left.interrupted_snapshots += 1,
                 None if digests.as_ref() == Some(expected) => {
                     model
-                        .replicas
-                        .insert(uuid, (model.cycles, expected.clone()));
+                        .points
+                        .insert(uuid.clone(), (model.checks, expected.clone()));
+                    left.new_point = true;
                 }
                 None => model.falsely_valid.push(format!(
-                    "{when}: replica {uuid} looks valid but holds {digests:?}, not {expected:?}"
+                    "{when}: target snapshot {uuid} looks valid but holds {digests:?}, \
+                     not {expected:?}"
                 )),
             }
         }
-        interrupted
+
+        let newest = model
+            .newest()
+            .map(|(uuid, content)| (uuid.clone(), content.clone()));
+        for s in seen.iter().filter(|s| !s.snapshot) {
+            if !s.looks_valid {
+                left.interrupted_live += 1;
+                continue;
+            }
+            left.valid_live = true;
+            match &newest {
+                Some((_, content)) if s.digests.as_ref() == Some(content) => {}
+                Some((snapshot, content)) => model.falsely_valid.push(format!(
+                    "{when}: live replica {} looks valid but holds {:?}, not the content of \
+                     the newest target snapshot {snapshot}: {content:?}",
+                    s.uuid, s.digests
+                )),
+                None => model.falsely_valid.push(format!(
+                    "{when}: live replica {} looks valid with no valid target snapshot",
+                    s.uuid
+                )),
+            }
+        }
+        left
     }
 
-    /// After a recovery run: nothing left over on either host, retention honoured.
-    async fn check_clean(&self, model: &Model, when: &str) {
+    /// After a recovery run: nothing left over on either host, retention honoured, and the
+    /// run's `report` (`replica`, `target_snapshot`) names the live replica and the newest
+    /// restore point.
+    async fn check_clean(&self, model: &Model, report: &serde_json::Value, when: &str) {
+        // What went wrong first, before what follows from it.
+        assert!(
+            model.corrupted.is_empty() && model.falsely_valid.is_empty(),
+            "{when}: corrupted: {:#?}, falsely valid: {:#?}",
+            model.corrupted,
+            model.falsely_valid
+        );
         let leaks = self.target.unused_vdis().await;
         assert!(
             leaks.is_empty(),
@@ -496,22 +686,54 @@ impl Campaign {
             leaks.is_empty(),
             "{when}: VDIs leaked on the source: {leaks:?}"
         );
-        let replicas = self.replicas(|_| false).await;
+        let seen = self.survey(|_| false).await;
+        let interrupted: Vec<&String> = seen
+            .iter()
+            .filter(|s| !s.looks_valid)
+            .map(|s| &s.uuid)
+            .collect();
         assert!(
-            replicas.iter().all(|(_, valid, _)| *valid),
-            "{when}: an interrupted replica survived the recovery run"
+            interrupted.is_empty(),
+            "{when}: interrupted objects survived the recovery run: {interrupted:?}"
+        );
+        let snapshots = seen.iter().filter(|s| s.snapshot).count();
+        let expected = (RETENTION as usize).min(model.successes);
+        assert_eq!(
+            snapshots, expected,
+            "{when}: retention keeps {RETENTION} target snapshots"
         );
         assert_eq!(
-            model.replicas.len(),
-            (RETENTION as usize).min(model.cycles),
-            "{when}: retention keeps {RETENTION} replicas"
+            model.points.len(),
+            expected,
+            "{when}: the model's restore points"
         );
-        let snapshots = self
+        let live: Vec<&Seen> = seen.iter().filter(|s| !s.snapshot).collect();
+        let [live] = live.as_slice() else {
+            panic!("{when}: {} live replicas, not one", live.len());
+        };
+        assert!(
+            !live.job_keys,
+            "{when}: the live replica {} keeps the job's keys, like a classic replica VM",
+            live.uuid
+        );
+        let (newest, _) = model.newest().expect("a restore point");
+        let newest = seen.iter().find(|s| s.uuid == *newest).unwrap();
+        assert_eq!(
+            newest.snapshot_of, live.reference,
+            "{when}: the newest target snapshot {} is of the live replica {}",
+            newest.uuid, live.uuid
+        );
+        assert_eq!(report["replica"], live.uuid.as_str(), "{when}: {report}");
+        assert_eq!(
+            report["target_snapshot"],
+            newest.uuid.as_str(),
+            "{when}: {report}"
+        );
+
+        let source_snapshots = self
             .source
-            .client
-            .get_all_records::<VmRecord>()
+            .vms()
             .await
-            .unwrap()
             .into_iter()
             .filter(|(_, vm)| vm.is_a_snapshot)
             .map(|(_, vm)| {
@@ -522,69 +744,143 @@ impl Campaign {
             })
             .collect::<Vec<_>>();
         assert_eq!(
-            snapshots.len(),
+            source_snapshots.len(),
             1,
-            "{when}: the source keeps the base snapshot only: {snapshots:?}"
+            "{when}: the source keeps the base snapshot only: {source_snapshots:?}"
         );
     }
+
+    /// A clean in-process run after a fault: a delta, then every check.
+    async fn recover(&self, model: &mut Model, rng: &mut Rng, when: &str) {
+        self.guest_writes(rng, 256 * 1024).await;
+        let expected = self.source_digests().await;
+        let report = match self.cycle().await {
+            Ok(report) if report.mode == "delta" => report,
+            Ok(report) => panic!(
+                "{when}: the recovery run was a {}, not a delta",
+                report.mode
+            ),
+            Err(e) => panic!("{when}: the recovery run failed: {e}"),
+        };
+        model.successes += 1;
+        self.check(model, &expected, &format!("{when}, recovery"), false)
+            .await;
+        let json = serde_json::to_value(&report).unwrap();
+        self.check_clean(model, &json, when).await;
+    }
+}
+
+/// A client of its own for `host`, as another process would have.
+async fn connect(host: &Host) -> XapiClient {
+    XapiClient::connect(HostUrl::parse(&host.url()).unwrap(), &Trust::Insecure, None)
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_campaign() {
     let began = std::time::Instant::now();
+    let call_log = CallLog::default();
+    call_log.install();
     let campaign = Campaign::start().await;
     let mut rng = Rng(SEED);
     let mut model = Model {
-        replicas: BTreeMap::new(),
-        cycles: 0,
+        points: BTreeMap::new(),
+        checks: 0,
+        successes: 0,
         corrupted: Vec::new(),
         falsely_valid: Vec::new(),
     };
     let (mut injected, mut recovered, mut absorbed) = (0, 0, 0);
+    let (mut faulted, mut crashed, mut killed) = (Tally::default(), Tally::default(), 0);
 
-    // Two clean cycles first, so that retention has a victim from the first fault on.
+    // Two clean cycles first, so that retention has a victim from the first fault on: a
+    // full one building the live replica, then a delta updating it in place, whose calls
+    // are where the crashes strike.
+    let mut in_place_calls = Vec::new();
     for round in 0..2 {
         campaign.guest_writes(&mut rng, 512 * 1024).await;
         let expected = campaign.source_digests().await;
-        let mode = campaign.cycle().await.unwrap();
-        assert_eq!(mode, if round == 0 { "full" } else { "delta" });
+        let sent =
+            || campaign.source.client.requests_sent() + campaign.target.client.requests_sent();
+        let before = sent();
+        call_log.start();
+        let report = campaign.cycle().await.unwrap();
+        in_place_calls = call_log.stop();
+        assert_eq!(
+            in_place_calls.len() as u64,
+            sent() - before,
+            "the call log holds every call"
+        );
+        let (mode, layout) = [("full", "new_live_replica"), ("delta", "in_place")][round];
+        assert_eq!((report.mode, report.layout), (mode, layout));
+        model.successes += 1;
         campaign.check(&mut model, &expected, "setup", false).await;
     }
 
     for round in 0..RPC_FAULTS {
         let fault = pick_fault(round, &mut rng);
         let when = format!("fault {round} ({})", fault.label);
+        if fault.new_live_replica {
+            // A failed in-place run destroys the live replica; the next run builds a new one.
+            let before = data_fault(
+                Side::Target,
+                vec![("kind", Value::from("fail_import"))],
+                Phase::Transfer,
+            );
+            let when = format!("{when}, the failed run before it");
+            campaign.guest_writes(&mut rng, 1024 * 1024).await;
+            let expected = campaign.source_digests().await;
+            match campaign.faulted_cycle(&before).await {
+                Ok(_) => panic!("{when}: the cycle succeeded despite the fault"),
+                Err(error) => check_error(&error, &before, &campaign.vm_uuid, &when),
+            }
+            injected += 1;
+            faulted.add(campaign.check(&mut model, &expected, &when, true).await);
+        }
         campaign.guest_writes(&mut rng, 1024 * 1024).await;
         let expected = campaign.source_digests().await;
-        campaign.host(fault.side).inject(fault.spec.clone()).await;
-        let outcome = campaign.cycle().await;
-        campaign.source.clear_faults().await;
-        campaign.target.clear_faults().await;
+        let outcome = campaign.faulted_cycle(&fault).await;
         injected += 1;
         match outcome {
-            Ok(_) if fault.may_be_absorbed => absorbed += 1,
-            Ok(mode) => panic!("{when}: the cycle succeeded ({mode}) despite the fault"),
+            Ok(_) if fault.may_be_absorbed => {
+                absorbed += 1;
+                model.successes += 1;
+            }
+            Ok(report) => panic!(
+                "{when}: the cycle succeeded ({}, {}) despite the fault",
+                report.mode, report.layout
+            ),
             Err(error) => check_error(&error, &fault, &campaign.vm_uuid, &when),
         }
-        let interrupted = campaign.check(&mut model, &expected, &when, true).await;
-        assert_eq!(
-            interrupted, 0,
-            "{when}: a failed cycle left an importing replica"
-        );
+        faulted.add(campaign.check(&mut model, &expected, &when, true).await);
 
         // Recovery: a run without a fault, a delta since the base survived.
-        campaign.guest_writes(&mut rng, 256 * 1024).await;
-        let expected = campaign.source_digests().await;
-        match campaign.cycle().await {
-            Ok("delta") => recovered += 1,
-            Ok(mode) => panic!("{when}: the recovery run was a {mode}, not a delta"),
-            Err(e) => panic!("{when}: the recovery run failed: {e}"),
-        }
-        campaign
-            .check(&mut model, &expected, &format!("{when}, recovery"), false)
-            .await;
-        campaign.check_clean(&model, &when).await;
+        campaign.recover(&mut model, &mut rng, &when).await;
+        recovered += 1;
     }
+
+    let hosts = [campaign.source.client.host(), campaign.target.client.host()];
+    let crashes = crash_points(&in_place_calls, [&hosts[0], &hosts[1]], &mut rng);
+    for &calls in &crashes {
+        let (host, method) = &in_place_calls[calls as usize - 1];
+        let when = format!("crash after call {calls} ({method} on {host})");
+        campaign.guest_writes(&mut rng, 1024 * 1024).await;
+        let expected = campaign.source_digests().await;
+        match campaign.crashing_cycle(calls).await {
+            None => {} // crashed
+            Some(Ok(report)) => panic!("{when}: the run ended first: {report:?}"),
+            Some(Err(e)) => panic!("{when}: the cycle failed without a fault: {e}"),
+        }
+        injected += 1;
+        crashed.add(campaign.check(&mut model, &expected, &when, true).await);
+        campaign.recover(&mut model, &mut rng, &when).await;
+        recovered += 1;
+    }
+    // The crash points did reach the commit's windows: they left a target snapshot not yet
+    // valid, and a valid one with the live replica not yet valid.
+    assert!(crashed.interrupted_snapshot > 0, "{crashed:?}");
+    assert!(crashed.point_without_live > 0, "{crashed:?}");
 
     for kill in 0..KILLS {
         let when = format!("kill {kill}");
@@ -617,14 +913,9 @@ async fn fault_campaign() {
         );
         campaign.source.clear_faults().await;
         injected += 1;
-        campaign
-            .check(
-                &mut model,
-                &expected,
-                &format!("{when} after {delay} ms"),
-                true,
-            )
-            .await;
+        killed += 1;
+        let when = format!("{when} after {delay} ms");
+        faulted.add(campaign.check(&mut model, &expected, &when, true).await);
 
         let expected = campaign.source_digests().await;
         let run = campaign.spawn_replicate().wait_with_output().await.unwrap();
@@ -634,21 +925,27 @@ async fn fault_campaign() {
             "{when}: the recovery run failed: {doc} {}",
             String::from_utf8_lossy(&run.stderr)
         );
+        let report = &doc["vms"][0]["report"];
         assert_eq!(
-            doc["vms"][0]["report"]["mode"], "delta",
+            report["mode"], "delta",
             "{when}: the recovery run is a delta: {doc}"
         );
         recovered += 1;
+        model.successes += 1;
         campaign
             .check(&mut model, &expected, &format!("{when}, recovery"), false)
             .await;
-        campaign.check_clean(&model, &when).await;
+        campaign.check_clean(&model, report, &when).await;
     }
 
     println!("campaign took {:?}", began.elapsed());
     println!("import stalls ridden out without failing the cycle: {absorbed}");
+    println!("left by faults and kills: {faulted:?}");
+    println!("left by crashes: {crashed:?}");
     println!(
-        "faults: {injected} injected, {recovered} recovered, {} corrupted, {} falsely valid",
+        "faults: {injected} injected ({} crashes, {killed} kills), {recovered} recovered, \
+         {absorbed} absorbed, {} corrupted, {} falsely valid",
+        crashes.len(),
         model.corrupted.len(),
         model.falsely_valid.len()
     );
@@ -662,8 +959,106 @@ async fn fault_campaign() {
         "falsely valid: {:#?}",
         model.falsely_valid
     );
-    assert_eq!(recovered, injected);
+    assert_eq!(recovered, RPC_FAULTS + crashes.len() + KILLS);
     assert!(injected >= 60);
+}
+
+/// Where the crashes strike, as the number of calls (to either host) a run has made when it
+/// stops, from `calls`, those of a clean in-place run. A crash after a read leaves what the
+/// write before it left, so crashes follow writes: each write of the two stretches where
+/// what a run leaves changes meaning (the tagging of the source snapshot; the commit from
+/// the last write before the target snapshot until the live replica is valid again, and two
+/// calls more, the source snapshot being marked as exported meanwhile), and
+/// [`SPARSE_CRASHES`] writes at random, spread over the rest of the run.
+fn crash_points(calls: &[(String, String)], hosts: [&str; 2], rng: &mut Rng) -> Vec<u64> {
+    let [source, target] = hosts;
+    let is_write = |i: &usize| {
+        let (_, verb) = calls[*i].1.split_once('.').unwrap_or_default();
+        !verb.starts_with("get_")
+    };
+    let at = |i: &usize, host: &str, method: &str| calls[*i].0 == host && calls[*i].1 == method;
+    let source_snapshot = (0..calls.len())
+        .find(|i| at(i, source, "VM.snapshot"))
+        .expect("the run snapshots the source VM");
+    let tagged = (source_snapshot..calls.len())
+        .find(|i| calls[*i].0 == target)
+        .expect("the run goes on to the target");
+    let snapshot = (tagged..calls.len())
+        .find(|i| at(i, target, "VM.snapshot"))
+        .expect("an in-place run snapshots the live replica");
+    // The importing key comes off the snapshot, then off the live replica.
+    let live_valid = (snapshot..calls.len())
+        .filter(|i| at(i, target, "VM.remove_from_other_config"))
+        .nth(1)
+        .expect("the commit makes the snapshot, then the live replica valid");
+    let dense = |i: &usize| {
+        (source_snapshot..tagged).contains(i) || (snapshot - 1..=live_valid + 2).contains(i)
+    };
+    let (dense, sparse): (Vec<usize>, Vec<usize>) =
+        (0..calls.len()).filter(is_write).partition(dense);
+    let stretch = (sparse.len() / SPARSE_CRASHES).max(1);
+    let mut points: Vec<usize> = sparse
+        .chunks(stretch)
+        .map(|chunk| chunk[rng.within(0..chunk.len() as u64) as usize])
+        .chain(dense)
+        .collect();
+    points.sort_unstable();
+    points.into_iter().map(|i| i as u64 + 1).collect()
+}
+
+/// The RPC calls the clients of this process send while recording, in order: (host,
+/// method), from the client's `RPC` trace event, one per request.
+#[derive(Clone, Default)]
+struct CallLog(Arc<Mutex<Option<Calls>>>);
+
+impl CallLog {
+    /// Listen to the client's trace events, for the whole test.
+    fn install(&self) {
+        let only_calls = tracing_subscriber::filter::Targets::new()
+            .with_target("vhdsync::xapi::client", tracing::Level::TRACE);
+        let subscriber = tracing_subscriber::registry().with(self.clone().with_filter(only_calls));
+        tracing::subscriber::set_global_default(subscriber).expect("no other subscriber");
+    }
+
+    fn start(&self) {
+        *self.0.lock().unwrap() = Some(Vec::new());
+    }
+
+    fn stop(&self) -> Calls {
+        self.0.lock().unwrap().take().unwrap_or_default()
+    }
+}
+
+impl<S: tracing::Subscriber> Layer<S> for CallLog {
+    fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+        let mut fields = RpcFields::default();
+        event.record(&mut fields);
+        if fields.message == "RPC"
+            && let Some(log) = self.0.lock().unwrap().as_mut()
+        {
+            log.push((fields.host, fields.method));
+        }
+    }
+}
+
+/// The fields of the client's `RPC` trace event.
+#[derive(Default)]
+struct RpcFields {
+    message: String,
+    host: String,
+    method: String,
+}
+
+impl tracing::field::Visit for RpcFields {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        let text = format!("{value:?}");
+        match field.name() {
+            "message" => self.message = text,
+            "host" => self.host = text,
+            "method" => self.method = text,
+            _ => {}
+        }
+    }
 }
 
 /// A failure names the VM, the phase and the host; a transfer's also the disk and the byte

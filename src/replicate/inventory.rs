@@ -163,16 +163,18 @@ pub async fn destroy_orphaned_disks(
     Ok(destroyed)
 }
 
-/// A disk of this job and VM, on the job's SR for a replica disk, that no VBD attaches.
-/// Unmanaged VDIs (hidden chain parents) are the storage manager's, never destroyed here.
-fn is_orphaned_disk(vdi: &VdiRecord, id: &Identity, snapshot: bool) -> bool {
+/// A disk of this job and VM that no VBD attaches: on the source (`source`) a snapshot
+/// disk; on the target a replica disk or a target snapshot's disk (a snapshot VDI too),
+/// on the job's SR. Unmanaged VDIs (hidden chain parents) are the storage manager's, never
+/// destroyed here.
+fn is_orphaned_disk(vdi: &VdiRecord, id: &Identity, source: bool) -> bool {
     let config = &vdi.other_config;
     vdi.managed
         && vdi.vbds.is_empty()
-        && vdi.is_a_snapshot == snapshot
+        && (vdi.is_a_snapshot || !source)
         && config.get(keys::JOB) == Some(&id.job_id)
         && config.get(keys::VM) == Some(&id.vm_uuid)
-        && (snapshot || config.get(keys::SR) == Some(&id.sr_uuid))
+        && (source || config.get(keys::SR) == Some(&id.sr_uuid))
 }
 
 #[cfg(test)]
@@ -199,5 +201,35 @@ mod tests {
         assert!(is_orphaned_disk(&vdi, &id, false));
         vdi.managed = false;
         assert!(!is_orphaned_disk(&vdi, &id, false));
+    }
+
+    /// A retention cut short between a target snapshot's VM and its disks leaves snapshot
+    /// VDIs that no VBD attaches: the target's sweep takes them too.
+    #[test]
+    fn a_target_snapshots_disk_left_by_a_cut_short_destroy_is_an_orphaned_disk() {
+        let id = Identity {
+            job_id: "job".into(),
+            schedule_id: "schedule".into(),
+            vm_uuid: "vm".into(),
+            sr_uuid: "sr".into(),
+        };
+        let other_config = [(keys::JOB, "job"), (keys::VM, "vm"), (keys::SR, "sr")]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        let mut vdi = VdiRecord {
+            managed: true,
+            is_a_snapshot: true,
+            other_config,
+            ..VdiRecord::default()
+        };
+        assert!(is_orphaned_disk(&vdi, &id, false));
+        // Still attached to its snapshot VM: a restore point's disk.
+        vdi.vbds = vec!["OpaqueRef:vbd".into()];
+        assert!(!is_orphaned_disk(&vdi, &id, false));
+        // On the source, a VM's own disk (no snapshot) is never swept.
+        vdi.vbds.clear();
+        vdi.is_a_snapshot = false;
+        assert!(!is_orphaned_disk(&vdi, &id, true));
     }
 }

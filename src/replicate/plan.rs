@@ -305,6 +305,17 @@ pub fn snapshot_victims<'a>(
     victims
 }
 
+/// A source snapshot whose tagging a run did not finish: none of the job's keys, or this
+/// job's key without this VM's (`xo:backup:job` goes on before `xo:backup:vm`). It is no
+/// job snapshot, nor another job's, so no rule based on the keys would ever remove it; the
+/// caller checks that it bears the job's snapshot name.
+pub fn is_tagging_cut_short(config: &StringMap, id: &Identity) -> bool {
+    match config.get(keys::JOB) {
+        None => true,
+        Some(job) => *job == id.job_id && config.get(keys::VM) != Some(&id.vm_uuid),
+    }
+}
+
 /// Fixtures the planning tests here and in the failover module share.
 #[cfg(test)]
 pub(crate) mod fixtures {
@@ -597,5 +608,22 @@ mod tests {
         for order in [same_second.clone(), same_second.into_iter().rev().collect()] {
             assert_eq!(names(snapshot_victims(&order, &id(), 1, "base")), ["old"]);
         }
+    }
+
+    /// A run killed while it tags its snapshot leaves the keys it had set: the job's without
+    /// the VM's is neither a job snapshot nor another job's.
+    #[test]
+    fn a_tagging_stopped_before_the_vm_key_is_cut_short() {
+        let cut = |pairs: &[(&str, &str)]| is_tagging_cut_short(&config(pairs), &id());
+        assert!(cut(&[]));
+        assert!(cut(&[(keys::DATETIME, "20240115T10:20:30Z")]));
+        assert!(cut(&[
+            (keys::DATETIME, "20240115T10:20:30Z"),
+            (keys::JOB, "job")
+        ]));
+        assert!(cut(&[(keys::JOB, "job"), (keys::VM, "another vm")]));
+        assert!(!cut(&[(keys::JOB, "job"), (keys::VM, "vm")]));
+        // Another job's snapshot of the same name is that job's to remove.
+        assert!(!cut(&[(keys::JOB, "another job")]));
     }
 }

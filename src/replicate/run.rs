@@ -31,7 +31,8 @@ use super::layout::{PointKind, TargetDisk, in_place_target, restore_points, rete
 use super::networks::NicPlan;
 use super::plan::{
     CyclePlan, DiskPlan, Identity, SnapshotDisk, SourceSnapshot, TargetSide, TargetVm,
-    is_interrupted_replica, plan_cycle, select_base, snapshot_victims, unexported_snapshots,
+    is_interrupted_replica, is_tagging_cut_short, plan_cycle, select_base, snapshot_victims,
+    unexported_snapshots,
 };
 use super::replica::{
     create_replica_disk, create_replica_vm, importing_disk, replica_keys, replica_tags, roll_back,
@@ -386,15 +387,17 @@ impl Cycle<'_> {
         Ok(cleaned)
     }
 
-    /// Snapshots of `vm` with this job's snapshot name but none of the job's keys: a run
-    /// stopped between `VM.snapshot` and the tagging left them, and no rule based on the keys
-    /// would ever remove them.
+    /// Snapshots of `vm` with this job's snapshot name whose tagging was cut short (none of
+    /// the job's keys, or the job's without the VM's): a run stopped between `VM.snapshot`
+    /// and the end of the tagging left them, and no rule based on the keys would ever remove
+    /// them.
     async fn untagged_snapshots(&self, vm: &VmRecord) -> Result<Vec<String>, CycleError> {
         let name = keys::snapshot_name(&self.settings.job_name, &vm.name_label);
         let mut untagged = Vec::new();
         for reference in &vm.snapshots {
             let snapshot: VmRecord = self.on_source(self.source.get_record(reference).await)?;
-            if snapshot.name_label == name && !snapshot.other_config.contains_key(keys::JOB) {
+            if snapshot.name_label == name && is_tagging_cut_short(&snapshot.other_config, &self.id)
+            {
                 untagged.push(reference.clone());
             }
         }
