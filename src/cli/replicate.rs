@@ -296,7 +296,7 @@ pub fn status(args: &StatusArgs) -> Result<ExitCode, CliError> {
                     let health = last_result(p.vm).map(|(passed, text)| json!({"passed": passed, "result": text}));
                     json!({"uuid": p.vm.uuid, "name": p.vm.name_label, "kind": p.kind,
                            "datetime": p.datetime.map(crate::replicate::keys::datetime),
-                           "age_seconds": p.datetime.map(|at| now - at), "valid": p.valid,
+                           "age_seconds": p.datetime.map(|at| now - at), "valid": p.valid, "superseded": p.superseded,
                            "health_check": health})
                 })
                 .collect();
@@ -308,7 +308,7 @@ pub fn status(args: &StatusArgs) -> Result<ExitCode, CliError> {
                         if p.valid { "valid  " } else { "INVALID" },
                         p.kind.label(),
                         terminal_text::name(&p.vm.name_label),
-                        p.datetime.map_or_else(|| "interrupted run".to_owned(), |at| format!("age {}", human_age(now - at))),
+                        p.datetime.map_or_else(|| if p.superseded { "superseded".to_owned() } else { "interrupted run".to_owned() }, |at| format!("age {}", human_age(now - at))),
                         p.vm.uuid
                     );
                     if let Some((_, text)) = last_result(p.vm) {

@@ -48,6 +48,10 @@ pub struct RestorePoint<'a> {
     pub valid: bool,
     /// The content's time (Unix seconds), `None` for an invalid point.
     pub datetime: Option<i64>,
+    /// A live replica whole but older than another live replica of the job: a run built
+    /// a new one and has not removed this one yet. Not a restore point (its content is its
+    /// newest snapshot's), and removed by the next run.
+    pub superseded: bool,
     /// Newest last: the datetime, then our millisecond commit time.
     order: (i64, u64),
 }
@@ -104,6 +108,7 @@ pub fn restore_points<'a>(vms: &'a [TargetVm], id: &Identity) -> Vec<RestorePoin
             kind: PointKind::TargetSnapshot,
             valid: true,
             datetime,
+            superseded: false,
             order: (datetime.unwrap_or(0), committed_ms(&snapshot.other_config)),
         });
     }
@@ -142,6 +147,7 @@ pub fn restore_points<'a>(vms: &'a [TargetVm], id: &Identity) -> Vec<RestorePoin
                 kind: PointKind::LiveReplica,
                 valid,
                 datetime: valid.then_some(order.0),
+                superseded: false,
                 order,
             });
         } else if is_committed_replica(vm, id) {
@@ -152,6 +158,7 @@ pub fn restore_points<'a>(vms: &'a [TargetVm], id: &Identity) -> Vec<RestorePoin
                 kind: PointKind::ReplicaVm,
                 valid: true,
                 datetime,
+                superseded: false,
                 order: (datetime.unwrap_or(0), committed_ms(&vm.other_config)),
             });
         } else if is_interrupted_replica(vm, id) {
@@ -160,8 +167,21 @@ pub fn restore_points<'a>(vms: &'a [TargetVm], id: &Identity) -> Vec<RestorePoin
                 kind: PointKind::ReplicaVm,
                 valid: false,
                 datetime: None,
+                superseded: false,
                 order: (0, 0),
             });
+        }
+    }
+    let newest_live = points
+        .iter()
+        .filter(|p| p.kind == PointKind::LiveReplica && p.valid)
+        .map(|p| p.order)
+        .max();
+    for point in points.iter_mut() {
+        if point.kind == PointKind::LiveReplica && point.valid && Some(point.order) < newest_live {
+            point.valid = false;
+            point.datetime = None;
+            point.superseded = true;
         }
     }
     // Newest first; at equal times the live replica first (it is the one to fail over to,
@@ -493,6 +513,31 @@ mod tests {
         );
         assert_eq!(points[1].datetime, None);
         assert!(retention_victims(&points, 0).iter().all(|v| v.uuid == "t1"));
+    }
+
+    #[test]
+    fn of_two_whole_live_replicas_the_older_is_superseded() {
+        let (old, new) = (live("old-live"), live("new-live"));
+        let vms = vec![
+            snapshot_of(&old, "t1", "20240102T00:00:00Z"),
+            snapshot_of(&new, "t2", "20240103T00:00:00Z"),
+            old.clone(),
+            new.clone(),
+        ];
+        let points = restore_points(&vms, &id());
+        let superseded: Vec<&str> = points
+            .iter()
+            .filter(|p| p.superseded)
+            .map(|p| p.vm.uuid.as_str())
+            .collect();
+        assert_eq!(superseded, ["old-live"]);
+        assert_eq!(points[0].vm.uuid, "new-live");
+        assert!(
+            points
+                .iter()
+                .find(|p| p.vm.uuid == "old-live")
+                .is_some_and(|p| !p.valid)
+        );
     }
 
     #[test]

@@ -548,9 +548,16 @@ impl Cycle<'_> {
         let raw_vm = self.on_source(self.source.vm_record_value(vm_ref).await)?;
         let live_ref = match &writing {
             Writing::InPlace { vm: live, classic } => {
+                if *classic {
+                    self.preserve_classic(live, vm, now).await?;
+                }
                 self.live_ref = Some(live.reference.clone());
-                self.prepare_in_place(live, *classic, &raw_vm, vm, now)
-                    .await?;
+                // Once its marking starts, the live replica is being written: a failure
+                // destroys it like any other (its snapshots stay).
+                if let Err(e) = self.prepare_in_place(live, &raw_vm, vm, now).await {
+                    roll_back(self.target, &live.reference, &self.created_vdis).await;
+                    return Err(e);
+                }
                 live.reference.clone()
             }
             Writing::NewLive => {
@@ -678,25 +685,32 @@ impl Cycle<'_> {
         Ok(changed != 0)
     }
 
-    /// Make the live replica `live` ready to be written: a classic replica is first
-    /// snapshotted, so its content stays a restore point; then it is marked as importing
-    /// (XO §7.1: its keys at the epoch datetime, the importing block and name, and our key)
-    /// and given the source VM's settings.
+    /// A classic replica about to become the live replica is snapshotted first, so its
+    /// content stays a restore point (the snapshot carries its keys).
+    async fn preserve_classic(
+        &self,
+        live: &TargetVm,
+        vm: &VmRecord,
+        now: i64,
+    ) -> Result<(), CycleError> {
+        let at = replica_datetime_or(live, now);
+        let name = keys::target_snapshot_name(&vm.name_label, &self.settings.job_name, at);
+        self.on_target(self.target.snapshot_vm(&live.reference, &name, &[]).await)?;
+        Ok(())
+    }
+
+    /// Make the live replica `live` ready to be written: marked as importing (XO §7.1: its
+    /// keys at the epoch datetime, the importing block and name, and our key) and given the
+    /// source VM's settings.
     async fn prepare_in_place(
         &self,
         live: &TargetVm,
-        classic: bool,
         raw_vm: &Value,
         vm: &VmRecord,
         now: i64,
     ) -> Result<(), CycleError> {
         let target = self.target;
         let reference = live.reference.as_str();
-        if classic {
-            let at = replica_datetime_or(live, now);
-            let name = keys::target_snapshot_name(&vm.name_label, &self.settings.job_name, at);
-            self.on_target(target.snapshot_vm(reference, &name, &[]).await)?;
-        }
         let other_config = importing_vm_config(&self.id, vm, now);
         self.on_target(target.set_vm_other_config(reference, &other_config).await)?;
         let blocked: Vec<(&str, &str)> = keys::BLOCKED_OPERATIONS
@@ -722,7 +736,8 @@ impl Cycle<'_> {
         let (_, disks) = self.on_target(target_disks(self.target, &self.id.sr_uuid).await)?;
         for point in restore_points(vms, &self.id) {
             let old = point.vm;
-            if point.kind != PointKind::LiveReplica || old.reference == current || !point.valid {
+            let whole = point.valid || point.superseded;
+            if point.kind != PointKind::LiveReplica || old.reference == current || !whole {
                 continue;
             }
             if old.power_state != "Halted" {

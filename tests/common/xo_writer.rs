@@ -66,8 +66,11 @@ async fn remove_keys(host: &Host, class: &str, reference: &str, names: &[&str]) 
     }
 }
 
-/// The disks of a VM: userdevice -> (VDI ref, record).
-async fn disks(host: &Host, vm: &str) -> BTreeMap<String, (String, VdiRecord)> {
+/// A VM's disks: userdevice -> (VDI ref, record).
+type Disks = BTreeMap<String, (String, VdiRecord)>;
+
+/// The disks of a VM.
+async fn disks(host: &Host, vm: &str) -> Disks {
     host.disks(vm)
         .await
         .into_iter()
@@ -86,7 +89,7 @@ pub async fn xo_run(source: &Host, target: &Host, job: &XoJob<'_>, vm_uuid: &str
             .as_secs() as i64,
     );
     // §4: the base is the newest exported job snapshot (keys on its VDIs).
-    let mut base: Option<(String, BTreeMap<String, (String, VdiRecord)>)> = None;
+    let mut base: Option<(String, Disks)> = None;
     let mut base_time = String::new();
     for snapshot in &vm.snapshots {
         let disks = disks(source, snapshot).await;
