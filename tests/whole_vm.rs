@@ -179,6 +179,41 @@ async fn a_whole_vm_is_replicated_with_its_devices() {
         }
     }
 
+    // The health check passes on this replica, and fails cleanly under the boot fault.
+    target
+        .call("lab.set_boot_delay", vec![Value::Double(0.2)])
+        .await;
+    let job_arg = job.to_str().unwrap();
+    let run = vhdsync(&[
+        "health-check",
+        "--job",
+        job_arg,
+        "--timeout",
+        "20s",
+        "--json",
+    ])
+    .await;
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    assert_eq!(run.json["checks"][0]["passed"], true, "{}", run.stdout);
+    let spec: BTreeMap<String, Value> = [("kind".to_owned(), Value::from("boot_failure"))].into();
+    target
+        .call("lab.inject_fault", vec![Value::Struct(spec)])
+        .await;
+    let vms_before = target.vms().await.len();
+    let run = vhdsync(&[
+        "health-check",
+        "--job",
+        job_arg,
+        "--timeout",
+        "2s",
+        "--json",
+    ])
+    .await;
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    assert_eq!(run.json["checks"][0]["passed"], false, "{}", run.stdout);
+    assert_eq!(target.vms().await.len(), vms_before, "the clone is removed");
+    target.call("lab.clear_faults", vec![]).await;
+
     // The source's interface 1 gets a new MAC and interface 2 appears: the live replica,
     // updated in place, follows.
     let source_vm: VmRecord = source.vm(&vm_ref).await;
