@@ -410,7 +410,8 @@ pub struct LabArgs {
 pub enum LabCommand {
     /// Create a lab host in DIR: a pool, a host, a file SR and halted VMs with empty disks.
     Init(LabInitArgs),
-    /// Serve the lab host in DIR; the first line printed is its URL.
+    /// Serve the lab host in DIR; the first line printed is its URL, and the NBD server's
+    /// address follows on a line `nbd ADDRESS:PORT`.
     Serve(LabServeArgs),
     /// Write to a VDI of a running lab host as its guest would.
     Write(LabWriteArgs),
@@ -456,6 +457,10 @@ pub struct LabServeArgs {
     /// on the second line.
     #[arg(long)]
     pub tls: bool,
+    /// The NBD server's port, on the --listen address (xapi-nbd uses 10809); 0 picks a free
+    /// one. It serves once a network has the purpose nbd (TLS) or insecure_nbd.
+    #[arg(long, default_value_t = 0)]
+    pub nbd_port: u16,
 }
 
 /// How to reach a running lab host.

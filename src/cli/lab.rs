@@ -13,7 +13,8 @@ use super::args::{
 };
 use super::output::print_json;
 use super::units::human_bytes;
-use crate::lab::http::LabServer;
+use crate::lab::http::{LabServer, Limits};
+use crate::lab::nbd::NbdOptions;
 use crate::lab::rpc::LAB_WRITE_ZEROS;
 use crate::lab::{InitConfig, InitReport, Lab, LabError};
 use crate::xapi::HostUrl;
@@ -118,7 +119,11 @@ fn serve(args: &LabServeArgs) -> Result<ExitCode, CliError> {
         let mut terminate =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
                 .map_err(|e| CliError::Failed(format!("catching SIGTERM: {e}")))?;
-        let server = LabServer::start(lab, args.listen, args.tls)
+        let nbd = NbdOptions {
+            port: args.nbd_port,
+            ..NbdOptions::default()
+        };
+        let server = LabServer::start_with(lab, args.listen, args.tls, Limits::default(), nbd)
             .await
             .map_err(|e| CliError::Failed(e.to_string()))?;
         announce(&server)?;
@@ -137,14 +142,15 @@ fn serve(args: &LabServeArgs) -> Result<ExitCode, CliError> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The URL on the first line, the fingerprint on the second, flushed at once for whoever
-/// waits on them.
+/// The URL on the first line, the fingerprint on the second (with TLS), then `nbd
+/// ADDRESS:PORT`, flushed at once for whoever waits on them.
 fn announce(server: &LabServer) -> Result<(), CliError> {
     let mut out = std::io::stdout().lock();
     let mut text = format!("{}\n", server.base_url());
     if let Some(fingerprint) = server.fingerprint() {
         text.push_str(&format!("fingerprint {fingerprint}\n"));
     }
+    text.push_str(&format!("nbd {}\n", server.nbd_addr()));
     out.write_all(text.as_bytes())
         .and_then(|()| out.flush())
         .map_err(|e| CliError::Failed(format!("stdout: {e}")))

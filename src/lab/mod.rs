@@ -5,6 +5,7 @@ pub mod db;
 pub mod faults;
 mod flusher;
 pub mod http;
+pub mod nbd;
 pub mod rpc;
 pub mod sr;
 pub mod state;

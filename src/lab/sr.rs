@@ -42,6 +42,9 @@
 //! a snapshot of the same VDI while writes to different VDIs run in parallel. Lock order: VDI
 //! stripe, then the index, then the import set.
 
+mod cbt;
+mod change_log;
+mod change_log_file;
 mod coalesce;
 mod digest;
 mod error;
@@ -59,11 +62,13 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use uuid::Uuid;
 
+pub use change_log::{BlockBitmap, CBT_BLOCK_SIZE};
 pub use error::{Operation, SrError};
 pub use import::ImportGuard;
 
 use crate::image::Chain;
 use crate::vhd;
+use change_log::ChangeLogs;
 use error::{Context, image_error};
 use index::{Index, VdiRecord};
 
@@ -91,6 +96,8 @@ pub struct FileSr {
     /// VDIs an import is writing; shared with the [`ImportGuard`]s that release them.
     importing: Arc<Mutex<HashSet<Uuid>>>,
     vdi_locks: [Mutex<()>; VDI_LOCK_STRIPES],
+    /// The changed block tracking logs (see `cbt`); the last lock taken.
+    change_logs: Mutex<ChangeLogs>,
 }
 
 impl FileSr {
@@ -126,11 +133,17 @@ impl FileSr {
             });
         }
         sweep::sweep(dir, &index, &HashSet::new(), Operation::Open)?;
+        let (logs, damaged) = change_log_file::load_all(dir, ctx)?;
+        for error in damaged {
+            tracing::warn!(%error, "a damaged change log is ignored: its VDI is untracked");
+        }
+        let change_logs = ChangeLogs::from_loaded(logs);
         Ok(FileSr {
             dir: dir.to_path_buf(),
             index: Mutex::new(index),
             importing: Arc::default(),
             vdi_locks: std::array::from_fn(|_| Mutex::new(())),
+            change_logs: Mutex::new(change_logs),
         })
     }
 
@@ -185,7 +198,7 @@ impl FileSr {
     ) -> Result<(), SrError> {
         let _vdi_lock = self.lock_vdi(vdi);
         let mut index = lock(&self.index);
-        let record = find(&index, op, vdi)?.clone();
+        let record = self.find(&index, op, vdi)?.clone();
         self.ensure_not_importing(op, vdi)?;
         ensure_absent(&index, op, new_vdi)?;
         self.ensure_space(&index, op, vdi, record.virtual_size)?;
@@ -204,6 +217,7 @@ impl FileSr {
                 read_only: new_read_only,
             },
         );
+        let tracked = op == Operation::Snapshot && !record.read_only;
         next.vdis.insert(
             vdi,
             VdiRecord {
@@ -211,32 +225,59 @@ impl FileSr {
                 ..record
             },
         );
-        self.commit(&mut index, next, Context::vdi(op, vdi))
-    }
-
-    /// Remove `vdi`, then delete its leaf and every hidden parent no other VDI builds on.
-    pub fn destroy(&self, vdi: Uuid) -> Result<(), SrError> {
-        let op = Operation::Destroy;
-        let _vdi_lock = self.lock_vdi(vdi);
-        let mut index = lock(&self.index);
-        find(&index, op, vdi)?;
-        self.ensure_not_importing(op, vdi)?;
-        let mut next = index.clone();
-        next.vdis.remove(&vdi);
         self.commit(&mut index, next, Context::vdi(op, vdi))?;
-        // The VDI is gone once the index says so; files a failed sweep leaves behind are
-        // unreferenced and go at the next sweep.
-        let importing = lock(&self.importing).clone();
-        if let Err(e) = sweep::sweep(&self.dir, &index, &importing, op) {
-            tracing::warn!(%vdi, error = %e, "destroy: sweeping unreferenced VHD files failed");
-        }
-        drop(index);
-        drop(_vdi_lock);
-        // A destroy is what leaves hidden files with a single child to merge.
-        if let Err(e) = self.coalesce(coalesce::COALESCE_DEPTH) {
-            tracing::warn!(error = %e, "coalescing the SR's chains failed; they stay as they were");
+        // A clone starts untracked, and a snapshot of a snapshot changes no content.
+        if tracked {
+            self.snapshot_log(vdi, new_vdi);
         }
         Ok(())
+    }
+
+    /// Remove `vdi` (or what is left of it after [`FileSr::data_destroy`]), folding its change
+    /// log into the next one of its chain, then delete its leaf and every hidden parent no
+    /// other VDI builds on.
+    pub fn destroy(&self, vdi: Uuid) -> Result<(), SrError> {
+        let op = Operation::Destroy;
+        {
+            let _vdi_lock = self.lock_vdi(vdi);
+            let mut index = lock(&self.index);
+            let has_chain = index.vdis.contains_key(&vdi);
+            if !has_chain && !self.logs().contains(vdi) {
+                return Err(SrError::NotFound { op, vdi });
+            }
+            self.ensure_not_importing(op, vdi)?;
+            // The log first: should the rest fail, the VDI is left untracked, which makes
+            // changed-block queries through it fail rather than miss blocks.
+            self.remove_log(op, vdi)?;
+            if !has_chain {
+                return Ok(());
+            }
+            self.drop_chain(op, vdi, &mut index)?;
+        }
+        self.coalesce_after(op);
+        Ok(())
+    }
+
+    /// Remove `vdi`'s chain from the index, then sweep the files nothing references any more.
+    fn drop_chain(&self, op: Operation, vdi: Uuid, index: &mut Index) -> Result<(), SrError> {
+        let mut next = index.clone();
+        next.vdis.remove(&vdi);
+        self.commit(index, next, Context::vdi(op, vdi))?;
+        // The chain is gone once the index says so; files a failed sweep leaves behind are
+        // unreferenced and go at the next sweep.
+        let importing = lock(&self.importing).clone();
+        if let Err(e) = sweep::sweep(&self.dir, index, &importing, op) {
+            tracing::warn!(%vdi, error = %e, "{op}: sweeping unreferenced VHD files failed");
+        }
+        Ok(())
+    }
+
+    /// Coalesce after a chain went: a destroy is what leaves hidden files with a single child
+    /// to merge. Takes every VDI lock, so the caller holds none.
+    fn coalesce_after(&self, op: Operation) {
+        if let Err(e) = self.coalesce(coalesce::COALESCE_DEPTH) {
+            tracing::warn!(error = %e, "{op}: coalescing the SR's chains failed; they stay as they were");
+        }
     }
 
     /// Shorten chains deeper than `max_depth` (see [`coalesce`]); returns the number of files
@@ -260,7 +301,7 @@ impl FileSr {
         let op = Operation::Resize;
         let _vdi_lock = self.lock_vdi(vdi);
         let mut index = lock(&self.index);
-        let record = find(&index, op, vdi)?.clone();
+        let record = self.find(&index, op, vdi)?.clone();
         ensure_writable(op, vdi, &record)?;
         self.ensure_not_importing(op, vdi)?;
         let rounded = round_size(new_size);
@@ -288,11 +329,14 @@ impl FileSr {
                 ..record
             },
         );
-        self.commit(&mut index, next, Context::vdi(op, vdi))
+        self.commit(&mut index, next, Context::vdi(op, vdi))?;
+        self.resize_log(vdi, rounded);
+        Ok(())
     }
 
     /// A guest write of `data` at byte `offset`, onto the VDI's leaf with sector-granular
-    /// bitmaps. Partly covered edge sectors keep the bytes the guest saw there before.
+    /// bitmaps. Partly covered edge sectors keep the bytes the guest saw there before. The
+    /// VDI's change log, if it has one, marks the blocks first.
     pub fn write(&self, vdi: Uuid, offset: u64, data: &[u8]) -> Result<(), SrError> {
         let op = Operation::Write;
         let _vdi_lock = self.lock_vdi(vdi);
@@ -311,6 +355,7 @@ impl FileSr {
                 virtual_size: record.virtual_size,
             });
         }
+        self.mark_written(op, vdi, offset, len)?;
         guest_write::write(&self.dir.join(&record.leaf), offset, data).map_err(image_error(op, vdi))
     }
 
@@ -380,13 +425,18 @@ impl FileSr {
         Ok(self.record(Operation::Read, vdi)?.read_only)
     }
 
-    /// Size of the VDI's leaf file; shared parents are not counted.
+    /// Size of the VDI's leaf file (shared parents are not counted), or of its change log when
+    /// only that is left.
     pub fn vdi_physical_utilisation(&self, vdi: Uuid) -> Result<u64, SrError> {
         let op = Operation::Measure;
-        let leaf = self.dir.join(self.record(op, vdi)?.leaf);
-        std::fs::metadata(&leaf)
+        let file = match self.record(op, vdi) {
+            Ok(record) => self.dir.join(record.leaf),
+            Err(SrError::MetadataOnly { .. }) => self.dir.join(layout::log_file_name(vdi)),
+            Err(e) => return Err(e),
+        };
+        std::fs::metadata(&file)
             .map(|m| m.len())
-            .map_err(Context::vdi(op, vdi).io("measure", &leaf))
+            .map_err(Context::vdi(op, vdi).io("measure", &file))
     }
 
     /// The configured capacity in bytes, if any.
@@ -425,7 +475,24 @@ impl FileSr {
     }
 
     fn record(&self, op: Operation, vdi: Uuid) -> Result<VdiRecord, SrError> {
-        find(&lock(&self.index), op, vdi).cloned()
+        self.find(&lock(&self.index), op, vdi).cloned()
+    }
+
+    /// The VDI's entry in `index`; for a VDI of which only the change log is left,
+    /// [`SrError::MetadataOnly`].
+    fn find<'a>(
+        &self,
+        index: &'a Index,
+        op: Operation,
+        vdi: Uuid,
+    ) -> Result<&'a VdiRecord, SrError> {
+        index.vdis.get(&vdi).ok_or_else(|| {
+            if self.logs().contains(vdi) {
+                SrError::MetadataOnly { op, vdi }
+            } else {
+                SrError::NotFound { op, vdi }
+            }
+        })
     }
 
     fn lock_vdi(&self, vdi: Uuid) -> MutexGuard<'_, ()> {

@@ -30,6 +30,7 @@ use crate::lab::boot::BootTimer;
 use crate::lab::db::{Db, StateFormatError};
 use crate::lab::faults::Faults;
 use crate::lab::flusher::{FLUSH_INTERVAL, Flusher};
+use crate::lab::nbd::NbdEndpoint;
 use crate::lab::rpc::{EventWaits, RunningTasks};
 use crate::lab::sr::{FileSr, SrError};
 use crate::xapi::rpc::XapiFault;
@@ -118,6 +119,8 @@ struct Shared {
     saving: Mutex<()>,
     /// The [`Lab`] handles alive (the flusher thread holds none).
     handles: AtomicUsize,
+    /// The NBD server serving this lab, if one runs (`VDI.get_nbd_info` names it).
+    nbd: Mutex<Option<NbdEndpoint>>,
 }
 
 impl std::fmt::Debug for Lab {
@@ -187,6 +190,7 @@ impl Lab {
             boots: BootTimer::new(),
             saving: Mutex::new(()),
             handles: AtomicUsize::new(1),
+            nbd: Mutex::new(None),
         });
         // The thread holds no handle that would keep the lab alive: the last handle's drop
         // saves, and dropping the shared state stops the thread.
@@ -292,6 +296,11 @@ impl Lab {
     /// before they look, so that no change slips in between.
     pub(crate) fn watch_changes(&self) -> watch::Receiver<u64> {
         self.shared.generation.subscribe()
+    }
+
+    /// Where the lab's NBD server listens, if one runs; the server keeps it.
+    pub(crate) fn nbd_slot(&self) -> &Mutex<Option<NbdEndpoint>> {
+        &self.shared.nbd
     }
 
     pub(crate) fn running_tasks(&self) -> &RunningTasks {

@@ -50,14 +50,33 @@ fn vm_operations(record: &Record) -> Vec<&'static str> {
         .collect()
 }
 
+/// As xapi's `check_operation_error`: what `VDI.data_destroy` left can only go or be compared,
+/// a snapshot's data can be destroyed once it is tracked, and only other VDIs change tracking.
 fn vdi_operations(record: &Record) -> Vec<&'static str> {
-    if !flag(record, "managed") {
-        vec![]
+    let mut operations = if !flag(record, "managed") {
+        return vec![];
+    } else if text(record, "type") == "cbt_metadata" {
+        vec!["destroy", "list_changed_blocks"]
     } else if flag(record, "read_only") {
-        vec!["clone", "destroy", "snapshot"]
+        vec!["clone", "destroy", "list_changed_blocks", "snapshot"]
     } else {
-        vec!["clone", "destroy", "resize", "snapshot"]
+        vec![
+            "clone",
+            "destroy",
+            "list_changed_blocks",
+            "resize",
+            "snapshot",
+        ]
+    };
+    let snapshot = flag(record, "is_a_snapshot");
+    if snapshot && flag(record, "cbt_enabled") {
+        operations.push("data_destroy");
     }
+    if !snapshot && matches!(text(record, "type"), "user" | "system") {
+        operations.extend(["disable_cbt", "enable_cbt"]);
+    }
+    operations.sort_unstable();
+    operations
 }
 
 /// What the lab's file SR does (`storage_operations`).

@@ -29,7 +29,7 @@ mod request;
 mod route;
 mod rpc;
 mod server;
-mod tls;
+pub(crate) mod tls;
 mod transfer;
 
 pub use error::HttpError;

@@ -15,6 +15,9 @@
 //! carries its session inside, is capped at `MAX_RPC_BODY` and, beyond 64 KiB, draws on a
 //! budget all connections share (see `rpc`). So whatever unauthenticated clients send, the
 //! host holds at most about `max_connections` x 128 KiB + 32 MiB for them (64 MiB by default).
+//!
+//! The server also runs the lab's NBD server ([`crate::lab::nbd`]) on the same address, on a
+//! port of its own ([`LabServer::nbd_addr`]), and stops it with itself.
 
 use std::convert::Infallible;
 use std::io;
@@ -37,6 +40,7 @@ use tokio_rustls::TlsAcceptor;
 use super::rpc::BodyReading;
 use super::{HttpError, route, tls};
 use crate::lab::Lab;
+use crate::lab::nbd::{LazyIdentity, NbdOptions, NbdServer};
 use crate::xapi::tls::Fingerprint;
 
 /// What the server allows its clients; see the module's documentation.
@@ -75,6 +79,7 @@ pub struct LabServer {
     /// Tells the accept loop to stop, with the grace period for requests in flight.
     stop: Option<oneshot::Sender<Duration>>,
     accept_loop: Option<JoinHandle<()>>,
+    nbd: Option<NbdServer>,
 }
 
 impl LabServer {
@@ -90,6 +95,17 @@ impl LabServer {
         addr: SocketAddr,
         tls: bool,
         limits: Limits,
+    ) -> Result<LabServer, HttpError> {
+        LabServer::start_with(lab, addr, tls, limits, NbdOptions::default()).await
+    }
+
+    /// [`LabServer::start_with_limits`], with the NBD server's port and limits.
+    pub async fn start_with(
+        lab: Lab,
+        addr: SocketAddr,
+        tls: bool,
+        limits: Limits,
+        nbd: NbdOptions,
     ) -> Result<LabServer, HttpError> {
         let identity = if tls {
             let dir = lab.dir().to_path_buf();
@@ -112,7 +128,14 @@ impl LabServer {
             .local_addr()
             .map_err(|source| HttpError::Listen { addr, source })?;
         let fingerprint = identity.as_ref().map(|i| i.fingerprint);
-        let acceptor = identity.map(|i| TlsAcceptor::from(i.config));
+        let identity = identity.map(Arc::new);
+        let acceptor = identity
+            .as_ref()
+            .map(|i| TlsAcceptor::from(i.config.clone()));
+        // NBD presents the same certificate; without HTTPS it is made when first needed.
+        let nbd_identity = Arc::new(LazyIdentity::new(lab.dir().to_path_buf(), identity));
+        let nbd_addr = SocketAddr::new(addr.ip(), nbd.port);
+        let nbd = NbdServer::start(lab.clone(), nbd_addr, nbd_identity, nbd).await?;
         let (stop, stopped) = oneshot::channel();
         let accept_loop = tokio::spawn(accept_loop(listener, acceptor, lab, limits, stopped));
         tracing::info!(%local_addr, tls, "lab host listening");
@@ -121,6 +144,7 @@ impl LabServer {
             fingerprint,
             stop: Some(stop),
             accept_loop: Some(accept_loop),
+            nbd: Some(nbd),
         })
     }
 
@@ -143,6 +167,14 @@ impl LabServer {
         self.fingerprint
     }
 
+    /// Where the lab's NBD server listens (`VDI.get_nbd_info` names it once a network has
+    /// the purpose `nbd` or `insecure_nbd`).
+    pub fn nbd_addr(&self) -> SocketAddr {
+        self.nbd
+            .as_ref()
+            .map_or(self.local_addr, NbdServer::local_addr)
+    }
+
     /// Stop accepting connections, give requests in flight up to `grace` to finish, then
     /// abort the connections still open: their transfers fail (an import leaves its VDI
     /// unchanged) and their tasks say so.
@@ -150,9 +182,17 @@ impl LabServer {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(grace);
         }
-        if let Some(accept_loop) = self.accept_loop.take() {
-            let _ = accept_loop.await;
-        }
+        let nbd = async {
+            if let Some(nbd) = self.nbd.take() {
+                nbd.shutdown(grace).await;
+            }
+        };
+        let http = async {
+            if let Some(accept_loop) = self.accept_loop.take() {
+                let _ = accept_loop.await;
+            }
+        };
+        tokio::join!(nbd, http);
     }
 }
 

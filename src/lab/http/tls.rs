@@ -1,6 +1,7 @@
 //! The lab host's TLS identity: a self-signed certificate generated once and kept in
 //! `DIR/tls` (`cert.pem`, and `key.pem` readable by its owner only), so that its fingerprint
 //! stays the same across restarts and clients can pin it, as they pin a XenServer host's.
+//! The lab's NBD server presents the same certificate, as xapi-nbd presents the host's.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -19,14 +20,23 @@ const KEY_FILE: &str = "key.pem";
 /// Names the certificate is valid for; clients that check names connect by these.
 const NAMES: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
 
-/// A server configuration and the fingerprint clients pin.
-pub(super) struct Identity {
+/// The certificate's subject as `VDI.get_nbd_info` gives it: its first name that is no
+/// wildcard, as xapi picks it.
+pub(crate) const SUBJECT: &str = NAMES[0];
+
+/// Server configurations and the certificate clients pin.
+pub(crate) struct Identity {
+    /// For HTTPS (ALPN `http/1.1`).
     pub config: Arc<ServerConfig>,
+    /// For NBD's STARTTLS (no ALPN).
+    pub nbd_config: Arc<ServerConfig>,
     pub fingerprint: Fingerprint,
+    /// The certificate, PEM-encoded, as `VDI.get_nbd_info` hands it out.
+    pub cert_pem: String,
 }
 
 /// The identity kept in `lab_dir`, generated on first use.
-pub(super) fn load_or_create(lab_dir: &Path) -> Result<Identity, HttpError> {
+pub(crate) fn load_or_create(lab_dir: &Path) -> Result<Identity, HttpError> {
     let dir = lab_dir.join(TLS_DIR);
     let (cert_path, key_path) = (dir.join(CERT_FILE), dir.join(KEY_FILE));
     if !cert_path.exists() || !key_path.exists() {
@@ -39,25 +49,32 @@ pub(super) fn load_or_create(lab_dir: &Path) -> Result<Identity, HttpError> {
             message: e.to_string(),
         }
     };
-    let cert = CertificateDer::from_pem_file(&cert_path).map_err(bad(&cert_path))?;
+    let cert_pem =
+        std::fs::read_to_string(&cert_path).map_err(HttpError::io("read", &cert_path))?;
+    let cert = CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(bad(&cert_path))?;
     let key = PrivateKeyDer::from_pem_file(&key_path).map_err(bad(&key_path))?;
     let fingerprint = Fingerprint::of_der(&cert);
-    let mut config =
-        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .and_then(|builder| {
-                builder
-                    .with_no_client_auth()
-                    .with_single_cert(vec![cert], key)
-            })
-            .map_err(|e| HttpError::Certificate {
-                path: cert_path.clone(),
-                message: e.to_string(),
-            })?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let server_config = |alpn: Vec<Vec<u8>>| {
+        let mut config =
+            ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .and_then(|builder| {
+                    builder
+                        .with_no_client_auth()
+                        .with_single_cert(vec![cert.clone()], key.clone_key())
+                })
+                .map_err(|e| HttpError::Certificate {
+                    path: cert_path.clone(),
+                    message: e.to_string(),
+                })?;
+        config.alpn_protocols = alpn;
+        Ok::<_, HttpError>(Arc::new(config))
+    };
     Ok(Identity {
-        config: Arc::new(config),
+        config: server_config(vec![b"http/1.1".to_vec()])?,
+        nbd_config: server_config(Vec::new())?,
         fingerprint,
+        cert_pem,
     })
 }
 

@@ -166,6 +166,10 @@ pub(super) fn storage_fault(vdi: &str, operation: &str, error: SrError) -> XapiF
     match error {
         SrError::InUse { .. } => XapiFault::new("VDI_IN_USE", [vdi, operation]),
         SrError::ReadOnly { .. } => XapiFault::new("VDI_READONLY", [vdi]),
+        // What `VDI.data_destroy` left cannot be read or written.
+        SrError::MetadataOnly { .. } => {
+            XapiFault::new("VDI_INCOMPATIBLE_TYPE", [vdi, "cbt_metadata"])
+        }
         other => io_error(other),
     }
 }

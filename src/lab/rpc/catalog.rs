@@ -3,7 +3,9 @@
 use super::accessors::Accessor;
 use super::args::Invocation;
 use super::dispatch::Message;
-use super::{event, lab_calls, network, nvram, session, sr, task, vbd, vdi, vif, vlan, vm, vtpm};
+use super::{
+    cbt, event, lab_calls, network, nvram, session, sr, task, vbd, vdi, vif, vlan, vm, vtpm,
+};
 use crate::lab::db::Class;
 use crate::lab::state::Lab;
 use crate::xapi::rpc::{Response, Value};
@@ -20,6 +22,7 @@ const NAMESPACES: &[(&str, &[Message])] = &[
     ("VTPM", vtpm::MESSAGES),
     ("VBD", vbd::MESSAGES),
     ("VDI", vdi::MESSAGES),
+    ("VDI", cbt::MESSAGES),
     ("SR", sr::MESSAGES),
     ("task", task::MESSAGES),
     ("network", network::MESSAGES),

@@ -15,6 +15,7 @@
 mod accessors;
 mod args;
 mod catalog;
+mod cbt;
 mod dispatch;
 mod event;
 mod guest;

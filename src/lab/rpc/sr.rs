@@ -35,12 +35,18 @@ impl Lab {
     }
 }
 
-/// Flag the SR's VDI records whose chain is gone as `missing` (and unflag those back),
-/// refresh the storage fields of the others, introduce a record for every chain no record
-/// names, and bring the unmanaged records of hidden parents in line with the files.
+/// Flag the SR's VDI records whose chain is gone as `missing` (and unflag those back), unless
+/// `VDI.data_destroy` left their change log, refresh the storage fields of the others,
+/// introduce a record for every chain no record names, and bring the unmanaged records of
+/// hidden parents in line with the files.
 fn scan_sr(lab: &Lab, db: &mut Db, sr: &str) -> Result<(), XapiFault> {
     db.record(Class::Sr, sr)?;
-    let on_disk: BTreeSet<Uuid> = lab.sr().vdis().into_iter().collect();
+    let on_disk: BTreeSet<Uuid> = lab
+        .sr()
+        .vdis()
+        .into_iter()
+        .chain(lab.sr().metadata_only_vdis())
+        .collect();
     let mut known = BTreeSet::new();
     // Hidden parents are no chains of their own: `hidden::sync` keeps their records.
     let records: Vec<(String, Option<Uuid>, bool)> = db

@@ -32,8 +32,10 @@ fn create(lab: &Lab, call: &Invocation) -> Response {
     lab.with_db_mut(|db| {
         db.record(Class::Vm, &vm)?;
         if vdi != NULL_REF {
-            // Hidden chain parents are never attached (xapi: `VDI_NOT_MANAGED`).
+            // Hidden chain parents are never attached (xapi: `VDI_NOT_MANAGED`), nor what
+            // `VDI.data_destroy` left (`VDI_INCOMPATIBLE_TYPE`).
             super::hidden::ensure_managed(db, &vdi)?;
+            super::cbt::ensure_has_data(db, &vdi)?;
         }
         let userdevice = free_userdevice(db, &vm, &userdevice)?;
         fields.insert("userdevice".into(), Value::from(userdevice));

@@ -1,8 +1,10 @@
-//! VDI messages over the file SR: create, destroy, snapshot, clone, resize. Storage changes
-//! come first and the records follow, so a record never names a VHD chain that does not
-//! exist; each VDI's `virtual_size`, `read_only` and `sm_config` (`vdi_type: vhd`,
-//! `vhd-parent: <uuid of the VHD its leaf builds on>`) are read back from the SR, and the
-//! hidden parents the calls create or delete are kept as unmanaged VDIs (see `hidden`).
+//! VDI messages over the file SR: create, destroy, snapshot, clone, resize (the CBT ones are
+//! in `cbt`). Storage changes come first and the records follow, so a record never names a
+//! VHD chain that does not exist; each VDI's `virtual_size`, `read_only`, `cbt_enabled` and
+//! `sm_config` (`vdi_type: vhd`, `vhd-parent: <uuid of the VHD its leaf builds on>`) are read
+//! back from the SR, and the hidden parents the calls create or delete are kept as unmanaged
+//! VDIs (see `hidden`). A VDI whose data `VDI.data_destroy` destroyed keeps its record, of
+//! type `cbt_metadata`, without `vhd-parent`.
 
 use std::collections::BTreeMap;
 
@@ -10,6 +12,7 @@ use uuid::Uuid;
 
 use super::accessors::constructor_fields;
 use super::args::{Fallback, Invocation, Param};
+use super::cbt::{CBT_METADATA, ensure_has_data};
 use super::dispatch::Message;
 use super::hidden;
 use super::live::{clamp, uuid_of};
@@ -62,6 +65,9 @@ fn create(lab: &Lab, call: &Invocation) -> Response {
         .ok_or_else(|| XapiFault::new("FIELD_TYPE_ERROR", ["virtual_size"]))?;
     let size = u64::try_from(size)
         .map_err(|_| XapiFault::new("INVALID_VALUE", ["virtual_size".into(), size.to_string()]))?;
+    if fields.get("type").and_then(Value::as_str) == Some(CBT_METADATA) {
+        return Err(XapiFault::new("VDI_INCOMPATIBLE_TYPE", ["", CBT_METADATA]));
+    }
     lab.with_db_mut(|db| Ok(Value::from(create_vdi(lab, db, &sr, size, fields)?)))
 }
 
@@ -108,6 +114,7 @@ fn resize(lab: &Lab, call: &Invocation) -> Response {
             operation: "resize",
         };
         hidden::ensure_managed(db, vdi)?;
+        ensure_has_data(db, vdi)?;
         if attached(db, vdi)? {
             return Err(xapi_errors::vdi_in_use(vdi, "resize"));
         }
@@ -140,7 +147,11 @@ pub(super) fn create_vdi(
     let sm_config = fields.remove("sm_config").unwrap_or(Value::Nil);
     fields.extend(identity(uuid, sr));
     let storage_fields = storage_fields(lab, uuid, &sm_config).map_err(|e| storage.fault(e))?;
-    fields.extend(storage_fields.map(|(name, value)| (name.to_owned(), value)));
+    fields.extend(
+        storage_fields
+            .into_iter()
+            .map(|(name, value)| (name.to_owned(), value)),
+    );
     Ok(db.insert(Class::Vdi, fields))
 }
 
@@ -167,6 +178,7 @@ pub(super) fn branch_vdi(
     };
     let (uuid, sr) = locate(db, vdi)?;
     hidden::ensure_managed(db, vdi)?;
+    ensure_has_data(db, vdi)?;
     let storage = StorageCall {
         vdi,
         sr: &sr,
@@ -190,7 +202,11 @@ pub(super) fn branch_vdi(
     fields.extend(identity(new_uuid, &sr));
     let storage_fields =
         storage_fields(lab, new_uuid, &Value::Nil).map_err(|e| storage.fault(e))?;
-    fields.extend(storage_fields.map(|(name, value)| (name.to_owned(), value)));
+    fields.extend(
+        storage_fields
+            .into_iter()
+            .map(|(name, value)| (name.to_owned(), value)),
+    );
     let new_vdi = db.insert(Class::Vdi, fields);
     // The source now builds on the frozen parent too, which becomes an unmanaged VDI.
     refresh_storage_fields(lab, db, vdi)?;
@@ -249,28 +265,39 @@ fn identity(uuid: Uuid, sr: &str) -> [(String, Value); 3] {
     ]
 }
 
-/// The fields the SR is the authority on, with `sm_config`'s other keys kept.
+/// The fields the SR is the authority on, with `sm_config`'s other keys kept. Of a VDI of
+/// which only the change log is left, the type says so and the size stays as it was.
 fn storage_fields(
     lab: &Lab,
     uuid: Uuid,
     sm_config: &Value,
-) -> Result<[(&'static str, Value); 3], SrError> {
+) -> Result<Vec<(&'static str, Value)>, SrError> {
     let sr = lab.sr();
     let mut config: BTreeMap<String, Value> = sm_config.as_struct().cloned().unwrap_or_default();
     config.insert("vdi_type".into(), Value::from("vhd"));
+    let cbt_enabled = ("cbt_enabled", Value::Bool(sr.has_change_log(uuid)));
+    if sr.is_metadata_only(uuid) {
+        config.remove("vhd-parent");
+        return Ok(vec![
+            ("type", Value::from(CBT_METADATA)),
+            ("sm_config", Value::Struct(config)),
+            cbt_enabled,
+        ]);
+    }
     match sr.vhd_parent(uuid)? {
         Some(parent) => config.insert("vhd-parent".into(), Value::from(parent.to_string())),
         None => config.remove("vhd-parent"),
     };
-    Ok([
+    Ok(vec![
         ("virtual_size", Value::Int(clamp(sr.virtual_size(uuid)?))),
         ("read_only", Value::Bool(sr.is_read_only(uuid)?)),
         ("sm_config", Value::Struct(config)),
+        cbt_enabled,
     ])
 }
 
 /// The VDI's uuid, by which the SR knows it, and its SR's reference.
-fn locate(db: &Db, vdi: &str) -> Result<(Uuid, String), XapiFault> {
+pub(super) fn locate(db: &Db, vdi: &str) -> Result<(Uuid, String), XapiFault> {
     let record = db.record(Class::Vdi, vdi)?;
     let uuid = uuid_of(record)
         .ok_or_else(|| xapi_errors::internal(format!("VDI {vdi} has no valid uuid")))?;

@@ -66,6 +66,22 @@ impl StorageCall<'_> {
                 "SR_BACKEND_FAILURE_79",
                 ["", "VDI Invalid size [opterr=shrinking not allowed]", ""],
             ),
+            // SM's `CBTChangedBlocksError`.
+            SrError::ChangedBlocks { reason, .. } => XapiFault::new(
+                "SR_BACKEND_FAILURE_460",
+                [
+                    String::new(),
+                    format!("Failed to calculate changed blocks for given VDIs. [opterr={reason}]"),
+                    String::new(),
+                ],
+            ),
+            SrError::NoChangeLog { .. } => XapiFault::new("VDI_NO_CBT_METADATA", [self.vdi]),
+            SrError::MetadataOnly { .. } => {
+                XapiFault::new("VDI_INCOMPATIBLE_TYPE", [self.vdi, "cbt_metadata"])
+            }
+            SrError::Writable { .. } => {
+                operation_not_allowed(&format!("VDI is not a snapshot: {}", self.vdi))
+            }
             other => internal(other),
         }
     }

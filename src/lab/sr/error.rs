@@ -25,6 +25,10 @@ pub enum Operation {
     SetCapacity,
     Measure,
     Coalesce,
+    EnableCbt,
+    DisableCbt,
+    ListChangedBlocks,
+    DataDestroy,
 }
 
 impl fmt::Display for Operation {
@@ -43,6 +47,10 @@ impl fmt::Display for Operation {
             Operation::SetCapacity => "set capacity",
             Operation::Measure => "measure",
             Operation::Coalesce => "coalesce",
+            Operation::EnableCbt => "enable CBT on",
+            Operation::DisableCbt => "disable CBT on",
+            Operation::ListChangedBlocks => "list changed blocks of",
+            Operation::DataDestroy => "destroy the data of",
         })
     }
 }
@@ -106,6 +114,23 @@ pub enum SrError {
     BadIndex { path: PathBuf, detail: String },
     #[error("{}: not a file SR: it holds VHD files but no sr.json", dir.display())]
     NotAnSr { dir: PathBuf },
+    #[error("{op} VDI {vdi}: changed block tracking is not enabled on it")]
+    NoChangeLog { op: Operation, vdi: Uuid },
+    /// SM's `CBTChangedBlocksError`, with its reason.
+    #[error("list changed blocks from VDI {from} to VDI {to}: {reason}")]
+    ChangedBlocks {
+        from: Uuid,
+        to: Uuid,
+        reason: &'static str,
+    },
+    #[error(
+        "{op} VDI {vdi}: only its changed block tracking metadata is left (its data was destroyed)"
+    )]
+    MetadataOnly { op: Operation, vdi: Uuid },
+    #[error("{op} VDI {vdi}: the VDI is writable; only a snapshot's data can be destroyed")]
+    Writable { op: Operation, vdi: Uuid },
+    #[error("change log {}: {detail}", path.display())]
+    BadChangeLog { path: PathBuf, detail: String },
 }
 
 fn for_vdi(vdi: &Option<Uuid>) -> String {

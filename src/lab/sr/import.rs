@@ -2,7 +2,8 @@
 //! copy replaces the leaf only when the import commits. Until then readers see the old leaf,
 //! and dropping the claim without committing deletes the copy, so a failed import changes
 //! nothing. The copy is usually tiny: imports go into fresh VDIs or fresh clones, whose
-//! leaves are empty.
+//! leaves are empty. The import tells the guard which bytes it wrote, and a commit marks their
+//! blocks in the VDI's change log (if it has one) before the copy replaces the leaf.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -10,6 +11,8 @@ use std::sync::{Arc, Mutex};
 
 use uuid::Uuid;
 
+use super::change_log::{BlockBitmap, Marked};
+use super::change_log_file;
 use super::error::{Context, Operation, SrError};
 use super::layout::staging_file_name;
 use super::{FileSr, ensure_writable, lock};
@@ -28,6 +31,8 @@ pub struct ImportGuard {
     leaf: PathBuf,
     /// `None` once committed.
     staging: Option<PathBuf>,
+    /// The 64 KiB blocks the import wrote, for the VDI's change log.
+    written: BlockBitmap,
 }
 
 impl ImportGuard {
@@ -39,6 +44,12 @@ impl ImportGuard {
     /// with `stream::apply::VhdTarget::open(path, None)`.
     pub fn target(&self) -> &Path {
         self.staging.as_deref().unwrap_or(&self.leaf)
+    }
+
+    /// Note that the import wrote `len` bytes at `offset` of the VDI (whole sectors of it, at
+    /// least one byte of each changed).
+    pub fn mark_written(&mut self, offset: u64, len: u64) {
+        self.written.mark(offset, len);
     }
 }
 
@@ -73,6 +84,7 @@ impl FileSr {
             vdi,
             leaf: self.dir.join(&record.leaf),
             staging: None,
+            written: BlockBitmap::for_size(record.virtual_size),
         };
         let staging = self.dir.join(staging_file_name(&record.leaf));
         // Set first, so that a failed copy's partial file is deleted with the guard.
@@ -83,8 +95,9 @@ impl FileSr {
         Ok(guard)
     }
 
-    /// Replace the VDI's leaf with the staging copy, atomically and durably, and release the
-    /// claim. The caller has flushed what it wrote.
+    /// Mark what the import wrote in the VDI's change log, then replace the VDI's leaf with the
+    /// staging copy, atomically and durably, and release the claim. The caller has flushed
+    /// what it wrote.
     pub fn commit_import(&self, mut guard: ImportGuard) -> Result<(), SrError> {
         let op = Operation::Import;
         let ctx = Context::vdi(op, guard.vdi);
@@ -92,6 +105,17 @@ impl FileSr {
         let Some(staging) = guard.staging.clone() else {
             return Ok(());
         };
+        {
+            let mut logs = self.logs();
+            match logs.mark_all(guard.vdi, &guard.written) {
+                Marked::Untracked | Marked::Unchanged => {}
+                Marked::Bytes(bytes) => {
+                    let log = logs.get(guard.vdi).expect("just marked");
+                    change_log_file::patch(&self.dir, guard.vdi, log, bytes, ctx)?;
+                }
+                Marked::Rewritten(plan) => change_log_file::persist(&self.dir, &plan, ctx)?,
+            }
+        }
         atomic::publish(&staging, &guard.leaf).map_err(ctx.atomic())?;
         guard.staging = None;
         Ok(())

@@ -1,6 +1,6 @@
-//! What lives in the SR directory and under which names: `sr.json` (the index) and one
-//! `<footer uuid>.vhd` per VHD file, plus the temp files of writes in progress and the
-//! staging copies (`<leaf>.import`) of imports in progress.
+//! What lives in the SR directory and under which names: `sr.json` (the index), one
+//! `<footer uuid>.vhd` per VHD file and one `<vdi uuid>.cbtlog` per change log, plus the temp
+//! files of writes in progress and the staging copies (`<leaf>.import`) of imports in progress.
 
 use std::path::Path;
 
@@ -22,12 +22,26 @@ pub(super) fn vhd_file_uuid(name: &str) -> Option<Uuid> {
     (vhd_file_name(uuid) == name).then_some(uuid)
 }
 
-/// Temp files of an index save or of an image creation: [`atomic`] temps of `sr.json` or of a
-/// `<uuid>.vhd`, or the fixed `sr.json.tmp` and `<uuid>.vhd.tmp` that earlier versions used.
+/// The file name of the change log of `vdi`.
+pub(super) fn log_file_name(vdi: Uuid) -> String {
+    format!("{vdi}.cbtlog")
+}
+
+/// The VDI a canonical `<uuid>.cbtlog` file name stands for.
+pub(super) fn log_file_vdi(name: &str) -> Option<Uuid> {
+    let uuid = name.strip_suffix(".cbtlog")?.parse().ok()?;
+    (log_file_name(uuid) == name).then_some(uuid)
+}
+
+/// Temp files of an index save, an image creation or a change log save: [`atomic`] temps of
+/// `sr.json`, a `<uuid>.vhd` or a `<uuid>.cbtlog`, or the fixed `sr.json.tmp` and
+/// `<uuid>.vhd.tmp` that earlier versions used.
 pub(super) fn is_temp_file(name: &str) -> bool {
-    atomic::temp_target(name)
-        .or_else(|| name.strip_suffix(".tmp"))
-        .is_some_and(|target| target == INDEX_FILE || vhd_file_uuid(target).is_some())
+    let atomic_temp = atomic::temp_target(name);
+    atomic_temp.is_some_and(|target| log_file_vdi(target).is_some())
+        || atomic_temp
+            .or_else(|| name.strip_suffix(".tmp"))
+            .is_some_and(|target| target == INDEX_FILE || vhd_file_uuid(target).is_some())
 }
 
 /// The staging copy an import writes instead of the leaf named `leaf`.
@@ -81,6 +95,12 @@ mod tests {
             let name = file.temp_path().file_name().unwrap().to_str().unwrap();
             assert!(is_temp_file(name), "{name}");
         }
+        let log = atomic::AtomicFile::create(&dir.path().join(log_file_name(uuid))).unwrap();
+        let name = log.temp_path().file_name().unwrap().to_str().unwrap();
+        assert!(is_temp_file(name), "{name}");
+        assert!(!is_temp_file(&log_file_name(uuid)));
+        assert_eq!(log_file_vdi(&log_file_name(uuid)), Some(uuid));
+        assert_eq!(log_file_vdi(&format!("{}.cbtlog", uuid.simple())), None);
         assert!(is_temp_file("sr.json.tmp"));
         assert!(is_temp_file(&format!("{uuid}.vhd.tmp")));
         assert!(!is_temp_file(&vhd_file_name(uuid)));

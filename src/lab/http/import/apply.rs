@@ -6,6 +6,8 @@
 //! * `raw`: the bytes are the disk from offset 0, written block by block. A block of zeros
 //!   over a block no layer of the VDI allocates is skipped: its content is already zeros, and
 //!   writing it would only allocate space (vhd-tool skips them too on prezeroed targets).
+//!
+//! Either way the import tells its [`ImportGuard`] what it wrote, for the VDI's change log.
 
 use std::path::PathBuf;
 
@@ -17,10 +19,11 @@ use super::super::transfer::{TaskProgress, io_error};
 use super::pump::BodyReader;
 use super::too_small;
 use crate::image::{Chain, changed};
+use crate::lab::sr::ImportGuard;
 use crate::stream::apply::{ApplyError, ApplyTarget, VhdTarget};
 use crate::stream::{StreamDecoder, StreamEvent};
 use crate::vhd::header::bitmap_size;
-use crate::vhd::{BlockSet, SECTOR_SIZE};
+use crate::vhd::{BlockSet, SECTOR_SIZE, bitmap as sector_bitmap};
 use crate::xapi::rpc::XapiFault;
 
 /// What both formats need to know about the import.
@@ -53,6 +56,7 @@ impl Context<'_> {
 
 pub(super) fn vhd(
     import: &Context,
+    guard: &mut ImportGuard,
     body: &mut BodyReader,
     progress: &mut TaskProgress,
 ) -> Result<(), XapiFault> {
@@ -90,9 +94,15 @@ pub(super) fn vhd(
             }) => {
                 // The decoder emits blocks only after the footer and header.
                 if let Some(target) = target.as_mut() {
+                    let offset = u64::from(index) * block_size;
                     target
-                        .write_block(u64::from(index) * block_size, &bitmap, &data)
+                        .write_block(offset, &bitmap, &data)
                         .map_err(|e| import.write_error(e))?;
+                    let sectors = (data.len() as u64).div_ceil(SECTOR_SIZE) as u32;
+                    for run in sector_bitmap::runs(&bitmap, 0..sectors).filter(|r| r.present) {
+                        let at = offset + u64::from(run.start) * SECTOR_SIZE;
+                        guard.mark_written(at, u64::from(run.len) * SECTOR_SIZE);
+                    }
                 }
                 progress.update(import.progress(decoder.position()))?;
             }
@@ -116,11 +126,13 @@ pub(super) fn vhd(
 
 pub(super) fn raw(
     import: &Context,
+    guard: &mut ImportGuard,
     before: &Chain,
     body: &mut BodyReader,
     progress: &mut TaskProgress,
 ) -> Result<(), XapiFault> {
     let mut writer = RawWriter {
+        guard,
         target: import.open_target()?,
         allocated: changed(before, None),
         present: vec![0xFF; bitmap_size(before.block_size()) as usize],
@@ -156,7 +168,8 @@ pub(super) fn raw(
 }
 
 /// Writes raw blocks, skipping zeros where the VDI holds nothing.
-struct RawWriter {
+struct RawWriter<'a> {
+    guard: &'a mut ImportGuard,
     target: VhdTarget,
     /// Blocks some layer of the VDI allocates.
     allocated: BlockSet,
@@ -165,13 +178,15 @@ struct RawWriter {
     block_size: u64,
 }
 
-impl RawWriter {
+impl RawWriter<'_> {
     /// Write `data`, at most one block, at the block boundary `offset`.
     fn write(&mut self, data: &[u8], offset: u64) -> Result<(), ApplyError> {
         let index = (offset / self.block_size) as u32;
         if !self.allocated.contains(index) && data.iter().all(|&b| b == 0) {
             return Ok(());
         }
-        self.target.write_block(offset, &self.present, data)
+        self.target.write_block(offset, &self.present, data)?;
+        self.guard.mark_written(offset, data.len() as u64);
+        Ok(())
     }
 }

@@ -204,7 +204,7 @@ impl ImportJob {
             uuid,
             format,
             length,
-            guard,
+            mut guard,
             before,
         } = self;
         let mut progress = TaskProgress::new(&lab, &task);
@@ -215,8 +215,8 @@ impl ImportJob {
             target: guard.target().to_path_buf(),
         };
         let applied = match format {
-            Format::Vhd => apply::vhd(&context, &mut body, &mut progress),
-            Format::Raw => apply::raw(&context, &before, &mut body, &mut progress),
+            Format::Vhd => apply::vhd(&context, &mut guard, &mut body, &mut progress),
+            Format::Raw => apply::raw(&context, &mut guard, &before, &mut body, &mut progress),
         };
         // Commit, or discard by dropping the guard, before the task is final, so that a
         // client that sees the task end can use the VDI again at once.
