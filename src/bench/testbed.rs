@@ -416,6 +416,10 @@ impl<'a> Testbed<'a> {
             mode: report["mode"].as_str().unwrap_or_default().to_owned(),
             bytes: report["bytes_sent"].as_u64().unwrap_or_default(),
             replica: report["replica"].as_str().unwrap_or_default().to_owned(),
+            target_snapshot: report["target_snapshot"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
             disks: report["disks"]
                 .as_array()
                 .into_iter()
@@ -471,7 +475,9 @@ impl<'a> Testbed<'a> {
         Ok((full, delta, unchanged))
     }
 
-    /// Free the target of a replica the bench no longer needs: its VM, then its disks.
+    /// Free the target of a replica the bench no longer needs: the live replica, then its
+    /// disks, then its target snapshot with its disks. Nothing of it may stay: the next full
+    /// cycle's job would find the content by its content key and send a delta.
     fn destroy_replica(&self, facts: &CycleFacts) -> Result<(), BenchError> {
         let vm = self.call(
             true,
@@ -481,6 +487,23 @@ impl<'a> Testbed<'a> {
         self.call(true, "VM.destroy", vec![vm])?;
         for vdi in &facts.disks {
             self.destroy_target_vdi(vdi)?;
+        }
+        let snapshot = self.call(
+            true,
+            "VM.get_by_uuid",
+            vec![Value::from(facts.target_snapshot.as_str())],
+        )?;
+        let vbds = self.call(true, "VM.get_VBDs", vec![snapshot.clone()])?;
+        let mut vdis = Vec::new();
+        for vbd in vbds.as_array().into_iter().flatten() {
+            let kind = self.call(true, "VBD.get_type", vec![vbd.clone()])?;
+            if kind.as_str() == Some("Disk") {
+                vdis.push(self.call(true, "VBD.get_VDI", vec![vbd.clone()])?);
+            }
+        }
+        self.call(true, "VM.destroy", vec![snapshot])?;
+        for vdi in vdis {
+            self.call(true, "VDI.destroy", vec![vdi])?;
         }
         Ok(())
     }
@@ -516,6 +539,8 @@ struct CycleFacts {
     mode: String,
     bytes: u64,
     replica: String,
+    /// The cycle's restore point on the target.
+    target_snapshot: String,
     disks: Vec<String>,
 }
 
