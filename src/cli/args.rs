@@ -159,6 +159,10 @@ pub struct FailoverArgs {
     /// Do not ask for confirmation (required when stdin is not a terminal).
     #[arg(long)]
     pub yes: bool,
+    /// Fail over even though a VM of this job was already failed over (two copies of the VM
+    /// then run).
+    #[arg(long)]
+    pub force: bool,
     #[arg(long)]
     pub json: bool,
 }
