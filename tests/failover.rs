@@ -333,6 +333,37 @@ async fn the_prompt_names_the_restore_point_and_a_second_failover_needs_force() 
     assert!(promoted.blocked_operations.is_empty());
     assert_eq!(promoted.other_config[keys::FAILED_OVER_VM], vm);
 
+    // status shows it, in every format; it changes no state.
+    let run = vhdsync(&["status", "--job", &job_arg]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout.contains(&format!(
+            "FAILED OVER to VM {live} ([vhdsync cr] web01) at 20"
+        )),
+        "{}",
+        run.stdout
+    );
+    let run = vhdsync(&["status", "--job", &job_arg, "--json"]).await;
+    let failed_over = &run.json["vms"][0]["failed_over"];
+    assert_eq!(failed_over[0]["vm"], live.as_str(), "{}", run.stdout);
+    assert_eq!(failed_over[0]["power_state"], "Halted");
+    assert!(failed_over[0]["at"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(run.json["vms"][0]["state"], "ok");
+    let run = vhdsync(&["status", "--job", &job_arg, "--format", "nagios"]).await;
+    assert_eq!(run.code, 0, "{}", run.stdout);
+    assert!(
+        run.stdout
+            .contains(&format!("web01 failed over to VM {live} at 20")),
+        "{}",
+        run.stdout
+    );
+    let run = vhdsync(&["status", "--job", &job_arg, "--format", "prometheus"]).await;
+    assert!(
+        run.stdout.contains(&format!("vhdsync_failed_over_timestamp_seconds{{job=\"cr\",vm=\"{vm}\",vm_name=\"web01\",failed_over_vm=\"{live}\"}} ")),
+        "{}",
+        run.stdout
+    );
+
     // A second failover is refused, on a terminal or not, naming the first; nothing made.
     let run = vhdsync(&["failover", "--job", &job_arg, "--vm", &vm, "--yes"]).await;
     assert_eq!(run.code, 2, "{}{}", run.stdout, run.stderr);
@@ -365,4 +396,11 @@ async fn the_prompt_names_the_restore_point_and_a_second_failover_needs_force() 
     assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
     assert_eq!(run.json["kind"], "target_snapshot");
     assert!(run.json["failed_over_at"].as_str().unwrap().ends_with('Z'));
+    let run = vhdsync(&["status", "--job", &job_arg, "--json"]).await;
+    assert_eq!(
+        run.json["vms"][0]["failed_over"].as_array().unwrap().len(),
+        2,
+        "{}",
+        run.stdout
+    );
 }
