@@ -117,6 +117,10 @@ pub struct SeedExportArgs {
     /// The directory to write the seed files and manifest.json into (created; must be empty).
     #[arg(short = 'o', long = "output", value_name = "DIR")]
     pub output: PathBuf,
+    /// Export even though the job already has a valid chain for the VM (the next replicate
+    /// then sends a full copy).
+    #[arg(long)]
+    pub force: bool,
     /// zstd level.
     #[arg(long, default_value_t = 3)]
     pub level: i32,
