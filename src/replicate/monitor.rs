@@ -81,8 +81,16 @@ pub enum Finding {
     NoTime,
     /// Restore points left by interrupted runs (WARNING).
     Interrupted { count: usize },
-    /// The last recorded health check failed (WARNING).
-    HealthCheckFailed { at: Option<i64> },
+    /// The last recorded health check failed (WARNING); `at` is written in RFC 3339.
+    HealthCheckFailed {
+        #[serde(serialize_with = "rfc3339")]
+        at: Option<i64>,
+    },
+}
+
+/// A Unix time in JSON as every date there is: RFC 3339.
+fn rfc3339<S: serde::Serializer>(at: &Option<i64>, out: S) -> Result<S::Ok, S::Error> {
+    out.serialize_some(&at.map(keys::rfc3339))
 }
 
 impl Finding {
@@ -337,6 +345,20 @@ mod tests {
         assert_eq!(status.failed_over.len(), 1);
         assert_eq!(status.failed_over[0].at, Some(T - 30));
         assert_eq!(status.assess(T, LIMITS), []);
+    }
+
+    #[test]
+    fn findings_in_json_date_in_rfc_3339() {
+        let finding = Finding::HealthCheckFailed { at: Some(T) };
+        assert_eq!(
+            serde_json::to_value(&finding).unwrap(),
+            serde_json::json!({"finding": "health_check_failed", "at": "2024-01-01T00:00:00Z"})
+        );
+        let unknown = Finding::HealthCheckFailed { at: None };
+        assert_eq!(
+            serde_json::to_value(&unknown).unwrap()["at"],
+            serde_json::Value::Null
+        );
     }
 
     #[test]
