@@ -1,7 +1,9 @@
 //! `failover` and `test-failover` between two in-process lab hosts: a test clone boots while
 //! replication goes on with deltas and retention leaves it alone, `--cleanup` removes it;
 //! failover refuses to act without `--yes` off a terminal, then unblocks and starts the
-//! replica, which no later cycle deletes or builds on.
+//! replica, which no later cycle deletes or builds on; on a terminal (a pseudo-terminal) the
+//! question names the restore point and its age; a second failover of the VM is refused
+//! unless `--force`, and `status` shows the failed-over VMs.
 
 mod common;
 
@@ -188,4 +190,217 @@ async fn failover_unblocks_and_starts_the_replica_which_no_cycle_touches_again()
     let _ = target
         .call("VM.hard_shutdown", vec![Value::from(replica_ref.as_str())])
         .await;
+}
+
+/// Run the binary with a pseudo-terminal as its stdin and stderr (so it asks), answer
+/// `answer` if it asks, and return its exit code, what the terminal showed and its stdout.
+fn on_terminal(args: &[&str], answer: &str) -> (i32, String, String) {
+    use std::io::{Read, Write};
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::sync::{Arc, Mutex};
+
+    let (mut master, mut slave) = (-1, -1);
+    // SAFETY: openpty writes two descriptors into the integers given; the null pointers ask
+    // for no name and default settings.
+    let opened = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(opened, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: both descriptors were just opened by openpty and are owned here alone.
+    let (master, slave) = unsafe {
+        (
+            std::fs::File::from_raw_fd(master),
+            OwnedFd::from_raw_fd(slave),
+        )
+    };
+    let mut child = std::process::Command::new(common::lab_pair::BIN)
+        .args(args)
+        .stdin(slave.try_clone().unwrap())
+        .stderr(slave)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let shown = Arc::new(Mutex::new(Vec::new()));
+    let reader = {
+        let shown = shown.clone();
+        let mut master = master.try_clone().unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            // Ends with EIO once the child, the last holder of the terminal, exits.
+            while let Ok(n @ 1..) = master.read(&mut buf) {
+                shown.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let asked = loop {
+        if String::from_utf8_lossy(&shown.lock().unwrap()).contains("[y/N]") {
+            break true;
+        }
+        if child.try_wait().unwrap().is_some() {
+            break false;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "neither asked nor exited"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    if asked {
+        (&master).write_all(answer.as_bytes()).unwrap();
+    }
+    let mut stdout = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    let code = child.wait().unwrap().code().unwrap_or(-1);
+    drop(master);
+    reader.join().unwrap();
+    let shown = String::from_utf8_lossy(&shown.lock().unwrap()).replace("\r\n", "\n");
+    (code, shown, stdout)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_prompt_names_the_restore_point_and_a_second_failover_needs_force() {
+    let (source, target, _dir, job) = replicated_pair(2).await;
+    let job_arg = job.to_str().unwrap().to_owned();
+    let vm = source.report.vms[0].ids.uuid.clone();
+    source
+        .write(
+            &source.report.vms[0].disks[0].vdi.reference,
+            0,
+            MIB,
+            Some(3),
+        )
+        .await;
+    let last = replicate(&job).await;
+    let live = last["replica"].as_str().unwrap().to_owned();
+    let vms_before = target.vms().await.len();
+
+    // On a terminal it asks, naming the restore point, its kind, name and age; "n" changes
+    // nothing.
+    let args = ["failover", "--job", job_arg.as_str(), "--vm", vm.as_str()];
+    let asking = args.map(str::to_owned);
+    let (code, shown, _) = tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = asking.iter().map(String::as_str).collect();
+        on_terminal(&args, "n\n")
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 1, "{shown}");
+    for part in [
+        format!("Fail over VM web01 ({vm}) of job \"cr\" on "),
+        format!("to the live replica {live} \"[vhdsync cr] web01\""),
+        "restore point of 20".to_owned(),
+        "s old)?".to_owned(),
+        "It becomes the VM and stops taking deltas. [y/N]".to_owned(),
+        "failover cancelled: nothing was changed".to_owned(),
+    ] {
+        assert!(shown.contains(&part), "{part:?} in {shown}");
+    }
+    let live_ref = target.text("VM.get_by_uuid", &[&live]).await;
+    assert!(
+        target
+            .vm(&live_ref)
+            .await
+            .blocked_operations
+            .contains_key("start")
+    );
+
+    // "y": the live replica is the VM now.
+    let asking = args.map(str::to_owned);
+    let (code, shown, stdout) = tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = asking.iter().map(String::as_str).collect();
+        on_terminal(&args, "y\n")
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{shown}{stdout}");
+    assert!(
+        stdout.contains(&format!("failed over to live replica {live}")),
+        "{stdout}"
+    );
+    let promoted = target.vm(&live_ref).await;
+    assert!(promoted.blocked_operations.is_empty());
+    assert_eq!(promoted.other_config[keys::FAILED_OVER_VM], vm);
+
+    // status shows it, in every format; it changes no state.
+    let run = vhdsync(&["status", "--job", &job_arg]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout.contains(&format!(
+            "FAILED OVER to VM {live} ([vhdsync cr] web01) at 20"
+        )),
+        "{}",
+        run.stdout
+    );
+    let run = vhdsync(&["status", "--job", &job_arg, "--json"]).await;
+    let failed_over = &run.json["vms"][0]["failed_over"];
+    assert_eq!(failed_over[0]["vm"], live.as_str(), "{}", run.stdout);
+    assert_eq!(failed_over[0]["power_state"], "Halted");
+    assert!(failed_over[0]["at"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(run.json["vms"][0]["state"], "ok");
+    let run = vhdsync(&["status", "--job", &job_arg, "--format", "nagios"]).await;
+    assert_eq!(run.code, 0, "{}", run.stdout);
+    assert!(
+        run.stdout
+            .contains(&format!("web01 failed over to VM {live} at 20")),
+        "{}",
+        run.stdout
+    );
+    let run = vhdsync(&["status", "--job", &job_arg, "--format", "prometheus"]).await;
+    assert!(
+        run.stdout.contains(&format!("vhdsync_failed_over_timestamp_seconds{{job=\"cr\",vm=\"{vm}\",vm_name=\"web01\",failed_over_vm=\"{live}\"}} ")),
+        "{}",
+        run.stdout
+    );
+
+    // A second failover is refused, on a terminal or not, naming the first; nothing made.
+    let run = vhdsync(&["failover", "--job", &job_arg, "--vm", &vm, "--yes"]).await;
+    assert_eq!(run.code, 2, "{}{}", run.stdout, run.stderr);
+    for part in [
+        format!("VM {vm} was already failed over: VM {live}"),
+        " since 20".to_owned(),
+        "--force".to_owned(),
+    ] {
+        assert!(run.stderr.contains(&part), "{part:?} in {}", run.stderr);
+    }
+    let asking = args.map(str::to_owned);
+    let (code, shown, _) = tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = asking.iter().map(String::as_str).collect();
+        on_terminal(&args, "y\n")
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 2, "{shown}");
+    assert!(
+        shown.contains("already failed over") && !shown.contains("[y/N]"),
+        "refused before asking: {shown}"
+    );
+    assert_eq!(target.vms().await.len(), vms_before);
+
+    // With --force: the newest target snapshot is cloned into a second VM.
+    let run = vhdsync(&[
+        "failover", "--job", &job_arg, "--vm", &vm, "--yes", "--force", "--json",
+    ])
+    .await;
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    assert_eq!(run.json["kind"], "target_snapshot");
+    assert!(run.json["failed_over_at"].as_str().unwrap().ends_with('Z'));
+    let run = vhdsync(&["status", "--job", &job_arg, "--json"]).await;
+    assert_eq!(
+        run.json["vms"][0]["failed_over"].as_array().unwrap().len(),
+        2,
+        "{}",
+        run.stdout
+    );
 }

@@ -481,3 +481,60 @@ async fn offline_seed_round_trip_then_a_delta_and_damaged_files_are_refused() {
     assert!(report["bytes_sent"].as_u64().unwrap() < 2 * MIB + 64 * 1024);
     check_replica_matches(&source, &target, &report).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_export_on_a_healthy_job_is_refused_unless_forced() {
+    let source = Host::start(&[("web01", &[8 * MIB, 4 * MIB])]).await;
+    let target = Host::start(&[]).await;
+    let vm = &source.report.vms[0];
+    source
+        .write(&vm.disks[0].vdi.reference, 0, 2 * MIB, Some(5))
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let job = write_job(dir.path(), &source, &target, &vm.ids.uuid, 2);
+    let job_arg = job.to_str().unwrap();
+    let first = replicate(&job).await;
+    assert_eq!(first["mode"], "full");
+    source
+        .write(&vm.disks[0].vdi.reference, 0, MIB, Some(6))
+        .await;
+    assert_eq!(replicate(&job).await["mode"], "delta");
+    let snapshots_before = source.vm(&vm.ids.reference).await.snapshots;
+
+    let seed_dir = dir.path().join("seed");
+    let seed_arg = seed_dir.to_str().unwrap();
+    let export = [
+        "seed-export",
+        "--job",
+        job_arg,
+        "--vm",
+        &vm.ids.uuid,
+        "-o",
+        seed_arg,
+    ];
+    let run = vhdsync(&export).await;
+    assert_eq!(run.code, 2, "{}{}", run.stdout, run.stderr);
+    for part in [
+        format!("VM {} already has a valid chain in job \"cr\"", vm.ids.uuid),
+        "live replica".to_owned(),
+        "the next replicate would send a full copy, up to 12.00 MiB".to_owned(),
+        "--force".to_owned(),
+    ] {
+        assert!(run.stderr.contains(&part), "{part:?} in {}", run.stderr);
+    }
+    // Nothing was done: no snapshot, no seed file.
+    assert_eq!(
+        source.vm(&vm.ids.reference).await.snapshots,
+        snapshots_before
+    );
+    assert!(!seed_dir.exists() || std::fs::read_dir(&seed_dir).unwrap().next().is_none());
+
+    let mut forced = export.to_vec();
+    forced.push("--force");
+    let run = vhdsync(&forced).await;
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    // What the refusal said it would cost: the next run is a full.
+    let after = replicate(&job).await;
+    assert_eq!(after["mode"], "full", "{after:#}");
+    check_replica_matches(&source, &target, &after).await;
+}

@@ -44,7 +44,8 @@ pub enum Command {
     Lab(LabArgs),
     /// Run one replication cycle for each VM of a job (exit 3 if another run holds a VM).
     Replicate(ReplicateArgs),
-    /// List each VM's replicas; with --max-age, exit 1 if the newest valid one is older.
+    /// List each VM's restore points and judge their age: as text or JSON (exit 1 if one is
+    /// older than --max-age), a Nagios plugin line, or Prometheus metrics.
     Status(StatusArgs),
     /// Replicate a VM between two embedded lab hosts: a full, guest writes, a delta.
     Demo(DemoArgs),
@@ -116,6 +117,10 @@ pub struct SeedExportArgs {
     /// The directory to write the seed files and manifest.json into (created; must be empty).
     #[arg(short = 'o', long = "output", value_name = "DIR")]
     pub output: PathBuf,
+    /// Export even though the job already has a valid chain for the VM (the next replicate
+    /// then sends a full copy).
+    #[arg(long)]
+    pub force: bool,
     /// zstd level.
     #[arg(long, default_value_t = 3)]
     pub level: i32,
@@ -159,6 +164,10 @@ pub struct FailoverArgs {
     /// Do not ask for confirmation (required when stdin is not a terminal).
     #[arg(long)]
     pub yes: bool,
+    /// Fail over even though a VM of this job was already failed over (two copies of the VM
+    /// then run).
+    #[arg(long)]
+    pub force: bool,
     #[arg(long)]
     pub json: bool,
 }
@@ -231,13 +240,29 @@ pub struct StatusArgs {
     /// The job file (TOML).
     #[arg(long)]
     pub job: PathBuf,
-    /// Exit 1 if any VM's newest valid replica is older than this (e.g. 90s, 15m, 1h 30m,
-    /// 1d; a bare number is seconds).
+    /// CRITICAL when a VM's newest valid restore point is older than this (e.g. 90s, 15m,
+    /// 1h 30m, 1d; a bare number is seconds); text and JSON then exit 1.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub max_age: Option<Duration>,
-    /// Print one JSON document.
-    #[arg(long)]
+    /// WARNING when a VM's newest valid restore point is older than this.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub warn_age: Option<Duration>,
+    /// Output: text, json, nagios (one plugin line, exit 0 OK, 1 WARNING, 2 CRITICAL,
+    /// 3 UNKNOWN) or prometheus (the text exposition format).
+    #[arg(long, value_enum, default_value_t = StatusFormat::Text)]
+    pub format: StatusFormat,
+    /// Same as --format json.
+    #[arg(long, conflicts_with = "format")]
     pub json: bool,
+}
+
+/// `status`'s output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StatusFormat {
+    Text,
+    Json,
+    Nagios,
+    Prometheus,
 }
 
 #[derive(Debug, Args)]
@@ -650,6 +675,29 @@ mod tests {
         };
         assert_eq!(r.stall_timeout, Duration::from_secs(120));
         assert!(parse(&["status", "--job", "j", "--max-age", "15M"]).is_err());
+        for (args, expected) in [
+            (&["status", "--job", "j"][..], StatusFormat::Text),
+            (&["status", "--job", "j", "--json"], StatusFormat::Text),
+            (
+                &["status", "--job", "j", "--format", "nagios"],
+                StatusFormat::Nagios,
+            ),
+            (
+                &["status", "--job", "j", "--format", "prometheus"],
+                StatusFormat::Prometheus,
+            ),
+        ] {
+            let Ok(Cli {
+                command: Command::Status(s),
+                ..
+            }) = parse(args)
+            else {
+                panic!("{args:?}");
+            };
+            assert_eq!(s.format, expected, "{args:?}");
+        }
+        assert!(parse(&["status", "--job", "j", "--json", "--format", "json"]).is_err());
+        assert!(parse(&["status", "--job", "j", "--format", "xml"]).is_err());
     }
 
     #[test]

@@ -9,10 +9,13 @@ mod failover;
 mod health;
 mod inspect;
 mod lab;
+mod metrics_file;
+mod nagios;
 mod output;
 mod packaging;
 mod replicate;
 mod seed;
+mod status;
 mod streams;
 mod terminal_text;
 mod transfer;
@@ -58,7 +61,7 @@ fn dispatch(command: args::Command) -> Result<ExitCode, CliError> {
         Command::CopyVdi(a) => transfer::copy_vdi(&a),
         Command::Trust(a) => transfer::trust(&a),
         Command::Replicate(a) => replicate::replicate(&a),
-        Command::Status(a) => replicate::status(&a),
+        Command::Status(a) => status::status(&a),
         Command::HealthCheck(a) => health::health_check(&a),
         Command::Demo(a) => demo::demo(&a),
         Command::Bench(a) => bench::bench(&a),

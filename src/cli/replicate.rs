@@ -1,4 +1,4 @@
-//! `replicate` and `status`: a job's cycle for each VM, and its replicas' freshness.
+//! `replicate`: a job's cycle for each VM, its report, and the job's metrics file.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -9,20 +9,20 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::CliError;
-use super::args::{ReplicateArgs, StatusArgs};
-use super::connect::{connect_job, connect_job_target};
+use super::args::ReplicateArgs;
+use super::connect::connect_job;
 use super::error::lock_exit_code;
+use super::metrics_file::{self, TargetView};
 use super::output::print_json;
 use super::terminal_text;
 use super::transfer::runtime;
-use super::units::{human_age, human_bytes, human_duration, human_rate};
+use super::units::{human_bytes, human_rate};
 use crate::replicate::clock::{Clock, SystemClock};
 use crate::replicate::error::ErrorKind;
-use crate::replicate::health::last_result;
 use crate::replicate::inventory::list_target_vms;
 use crate::replicate::job::Job;
-use crate::replicate::layout::restore_points;
-use crate::replicate::plan::{Identity, TargetVm};
+use crate::replicate::keys;
+use crate::replicate::metrics::RunOutcome;
 use crate::replicate::run::HealthOutcome;
 use crate::replicate::runner::{JobProgress, RunOptions, VmOutcome, run_job};
 use crate::xapi::transfer::{Progress, Throttle, TransferOptions};
@@ -49,8 +49,25 @@ pub fn replicate(args: &ReplicateArgs) -> Result<ExitCode, CliError> {
         throttle: args.max_rate.or(job.max_rate).map(Throttle::new),
         ..TransferOptions::default()
     };
+    let started = SystemClock.unix();
     runtime()?.block_on(async {
-        let (source, target) = connect_job(&job).await?;
+        let (source, target) = match connect_job(&job).await {
+            Ok(hosts) => hosts,
+            Err(e) => {
+                // Every selected VM's run failed: the metrics say so.
+                let selected = if vms.is_empty() { &job.vms } else { &vms };
+                let ran: Vec<RunOutcome<'_>> = selected
+                    .iter()
+                    .map(|vm| RunOutcome {
+                        vm,
+                        vm_name: None,
+                        committed: None,
+                    })
+                    .collect();
+                write_metrics(&job, &ran, TargetView::Unknown);
+                return Err(e);
+            }
+        };
         let (source, target) = (Arc::new(source), Arc::new(target));
         let cancel = cancel_on_signal();
         let options = RunOptions {
@@ -62,10 +79,56 @@ pub fn replicate(args: &ReplicateArgs) -> Result<ExitCode, CliError> {
         let outcomes = run_job(&job, source.clone(), target.clone(), &vms, options).await;
         cancel.cancel();
         let rpc_calls = source.requests_sent() + target.requests_sent();
+        // Read after the run, for the metrics: every VM's restore points as they are now.
+        let target_vms = match job.metrics_file {
+            Some(_) => Some(list_target_vms(&target).await),
+            None => None,
+        };
         let _ = source.logout().await;
         let _ = target.logout().await;
-        report(&job, &outcomes, rpc_calls, args.json)
+        let times = (started, SystemClock.unix());
+        let mut code = report(&job, &outcomes, rpc_calls, args.json, times)?;
+        let ran: Vec<RunOutcome<'_>> = outcomes.iter().filter_map(run_outcome).collect();
+        let view = match &target_vms {
+            Some(Ok(listed)) => TargetView::Listed(listed),
+            _ => TargetView::Unreachable,
+        };
+        if !write_metrics(&job, &ran, view) {
+            code = code.max(1);
+        }
+        Ok(ExitCode::from(code))
     })
+}
+
+/// A VM's run as the metrics count it; a VM another run held was not run.
+fn run_outcome((vm, outcome): &(String, VmOutcome)) -> Option<RunOutcome<'_>> {
+    match outcome {
+        VmOutcome::Replicated(r) => Some(RunOutcome {
+            vm,
+            vm_name: Some(&r.vm_name),
+            committed: Some((r.mode, r.bytes_sent, r.seconds)),
+        }),
+        VmOutcome::Failed(_) | VmOutcome::Panicked(_) => Some(RunOutcome {
+            vm,
+            vm_name: None,
+            committed: None,
+        }),
+        VmOutcome::Locked(_) => None,
+    }
+}
+
+/// The job's metrics file, when it has one; false when writing it failed (said on stderr).
+fn write_metrics(job: &Job, ran: &[RunOutcome<'_>], target: TargetView<'_>) -> bool {
+    let Some(path) = &job.metrics_file else {
+        return true;
+    };
+    match metrics_file::write(path, job, ran, target, SystemClock.unix()) {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!("vhdsync: metrics_file: {}", terminal_text::message(&e));
+            false
+        }
+    }
 }
 
 /// A token cancelled on SIGINT or SIGTERM: the cycles stop, destroy what they created, and
@@ -138,12 +201,14 @@ fn progress_display(json: bool) -> JobProgress {
     }))
 }
 
+/// Print the run's report; its exit code. `times` are the run's start and end.
 fn report(
     job: &Job,
     outcomes: &[(String, VmOutcome)],
     rpc_calls: u64,
     json: bool,
-) -> Result<ExitCode, CliError> {
+    (started, finished): (i64, i64),
+) -> Result<u8, CliError> {
     if json {
         let vms: Vec<serde_json::Value> = outcomes
             .iter()
@@ -170,9 +235,10 @@ fn report(
                 ),
             })
             .collect();
-        print_json(
-            &json!({"job": job.name, "job_id": job.job_id, "rpc_calls": rpc_calls, "vms": vms}),
-        )?;
+        print_json(&json!({"job": job.name, "job_id": job.job_id,
+                           "started_at": keys::rfc3339(started),
+                           "finished_at": keys::rfc3339(finished),
+                           "rpc_calls": rpc_calls, "vms": vms}))?;
     } else {
         for (vm, outcome) in outcomes {
             match outcome {
@@ -235,7 +301,7 @@ fn report(
             VmOutcome::Failed(_) | VmOutcome::Panicked(_) => 1,
         })
         .max();
-    Ok(ExitCode::from(code.unwrap_or(0)))
+    Ok(code.unwrap_or(0))
 }
 
 /// A failed VM in the `--json` report: its phase, disk and host, the error's `kind` (with a
@@ -261,68 +327,4 @@ fn failure_json(
         _ => {}
     }
     doc
-}
-
-pub fn status(args: &StatusArgs) -> Result<ExitCode, CliError> {
-    let job = load_job(&args.job)?;
-    runtime()?.block_on(async {
-        let target = connect_job_target(&job).await?;
-        let vms: Vec<TargetVm> = list_target_vms(&target).await?;
-        let _ = target.logout().await;
-        let now = SystemClock.unix();
-        let mut stale = Vec::new();
-        let mut documents = Vec::new();
-        for vm_uuid in &job.vms {
-            let id = Identity {
-                job_id: job.job_id.clone(),
-                schedule_id: job.schedule_id.clone(),
-                vm_uuid: vm_uuid.clone(),
-                sr_uuid: job.target_sr.clone(),
-            };
-            let points = restore_points(&vms, &id);
-            let newest_valid_age = points
-                .iter()
-                .find(|p| p.valid)
-                .and_then(|p| p.datetime)
-                .map(|at| now - at);
-            if let Some(limit) = args.max_age
-                && newest_valid_age.is_none_or(|age| age > limit.as_secs() as i64)
-            {
-                stale.push(vm_uuid.clone());
-            }
-            let rows: Vec<serde_json::Value> = points
-                .iter()
-                .map(|p| {
-                    let health = last_result(p.vm).map(|(passed, text)| json!({"passed": passed, "result": text}));
-                    json!({"uuid": p.vm.uuid, "name": p.vm.name_label, "kind": p.kind,
-                           "datetime": p.datetime.map(crate::replicate::keys::datetime),
-                           "age_seconds": p.datetime.map(|at| now - at), "valid": p.valid, "superseded": p.superseded,
-                           "health_check": health})
-                })
-                .collect();
-            if !args.json {
-                println!("VM {vm_uuid}: {} restore point(s)", points.iter().filter(|p| p.valid).count());
-                for p in &points {
-                    println!(
-                        "  {}  {:<15}  {}  {}  {}",
-                        if p.valid { "valid  " } else { "INVALID" },
-                        p.kind.label(),
-                        terminal_text::name(&p.vm.name_label),
-                        p.datetime.map_or_else(|| if p.superseded { "superseded".to_owned() } else { "interrupted run".to_owned() }, |at| format!("age {}", human_age(now - at))),
-                        p.vm.uuid
-                    );
-                    if let Some((_, text)) = last_result(p.vm) {
-                        println!("      health check: {}", terminal_text::message(text));
-                    }
-                }
-            }
-            documents.push(json!({"vm": vm_uuid, "replicas": rows, "newest_valid_age_seconds": newest_valid_age}));
-        }
-        if args.json {
-            print_json(&json!({"job": job.name, "vms": documents, "stale": stale}))?;
-        } else if !stale.is_empty() {
-            eprintln!("vhdsync: no valid replica younger than {} for: {}", args.max_age.map(human_duration).unwrap_or_default(), stale.join(", "));
-        }
-        Ok(ExitCode::from(if stale.is_empty() { 0 } else { 1 }))
-    })
 }

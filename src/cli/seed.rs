@@ -17,10 +17,11 @@ use super::transfer::runtime;
 use super::units::{human_bytes, human_rate};
 use crate::replicate::clock::{Clock, SystemClock};
 use crate::replicate::job::Job;
+use crate::replicate::keys;
 use crate::replicate::lock::VmLock;
 use crate::replicate::plan::Identity;
 use crate::replicate::seed::seed as run_seed;
-use crate::replicate::seed_offline::{SeedJob, export, import};
+use crate::replicate::seed_offline::{ExistingChain, SeedJob, existing_chain, export, import};
 use crate::xapi::transfer::{Progress, Throttle};
 
 /// The name under which the binary behaves as `vhdsync seed`, for xo-cr-seed runbooks.
@@ -178,7 +179,17 @@ pub fn seed_export(args: &SeedExportArgs) -> Result<ExitCode, CliError> {
     let _lock = lock(&job, &seed.id.vm_uuid)?;
     runtime()?.block_on(async {
         let (source, target) = connect_job(&job).await?;
+        let chain = existing_chain(&source, &target, &seed.id).await;
         let _ = target.logout().await;
+        let refused = match chain {
+            Ok(Some(chain)) if !args.force => Err(chain_refusal(&job, &seed.id.vm_uuid, &chain)),
+            Ok(_) => Ok(()),
+            Err(e) => Err(e.into()),
+        };
+        if let Err(e) = refused {
+            let _ = source.logout().await;
+            return Err(e);
+        }
         let mut display = progress(args.json);
         let outcome = export(&source, &seed, &args.output, args.level, &mut display).await;
         let _ = source.logout().await;
@@ -212,6 +223,21 @@ pub fn seed_export(args: &SeedExportArgs) -> Result<ExitCode, CliError> {
         }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Why `seed-export` will not replace a valid chain, and what doing it costs.
+fn chain_refusal(job: &Job, vm: &str, chain: &ExistingChain) -> CliError {
+    CliError::Input(format!(
+        "VM {vm} already has a valid chain in job {:?}: {} {}{} on the target, and the exported source snapshot {} as its base. A seed's snapshot becomes the job's base, so the next replicate would send a full copy, up to {} (the virtual size of the VM's disks; only allocated blocks are sent), until the seed is imported. Pass --force to export anyway",
+        job.name,
+        chain.kind.label(),
+        chain.restore_point,
+        chain
+            .datetime
+            .map_or_else(String::new, |at| format!(" of {}", keys::rfc3339(at))),
+        chain.base,
+        human_bytes(chain.full_size),
+    ))
 }
 
 pub fn seed_import(args: &SeedImportArgs) -> Result<ExitCode, CliError> {

@@ -13,15 +13,19 @@
 //!   of every replication key and marked as ours, so the chain is untouched and the next
 //!   cycle is still a delta; [`cleanup`] removes those clones.
 //!
-//! The choices are pure functions ([`pick_replica`], [`is_test_clone`]); the rest carries
-//! them out.
+//! A VM of the job already failed over (marked [`FAILED_OVER`]) stops a second failover
+//! unless it is forced: the second would promote the next older restore point while the
+//! first runs, two copies of one VM.
+//!
+//! The choices are pure functions ([`choose`], [`pick_replica`], [`failed_over_vms`],
+//! [`is_test_clone`]); the rest carries them out.
 //!
 //! [`layout`]: super::layout
 
 use super::clock::Clock;
 use super::inventory::list_target_vms;
 use super::keys;
-use super::layout::{PointKind, RestorePoint, restore_points};
+use super::layout::{PointKind, RestorePoint, is_target_snapshot, restore_points};
 use super::op_error::OpError;
 use super::op_error::on_host as host;
 use super::plan::{Identity, TargetVm};
@@ -78,6 +82,99 @@ pub fn pick_replica<'p, 'a>(
     }
 }
 
+/// A VM that a failover of this job and VM made: the promoted replica, or a target
+/// snapshot's clone.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FailedOver<'a> {
+    pub vm: &'a TargetVm,
+    /// When it was failed over (Unix seconds), `None` when the mark's date does not parse.
+    pub at: Option<i64>,
+    /// The restore point it was made from, when the mark says (failovers since these marks).
+    pub restore_point: Option<&'a str>,
+}
+
+/// The VMs a failover of this job and VM made, newest first: marked [`FAILED_OVER`] and,
+/// by the marks a failover writes now, of this job and VM; a failover made before those
+/// marks is recognised as a classic replica still carrying the job's keys, or as a live
+/// replica whose target snapshots carry them.
+pub fn failed_over_vms<'a>(vms: &'a [TargetVm], id: &Identity) -> Vec<FailedOver<'a>> {
+    let ours = |vm: &TargetVm| {
+        let config = &vm.other_config;
+        match (
+            config.get(keys::FAILED_OVER_JOB),
+            config.get(keys::FAILED_OVER_VM),
+        ) {
+            (Some(job), Some(source)) => *job == id.job_id && *source == id.vm_uuid,
+            _ => {
+                let classic = config.get(keys::JOB) == Some(&id.job_id)
+                    && config.get(keys::VM) == Some(&id.vm_uuid);
+                let live = vms
+                    .iter()
+                    .any(|s| s.snapshot_of == vm.reference && is_target_snapshot(s, id));
+                classic || live
+            }
+        }
+    };
+    let mut found: Vec<FailedOver<'a>> = vms
+        .iter()
+        .filter(|vm| !vm.is_a_snapshot && !vm.is_a_template)
+        .filter(|vm| vm.other_config.contains_key(FAILED_OVER) && ours(vm))
+        .map(|vm| FailedOver {
+            vm,
+            at: vm
+                .other_config
+                .get(FAILED_OVER)
+                .and_then(|t| keys::parse_datetime(t)),
+            restore_point: vm
+                .other_config
+                .get(keys::FAILED_OVER_FROM)
+                .map(String::as_str),
+        })
+        .collect();
+    found.sort_by_key(|f| std::cmp::Reverse(f.at));
+    found
+}
+
+/// The restore point a failover will use, chosen before anything is written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailoverChoice {
+    pub restore_point: String,
+    pub kind: PointKind,
+    pub name: String,
+    /// The content's time (Unix seconds), when known.
+    pub datetime: Option<i64>,
+}
+
+/// The restore point to fail over to (see [`pick_replica`]), refused while a VM of this job
+/// and VM is already failed over, unless `force`.
+pub fn choose(
+    vms: &[TargetVm],
+    id: &Identity,
+    given: Option<&str>,
+    force: bool,
+) -> Result<FailoverChoice, String> {
+    if !force && let Some(done) = failed_over_vms(vms, id).first() {
+        return Err(format!(
+            "VM {} was already failed over: VM {} ({:?}){}{} is the VM now, and a second failover would run another copy of it. Shut that VM down and remove it first, or pass --force to fail over anyway",
+            id.vm_uuid,
+            done.vm.uuid,
+            done.vm.name_label,
+            done.at
+                .map_or_else(String::new, |at| format!(" since {}", keys::rfc3339(at))),
+            done.restore_point
+                .map_or_else(String::new, |p| format!(", made from restore point {p},")),
+        ));
+    }
+    let points = restore_points(vms, id);
+    let point = pick_replica(&points, vms, id, given)?;
+    Ok(FailoverChoice {
+        restore_point: point.vm.uuid.clone(),
+        kind: point.kind,
+        name: point.vm.name_label.clone(),
+        datetime: point.datetime,
+    })
+}
+
 /// A test clone made by `test-failover` for this job (and, when given, this source VM).
 pub fn is_test_clone(vm: &TargetVm, job_id: &str, vm_uuid: Option<&str>) -> bool {
     !vm.is_a_snapshot
@@ -109,24 +206,36 @@ pub struct FailoverReport {
     /// The restore point failed over to, and its kind.
     pub restore_point: String,
     pub kind: PointKind,
+    /// The restore point's content time, RFC 3339, when known.
+    pub restore_point_time: Option<String>,
+    /// When the failover was made, RFC 3339.
+    pub failed_over_at: String,
     pub started: bool,
     pub note: String,
 }
 
-/// Make a restore point the VM (see the module's description); start it if asked.
+/// Make a restore point the VM (see the module's description); start it if asked. Refused
+/// while a VM of this job and VM is already failed over, unless `force`.
 pub async fn failover(
     target: &XapiClient,
     id: &Identity,
     replica: Option<&str>,
     start: bool,
+    force: bool,
     clock: &dyn Clock,
 ) -> Result<FailoverReport, OpError> {
     let vms = list_target_vms(target)
         .await
         .map_err(host("listing the target's VMs"))?;
-    let points = restore_points(&vms, id);
-    let chosen = pick_replica(&points, &vms, id, replica).map_err(OpError::Invalid)?;
-    let (kind, point) = (chosen.kind, chosen.vm.clone());
+    let chosen = choose(&vms, id, replica, force).map_err(OpError::Invalid)?;
+    let kind = chosen.kind;
+    let point = vms
+        .iter()
+        .find(|vm| vm.uuid == chosen.restore_point)
+        .cloned()
+        .ok_or_else(|| {
+            OpError::Invalid(format!("restore point {} is gone", chosen.restore_point))
+        })?;
     let on = |what: &str| host(format!("{what} of {} {}", kind.label(), point.uuid));
     let (vm, name) = match kind {
         PointKind::TargetSnapshot => {
@@ -153,9 +262,16 @@ pub async fn failover(
             (point.reference.clone(), point.name_label.clone())
         }
     };
-    let now = keys::datetime(clock.unix());
+    let unix_now = clock.unix();
+    let now = keys::datetime(unix_now);
+    let marks = [
+        (FAILED_OVER, now.as_str()),
+        (keys::FAILED_OVER_JOB, id.job_id.as_str()),
+        (keys::FAILED_OVER_VM, id.vm_uuid.as_str()),
+        (keys::FAILED_OVER_FROM, point.uuid.as_str()),
+    ];
     target
-        .set_entries(Class::Vm, &vm, MapName::OtherConfig, &[(FAILED_OVER, &now)])
+        .set_entries(Class::Vm, &vm, MapName::OtherConfig, &marks)
         .await
         .map_err(on("marking"))?;
     target
@@ -193,6 +309,8 @@ pub async fn failover(
         name,
         restore_point: point.uuid.clone(),
         kind,
+        restore_point_time: chosen.datetime.map(keys::rfc3339),
+        failed_over_at: keys::rfc3339(unix_now),
         started: start,
         note,
     })
@@ -564,5 +682,109 @@ mod tests {
         assert!(!is_test_clone(&clone, "job", Some("other-vm")));
         assert!(!is_test_clone(&clone, "other-job", None));
         assert!(!is_test_clone(&r, "job", None));
+    }
+
+    /// A clone of a target snapshot, failed over: no replication key left, our marks only.
+    fn marked_clone(uuid: &str, job: &str, vm: &str, at: &str) -> TargetVm {
+        TargetVm {
+            reference: format!("ref-{uuid}"),
+            uuid: uuid.into(),
+            name_label: "web01 - cr / vhdsync 20240101T000000Z".into(),
+            other_config: config(&[
+                (FAILED_OVER, at),
+                (keys::FAILED_OVER_JOB, job),
+                (keys::FAILED_OVER_VM, vm),
+                (keys::FAILED_OVER_FROM, "snap-1"),
+            ]),
+            ..TargetVm::default()
+        }
+    }
+
+    #[test]
+    fn failed_over_vms_of_this_job_and_vm_by_their_marks_or_older_traces() {
+        let r = replica("r", "20240101T00:00:00Z");
+        let legacy_classic = failed_over(replica("classic", "20230101T00:00:00Z"));
+        let clone = marked_clone("clone", "job", "vm", "20240301T10:00:00Z");
+        let other_vm = marked_clone("other", "job", "vm2", "20240302T10:00:00Z");
+        // Marks win over the keys a classic replica still carries.
+        let mut marked_elsewhere = failed_over(replica("elsewhere", "20230101T00:00:00Z"));
+        marked_elsewhere
+            .other_config
+            .insert(keys::FAILED_OVER_JOB.into(), "another-job".into());
+        marked_elsewhere
+            .other_config
+            .insert(keys::FAILED_OVER_VM.into(), "vm".into());
+        // A live replica failed over before the marks: its target snapshots name the job.
+        let live = TargetVm {
+            reference: "ref-live".into(),
+            uuid: "live".into(),
+            other_config: config(&[(FAILED_OVER, "20240201T00:00:00Z")]),
+            ..TargetVm::default()
+        };
+        let snapshot = TargetVm {
+            reference: "ref-snap".into(),
+            uuid: "snap".into(),
+            is_a_snapshot: true,
+            snapshot_of: "ref-live".into(),
+            other_config: config(&[
+                (keys::JOB, "job"),
+                (keys::VM, "vm"),
+                (keys::SR, "sr"),
+                (keys::DATETIME, "20240131T00:00:00Z"),
+            ]),
+            ..TargetVm::default()
+        };
+        let vms = vec![
+            r,
+            legacy_classic,
+            clone,
+            other_vm,
+            marked_elsewhere,
+            live,
+            snapshot,
+        ];
+        let found: Vec<(&str, Option<i64>, Option<&str>)> = failed_over_vms(&vms, &id())
+            .iter()
+            .map(|f| (f.vm.uuid.as_str(), f.at, f.restore_point))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                ("clone", Some(1_709_287_200), Some("snap-1")),
+                ("live", Some(1_706_745_600), None),
+                ("classic", None, None),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_second_failover_is_refused_unless_forced() {
+        let vms = vec![
+            replica("old", "20240101T00:00:00Z"),
+            replica("new", "20240102T00:00:00Z"),
+        ];
+        let first = choose(&vms, &id(), None, false).unwrap();
+        assert_eq!(
+            (first.restore_point.as_str(), first.kind, first.datetime),
+            ("new", PointKind::ReplicaVm, Some(1_704_153_600))
+        );
+        let mut after = vms.clone();
+        after[1] = failed_over(after[1].clone());
+        after[1]
+            .other_config
+            .insert(FAILED_OVER.into(), "20240103T04:05:06Z".into());
+        let refused = choose(&after, &id(), None, false).unwrap_err();
+        for part in [
+            "VM vm was already failed over",
+            "VM new",
+            "2024-01-03T04:05:06Z",
+            "--force",
+        ] {
+            assert!(refused.contains(part), "{part}: {refused}");
+        }
+        // Even naming a restore point: the refusal is about the VM, not the point.
+        assert!(choose(&after, &id(), Some("old"), false).is_err());
+        let forced = choose(&after, &id(), None, true).unwrap();
+        assert_eq!(forced.restore_point, "old");
     }
 }

@@ -236,10 +236,28 @@ async fn remove_clone(target: &XapiClient, clone: &str) -> Result<(), ClientErro
     target.destroy_vm_and_disks(clone).await
 }
 
-/// The last health check recorded on a restore point: (passed, the recorded text).
-pub fn last_result(vm: &TargetVm) -> Option<(bool, &str)> {
+/// A health check's result as recorded on a restore point.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedResult<'a> {
+    pub passed: bool,
+    /// When the check ran (Unix seconds), `None` when the record's date does not parse.
+    pub at: Option<i64>,
+    /// The whole record, as written: `<datetime> passed|failed <detail>`.
+    pub text: &'a str,
+}
+
+/// The last health check recorded on a restore point. The record is `<datetime>
+/// passed|failed <detail>`; it passed only when its second word says so (the detail is the
+/// guest's or the host's text, which may say anything).
+pub fn last_result(vm: &TargetVm) -> Option<RecordedResult<'_>> {
     let text = vm.other_config.get(HEALTH_CHECK)?;
-    Some((text.contains(" passed "), text.as_str()))
+    let mut words = text.splitn(3, ' ');
+    let at = words.next().and_then(keys::parse_datetime);
+    Some(RecordedResult {
+        passed: words.next() == Some("passed"),
+        at,
+        text,
+    })
 }
 
 #[cfg(test)]
@@ -271,6 +289,17 @@ mod tests {
             HEALTH_CHECK.into(),
             "20240101T00:00:00Z passed the guest booted".into(),
         );
-        assert_eq!(last_result(&vm).map(|(p, _)| p), Some(true));
+        let result = last_result(&vm).unwrap();
+        assert!(result.passed);
+        assert_eq!(result.at, Some(1_704_067_200));
+        vm.other_config.insert(
+            HEALTH_CHECK.into(),
+            "20240101T00:00:00Z failed the guest said it passed or not".into(),
+        );
+        assert!(!last_result(&vm).unwrap().passed);
+        vm.other_config
+            .insert(HEALTH_CHECK.into(), "garbage passed ".into());
+        let result = last_result(&vm).unwrap();
+        assert_eq!((result.passed, result.at), (true, None));
     }
 }

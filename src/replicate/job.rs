@@ -48,6 +48,7 @@ const TOP_KEYS: &[&str] = &[
     "new_mac_addresses",
     "health_check",
     "health_check_timeout",
+    "metrics_file",
 ];
 /// Xen Orchestra's `healthCheckTimeout` default.
 pub const DEFAULT_HEALTH_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
@@ -90,6 +91,9 @@ pub struct Job {
     pub health_check: bool,
     /// How long a health-checked guest may take to boot.
     pub health_check_timeout: std::time::Duration,
+    /// Where `replicate` writes the job's metrics after each run, in the Prometheus text
+    /// format (node_exporter's textfile collector reads `*.prom` files), replaced atomically.
+    pub metrics_file: Option<PathBuf>,
 }
 
 /// One host of a job.
@@ -258,6 +262,7 @@ impl Job {
             }
             None => DEFAULT_HEALTH_CHECK_TIMEOUT,
         };
+        let metrics_file = top.get("metrics_file").map(|e| e.path()).transpose()?;
         Ok(Job {
             name: name.to_string(),
             source,
@@ -277,6 +282,7 @@ impl Job {
             new_mac_addresses,
             health_check,
             health_check_timeout,
+            metrics_file,
         })
     }
 }
@@ -672,6 +678,16 @@ mod tests {
         assert!(job.insecure);
         assert_eq!(job.state_dir, Path::new("/var/lib/vhdsync"));
         assert!(!format!("{job:?}").contains("s3cret"));
+        let job = parse(&minimal("metrics_file = \"metrics/cr.prom\"\n")).unwrap();
+        assert_eq!(
+            job.metrics_file.as_deref(),
+            Some(Path::new("/etc/vhdsync/metrics/cr.prom"))
+        );
+        assert!(
+            error(&minimal("metrics_file = \"\"\n"))
+                .message
+                .contains("empty")
+        );
     }
 
     #[test]
@@ -690,6 +706,7 @@ mod tests {
         assert_eq!(job.schedule_id, derived_id("schedule", "nightly"));
         assert!(job.state_dir.ends_with("vhdsync"), "{:?}", job.state_dir);
         assert_eq!(job.max_rate, None);
+        assert_eq!(job.metrics_file, None);
     }
 
     #[test]

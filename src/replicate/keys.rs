@@ -3,6 +3,7 @@
 //! XO's byte for byte, or XO will not continue our chains (nor we theirs).
 
 use time::format_description::BorrowedFormatItem;
+use time::format_description::well_known::Rfc3339;
 use time::macros::format_description;
 use time::{OffsetDateTime, PrimitiveDateTime};
 
@@ -37,6 +38,11 @@ pub const COMMITTED_MS: &str = "vhdsync:committed_ms";
 
 /// Ours: on a failed-over replica, when it was failed over.
 pub const FAILED_OVER: &str = "vhdsync:failed_over";
+/// Ours: on a failed-over VM, the job and the source VM whose restore point it was, and that
+/// restore point: a clone of a target snapshot carries no other trace of them.
+pub const FAILED_OVER_JOB: &str = "vhdsync:failed_over_job";
+pub const FAILED_OVER_VM: &str = "vhdsync:failed_over_vm";
+pub const FAILED_OVER_FROM: &str = "vhdsync:failed_over_from";
 
 /// XO's datetime of a replica still being imported: sorts oldest, so retention drops it.
 pub const IMPORTING_DATETIME: &str = "19700101T000000Z";
@@ -94,6 +100,18 @@ fn format_utc(unix: i64, form: &[BorrowedFormatItem<'_>]) -> String {
         .unwrap_or_default()
 }
 
+/// RFC 3339 in UTC (`2024-01-15T10:20:30Z`), the form of every date in vhdsync's JSON and
+/// monitoring output. Times outside years 0 to 9999, which RFC 3339 cannot write, are
+/// clamped to that range.
+pub fn rfc3339(unix: i64) -> String {
+    const FIRST: i64 = -62_167_219_200; // 0000-01-01T00:00:00Z
+    const LAST: i64 = 253_402_300_799; // 9999-12-31T23:59:59Z
+    OffsetDateTime::from_unix_timestamp(unix.clamp(FIRST, LAST))
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_default()
+}
+
 /// The snapshot of `vm` taken by job `job`: `[vhdsync <job>] <vm>`.
 pub fn snapshot_name(job: &str, vm: &str) -> String {
     format!("[vhdsync {job}] {vm}")
@@ -108,6 +126,28 @@ pub fn replica_name(vm: &str, job: &str, unix: i64) -> String {
 /// (XO puts its schedule's name where ours says `vhdsync`).
 pub fn target_snapshot_name(vm: &str, job: &str, unix: i64) -> String {
     format!("{vm} - {job} / vhdsync {}", name_datetime(unix))
+}
+
+/// The source VM's name as the name of one of its restore points gives it, for output made
+/// from the target alone (the source may be gone): the name without what vhdsync and Xen
+/// Orchestra add to it for job `job` (`[vhdsync <job>] `, `[XO Backup <job>] `,
+/// ` - <job> / <schedule> <date>`, ` - <job> - (<date>)`), or the whole name when it has
+/// none of those forms.
+pub fn source_vm_name<'a>(name: &'a str, job: &str) -> &'a str {
+    for prefix in [format!("[vhdsync {job}] "), format!("[XO Backup {job}] ")] {
+        if let Some(rest) = name.strip_prefix(prefix.as_str()) {
+            return rest;
+        }
+    }
+    if let Some(at) = name.rfind(&format!(" - {job} / ")) {
+        return &name[..at];
+    }
+    if name.ends_with(')')
+        && let Some(at) = name.rfind(&format!(" - {job} - ("))
+    {
+        return &name[..at];
+    }
+    name
 }
 
 /// The replica's time from its name, XO's fallback when `xo:backup:datetime` is missing:
@@ -189,6 +229,34 @@ mod tests {
         }
         for key in [AUTO_POWERON, "folder", "xo", "vhdsync", "XO:backup:job"] {
             assert!(!is_replication_state(key), "{key}");
+        }
+    }
+
+    #[test]
+    fn rfc3339_in_utc_clamped_to_its_years() {
+        assert_eq!(rfc3339(1_705_314_030), "2024-01-15T10:20:30Z");
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(i64::MAX), "9999-12-31T23:59:59Z");
+        assert_eq!(rfc3339(i64::MIN), "0000-01-01T00:00:00Z");
+    }
+
+    #[test]
+    fn the_source_vm_name_from_a_restore_points_name() {
+        let t = 1_705_314_030;
+        for (name, expected) in [
+            (snapshot_name("cr", "web 01"), "web 01"),
+            ("[XO Backup cr] web01".to_owned(), "web01"),
+            (target_snapshot_name("a - cr / b", "cr", t), "a - cr / b"),
+            ("web01 - cr / hourly 20240115T102030Z".to_owned(), "web01"),
+            (replica_name("web01", "cr", t), "web01"),
+            ("[vhdsync other] web01".to_owned(), "[vhdsync other] web01"),
+            (
+                "web01 (20240115T10:20:30Z)".to_owned(),
+                "web01 (20240115T10:20:30Z)",
+            ),
+            (String::new(), ""),
+        ] {
+            assert_eq!(source_vm_name(&name, "cr"), expected, "{name}");
         }
     }
 

@@ -92,6 +92,11 @@ pub struct CycleReport {
     pub replica_name: String,
     /// The target snapshot this run left: its restore point.
     pub target_snapshot: String,
+    /// The restore point's content time (the source snapshot's), RFC 3339.
+    pub datetime: String,
+    /// The same in Xen Orchestra's form, as `xo:backup:datetime` holds it on the snapshots
+    /// of both sides, to find them by.
+    pub xo_datetime: String,
     /// `in_place` (the live replica was updated) or `new_live_replica`.
     pub layout: &'static str,
     /// The source snapshot.
@@ -298,6 +303,8 @@ pub async fn replicate_vm(
         replica: replicated.uuid,
         replica_name: replicated.name,
         target_snapshot: replicated.target_snapshot,
+        datetime: keys::rfc3339(now),
+        xo_datetime: keys::datetime(now),
         layout: if replicated.in_place {
             "in_place"
         } else {

@@ -17,6 +17,7 @@
 
 mod export;
 mod frames;
+mod guard;
 mod import;
 mod writer;
 
@@ -24,6 +25,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use self::export::export;
+pub use self::guard::{ExistingChain, existing_chain};
 pub use self::import::{ImportReport, ImportedDisk, import, scan};
 use super::clock::Clock;
 use super::op_error::OpError;
