@@ -740,16 +740,18 @@ impl Cycle<'_> {
     /// One whose disks changed behind the job's back is left alone, with a note.
     async fn supersede(&self, current: &str, vms: &[TargetVm]) -> Result<Vec<String>, CycleError> {
         let mut notes = Vec::new();
+        let former: Vec<&TargetVm> = restore_points(vms, &self.id)
+            .into_iter()
+            .filter(|p| p.kind == PointKind::LiveReplica && (p.valid || p.superseded))
+            .map(|p| p.vm)
+            .filter(|vm| vm.reference != current && vm.power_state == "Halted")
+            .collect();
+        // The common case, one live replica: no need to read the target's disks again.
+        if former.is_empty() {
+            return Ok(notes);
+        }
         let (_, disks) = self.on_target(target_disks(self.target, &self.id.sr_uuid).await)?;
-        for point in restore_points(vms, &self.id) {
-            let old = point.vm;
-            let whole = point.valid || point.superseded;
-            if point.kind != PointKind::LiveReplica || old.reference == current || !whole {
-                continue;
-            }
-            if old.power_state != "Halted" {
-                continue;
-            }
+        for old in former {
             let mut clean = true;
             for disk in disks
                 .iter()
