@@ -14,6 +14,10 @@
 //!
 //! [`plan`]: super::plan
 
+mod fill;
+mod live;
+mod source_disks;
+
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -21,27 +25,23 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::clock::Clock;
-use super::commit::{CommitDisk, CommitError, ReplicaCommit, commit_live};
-use super::devices::{Devices, DevicesError, apply_devices, plan_devices};
+use super::devices::{Devices, apply_devices};
 pub use super::error::{CycleCause, CycleError, ErrorKind, Phase};
 use super::health::{HealthReport, health_check};
 use super::inventory::{destroy_orphaned_disks, list_target_vms, load_snapshot, target_disks};
 use super::keys;
-use super::layout::{PointKind, TargetDisk, in_place_target, restore_points, retention_victims};
+use super::layout::{restore_points, retention_victims};
 use super::networks::NicPlan;
 use super::plan::{
     CyclePlan, DiskPlan, Identity, SnapshotDisk, SourceSnapshot, TargetSide, TargetVm,
     is_interrupted_replica, is_tagging_cut_short, plan_cycle, select_base, snapshot_victims,
     unexported_snapshots,
 };
-use super::replica::{
-    create_replica_disk, create_replica_vm, importing_disk, replica_keys, replica_tags, roll_back,
-};
+use super::replica::{create_replica_vm, roll_back};
 use crate::xapi::client::{ClientError, XapiClient};
 use crate::xapi::ops::{Class, MapName};
-use crate::xapi::records::{StringMap, VdiRecord, VmRecord};
-use crate::xapi::rpc::Value;
-use crate::xapi::transfer::{Progress, TransferOptions, VdiOn, changed_blocks, transfer_vdi};
+use crate::xapi::records::VmRecord;
+use crate::xapi::transfer::{Progress, TransferOptions};
 
 /// What a job's cycle needs besides the hosts.
 #[derive(Debug, Clone)]
@@ -127,19 +127,8 @@ impl HealthOutcome {
     }
 }
 
-/// A source disk the cycle leaves out.
-#[derive(Debug, Clone, Serialize)]
-pub struct SkippedDisk {
-    pub userdevice: String,
-    pub vdi: String,
-    pub name: String,
-    pub reason: &'static str,
-}
-
-/// Xen Orchestra's tag for a disk left out of backups and replication.
-const NOBAK: &str = "[NOBAK]";
-/// Xen Orchestra's tag for a disk left out of manual snapshots only.
-const NOSNAP: &str = "[NOSNAP]";
+use live::Writing;
+pub use source_disks::SkippedDisk;
 
 /// Progress of one disk's transfer: (userdevice, progress).
 pub type DiskProgress<'a> = &'a mut (dyn FnMut(&str, &Progress) + Send);
@@ -411,52 +400,6 @@ impl Cycle<'_> {
         Ok(untagged)
     }
 
-    /// The source VM's interfaces mapped onto the target's networks, its CD drives and
-    /// vTPMs; a `network_map` naming no target network fails here, before the snapshot.
-    async fn plan_devices(&self, vm: &VmRecord) -> Result<Devices, CycleError> {
-        let settings = self.settings;
-        plan_devices(
-            self.source,
-            self.target,
-            vm,
-            &settings.network_map,
-            settings.new_mac_addresses,
-        )
-        .await
-        .map_err(|e| match e {
-            DevicesError::Source(e) => self.fail(None, Some(self.source), e.into()),
-            DevicesError::Target(e) => self.fail(None, Some(self.target), e.into()),
-            DevicesError::Mapping(why) => self.fail(None, None, CycleCause::Invalid(why.into())),
-        })
-    }
-
-    /// The disks `[NOBAK]` leaves out (with the VDI references `VM.snapshot` must ignore),
-    /// and notes on `[NOSNAP]` disks, which Xen Orchestra leaves out of manual snapshots
-    /// only: replication copies them.
-    async fn excluded_disks(
-        &self,
-        vm: &VmRecord,
-    ) -> Result<(Vec<SkippedDisk>, Vec<String>, Vec<String>), CycleError> {
-        let (mut skipped, mut ignored, mut notes) = (Vec::new(), Vec::new(), Vec::new());
-        for disk in self.on_source(self.source.vm_disks(vm).await)? {
-            if disk.vdi.name_label.contains(NOBAK) {
-                ignored.push(disk.vdi_ref.clone());
-                skipped.push(SkippedDisk {
-                    userdevice: disk.userdevice,
-                    vdi: disk.vdi.uuid,
-                    name: disk.vdi.name_label,
-                    reason: "[NOBAK] in its name",
-                });
-            } else if disk.vdi.name_label.contains(NOSNAP) {
-                notes.push(format!(
-                    "disk {}: [NOSNAP] keeps a disk out of manual snapshots only; replicated",
-                    disk.userdevice
-                ));
-            }
-        }
-        Ok((skipped, ignored, notes))
-    }
-
     async fn target_vms(&self) -> Result<Vec<TargetVm>, CycleError> {
         self.on_target(list_target_vms(self.target).await)
     }
@@ -610,363 +553,6 @@ impl Cycle<'_> {
             }
         }
     }
-
-    /// Update the live replica in place when [`in_place_target`] allows and its disks
-    /// still hold their newest snapshot's content; else a new live replica, built from
-    /// clones of the disks that hold the base's content.
-    async fn choose_writing(
-        &self,
-        plan: &mut CyclePlan,
-        disks: &[TargetDisk],
-        vms: &[TargetVm],
-    ) -> Result<Writing, CycleError> {
-        let mut bases = Vec::new();
-        let mut compare = Vec::new();
-        let mut classic = Vec::new();
-        for (userdevice, disk_plan) in &plan.disks {
-            if let DiskPlan::Delta {
-                replica_vdi,
-                live,
-                classic: is_classic,
-                ..
-            } = disk_plan
-            {
-                let Some(live) = live else {
-                    plan.notes.push(format!(
-                        "disk {userdevice}: its replica disk is gone; a new live replica"
-                    ));
-                    return Ok(Writing::NewLive);
-                };
-                bases.push((userdevice.as_str(), live.as_str()));
-                classic.push(*is_classic);
-                if !is_classic {
-                    compare.push((live.clone(), replica_vdi.clone()));
-                }
-            }
-        }
-        if bases.is_empty() {
-            return Ok(Writing::NewLive);
-        }
-        if classic.iter().any(|c| *c) && !classic.iter().all(|c| *c) {
-            plan.notes
-                .push("the base is in both layouts; a new live replica".into());
-            return Ok(Writing::NewLive);
-        }
-        let live = match in_place_target(&bases, disks, vms, &self.id) {
-            Ok(live) => live.clone(),
-            Err(why) => {
-                plan.notes.push(format!("{why}; a new live replica"));
-                return Ok(Writing::NewLive);
-            }
-        };
-        for (live_vdi, snapshot_vdi) in &compare {
-            if self.differs(live_vdi, snapshot_vdi).await? {
-                plan.notes.push(format!(
-                    "live replica {} changed since its snapshot; a new live replica",
-                    live.uuid
-                ));
-                return Ok(Writing::NewLive);
-            }
-        }
-        Ok(Writing::InPlace {
-            classic: classic.iter().all(|c| *c),
-            vm: live,
-        })
-    }
-
-    /// Whether target disk `vdi` holds other content than `snapshot`, from the BATs.
-    async fn differs(&self, vdi: &str, snapshot: &str) -> Result<bool, CycleError> {
-        let on = VdiOn {
-            host: self.target,
-            vdi,
-        };
-        let changed = changed_blocks(on, snapshot, &self.settings.transfer, self.cancel)
-            .await
-            .map_err(|e| CycleError {
-                vm: self.id.vm_uuid.clone(),
-                phase: self.phase,
-                disk: None,
-                host: Some(e.host.clone()),
-                cause: e.into(),
-            })?;
-        Ok(changed != 0)
-    }
-
-    /// A classic replica about to become the live replica is snapshotted first, so its
-    /// content stays a restore point (the snapshot carries its keys).
-    async fn preserve_classic(
-        &self,
-        live: &TargetVm,
-        vm: &VmRecord,
-        now: i64,
-    ) -> Result<(), CycleError> {
-        let at = replica_datetime_or(live, now);
-        let name = keys::target_snapshot_name(&vm.name_label, &self.settings.job_name, at);
-        self.on_target(self.target.snapshot_vm(&live.reference, &name, &[]).await)?;
-        Ok(())
-    }
-
-    /// Make the live replica `live` ready to be written: marked as importing (XO §7.1: its
-    /// keys at the epoch datetime, the importing block and name, and our key) and given the
-    /// source VM's settings.
-    async fn prepare_in_place(
-        &self,
-        live: &TargetVm,
-        raw_vm: &Value,
-        vm: &VmRecord,
-        now: i64,
-    ) -> Result<(), CycleError> {
-        let target = self.target;
-        let reference = live.reference.as_str();
-        let other_config = importing_vm_config(&self.id, vm, now);
-        self.on_target(target.set_vm_other_config(reference, &other_config).await)?;
-        let blocked: Vec<(&str, &str)> = keys::BLOCKED_OPERATIONS
-            .iter()
-            .map(|op| (*op, keys::IMPORTING_BLOCKED))
-            .collect();
-        self.on_target(
-            target
-                .set_entries(Class::Vm, reference, MapName::BlockedOperations, &blocked)
-                .await,
-        )?;
-        let name = format!("{}{}", keys::IMPORTING_VM_PREFIX, vm.name_label);
-        self.on_target(target.set_vm_name_label(reference, &name).await)?;
-        self.on_target(target.update_vm_from(reference, raw_vm).await)?;
-        Ok(())
-    }
-
-    /// Destroy the live replicas of this job that `current` replaces: halted, start-blocked,
-    /// whole, and holding their newest snapshot's content, which stays as a restore point.
-    /// One whose disks changed behind the job's back is left alone, with a note.
-    async fn supersede(&self, current: &str, vms: &[TargetVm]) -> Result<Vec<String>, CycleError> {
-        let mut notes = Vec::new();
-        let former: Vec<&TargetVm> = restore_points(vms, &self.id)
-            .into_iter()
-            .filter(|p| p.kind == PointKind::LiveReplica && (p.valid || p.superseded))
-            .map(|p| p.vm)
-            .filter(|vm| vm.reference != current && vm.power_state == "Halted")
-            .collect();
-        // The common case, one live replica: no need to read the target's disks again.
-        if former.is_empty() {
-            return Ok(notes);
-        }
-        let (_, disks) = self.on_target(target_disks(self.target, &self.id.sr_uuid).await)?;
-        for old in former {
-            let mut clean = true;
-            for disk in disks
-                .iter()
-                .filter(|d| d.attached.iter().any(|(v, _)| *v == old.reference))
-            {
-                let newest = disks
-                    .iter()
-                    .filter(|s| s.is_a_snapshot && s.snapshot_of == disk.reference)
-                    .max_by_key(|s| s.snapshot_time);
-                clean &= match newest {
-                    Some(snapshot) => !self.differs(&disk.reference, &snapshot.reference).await?,
-                    None => false,
-                };
-            }
-            if clean {
-                self.on_target(self.target.destroy_vm_and_disks(&old.reference).await)?;
-                notes.push(format!(
-                    "former live replica {} destroyed; its snapshots keep its content",
-                    old.uuid
-                ));
-            } else {
-                notes.push(format!(
-                    "former live replica {} left alone: its disks changed since its newest snapshot",
-                    old.uuid
-                ));
-            }
-        }
-        Ok(notes)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn fill_replica(
-        &mut self,
-        live_ref: &str,
-        writing: &Writing,
-        vm: &VmRecord,
-        snapshot: &SourceSnapshot,
-        plan: &CyclePlan,
-        sr_ref: &str,
-        now: i64,
-        progress: DiskProgress<'_>,
-    ) -> Result<(String, String, String, Vec<DiskReport>), CycleError> {
-        let in_place = matches!(writing, Writing::InPlace { .. });
-        let mut disks: Vec<Filling<'_>> = Vec::new();
-        for disk in &snapshot.disks {
-            let disk_plan = plan
-                .disks
-                .get(&disk.userdevice)
-                .cloned()
-                .unwrap_or(DiskPlan::Full);
-            let (vdi_ref, attach) = self
-                .replica_disk(disk, &disk_plan, in_place, sr_ref)
-                .await?;
-            if attach {
-                self.on_target(
-                    self.target
-                        .attach_disk(live_ref, &vdi_ref, &disk.userdevice)
-                        .await,
-                )?;
-            }
-            disks.push((disk, disk_plan, vdi_ref));
-        }
-
-        self.enter(Phase::Transfer)?;
-        tracing::debug!(vm = %self.id.vm_uuid, disks = disks.len(), "transfer");
-        let mut reports = Vec::new();
-        for (disk, disk_plan, vdi_ref) in &disks {
-            reports.push(self.transfer(disk, disk_plan, vdi_ref, progress).await?);
-        }
-
-        self.enter(Phase::Commit)?;
-        let mut names = Vec::new();
-        for (disk, _, _) in &disks {
-            names.push(self.on_source(self.source.vdi_name_label(&disk.vdi_ref).await)?);
-        }
-        let name = keys::snapshot_name(&self.settings.job_name, &vm.name_label);
-        let snapshot_name =
-            keys::target_snapshot_name(&vm.name_label, &self.settings.job_name, now);
-        let datetime = keys::datetime(now);
-        let tags = replica_tags(&vm.tags);
-        let commit = ReplicaCommit {
-            id: &self.id,
-            vm_ref: live_ref,
-            tags: &tags,
-            snapshot_uuid: &snapshot.uuid,
-            datetime: &datetime,
-            name: &name,
-            committed_ms: self.settings.clock.unix_ms(),
-            disks: disks
-                .iter()
-                .zip(&names)
-                .map(|((disk, _, vdi_ref), name)| CommitDisk {
-                    vdi_ref,
-                    copy_of: &disk.vdi_uuid,
-                    name_label: Some(name),
-                })
-                .collect(),
-        };
-        let exported = &mut self.exported;
-        let (source, target) = (self.source, self.target);
-        let committed = commit_live(target, &commit, &snapshot_name, || async {
-            mark_exported(source, snapshot, plan)
-                .await
-                .map_err(CommitError::Source)?;
-            *exported = true;
-            Ok(())
-        })
-        .await;
-        let target_snapshot = match committed {
-            Ok(reference) => reference,
-            Err(CommitError::Source(e)) => return Err(self.fail(None, Some(source), e.into())),
-            Err(CommitError::Target(e)) => return Err(self.fail(None, Some(target), e.into())),
-        };
-        let uuid = self.on_target(target.vm_uuid(live_ref).await)?;
-        let snapshot_uuid = self.on_target(target.vm_uuid(&target_snapshot).await)?;
-        Ok((uuid, name, snapshot_uuid, reports))
-    }
-
-    /// Stream one disk's changed blocks into its replica disk.
-    async fn transfer(
-        &self,
-        disk: &SnapshotDisk,
-        plan: &DiskPlan,
-        vdi_ref: &str,
-        progress: DiskProgress<'_>,
-    ) -> Result<DiskReport, CycleError> {
-        let base = match plan {
-            DiskPlan::Delta { base_vdi, .. } => Some(base_vdi.as_str()),
-            DiskPlan::Full => None,
-        };
-        let device = disk.userdevice.clone();
-        let result = transfer_vdi(
-            VdiOn {
-                host: self.source,
-                vdi: &disk.vdi_ref,
-            },
-            base,
-            VdiOn {
-                host: self.target,
-                vdi: vdi_ref,
-            },
-            &self.settings.transfer,
-            &mut |p| progress(&device, p),
-            self.cancel.cancelled(),
-        )
-        .await
-        .map_err(|e| CycleError {
-            vm: self.id.vm_uuid.clone(),
-            phase: Phase::Transfer,
-            disk: Some(disk.userdevice.clone()),
-            host: Some(e.host.clone()),
-            cause: e.into(),
-        })?;
-        let replica_vdi = self.on_target(self.target.vdi_uuid(vdi_ref).await)?;
-        Ok(DiskReport {
-            userdevice: disk.userdevice.clone(),
-            mode: if base.is_some() { "delta" } else { "full" },
-            virtual_size: disk.virtual_size,
-            bytes_sent: result.bytes,
-            blocks: result.blocks,
-            source_vdi: disk.vdi_uuid.clone(),
-            replica_vdi,
-        })
-    }
-
-    /// The target disk for `disk`: in place, the live replica's own disk (grown if the
-    /// source grew); else a clone of the disk with the base's content, or a new VDI. Named
-    /// as importing and carrying the job's keys at the importing datetime. Also whether it
-    /// must be attached to the live replica.
-    async fn replica_disk(
-        &mut self,
-        disk: &SnapshotDisk,
-        plan: &DiskPlan,
-        in_place: bool,
-        sr_ref: &str,
-    ) -> Result<(String, bool), CycleError> {
-        let target = self.target;
-        let (vdi, attach) = match plan {
-            DiskPlan::Delta {
-                replica_vdi, live, ..
-            } => {
-                let (vdi, attach) = match live {
-                    Some(live) if in_place => (live.clone(), false),
-                    _ => {
-                        let clone = self.on_target(target.clone_vdi(replica_vdi).await)?;
-                        self.created_vdis.push(clone.clone());
-                        (clone, true)
-                    }
-                };
-                let record: VdiRecord = self.on_target(target.get_record(&vdi).await)?;
-                if record.virtual_size < disk.virtual_size {
-                    self.on_target(target.resize_vdi(&vdi, disk.virtual_size).await)?;
-                }
-                let (name, other_config) = importing_disk(&self.id, &disk.vdi_uuid);
-                self.on_target(target.set_vdi_name_label(&vdi, &name).await)?;
-                self.on_target(target.set_vdi_other_config(&vdi, &other_config).await)?;
-                (vdi, attach)
-            }
-            DiskPlan::Full => {
-                let created = self.on_target(
-                    create_replica_disk(
-                        target,
-                        &self.id,
-                        sr_ref,
-                        &disk.vdi_uuid,
-                        disk.virtual_size,
-                    )
-                    .await,
-                )?;
-                self.created_vdis.push(created.clone());
-                (created, true)
-            }
-        };
-        Ok((vdi, attach))
-    }
 }
 
 /// A target snapshot a commit took but did not live to make valid: this job's keys and our
@@ -977,37 +563,6 @@ fn is_interrupted_snapshot(vm: &TargetVm, id: &Identity) -> bool {
         && vm.other_config.get(keys::JOB) == Some(&id.job_id)
         && vm.other_config.get(keys::VM) == Some(&id.vm_uuid)
         && vm.other_config.get(keys::SR) == Some(&id.sr_uuid)
-}
-
-/// How a run writes the target.
-enum Writing {
-    /// Into the live replica's disks (a classic replica is snapshotted first).
-    InPlace { vm: TargetVm, classic: bool },
-    /// Into a new live replica.
-    NewLive,
-}
-
-/// The source snapshot becomes the next base only once its replica is committed.
-async fn mark_exported(
-    source: &XapiClient,
-    snapshot: &SourceSnapshot,
-    plan: &CyclePlan,
-) -> Result<(), ClientError> {
-    let chain = plan.delta_chain_length.to_string();
-    let exported = [
-        (keys::EXPORTED, "true"),
-        (keys::DELTA_CHAIN_LENGTH, chain.as_str()),
-    ];
-    let config = MapName::OtherConfig;
-    source
-        .set_entries(Class::Vm, &snapshot.reference, config, &exported)
-        .await?;
-    for disk in &snapshot.disks {
-        source
-            .set_entries(Class::Vdi, &disk.vdi_ref, config, &exported)
-            .await?;
-    }
-    Ok(())
 }
 
 /// Without a base of this job, any snapshot of the VM whose content the target holds under
@@ -1041,28 +596,4 @@ fn content_key_plan(
         }
     }
     plan_cycle(new_disks, None, target, 0)
-}
-
-/// A live replica's `other_config` while a run writes it: the source VM's own entries, the
-/// job's keys at XO's importing datetime, our importing key, `auto_poweron` off.
-fn importing_vm_config(id: &Identity, vm: &VmRecord, now: i64) -> StringMap {
-    let mut config: StringMap = vm
-        .other_config
-        .iter()
-        .filter(|(k, _)| !keys::is_replication_state(k))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    config.extend(replica_keys(id, keys::IMPORTING_DATETIME));
-    config.insert(keys::IMPORTING.into(), keys::datetime(now));
-    config.insert(keys::AUTO_POWERON.into(), "false".into());
-    config
-}
-
-/// A classic replica's time, for the name of the snapshot that preserves it.
-fn replica_datetime_or(vm: &TargetVm, fallback: i64) -> i64 {
-    vm.other_config
-        .get(keys::DATETIME)
-        .and_then(|t| keys::parse_datetime(t))
-        .or_else(|| keys::datetime_from_replica_name(&vm.name_label))
-        .unwrap_or(fallback)
 }
