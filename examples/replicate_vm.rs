@@ -17,8 +17,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use vhdsync::{
-    CancellationToken, CycleReport, Job, SystemClock, TransferOptions, credential_warnings,
-    replicate_vm,
+    CancellationToken, CycleReport, EventKind, Job, SystemClock, TransferOptions,
+    credential_warnings, replicate_vm,
 };
 
 #[tokio::main(flavor = "current_thread")]
@@ -72,8 +72,14 @@ pub async fn replicate(
         &target,
         &settings,
         &vm.to_lowercase(),
-        // (userdevice, progress) as each disk's bytes move; the report has the totals.
-        &mut |_disk, _progress| {},
+        // Each step as it starts, and each disk's transfer; the report has the totals.
+        &mut |event| match event.kind {
+            EventKind::Step(phase) => eprintln!("replicate_vm: {}: {phase}", event.vm_name),
+            EventKind::DiskStarted { disk, .. } => {
+                eprintln!("replicate_vm: disk {} ({})", disk.userdevice, disk.name)
+            }
+            _ => {}
+        },
         cancel,
     )
     .await;

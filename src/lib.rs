@@ -18,6 +18,7 @@
 //!   [`Job`] file: [`Job::load`], [`Job::cycle_settings`], [`Job::source_login`]) until done
 //!   or until its [`CancellationToken`] is cancelled, giving a [`CycleReport`] or a
 //!   [`CycleError`] naming the phase, host and disk, with an [`ErrorKind`] to match on.
+//!   Its observer is told of each step and each disk's progress ([`CycleEvent`]).
 //!   [`run_job`] runs a job's VMs under their locks, a few at a time ([`RunOptions`]).
 //! - Test against the simulated host: [`lab`] is a XAPI-compatible host over real VHD files
 //!   ([`Lab`], served by [`LabServer`]), which the example below starts in-process.
@@ -73,7 +74,7 @@
 //! // Cancelling the token (from another task, or a signal handler) stops the cycle, which
 //! // then destroys what it created.
 //! let cancel = CancellationToken::new();
-//! let report = replicate_vm(&source, &target, &settings, vm, &mut |_, _| {}, &cancel).await?;
+//! let report = replicate_vm(&source, &target, &settings, vm, &mut |_| {}, &cancel).await?;
 //! assert_eq!((report.mode, report.disks.len()), ("full", 1));
 //! println!("{} bytes sent into replica {}", report.bytes_sent, report.replica);
 //! # Ok(())
@@ -114,9 +115,10 @@ pub use lab::{InitReport, Lab, LabError};
 pub use replicate::clock::{Clock, SystemClock};
 pub use replicate::job::{HostSpec, Job, JobError};
 pub use replicate::run::{
-    CycleCause, CycleError, CycleReport, CycleSettings, DiskReport, ErrorKind, replicate_vm,
+    CycleCause, CycleError, CycleEvent, CycleObserver, CycleReport, CycleSettings, DiskLabel,
+    DiskReport, ErrorKind, EventKind, replicate_vm,
 };
-pub use replicate::runner::{JobProgress, RunOptions, VmOutcome, run_job};
+pub use replicate::runner::{JobObserver, RunOptions, VmOutcome, run_job};
 pub use tokio_util::sync::CancellationToken;
 pub use xapi::client::{ClientError, XapiClient};
 pub use xapi::connect::{

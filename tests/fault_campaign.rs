@@ -492,7 +492,7 @@ impl Campaign {
         source: &XapiClient,
         target: &XapiClient,
     ) -> Result<CycleReport, CycleError> {
-        let mut progress = |_: &str, _: &vhdsync::xapi::transfer::Progress| {};
+        let mut progress = |_: &vhdsync::replicate::run::CycleEvent<'_>| {};
         replicate_vm(
             source,
             target,

@@ -544,11 +544,11 @@ async fn cycle(
     target: &Host,
     settings: &vhdsync::replicate::run::CycleSettings,
     vm: &str,
-    progress: &mut (dyn FnMut(&str, &vhdsync::xapi::transfer::Progress) + Send),
+    observer: vhdsync::replicate::run::CycleObserver<'_>,
     cancel: &tokio_util::sync::CancellationToken,
 ) -> Result<vhdsync::replicate::run::CycleReport, vhdsync::replicate::run::CycleError> {
     let (source, target) = (&source.client, &target.client);
-    vhdsync::replicate::run::replicate_vm(source, target, settings, vm, progress, cancel).await
+    vhdsync::replicate::run::replicate_vm(source, target, settings, vm, observer, cancel).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -556,8 +556,9 @@ async fn a_cancelled_cycle_ends_cancelled_and_leaves_no_replica() {
     use std::sync::Arc;
     use tokio_util::sync::CancellationToken;
     use vhdsync::replicate::clock::SystemClock;
+    use vhdsync::replicate::run::{CycleEvent, EventKind};
     use vhdsync::replicate::run::{ErrorKind, Phase};
-    use vhdsync::xapi::transfer::{Progress, TransferOptions};
+    use vhdsync::xapi::transfer::TransferOptions;
 
     let source = Host::start(&[("web01", &[24 * MIB])]).await;
     let target = Host::start(&[]).await;
@@ -570,7 +571,7 @@ async fn a_cancelled_cycle_ends_cancelled_and_leaves_no_replica() {
     let job = load_job(dir.path(), &source, &target, uuid);
     let settings = job.cycle_settings(TransferOptions::default(), Arc::new(SystemClock));
     let source_vms = source.vms().await.len();
-    let mut quiet = |_: &str, _: &Progress| {};
+    let mut quiet = |_: &CycleEvent<'_>| {};
 
     // Cancelled before it starts: nothing is touched.
     let cancelled = CancellationToken::new();
@@ -583,8 +584,10 @@ async fn a_cancelled_cycle_ends_cancelled_and_leaves_no_replica() {
     // Cancelled once bytes move (an operator's ctrl-c): the transfer stops, and what the
     // cycle made goes away on both sides.
     let cancel = CancellationToken::new();
-    let mut cancel_on_progress = |_: &str, p: &Progress| {
-        if p.bytes > 0 {
+    let mut cancel_on_progress = |event: &CycleEvent<'_>| {
+        if let EventKind::DiskProgress { progress, .. } = event.kind
+            && progress.bytes > 0
+        {
             cancel.cancel();
         }
     };
@@ -622,8 +625,9 @@ async fn a_panicking_cycle_is_reported_as_a_failed_vm() {
     use std::sync::{Arc, Mutex};
     use tokio_util::sync::CancellationToken;
     use vhdsync::replicate::clock::SystemClock;
+    use vhdsync::replicate::run::{CycleEvent, EventKind};
     use vhdsync::replicate::runner::{RunOptions, VmOutcome, run_job};
-    use vhdsync::xapi::transfer::{Progress, TransferOptions};
+    use vhdsync::xapi::transfer::TransferOptions;
 
     let source = Host::start(&[("web01", &[4 * MIB])]).await;
     let target = Host::start(&[]).await;
@@ -648,8 +652,10 @@ async fn a_panicking_cycle_is_reported_as_a_failed_vm() {
     // A progress display with a bug: the VM's task panics in the middle of its transfer.
     let options = RunOptions {
         transfer: TransferOptions::default(),
-        progress: Arc::new(Mutex::new(|_: &str, _: &str, p: &Progress| {
-            assert!(p.bytes == 0, "the display cannot show {} bytes", p.bytes);
+        observer: Arc::new(Mutex::new(|event: &CycleEvent<'_>| {
+            if let EventKind::DiskProgress { progress: p, .. } = event.kind {
+                assert!(p.bytes == 0, "the display cannot show {} bytes", p.bytes);
+            }
         })),
         cancel: CancellationToken::new(),
         clock: Arc::new(SystemClock),

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::replicate::clock::SystemClock;
 use crate::replicate::job::Job;
-use crate::replicate::run::CycleReport;
+use crate::replicate::run::{CycleEvent, CycleReport};
 use crate::replicate::runner::{RunOptions, VmOutcome, run_job};
 use crate::xapi::client::XapiClient;
 use crate::xapi::records::VmRecord;
@@ -199,7 +199,7 @@ async fn cycle(
 ) -> Result<CycleReport, CliError> {
     let options = RunOptions {
         transfer: TransferOptions::default(),
-        progress: Arc::new(Mutex::new(|_: &str, _: &str, _: &_| {})),
+        observer: Arc::new(Mutex::new(|_: &CycleEvent<'_>| {})),
         cancel: CancellationToken::new(),
         clock: Arc::new(SystemClock),
     };

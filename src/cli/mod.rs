@@ -13,6 +13,7 @@ mod metrics_file;
 mod nagios;
 mod output;
 mod packaging;
+mod progress;
 mod replicate;
 mod seed;
 mod status;

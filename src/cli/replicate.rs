@@ -1,8 +1,7 @@
 //! `replicate`: a job's cycle for each VM, its report, and the job's metrics file.
 
-use std::io::IsTerminal;
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
@@ -14,6 +13,7 @@ use super::connect::connect_job;
 use super::error::lock_exit_code;
 use super::metrics_file::{self, TargetView};
 use super::output::print_json;
+use super::progress;
 use super::terminal_text;
 use super::transfer::runtime;
 use super::units::{human_bytes, human_rate};
@@ -24,8 +24,8 @@ use crate::replicate::job::Job;
 use crate::replicate::keys;
 use crate::replicate::metrics::RunOutcome;
 use crate::replicate::run::HealthOutcome;
-use crate::replicate::runner::{JobProgress, RunOptions, VmOutcome, run_job};
-use crate::xapi::transfer::{Progress, Throttle, TransferOptions};
+use crate::replicate::runner::{RunOptions, VmOutcome, run_job};
+use crate::xapi::transfer::{Throttle, TransferOptions};
 
 pub(super) fn load_job(path: &std::path::Path) -> Result<Job, CliError> {
     Ok(Job::load(path)?)
@@ -72,7 +72,7 @@ pub fn replicate(args: &ReplicateArgs) -> Result<ExitCode, CliError> {
         let cancel = cancel_on_signal();
         let options = RunOptions {
             transfer,
-            progress: progress_display(args.json),
+            observer: progress::job_display(args.json),
             cancel: cancel.clone(),
             clock: Arc::new(SystemClock),
         };
@@ -163,42 +163,6 @@ fn cancel_on_signal() -> CancellationToken {
         std::process::exit(130);
     });
     cancel
-}
-
-/// A log line per disk every few seconds; a bar per disk would fight with the other VMs'
-/// bars on a shared terminal, so a TTY gets one line per disk, redrawn in place.
-fn progress_display(json: bool) -> JobProgress {
-    let tty = !json && std::io::stderr().is_terminal();
-    let bars = indicatif::MultiProgress::new();
-    let mut known: std::collections::BTreeMap<String, indicatif::ProgressBar> = Default::default();
-    let mut last_log = std::time::Instant::now();
-    Arc::new(Mutex::new(move |vm: &str, disk: &str, p: &Progress| {
-        if json {
-            return;
-        }
-        if tty {
-            let bar = known.entry(format!("{vm}/{disk}")).or_insert_with(|| {
-                let bar = bars.add(indicatif::ProgressBar::new(p.total.unwrap_or(0)));
-                if let Ok(style) = indicatif::ProgressStyle::with_template(
-                    "{prefix} {bar:30} {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
-                ) {
-                    bar.set_style(style);
-                }
-                bar.set_prefix(format!("{} disk {disk}", &vm[..8.min(vm.len())]));
-                bar
-            });
-            bar.set_length(p.total.unwrap_or(0));
-            bar.set_position(p.bytes);
-        } else if last_log.elapsed() >= Duration::from_secs(5) {
-            last_log = std::time::Instant::now();
-            eprintln!(
-                "vhdsync: VM {vm} disk {disk}: {} of {}, {}",
-                human_bytes(p.bytes),
-                human_bytes(p.total.unwrap_or(0)),
-                human_rate(p.rate())
-            );
-        }
-    }))
 }
 
 /// Print the run's report; its exit code. `times` are the run's start and end.

@@ -11,9 +11,9 @@ use tokio_util::sync::CancellationToken;
 use super::clock::Clock;
 use super::job::Job;
 use super::lock::{LockError, VmLock};
-use super::run::{CycleError, CycleReport, CycleSettings, replicate_vm};
+use super::run::{CycleError, CycleEvent, CycleReport, CycleSettings, replicate_vm};
 use crate::xapi::client::XapiClient;
-use crate::xapi::transfer::{Progress, TransferOptions};
+use crate::xapi::transfer::TransferOptions;
 
 /// How one VM's cycle ended.
 #[derive(Debug)]
@@ -26,8 +26,8 @@ pub enum VmOutcome {
     Panicked(String),
 }
 
-/// Progress of a disk: (VM uuid, userdevice, progress).
-pub type JobProgress = Arc<Mutex<dyn FnMut(&str, &str, &Progress) + Send>>;
+/// Where every VM's cycle sends its events ([`CycleEvent`] names the VM), one at a time.
+pub type JobObserver = Arc<Mutex<dyn FnMut(&CycleEvent<'_>) + Send>>;
 
 impl Job {
     pub fn cycle_settings(
@@ -55,7 +55,7 @@ impl Job {
 /// What a job's run is given besides the job and the hosts.
 pub struct RunOptions {
     pub transfer: TransferOptions,
-    pub progress: JobProgress,
+    pub observer: JobObserver,
     /// Cancels every VM's cycle; each destroys what it created.
     pub cancel: CancellationToken,
     pub clock: Arc<dyn Clock>,
@@ -79,12 +79,12 @@ pub async fn run_job(
     let settings = Arc::new(job.cycle_settings(options.transfer, options.clock));
     let mut tasks = VmTasks::default();
     for vm in selected {
-        let (source, target, settings, permits, progress, cancel) = (
+        let (source, target, settings, permits, observer, cancel) = (
             source.clone(),
             target.clone(),
             settings.clone(),
             permits.clone(),
-            options.progress.clone(),
+            options.observer.clone(),
             options.cancel.clone(),
         );
         let state_dir = job.state_dir.clone();
@@ -96,12 +96,12 @@ pub async fn run_job(
                     Ok(lock) => lock,
                     Err(e) => return VmOutcome::Locked(e),
                 };
-            let mut report = |disk: &str, p: &Progress| {
-                if let Ok(mut f) = progress.lock() {
-                    f(&vm, disk, p);
+            let mut observe = |event: &CycleEvent<'_>| {
+                if let Ok(mut observer) = observer.lock() {
+                    observer(event);
                 }
             };
-            match replicate_vm(&source, &target, &settings, &vm, &mut report, &cancel).await {
+            match replicate_vm(&source, &target, &settings, &vm, &mut observe, &cancel).await {
                 Ok(report) => VmOutcome::Replicated(Box::new(report)),
                 Err(e) => VmOutcome::Failed(e),
             }

@@ -1,7 +1,7 @@
 //! Filling the live replica: its disks, each disk's transfer, and the commit.
 
 use super::live::Writing;
-use super::{Cycle, CycleError, DiskProgress, DiskReport, Filling, Phase};
+use super::{Cycle, CycleError, DiskLabel, DiskReport, EventKind, Filling, Phase};
 use crate::replicate::commit::{CommitDisk, CommitError, ReplicaCommit, commit_live};
 use crate::replicate::keys;
 use crate::replicate::plan::{CyclePlan, DiskPlan, SnapshotDisk, SourceSnapshot};
@@ -22,7 +22,6 @@ impl Cycle<'_> {
         plan: &CyclePlan,
         sr_ref: &str,
         now: i64,
-        progress: DiskProgress<'_>,
     ) -> Result<(String, String, String, Vec<DiskReport>), CycleError> {
         let in_place = matches!(writing, Writing::InPlace { .. });
         let mut disks: Vec<Filling<'_>> = Vec::new();
@@ -44,19 +43,19 @@ impl Cycle<'_> {
             }
             disks.push((disk, disk_plan, vdi_ref));
         }
-
-        self.enter(Phase::Transfer)?;
-        tracing::debug!(vm = %self.id.vm_uuid, disks = disks.len(), "transfer");
-        let mut reports = Vec::new();
-        for (disk, disk_plan, vdi_ref) in &disks {
-            reports.push(self.transfer(disk, disk_plan, vdi_ref, progress).await?);
-        }
-
-        self.enter(Phase::Commit)?;
+        // Read before the transfer: the progress shows them, the commit copies them.
         let mut names = Vec::new();
         for (disk, _, _) in &disks {
             names.push(self.on_source(self.source.vdi_name_label(&disk.vdi_ref).await)?);
         }
+
+        self.enter(Phase::Transfer)?;
+        let mut reports = Vec::new();
+        for ((disk, disk_plan, vdi_ref), name) in disks.iter().zip(&names) {
+            reports.push(self.transfer(disk, name, disk_plan, vdi_ref).await?);
+        }
+
+        self.enter(Phase::Commit)?;
         let name = keys::snapshot_name(&self.settings.job_name, &vm.name_label);
         let snapshot_name =
             keys::target_snapshot_name(&vm.name_label, &self.settings.job_name, now);
@@ -104,15 +103,23 @@ impl Cycle<'_> {
     async fn transfer(
         &self,
         disk: &SnapshotDisk,
+        name: &str,
         plan: &DiskPlan,
         vdi_ref: &str,
-        progress: DiskProgress<'_>,
     ) -> Result<DiskReport, CycleError> {
         let base = match plan {
             DiskPlan::Delta { base_vdi, .. } => Some(base_vdi.as_str()),
             DiskPlan::Full => None,
         };
-        let device = disk.userdevice.clone();
+        let label = DiskLabel {
+            userdevice: &disk.userdevice,
+            name,
+        };
+        self.emit(EventKind::DiskStarted {
+            disk: label,
+            delta: base.is_some(),
+            virtual_size: disk.virtual_size,
+        });
         let result = transfer_vdi(
             VdiOn {
                 host: self.source,
@@ -124,7 +131,12 @@ impl Cycle<'_> {
                 vdi: vdi_ref,
             },
             &self.settings.transfer,
-            &mut |p| progress(&device, p),
+            &mut |progress| {
+                self.emit(EventKind::DiskProgress {
+                    disk: label,
+                    progress,
+                })
+            },
             self.cancel.cancelled(),
         )
         .await
@@ -136,15 +148,21 @@ impl Cycle<'_> {
             cause: e.into(),
         })?;
         let replica_vdi = self.on_target(self.target.vdi_uuid(vdi_ref).await)?;
-        Ok(DiskReport {
+        let report = DiskReport {
             userdevice: disk.userdevice.clone(),
+            name: name.to_owned(),
             mode: if base.is_some() { "delta" } else { "full" },
             virtual_size: disk.virtual_size,
             bytes_sent: result.bytes,
             blocks: result.blocks,
             source_vdi: disk.vdi_uuid.clone(),
             replica_vdi,
-        })
+        };
+        self.emit(EventKind::DiskDone {
+            disk: label,
+            report: &report,
+        });
+        Ok(report)
     }
 
     /// The target disk for `disk`: in place, the live replica's own disk (grown if the

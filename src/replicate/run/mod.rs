@@ -14,11 +14,12 @@
 //!
 //! [`plan`]: super::plan
 
+mod events;
 mod fill;
 mod live;
 mod source_disks;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use serde::Serialize;
@@ -41,7 +42,7 @@ use super::replica::{create_replica_vm, roll_back};
 use crate::xapi::client::{ClientError, XapiClient};
 use crate::xapi::ops::{Class, MapName};
 use crate::xapi::records::VmRecord;
-use crate::xapi::transfer::{Progress, TransferOptions};
+use crate::xapi::transfer::TransferOptions;
 
 /// What a job's cycle needs besides the hosts.
 #[derive(Debug, Clone)]
@@ -67,6 +68,8 @@ pub struct CycleSettings {
 #[derive(Debug, Clone, Serialize)]
 pub struct DiskReport {
     pub userdevice: String,
+    /// The disk's VDI name.
+    pub name: String,
     pub mode: &'static str,
     pub virtual_size: u64,
     /// Stream bytes sent.
@@ -127,21 +130,20 @@ impl HealthOutcome {
     }
 }
 
+pub use events::{CycleEvent, CycleObserver, DiskLabel, EventKind};
 use live::Writing;
 pub use source_disks::SkippedDisk;
 
-/// Progress of one disk's transfer: (userdevice, progress).
-pub type DiskProgress<'a> = &'a mut (dyn FnMut(&str, &Progress) + Send);
-
-/// Run one cycle for `vm_uuid`. When `cancel` fires, the cycle stops at the next step (a
-/// transfer at once), destroys what it created, and fails with [`ErrorKind::Cancelled`];
-/// a commit already under way completes.
+/// Run one cycle for `vm_uuid`, telling `observer` of each step and each disk's progress.
+/// When `cancel` fires, the cycle stops at the next step (a transfer at once), destroys
+/// what it created, and fails with [`ErrorKind::Cancelled`]; a commit already under way
+/// completes.
 pub async fn replicate_vm(
     source: &XapiClient,
     target: &XapiClient,
     settings: &CycleSettings,
     vm_uuid: &str,
-    progress: DiskProgress<'_>,
+    observer: CycleObserver<'_>,
     cancel: &CancellationToken,
 ) -> Result<CycleReport, CycleError> {
     let started = Instant::now();
@@ -160,8 +162,11 @@ pub async fn replicate_vm(
         created_vdis: Vec::new(),
         live_ref: None,
         exported: false,
+        observer: Mutex::new(observer),
+        vm_name: String::new(),
     };
     let (vm_ref, vm) = cycle.on_source(source.record_by_uuid::<VmRecord>(vm_uuid).await)?;
+    cycle.vm_name.clone_from(&vm.name_label);
     if vm.is_a_template || vm.is_a_snapshot {
         return Err(cycle.fail(
             None,
@@ -184,7 +189,6 @@ pub async fn replicate_vm(
     notes.extend(devices.notes.iter().cloned());
 
     cycle.enter(Phase::Cleanup)?;
-    tracing::info!(vm = vm_uuid, "cleaning up interrupted runs");
     let mut cleaned_up = cycle.clean_target().await?;
     let mut vm = vm;
     for untagged in cycle.untagged_snapshots(&vm).await? {
@@ -204,9 +208,12 @@ pub async fn replicate_vm(
     let base = select_base(&snapshots, &cycle.id).cloned();
 
     cycle.enter(Phase::Snapshot)?;
-    tracing::info!(vm = vm_uuid, base = ?base.as_ref().map(|b| &b.uuid), "snapshot");
     let now = settings.clock.unix();
     let snapshot = cycle.snapshot(&vm_ref, &vm, &ignored, now).await?;
+    cycle.emit(EventKind::SnapshotTaken {
+        snapshot: &snapshot.uuid,
+        base: base.as_ref().map(|b| b.uuid.as_str()),
+    });
     let outcome = cycle
         .replicate_from(
             &vm_ref,
@@ -216,7 +223,6 @@ pub async fn replicate_vm(
             &snapshots,
             &devices,
             now,
-            progress,
         )
         .await;
     let replicated = match outcome {
@@ -233,8 +239,12 @@ pub async fn replicate_vm(
 
     // Retention runs even when cancelled: the new replica is committed, and retention is
     // what keeps the target's replica count bounded.
+    cycle.emit(EventKind::Committed {
+        replica: &replicated.uuid,
+        target_snapshot: &replicated.target_snapshot,
+    });
     cycle.phase = Phase::Retention;
-    tracing::info!(vm = vm_uuid, replica = %replicated.uuid, "committed; retention");
+    cycle.emit(EventKind::Step(Phase::Retention));
     let mut deleted_replicas = Vec::new();
     let vms = cycle.target_vms().await?;
     let points = restore_points(&vms, &cycle.id);
@@ -258,17 +268,25 @@ pub async fn replicate_vm(
         cycle.on_source(source.destroy_vm_and_disks(&victim.reference).await)?;
         deleted_snapshots.push(victim.uuid.clone());
     }
+    cycle.emit(EventKind::RetentionDone {
+        deleted_replicas: &deleted_replicas,
+        deleted_snapshots: &deleted_snapshots,
+    });
 
     let health_check = match settings.health_check {
-        Some(timeout) => Some(
-            match health_check(target, &cycle.id, timeout, settings.clock.as_ref()).await {
-                Ok(report) => HealthOutcome::Checked(report),
-                Err(e) => HealthOutcome::Error {
-                    passed: false,
-                    error: e.to_string(),
-                },
-            },
-        ),
+        Some(timeout) => {
+            cycle.emit(EventKind::HealthCheckStarted);
+            let outcome =
+                match health_check(target, &cycle.id, timeout, settings.clock.as_ref()).await {
+                    Ok(report) => HealthOutcome::Checked(report),
+                    Err(e) => HealthOutcome::Error {
+                        passed: false,
+                        error: e.to_string(),
+                    },
+                };
+            cycle.emit(EventKind::HealthCheckDone(&outcome));
+            Some(outcome)
+        }
         None => None,
     };
 
@@ -324,6 +342,10 @@ struct Cycle<'a> {
     live_ref: Option<String>,
     /// The source snapshot is marked exported: the next run's base, whatever happens next.
     exported: bool,
+    /// Told of each step; behind a lock so that the cycle's `&self` steps can tell it too.
+    observer: Mutex<CycleObserver<'a>>,
+    /// The VM's name label, once read.
+    vm_name: String,
 }
 
 /// A committed live replica and its new target snapshot.
@@ -350,13 +372,27 @@ impl Cycle<'_> {
         }
     }
 
-    /// Move on to `phase`, unless the caller has cancelled.
+    /// Move on to `phase` and say so, unless the caller has cancelled.
     fn enter(&mut self, phase: Phase) -> Result<(), CycleError> {
         if self.cancel.is_cancelled() {
             return Err(self.fail(None, None, CycleCause::Cancelled));
         }
         self.phase = phase;
+        self.emit(EventKind::Step(phase));
         Ok(())
+    }
+
+    /// Tell the observer of `kind`. A lock poisoned by an observer that panicked is not
+    /// called again: that panic is already failing this cycle.
+    fn emit(&self, kind: EventKind<'_>) {
+        let event = CycleEvent {
+            vm: &self.id.vm_uuid,
+            vm_name: &self.vm_name,
+            kind,
+        };
+        if let Ok(mut observer) = self.observer.lock() {
+            (*observer)(&event);
+        }
     }
 
     fn on_source<T>(&self, result: Result<T, ClientError>) -> Result<T, CycleError> {
@@ -474,7 +510,6 @@ impl Cycle<'_> {
         other_snapshots: &[SourceSnapshot],
         devices: &Devices,
         now: i64,
-        progress: DiskProgress<'_>,
     ) -> Result<Replicated, CycleError> {
         self.enter(Phase::ReplicaCreation)?;
         let (sr_ref, disks) = self.on_target(target_disks(self.target, &self.id.sr_uuid).await)?;
@@ -519,10 +554,8 @@ impl Cycle<'_> {
         };
         let outcome = match apply_devices(self.target, &live_ref, devices).await {
             Ok(()) => {
-                self.fill_replica(
-                    &live_ref, &writing, vm, snapshot, &plan, &sr_ref, now, progress,
-                )
-                .await
+                self.fill_replica(&live_ref, &writing, vm, snapshot, &plan, &sr_ref, now)
+                    .await
             }
             Err(e) => Err(self.fail(None, Some(self.target), e.into())),
         };
