@@ -4,7 +4,9 @@
 //! snapshots copy them, the NVRAM messages, `lab init --vm` with `cd`, `uefi` and `vtpm`, and
 //! what survives a restart.
 
-use std::path::Path;
+mod common;
+
+use common::lab_serve::{PASSWORD, serve};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -12,12 +14,9 @@ use base64::engine::general_purpose::STANDARD;
 use tempfile::TempDir;
 use vhdsync::lab::http::LabServer;
 use vhdsync::lab::{InitConfig, InitReport, Lab, VmSpec};
-use vhdsync::xapi::HostUrl;
 use vhdsync::xapi::client::{ClientError, XapiClient};
 use vhdsync::xapi::rpc::{Value, XapiFault};
-use vhdsync::xapi::tls::Trust;
 
-const PASSWORD: &str = "lab";
 const NULL: &str = "OpaqueRef:NULL";
 /// Boot delays short enough for a fast suite, long enough to see a VM before it reports.
 const SHORT: Duration = Duration::from_millis(150);
@@ -42,7 +41,7 @@ impl Host {
             ..InitConfig::default()
         };
         let report = Lab::init_with_config(dir.path(), PASSWORD, &specs, &config).unwrap();
-        let (lab, server, client) = serve(dir.path()).await;
+        let (lab, server, client) = serve(dir.path(), false).await;
         Host {
             dir,
             lab,
@@ -58,7 +57,7 @@ impl Host {
         drop(self.client);
         self.server.shutdown(Duration::from_secs(1)).await;
         drop(self.lab);
-        let (lab, server, client) = serve(self.dir.path()).await;
+        let (lab, server, client) = serve(self.dir.path(), false).await;
         Host {
             lab,
             server,
@@ -150,20 +149,6 @@ impl Host {
             assert!(Instant::now() < deadline, "{vm} never got there");
         }
     }
-}
-
-async fn serve(dir: &Path) -> (Lab, LabServer, XapiClient) {
-    let lab = Lab::open(dir).unwrap();
-    let server = LabServer::start(lab.clone(), "127.0.0.1:0".parse().unwrap(), false)
-        .await
-        .unwrap();
-    let url = server
-        .base_url()
-        .replacen("://", &format!("://root:{PASSWORD}@"), 1);
-    let client = XapiClient::connect(HostUrl::parse(&url).unwrap(), &Trust::Insecure, None)
-        .await
-        .unwrap();
-    (lab, server, client)
 }
 
 fn text(record: &Value, field: &str) -> String {
@@ -711,7 +696,7 @@ fn lab_init_cli_makes_cd_drives_uefi_firmware_and_vtpms() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let (_lab, _server, client) = serve(&lab_dir).await;
+        let (_lab, _server, client) = serve(&lab_dir, false).await;
         let call = |method: &'static str, params: Vec<Value>| {
             let client = &client;
             async move { client.call(method, params).await.unwrap() }

@@ -5,8 +5,10 @@
 //! `VDI.data_destroy` and what is left of a VDI after it, xapi's errors, persistence across a
 //! restart, and a property test of random write and snapshot histories.
 
+mod common;
+
+use common::lab_serve::{PASSWORD, serve};
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -15,12 +17,9 @@ use proptest::test_runner::{Config, TestRunner};
 use tempfile::TempDir;
 use vhdsync::lab::http::LabServer;
 use vhdsync::lab::{DEFAULT_SR_CAPACITY, InitReport, Lab, VmSpec};
-use vhdsync::xapi::HostUrl;
 use vhdsync::xapi::client::{ClientError, XapiClient};
 use vhdsync::xapi::rpc::{Value, XapiFault};
-use vhdsync::xapi::tls::Trust;
 
-const PASSWORD: &str = "lab";
 const MIB: u64 = 1 << 20;
 const CBT_BLOCK: u64 = 64 << 10;
 /// The disk of the VM the tests use.
@@ -39,7 +38,7 @@ impl Host {
         let dir = tempfile::tempdir().unwrap();
         let specs: Vec<VmSpec> = vec!["vm:16M".parse().unwrap()];
         let report = Lab::init_with(dir.path(), PASSWORD, &specs, DEFAULT_SR_CAPACITY).unwrap();
-        let (lab, server, client) = serve(dir.path()).await;
+        let (lab, server, client) = serve(dir.path(), false).await;
         Host {
             dir,
             lab,
@@ -54,7 +53,7 @@ impl Host {
         drop(self.client);
         self.server.shutdown(Duration::from_secs(1)).await;
         drop(self.lab);
-        let (lab, server, client) = serve(self.dir.path()).await;
+        let (lab, server, client) = serve(self.dir.path(), false).await;
         Host {
             dir: self.dir,
             lab,
@@ -131,20 +130,6 @@ impl Host {
             .as_bool()
             .unwrap_or_else(|| panic!("{field}: {value:?}"))
     }
-}
-
-async fn serve(dir: &Path) -> (Lab, LabServer, XapiClient) {
-    let lab = Lab::open(dir).unwrap();
-    let server = LabServer::start(lab.clone(), "127.0.0.1:0".parse().unwrap(), false)
-        .await
-        .unwrap();
-    let url = server
-        .base_url()
-        .replacen("://", &format!("://root:{PASSWORD}@"), 1);
-    let client = XapiClient::connect(HostUrl::parse(&url).unwrap(), &Trust::Insecure, None)
-        .await
-        .unwrap();
-    (lab, server, client)
 }
 
 /// The blocks set in a `list_changed_blocks` answer: one bit per 64 KiB of a disk of `size`

@@ -4,7 +4,9 @@
 //! required or refused, an invalid session, a VDI whose data was destroyed, hostile bytes,
 //! and the bounds: a cap on connections, a time limit on handshakes.
 
-use std::path::Path;
+mod common;
+
+use common::lab_serve::{PASSWORD, login, serve};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -15,12 +17,9 @@ use vhdsync::lab::nbd::NbdOptions;
 use vhdsync::lab::{DEFAULT_SR_CAPACITY, InitReport, Lab, VmSpec};
 use vhdsync::nbd::wire::OPT_GO;
 use vhdsync::nbd::{NbdClient, NbdError, NbdTls, Phase, ReplyCode};
-use vhdsync::xapi::HostUrl;
 use vhdsync::xapi::client::{ClientError, XapiClient};
 use vhdsync::xapi::rpc::{Value, XapiFault};
-use vhdsync::xapi::tls::Trust;
 
-const PASSWORD: &str = "lab";
 const MIB: u64 = 1 << 20;
 const DISK: u64 = 16 * MIB;
 
@@ -127,20 +126,6 @@ impl Host {
     async fn hash(&self, vdi: &str) -> String {
         self.text("lab.hash", vec![vdi.into()]).await
     }
-}
-
-async fn serve(dir: &Path, tls: bool) -> (Lab, LabServer, XapiClient) {
-    let lab = Lab::open(dir).unwrap();
-    let server = LabServer::start(lab.clone(), "127.0.0.1:0".parse().unwrap(), tls)
-        .await
-        .unwrap();
-    let url = server
-        .base_url()
-        .replacen("://", &format!("://root:{PASSWORD}@"), 1);
-    let client = XapiClient::connect(HostUrl::parse(&url).unwrap(), &Trust::Insecure, None)
-        .await
-        .unwrap();
-    (lab, server, client)
 }
 
 #[derive(Debug, Clone)]
@@ -375,12 +360,7 @@ async fn connections_beyond_the_cap_wait_and_idle_handshakes_end() {
     let server = LabServer::start_with(lab.clone(), any, false, Limits::default(), options)
         .await
         .unwrap();
-    let url = server
-        .base_url()
-        .replacen("://", &format!("://root:{PASSWORD}@"), 1);
-    let client = XapiClient::connect(HostUrl::parse(&url).unwrap(), &Trust::Insecure, None)
-        .await
-        .unwrap();
+    let client = login(&server.base_url()).await;
     let networks = client.call("network.get_all", vec![]).await.unwrap();
     let network = networks.as_array().unwrap()[0].as_str().unwrap().to_owned();
     client

@@ -3,19 +3,18 @@
 //! destructors, setters and errors, their events, VIFs following VM snapshots, clones and
 //! destroys, persistence across a restart, and `lab init --vm` with interfaces.
 
+mod common;
+
+use common::lab_serve::{PASSWORD, serve};
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::time::Duration;
 
 use tempfile::TempDir;
 use vhdsync::lab::http::LabServer;
 use vhdsync::lab::{DEFAULT_SR_CAPACITY, InitReport, Lab, VmSpec};
-use vhdsync::xapi::HostUrl;
 use vhdsync::xapi::client::XapiClient;
 use vhdsync::xapi::rpc::{Value, XapiFault};
-use vhdsync::xapi::tls::Trust;
 
-const PASSWORD: &str = "lab";
 const MANAGEMENT: &str = "Pool-wide network associated with eth0";
 const INTERNAL: &str = "Host internal management network";
 const GIVEN_MAC: &str = "02:00:00:00:00:01";
@@ -36,7 +35,7 @@ impl Host {
         let dir = tempfile::tempdir().unwrap();
         let specs: Vec<VmSpec> = specs.iter().map(|s| s.parse().unwrap()).collect();
         let report = Lab::init_with(dir.path(), PASSWORD, &specs, DEFAULT_SR_CAPACITY).unwrap();
-        let (lab, server, client) = serve(dir.path()).await;
+        let (lab, server, client) = serve(dir.path(), false).await;
         Host {
             dir,
             lab,
@@ -58,7 +57,7 @@ impl Host {
     /// Stop, then serve the lab again from its files.
     async fn restart(self) -> Host {
         let (dir, report) = self.stop().await;
-        let (lab, server, client) = serve(dir.path()).await;
+        let (lab, server, client) = serve(dir.path(), false).await;
         Host {
             dir,
             lab,
@@ -151,20 +150,6 @@ impl Host {
         vifs.sort();
         vifs
     }
-}
-
-async fn serve(dir: &Path) -> (Lab, LabServer, XapiClient) {
-    let lab = Lab::open(dir).unwrap();
-    let server = LabServer::start(lab.clone(), "127.0.0.1:0".parse().unwrap(), false)
-        .await
-        .unwrap();
-    let url = server
-        .base_url()
-        .replacen("://", &format!("://root:{PASSWORD}@"), 1);
-    let client = XapiClient::connect(HostUrl::parse(&url).unwrap(), &Trust::Insecure, None)
-        .await
-        .unwrap();
-    (lab, server, client)
 }
 
 fn record(pairs: &[(&str, Value)]) -> Value {
@@ -1021,7 +1006,7 @@ async fn state_files_from_before_networking_still_load() {
     }
     std::fs::write(&path, serde_json::to_vec(&state).unwrap()).unwrap();
 
-    let (_lab, _server, client) = serve(&dir).await;
+    let (_lab, _server, client) = serve(&dir, false).await;
     let vm_record = client
         .call("VM.get_record", vec![vm.as_str().into()])
         .await
@@ -1089,7 +1074,7 @@ fn lab_init_cli_makes_vms_with_interfaces() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let (_lab, _server, client) = serve(&lab_dir).await;
+        let (_lab, _server, client) = serve(&lab_dir, false).await;
         let vif_ref = vifs[1]["vif"]["ref"].as_str().unwrap();
         let vif = client
             .call("VIF.get_record", vec![vif_ref.into()])

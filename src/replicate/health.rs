@@ -90,18 +90,28 @@ pub async fn health_check(
         .clone_vm(&point.reference, &name)
         .await
         .map_err(host(format!("cloning {} {}", kind.label(), point.uuid)))?;
+    // Each step names itself, so a refusal says which one the host refused.
     let outcome = async {
-        prepare(target, &clone, id, kind).await?;
-        target.start_vm(&clone).await?;
-        wait_for_guest(target, &clone, timeout).await
+        prepare(target, &clone, id, kind)
+            .await
+            .map_err(|e| ("preparing the clone", e))?;
+        target
+            .start_vm(&clone)
+            .await
+            .map_err(|e| ("starting the clone", e))?;
+        wait_for_guest(target, &clone, timeout)
+            .await
+            .map_err(|e| ("waiting for the guest", e))
     }
     .await;
     let removed = remove_clone(target, &clone).await;
     let (passed, detail) = match outcome {
         Ok(Ok(seen)) => (true, seen),
         Ok(Err(why)) => (false, why),
-        Err(e @ ClientError::Xapi { .. }) => (false, format!("the host refused: {e}")),
-        Err(e) => return Err(host(format!("health check of {}", point.uuid))(e)),
+        Err((step, e @ ClientError::Xapi { .. })) => {
+            (false, format!("{step}: the host refused: {e}"))
+        }
+        Err((step, e)) => return Err(host(format!("health check of {}, {step}", point.uuid))(e)),
     };
     removed.map_err(host(format!(
         "destroying the health-check clone of {}",

@@ -82,8 +82,9 @@ pub fn map_interfaces(
                         .map(|n| (*n, Rule::NetworkMap))
                         .ok_or_else(|| {
                             format!(
-                                "network_map: no network {to:?} on the target for {:?}",
-                                source.name
+                                "interface {}: network_map sends network {:?} to {to:?}, \
+                                 which is no guest network on the target",
+                                nic.device, source.name
                             )
                         })
                 })
@@ -102,7 +103,12 @@ pub fn map_interfaces(
                         .map(|n| (*n, Rule::SameNameAndVlan))
                 })
                 .or_else(|| default.map(|n| (*n, Rule::Default)))
-                .ok_or("the target has no network for guests")?;
+                .ok_or_else(|| {
+                    format!(
+                        "interface {}: the target has no network for guests",
+                        nic.device
+                    )
+                })?;
             Ok(NicPlan {
                 device: nic.device.clone(),
                 mac: if new_macs {
@@ -191,12 +197,16 @@ mod tests {
         let targets = vec![net("t", "other", -1)];
         let map = vec![("lan".to_owned(), "missing".to_owned())];
         let error = map_interfaces(&nics, &targets, &map, false).unwrap_err();
-        assert!(error.contains("missing"), "{error}");
+        assert!(
+            error.contains("missing") && error.contains("interface 0"),
+            "{error}"
+        );
         let internal = vec![Network {
             internal: true,
             ..net("i", "internal", -1)
         }];
-        assert!(map_interfaces(&nics, &internal, &[], false).is_err());
+        let error = map_interfaces(&nics, &internal, &[], false).unwrap_err();
+        assert!(error.starts_with("interface 0:"), "{error}");
         assert!(
             map_interfaces(&[], &internal, &[], false)
                 .unwrap()

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod lab_pair;
+pub mod lab_serve;
 pub mod npm;
 pub mod xo_writer;
 
