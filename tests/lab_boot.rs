@@ -6,15 +6,12 @@
 
 mod common;
 
-use common::lab_serve::{PASSWORD, serve};
+use common::lab_serve::{LabHost, serve};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use tempfile::TempDir;
-use vhdsync::lab::http::LabServer;
-use vhdsync::lab::{InitConfig, InitReport, Lab, VmSpec};
-use vhdsync::xapi::client::{ClientError, XapiClient};
+use vhdsync::lab::InitConfig;
 use vhdsync::xapi::rpc::{Value, XapiFault};
 
 const NULL: &str = "OpaqueRef:NULL";
@@ -23,82 +20,18 @@ const SHORT: Duration = Duration::from_millis(150);
 /// How long a test waits for something that should happen within a boot delay or two.
 const PATIENCE: Duration = Duration::from_secs(10);
 
-/// A lab host served over HTTP, and a logged-in client of it.
-struct Host {
-    dir: TempDir,
-    lab: Lab,
-    server: LabServer,
-    client: XapiClient,
-    report: InitReport,
+type Host = LabHost;
+
+/// A lab host whose guests report `boot_delay` after `VM.start`.
+async fn host(specs: &[&str], boot_delay: Duration) -> Host {
+    let config = InitConfig {
+        boot_delay,
+        ..InitConfig::default()
+    };
+    LabHost::start(specs, &config, false).await
 }
 
-impl Host {
-    async fn start(specs: &[&str], boot_delay: Duration) -> Host {
-        let dir = tempfile::tempdir().unwrap();
-        let specs: Vec<VmSpec> = specs.iter().map(|s| s.parse().unwrap()).collect();
-        let config = InitConfig {
-            boot_delay,
-            ..InitConfig::default()
-        };
-        let report = Lab::init_with_config(dir.path(), PASSWORD, &specs, &config).unwrap();
-        let (lab, server, client) = serve(dir.path(), false).await;
-        Host {
-            dir,
-            lab,
-            server,
-            client,
-            report,
-        }
-    }
-
-    /// Stop serving, save, and serve the lab again from its files.
-    async fn restart(self) -> Host {
-        self.lab.flush().unwrap();
-        drop(self.client);
-        self.server.shutdown(Duration::from_secs(1)).await;
-        drop(self.lab);
-        let (lab, server, client) = serve(self.dir.path(), false).await;
-        Host {
-            lab,
-            server,
-            client,
-            ..self
-        }
-    }
-
-    async fn call(&self, method: &str, params: Vec<Value>) -> Result<Value, XapiFault> {
-        match self.client.call(method, params).await {
-            Ok(value) => Ok(value),
-            Err(ClientError::Xapi { fault, .. }) => Err(fault),
-            Err(other) => panic!("{method}: {other}"),
-        }
-    }
-
-    async fn ok(&self, method: &str, params: Vec<Value>) -> Value {
-        self.call(method, params)
-            .await
-            .unwrap_or_else(|e| panic!("{method}: {e}"))
-    }
-
-    async fn text(&self, method: &str, params: Vec<Value>) -> String {
-        let value = self.ok(method, params).await;
-        value
-            .as_str()
-            .unwrap_or_else(|| panic!("{method} gave {value:?}"))
-            .to_owned()
-    }
-
-    async fn fault(&self, method: &str, params: Vec<Value>) -> XapiFault {
-        self.call(method, params)
-            .await
-            .expect_err(&format!("{method} should fail"))
-    }
-
-    fn vm(&self, name: &str) -> String {
-        let vm = self.report.vms.iter().find(|vm| vm.name == name).unwrap();
-        vm.ids.reference.clone()
-    }
-
+impl LabHost {
     async fn start_vm(&self, vm: &str) {
         self.ok("VM.start", vec![vm.into(), false.into(), false.into()])
             .await;
@@ -186,8 +119,8 @@ fn has_metrics(record: &Value) -> bool {
 
 #[tokio::test]
 async fn guests_report_one_boot_delay_after_start_and_waiters_see_it() {
-    let h = Host::start(&["web:4M,vif,vif=backend"], Duration::from_secs(3600)).await;
-    let vm = h.vm("web");
+    let h = host(&["web:4M,vif,vif=backend"], Duration::from_secs(3600)).await;
+    let vm = h.vm_named("web");
     // The delay changes at run time; a float is fine.
     h.ok("lab.set_boot_delay", vec![Value::Double(0.3)]).await;
     let delay = h.ok("lab.get_boot_delay", vec![]).await;
@@ -254,8 +187,8 @@ async fn guests_report_one_boot_delay_after_start_and_waiters_see_it() {
 
 #[tokio::test]
 async fn a_start_clears_the_last_report_and_a_stop_before_the_report_cancels_it() {
-    let h = Host::start(&["web:4M,vif"], Duration::ZERO).await;
-    let vm = h.vm("web");
+    let h = host(&["web:4M,vif"], Duration::ZERO).await;
+    let vm = h.vm_named("web");
     // Without a delay the guest has reported by the time `VM.start` returns.
     h.start_vm(&vm).await;
     let first = h.guest_metrics(&vm).await;
@@ -301,8 +234,12 @@ async fn a_start_clears_the_last_report_and_a_stop_before_the_report_cancels_it(
 
 #[tokio::test]
 async fn boot_failures_hang_or_crash_the_guest() {
-    let h = Host::start(&["hung:4M", "crashed:4M", "fine:4M"], SHORT).await;
-    let (hung, crashed, fine) = (h.vm("hung"), h.vm("crashed"), h.vm("fine"));
+    let h = host(&["hung:4M", "crashed:4M", "fine:4M"], SHORT).await;
+    let (hung, crashed, fine) = (
+        h.vm_named("hung"),
+        h.vm_named("crashed"),
+        h.vm_named("fine"),
+    );
 
     // A hung boot: running, and no report ever.
     let spec = Value::from(std::collections::BTreeMap::from([(
@@ -358,8 +295,8 @@ async fn boot_failures_hang_or_crash_the_guest() {
 
 #[tokio::test]
 async fn vtpms_are_created_read_written_and_destroyed_as_in_xapi() {
-    let h = Host::start(&["web:4M", "db:4M"], Duration::ZERO).await;
-    let (web, db) = (h.vm("web"), h.vm("db"));
+    let h = host(&["web:4M", "db:4M"], Duration::ZERO).await;
+    let (web, db) = (h.vm_named("web"), h.vm_named("db"));
     let vtpm = h
         .text("VTPM.create", vec![web.as_str().into(), false.into()])
         .await;
@@ -446,8 +383,8 @@ async fn vtpms_are_created_read_written_and_destroyed_as_in_xapi() {
 
 #[tokio::test]
 async fn clones_and_snapshots_copy_vtpms_metrics_and_nvram_as_xapi_does() {
-    let h = Host::start(&["plain:4M,vif,uefi,vtpm", "unique:4M"], Duration::ZERO).await;
-    let (plain, unique) = (h.vm("plain"), h.vm("unique"));
+    let h = host(&["plain:4M,vif,uefi,vtpm", "unique:4M"], Duration::ZERO).await;
+    let (plain, unique) = (h.vm_named("plain"), h.vm_named("unique"));
     let source_vtpm = h.vtpm_of(&plain).await;
     let contents = h
         .text("VTPM.get_contents", vec![source_vtpm.as_str().into()])
@@ -525,8 +462,8 @@ async fn clones_and_snapshots_copy_vtpms_metrics_and_nvram_as_xapi_does() {
 
 #[tokio::test]
 async fn nvram_changes_only_while_halted_but_varstored_writes_any_time() {
-    let h = Host::start(&["web:4M"], Duration::from_secs(3600)).await;
-    let vm = h.vm("web");
+    let h = host(&["web:4M"], Duration::from_secs(3600)).await;
+    let vm = h.vm_named("web");
     let listed = h
         .client
         .call_without_session("system.listMethods", vec![])
@@ -612,8 +549,8 @@ async fn nvram_changes_only_while_halted_but_varstored_writes_any_time() {
 
 #[tokio::test]
 async fn running_guests_vtpms_and_the_boot_delay_survive_a_restart() {
-    let h = Host::start(&["up:4M,vtpm", "booting:4M"], Duration::ZERO).await;
-    let (up, booting) = (h.vm("up"), h.vm("booting"));
+    let h = host(&["up:4M,vtpm", "booting:4M"], Duration::ZERO).await;
+    let (up, booting) = (h.vm_named("up"), h.vm_named("booting"));
     h.start_vm(&up).await;
     let metrics = h.guest_metrics(&up).await;
     let vtpm = h.vtpm_of(&up).await;

@@ -7,17 +7,14 @@
 
 mod common;
 
-use common::lab_serve::{PASSWORD, serve};
+use common::lab_serve::LabHost;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use base64::Engine as _;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
-use tempfile::TempDir;
-use vhdsync::lab::http::LabServer;
-use vhdsync::lab::{DEFAULT_SR_CAPACITY, InitReport, Lab, VmSpec};
-use vhdsync::xapi::client::{ClientError, XapiClient};
+use vhdsync::lab::InitConfig;
 use vhdsync::xapi::rpc::{Value, XapiFault};
 
 const MIB: u64 = 1 << 20;
@@ -25,44 +22,14 @@ const CBT_BLOCK: u64 = 64 << 10;
 /// The disk of the VM the tests use.
 const DISK: u64 = 16 * MIB;
 
-struct Host {
-    dir: TempDir,
-    lab: Lab,
-    server: LabServer,
-    client: XapiClient,
-    report: InitReport,
+type Host = LabHost;
+
+/// A host with one VM and its one 16 MiB disk.
+async fn host() -> Host {
+    LabHost::start(&["vm:16M"], &InitConfig::default(), false).await
 }
 
-impl Host {
-    async fn start() -> Host {
-        let dir = tempfile::tempdir().unwrap();
-        let specs: Vec<VmSpec> = vec!["vm:16M".parse().unwrap()];
-        let report = Lab::init_with(dir.path(), PASSWORD, &specs, DEFAULT_SR_CAPACITY).unwrap();
-        let (lab, server, client) = serve(dir.path(), false).await;
-        Host {
-            dir,
-            lab,
-            server,
-            client,
-            report,
-        }
-    }
-
-    async fn restart(self) -> Host {
-        self.lab.flush().unwrap();
-        drop(self.client);
-        self.server.shutdown(Duration::from_secs(1)).await;
-        drop(self.lab);
-        let (lab, server, client) = serve(self.dir.path(), false).await;
-        Host {
-            dir: self.dir,
-            lab,
-            server,
-            client,
-            report: self.report,
-        }
-    }
-
+impl LabHost {
     /// The VM's disk.
     fn vdi(&self) -> String {
         self.report.vms[0].disks[0].vdi.reference.clone()
@@ -70,34 +37,6 @@ impl Host {
 
     fn vm(&self) -> String {
         self.report.vms[0].ids.reference.clone()
-    }
-
-    async fn call(&self, method: &str, params: Vec<Value>) -> Result<Value, XapiFault> {
-        match self.client.call(method, params).await {
-            Ok(value) => Ok(value),
-            Err(ClientError::Xapi { fault, .. }) => Err(fault),
-            Err(other) => panic!("{method}: {other}"),
-        }
-    }
-
-    async fn ok(&self, method: &str, params: Vec<Value>) -> Value {
-        self.call(method, params)
-            .await
-            .unwrap_or_else(|e| panic!("{method}: {e}"))
-    }
-
-    async fn text(&self, method: &str, params: Vec<Value>) -> String {
-        let value = self.ok(method, params).await;
-        value
-            .as_str()
-            .unwrap_or_else(|| panic!("{method} gave {value:?}"))
-            .to_owned()
-    }
-
-    async fn fault(&self, method: &str, params: Vec<Value>) -> XapiFault {
-        self.call(method, params)
-            .await
-            .expect_err(&format!("{method} should fail"))
     }
 
     /// A guest write of `len` bytes at `offset`.
@@ -169,7 +108,7 @@ const FIRST_WRITES: [(u64, u64); 5] = [
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changed_blocks_follow_the_guest_writes_across_snapshots_and_data_destroy() {
-    let host = Host::start().await;
+    let host = host().await;
     let vdi = host.vdi();
     assert!(!host.flag(&vdi, "cbt_enabled").await);
     // Writes before tracking starts are in no log.
@@ -343,7 +282,7 @@ async fn http_get(url: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn xapi_errors_for_snapshots_strangers_resets_and_attached_disks() {
-    let host = Host::start().await;
+    let host = host().await;
     let vdi = host.vdi();
     let untracked_snapshot = host.snapshot(&vdi).await;
     // data_destroy needs a tracked snapshot.
@@ -503,7 +442,7 @@ async fn xapi_errors_for_snapshots_strangers_resets_and_attached_disks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn change_logs_and_what_data_destroy_left_survive_a_restart() {
-    let host = Host::start().await;
+    let host = host().await;
     let vdi = host.vdi();
     host.ok("VDI.enable_cbt", vec![vdi.as_str().into()]).await;
     let s1 = host.snapshot(&vdi).await;
@@ -580,7 +519,7 @@ fn changed_blocks_match_a_model_of_random_histories() {
         .enable_all()
         .build()
         .unwrap();
-    let host = runtime.block_on(Host::start());
+    let host = runtime.block_on(host());
     let mut runner = TestRunner::new(Config {
         cases: 12,
         failure_persistence: None,

@@ -6,74 +6,35 @@
 
 mod common;
 
-use common::lab_serve::{PASSWORD, login, serve};
+use common::lab_serve::{LabHost, PASSWORD, login};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use vhdsync::lab::http::{LabServer, Limits};
 use vhdsync::lab::nbd::NbdOptions;
-use vhdsync::lab::{DEFAULT_SR_CAPACITY, InitReport, Lab, VmSpec};
+use vhdsync::lab::{DEFAULT_SR_CAPACITY, InitConfig, Lab};
 use vhdsync::nbd::wire::OPT_GO;
 use vhdsync::nbd::{NbdClient, NbdError, NbdTls, Phase, ReplyCode};
-use vhdsync::xapi::client::{ClientError, XapiClient};
-use vhdsync::xapi::rpc::{Value, XapiFault};
+use vhdsync::xapi::rpc::Value;
 
 const MIB: u64 = 1 << 20;
 const DISK: u64 = 16 * MIB;
 
-struct Host {
-    _dir: TempDir,
-    _lab: Lab,
-    server: LabServer,
-    client: XapiClient,
-    report: InitReport,
+type Host = LabHost;
+
+/// A host with one VM and its one 16 MiB disk, serving HTTPS when `tls`.
+async fn host(tls: bool) -> Host {
+    LabHost::start(&["vm:16M"], &InitConfig::default(), tls).await
 }
 
-impl Host {
-    async fn start(tls: bool) -> Host {
-        let dir = tempfile::tempdir().unwrap();
-        let specs: Vec<VmSpec> = vec!["vm:16M".parse().unwrap()];
-        let report = Lab::init_with(dir.path(), PASSWORD, &specs, DEFAULT_SR_CAPACITY).unwrap();
-        let (lab, server, client) = serve(dir.path(), tls).await;
-        Host {
-            _dir: dir,
-            _lab: lab,
-            server,
-            client,
-            report,
-        }
-    }
-
+impl LabHost {
     fn vdi(&self) -> String {
         self.report.vms[0].disks[0].vdi.reference.clone()
     }
 
     fn management(&self) -> String {
         self.report.networks[0].ids.reference.clone()
-    }
-
-    async fn call(&self, method: &str, params: Vec<Value>) -> Result<Value, XapiFault> {
-        match self.client.call(method, params).await {
-            Ok(value) => Ok(value),
-            Err(ClientError::Xapi { fault, .. }) => Err(fault),
-            Err(other) => panic!("{method}: {other}"),
-        }
-    }
-
-    async fn ok(&self, method: &str, params: Vec<Value>) -> Value {
-        self.call(method, params)
-            .await
-            .unwrap_or_else(|e| panic!("{method}: {e}"))
-    }
-
-    async fn text(&self, method: &str, params: Vec<Value>) -> String {
-        let value = self.ok(method, params).await;
-        value
-            .as_str()
-            .unwrap_or_else(|| panic!("{method}: {value:?}"))
-            .to_owned()
     }
 
     async fn purpose(&self, change: &str, purpose: &str) {
@@ -171,7 +132,7 @@ fn sha256(data: &[u8]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_and_lazily_made_tls_exports_read_what_the_lab_holds() {
-    let host = Host::start(false).await;
+    let host = host(false).await;
     let vdi = host.vdi();
     host.scribble(&vdi, 7).await;
     let empty = Value::Struct(Default::default());
@@ -260,7 +221,7 @@ async fn plain_and_lazily_made_tls_exports_read_what_the_lab_holds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_exports_present_the_https_certificate() {
-    let host = Host::start(true).await;
+    let host = host(true).await;
     let vdi = host.vdi();
     host.scribble(&vdi, 3).await;
     host.purpose("add", "nbd").await;
@@ -273,7 +234,7 @@ async fn tls_exports_present_the_https_certificate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_and_several_connections_at_once() {
-    let host = Host::start(false).await;
+    let host = host(false).await;
     let vdi = host.vdi();
     host.scribble(&vdi, 11).await;
     host.purpose("add", "insecure_nbd").await;

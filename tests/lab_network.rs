@@ -5,90 +5,24 @@
 
 mod common;
 
-use common::lab_serve::{PASSWORD, serve};
+use common::lab_serve::{LabHost, serve};
 use std::collections::BTreeSet;
-use std::time::Duration;
 
-use tempfile::TempDir;
-use vhdsync::lab::http::LabServer;
-use vhdsync::lab::{DEFAULT_SR_CAPACITY, InitReport, Lab, VmSpec};
-use vhdsync::xapi::client::XapiClient;
+use vhdsync::lab::InitConfig;
 use vhdsync::xapi::rpc::{Value, XapiFault};
 
 const MANAGEMENT: &str = "Pool-wide network associated with eth0";
 const INTERNAL: &str = "Host internal management network";
 const GIVEN_MAC: &str = "02:00:00:00:00:01";
 
-/// A lab host served over HTTP, and a logged-in client of it.
-struct Host {
-    dir: TempDir,
-    /// The served lab, to save its state on demand.
-    lab: Lab,
-    server: LabServer,
-    client: XapiClient,
-    report: InitReport,
+type Host = LabHost;
+
+/// A host with VMs as `specs` describe them (`NAME:ITEM,...`, as `lab init --vm`).
+async fn host(specs: &[&str]) -> Host {
+    LabHost::start(specs, &InitConfig::default(), false).await
 }
 
-impl Host {
-    /// A host with VMs as `specs` describe them (`NAME:ITEM,...`, as `lab init --vm`).
-    async fn start(specs: &[&str]) -> Host {
-        let dir = tempfile::tempdir().unwrap();
-        let specs: Vec<VmSpec> = specs.iter().map(|s| s.parse().unwrap()).collect();
-        let report = Lab::init_with(dir.path(), PASSWORD, &specs, DEFAULT_SR_CAPACITY).unwrap();
-        let (lab, server, client) = serve(dir.path(), false).await;
-        Host {
-            dir,
-            lab,
-            server,
-            client,
-            report,
-        }
-    }
-
-    /// Save the state now, stop serving and let go of the lab.
-    async fn stop(self) -> (TempDir, InitReport) {
-        self.lab.flush().unwrap();
-        drop(self.client);
-        self.server.shutdown(Duration::from_secs(1)).await;
-        drop(self.lab);
-        (self.dir, self.report)
-    }
-
-    /// Stop, then serve the lab again from its files.
-    async fn restart(self) -> Host {
-        let (dir, report) = self.stop().await;
-        let (lab, server, client) = serve(dir.path(), false).await;
-        Host {
-            dir,
-            lab,
-            server,
-            client,
-            report,
-        }
-    }
-
-    async fn call(&self, method: &str, params: Vec<Value>) -> Result<Value, XapiFault> {
-        match self.client.call(method, params).await {
-            Ok(value) => Ok(value),
-            Err(vhdsync::xapi::client::ClientError::Xapi { fault, .. }) => Err(fault),
-            Err(other) => panic!("{method}: {other}"),
-        }
-    }
-
-    async fn ok(&self, method: &str, params: Vec<Value>) -> Value {
-        self.call(method, params)
-            .await
-            .unwrap_or_else(|e| panic!("{method}: {e}"))
-    }
-
-    async fn text(&self, method: &str, params: Vec<Value>) -> String {
-        let value = self.ok(method, params).await;
-        value
-            .as_str()
-            .unwrap_or_else(|| panic!("{method} gave {value:?}"))
-            .to_owned()
-    }
-
+impl LabHost {
     async fn refs(&self, method: &str, params: Vec<Value>) -> Vec<String> {
         strings(&self.ok(method, params).await)
     }
@@ -101,17 +35,6 @@ impl Host {
     async fn mac_seed(&self, vm: &str) -> String {
         let other_config = self.ok("VM.get_other_config", vec![vm.into()]).await;
         text(&other_config, "mac_seed")
-    }
-
-    async fn fault(&self, method: &str, params: Vec<Value>) -> XapiFault {
-        self.call(method, params)
-            .await
-            .expect_err(&format!("{method} should fail"))
-    }
-
-    fn vm(&self, name: &str) -> String {
-        let vm = self.report.vms.iter().find(|vm| vm.name == name).unwrap();
-        vm.ids.reference.clone()
     }
 
     fn network(&self, name: &str) -> String {
@@ -216,7 +139,7 @@ fn is_mac(mac: &str) -> bool {
 
 #[tokio::test]
 async fn init_gives_the_host_a_management_network_and_its_pif() {
-    let h = Host::start(&[]).await;
+    let h = host(&[]).await;
     let host = h.report.host.reference.clone();
     let management = h.network(MANAGEMENT);
     assert_eq!(
@@ -274,8 +197,8 @@ async fn init_gives_the_host_a_management_network_and_its_pif() {
 
 #[tokio::test]
 async fn vifs_are_created_read_set_and_destroyed() {
-    let h = Host::start(&["web01:4M"]).await;
-    let vm = h.vm("web01");
+    let h = host(&["web01:4M"]).await;
+    let vm = h.vm_named("web01");
     let backend = h.create_network("backend").await;
     h.ok(
         "network.set_MTU",
@@ -382,8 +305,8 @@ async fn vifs_are_created_read_set_and_destroyed() {
 
 #[tokio::test]
 async fn vif_create_refuses_bad_references_devices_macs_and_addresses() {
-    let h = Host::start(&["web01:4M,vif"]).await;
-    let vm = h.vm("web01");
+    let h = host(&["web01:4M,vif"]).await;
+    let vm = h.vm_named("web01");
     let network = h.network(MANAGEMENT);
     let nope = "OpaqueRef:00000000-0000-0000-0000-000000000000";
     let create = |fields: &[(&str, &str)]| {
@@ -480,8 +403,8 @@ async fn vif_create_refuses_bad_references_devices_macs_and_addresses() {
 
 #[tokio::test]
 async fn networks_check_bridges_purposes_and_what_is_on_them() {
-    let h = Host::start(&["web01:4M"]).await;
-    let vm = h.vm("web01");
+    let h = host(&["web01:4M"]).await;
+    let vm = h.vm_named("web01");
     let auto = h.create_network("first").await;
     assert_eq!(
         h.text("network.get_bridge", vec![auto.as_str().into()])
@@ -650,7 +573,7 @@ fn record_with_bridge(bridge: &str) -> Value {
 
 #[tokio::test]
 async fn vlans_put_pifs_on_networks() {
-    let h = Host::start(&[]).await;
+    let h = host(&[]).await;
     let host = h.report.host.reference.clone();
     let management = h.network(MANAGEMENT);
     let eth0 = h
@@ -800,8 +723,8 @@ async fn vlans_put_pifs_on_networks() {
 
 #[tokio::test]
 async fn event_from_reports_network_and_vif_changes() {
-    let h = Host::start(&["web01:4M"]).await;
-    let vm = h.vm("web01");
+    let h = host(&["web01:4M"]).await;
+    let vm = h.vm_named("web01");
     let classes = || Value::from(vec!["network", "vif"]);
     let from = |token: String| vec![classes(), Value::from(token), Value::Double(5.0)];
     let initial = h.ok("event.from", from(String::new())).await;
@@ -869,8 +792,8 @@ async fn event_from_reports_network_and_vif_changes() {
 
 #[tokio::test]
 async fn snapshots_keep_vif_macs_clones_get_new_ones_and_destroy_removes_them() {
-    let h = Host::start(&[&format!("web01:4M,vif,vif=backend@{GIVEN_MAC}")]).await;
-    let vm = h.vm("web01");
+    let h = host(&[&format!("web01:4M,vif,vif=backend@{GIVEN_MAC}")]).await;
+    let vm = h.vm_named("web01");
     let source = h.vifs(&vm).await;
     assert_eq!(source.len(), 2);
     assert_eq!(source[0].1, h.network(MANAGEMENT));
@@ -947,8 +870,8 @@ async fn snapshots_keep_vif_macs_clones_get_new_ones_and_destroy_removes_them() 
 
 #[tokio::test]
 async fn networks_vifs_and_vlans_survive_a_restart() {
-    let h = Host::start(&["web01:4M,vif=backend"]).await;
-    let vm = h.vm("web01");
+    let h = host(&["web01:4M,vif=backend"]).await;
+    let vm = h.vm_named("web01");
     let backend = h.network("backend");
     h.ok(
         "network.add_purpose",
@@ -989,8 +912,8 @@ async fn networks_vifs_and_vlans_survive_a_restart() {
 
 #[tokio::test]
 async fn state_files_from_before_networking_still_load() {
-    let h = Host::start(&["web01:4M,vif"]).await;
-    let vm = h.vm("web01");
+    let h = host(&["web01:4M,vif"]).await;
+    let vm = h.vm_named("web01");
     let (kept, _) = h.stop().await;
     let dir = kept.path().to_owned();
     // Remove every trace of the new classes, as a state written before them has none.
