@@ -1,7 +1,8 @@
 //! Byte counts and rates as people write them, one rule for every size flag, rate flag and
 //! job key: digits, then an optional unit K, M, G or T, also written `KiB` or `KB`, all
 //! binary (as in qemu-img and XAPI), and an optional `B`. Rates are sizes per second and may
-//! end in `/s`. Pure: no I/O.
+//! end in `/s`. And as they are printed: binary (IEC) units everywhere, `12.0 MiB`,
+//! `38.2 MiB/s`. Pure: no I/O.
 //!
 //! Hand-written on purpose: the size crates (bytesize, byte-unit) read `KB` and `M` as powers
 //! of 1000 and accept fractions (`1.5G`). One binary rule for sizes and rates alike means a
@@ -58,9 +59,78 @@ pub fn parse_rate(text: &str) -> Result<u64, String> {
     Ok(bytes)
 }
 
+/// The units [`format_size`] prints, each 1024 times the one before.
+const UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+
+/// A byte count for people, in binary units with one decimal: `512 B`, `12.0 MiB`,
+/// `1.5 GiB`. Bytes are whole: no decimal below 1 KiB.
+pub fn format_size(bytes: u64) -> String {
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut unit = 0;
+    let mut value = bytes as f64;
+    // Move up while the value would print as 1024.0 or more in this unit.
+    while value >= 1023.95 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+/// Bytes per second for people, as [`format_size`] with `/s`: `38.2 MiB/s`. A rate that is
+/// not a finite, non-negative number (no time has passed yet) reads `0 B/s`.
+pub fn format_rate(bytes_per_second: f64) -> String {
+    let bytes = if bytes_per_second.is_finite() && bytes_per_second > 0.0 {
+        // `as` saturates at u64::MAX.
+        bytes_per_second.round() as u64
+    } else {
+        0
+    };
+    format!("{}/s", format_size(bytes))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_print_in_binary_units_with_one_decimal() {
+        assert_eq!(format_size(0), "0 B");
+        assert_eq!(format_size(1023), "1023 B");
+        assert_eq!(format_size(1024), "1.0 KiB");
+        assert_eq!(format_size(1536), "1.5 KiB");
+        assert_eq!(format_size(12 << 20), "12.0 MiB");
+        assert_eq!(format_size(5_662_310), "5.4 MiB");
+        assert_eq!(format_size(3 << 30), "3.0 GiB");
+        assert_eq!(format_size(2 << 40), "2.0 TiB");
+        // Never `1024.0 KiB`: a value that rounds up to the next unit is printed in it.
+        assert_eq!(format_size((1 << 20) - 1), "1.0 MiB");
+        assert_eq!(format_size(1_048_000), "1023.4 KiB");
+        assert_eq!(format_size(u64::MAX), "16.0 EiB");
+    }
+
+    #[test]
+    fn rates_print_as_sizes_per_second() {
+        assert_eq!(format_rate(38.2 * f64::from(1 << 20)), "38.2 MiB/s");
+        assert_eq!(format_rate(1.5 * f64::from(1 << 30)), "1.5 GiB/s");
+        assert_eq!(format_rate(100.4), "100 B/s");
+        for nothing in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            assert_eq!(format_rate(nothing), "0 B/s");
+        }
+    }
+
+    #[test]
+    fn printed_sizes_read_back_within_the_rounding() {
+        for bytes in [1024u64, 50 << 20, 7 << 30, 123_456_789] {
+            let printed = format_size(bytes);
+            let (number, unit) = printed.split_once(' ').unwrap();
+            let shift = 10 * UNITS.iter().position(|u| *u == unit).unwrap() as i32;
+            let back = number.parse::<f64>().unwrap() * 2f64.powi(shift);
+            let error = (back - bytes as f64).abs() / bytes as f64;
+            assert!(error < 0.05, "{bytes} printed {printed}");
+        }
+    }
 
     #[test]
     fn sizes_take_binary_suffixes() {

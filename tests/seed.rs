@@ -517,7 +517,7 @@ async fn seed_export_on_a_healthy_job_is_refused_unless_forced() {
     for part in [
         format!("VM {} already has a valid chain in job \"cr\"", vm.ids.uuid),
         "live replica".to_owned(),
-        "the next replicate would send a full copy, up to 12.00 MiB".to_owned(),
+        "the next replicate would send a full copy, up to 12.0 MiB".to_owned(),
         "--force".to_owned(),
     ] {
         assert!(run.stderr.contains(&part), "{part:?} in {}", run.stderr);

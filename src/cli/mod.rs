@@ -9,6 +9,7 @@ mod failover;
 mod health;
 mod inspect;
 mod lab;
+mod logging;
 mod metrics_file;
 mod nagios;
 mod output;
@@ -17,6 +18,7 @@ mod progress;
 mod replicate;
 mod seed;
 mod status;
+mod step_text;
 mod streams;
 mod terminal_text;
 mod transfer;
@@ -40,7 +42,7 @@ pub fn run() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    init_tracing(cli.verbose);
+    logging::init(cli.verbose);
     match dispatch(cli.command) {
         Ok(code) => code,
         Err(e) => {
@@ -75,19 +77,4 @@ fn dispatch(command: args::Command) -> Result<ExitCode, CliError> {
         Command::Completions(a) => packaging::completions(&a),
         Command::Man(a) => packaging::man(&a),
     }
-}
-
-fn init_tracing(verbose: u8) {
-    let level = match verbose {
-        0 => "warn",
-        1 => "info",
-        2 => "debug",
-        _ => "trace",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("VHDSYNC_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
 }

@@ -1,10 +1,9 @@
 //! Human units on the command line, one parser and one printer each: durations in humantime's
 //! syntax (every duration flag, every printed age) and byte counts printed in binary units (JSON
-//! output stays in plain bytes and seconds). Sizes and rates are parsed by [`crate::units`].
+//! output stays in plain bytes and seconds). Sizes and rates are parsed and printed by
+//! [`crate::units`].
 
 use std::time::Duration;
-
-use indicatif::HumanBytes;
 
 /// A duration flag's value: humantime's syntax (`90s`, `2m`, `15min`, `1h 30m`, `1d`), or a
 /// bare number of seconds, which every duration flag took before.
@@ -54,15 +53,14 @@ pub fn human_age(seconds: i64) -> String {
     }
 }
 
-/// A byte count for people, in binary units: `512 B`, `16.00 MiB`.
+/// A byte count for people, in binary units: `512 B`, `16.0 MiB`.
 pub fn human_bytes(bytes: u64) -> String {
-    HumanBytes(bytes).to_string()
+    crate::units::format_size(bytes)
 }
 
-/// A transfer rate for people, in binary units per second: `118.20 MiB/s`.
+/// A transfer rate for people, in binary units per second: `118.2 MiB/s`.
 pub fn human_rate(bytes_per_second: f64) -> String {
-    // `as` saturates, and maps NaN to 0.
-    format!("{}/s", HumanBytes(bytes_per_second as u64))
+    crate::units::format_rate(bytes_per_second)
 }
 
 #[cfg(test)]
@@ -132,8 +130,8 @@ mod tests {
     #[test]
     fn sizes_and_rates_print_in_binary_units() {
         assert_eq!(human_bytes(512), "512 B");
-        assert_eq!(human_bytes(16 << 20), "16.00 MiB");
-        assert_eq!(human_rate(1.5 * f64::from(1 << 30)), "1.50 GiB/s");
+        assert_eq!(human_bytes(16 << 20), "16.0 MiB");
+        assert_eq!(human_rate(1.5 * f64::from(1 << 30)), "1.5 GiB/s");
         assert_eq!(human_rate(f64::NAN), "0 B/s");
     }
 }

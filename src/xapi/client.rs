@@ -253,7 +253,7 @@ impl XapiClient {
     async fn send_with(&self, protocol: Protocol, call: &Call) -> Result<Value, ClientError> {
         self.requests.fetch_add(1, Ordering::Relaxed);
         // The method only: the parameters hold the session, and a login's the password.
-        tracing::trace!(host = %self.host(), method = %call.method, ?protocol, "RPC");
+        tracing::trace!(host = %self.host(), method = %call.method, json = protocol == Protocol::JsonRpc, "RPC");
         let url = self.endpoint.url();
         let (path, content_type, body) = match protocol {
             Protocol::JsonRpc => (

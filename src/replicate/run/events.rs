@@ -2,7 +2,7 @@
 //! (start, progress, end), the commit and retention. Displays and logs are built on these;
 //! the cycle itself prints nothing.
 
-use super::{DiskReport, HealthOutcome, Phase};
+use super::{CycleReport, DiskReport, HealthOutcome, Phase};
 use crate::xapi::transfer::Progress;
 
 /// Something that happened in a VM's cycle.
@@ -66,6 +66,9 @@ pub enum EventKind<'a> {
     HealthCheckStarted,
     /// The health check's outcome.
     HealthCheckDone(&'a HealthOutcome),
+    /// The cycle succeeded: its report, as [`super::replicate_vm`] returns it. A failed
+    /// cycle's error is its return value only.
+    Done(&'a CycleReport),
 }
 
 /// Where a cycle sends its events. It is called on the cycle's task, between its steps and

@@ -299,7 +299,7 @@ pub async fn replicate_vm(
     } else {
         "mixed"
     };
-    Ok(CycleReport {
+    let report = CycleReport {
         vm: vm_uuid.to_owned(),
         vm_name: vm.name_label.clone(),
         mode,
@@ -325,7 +325,9 @@ pub async fn replicate_vm(
         skipped_disks,
         health_check,
         notes: notes.into_iter().chain(replicated.notes).collect(),
-    })
+    };
+    cycle.emit(EventKind::Done(&report));
+    Ok(report)
 }
 
 struct Cycle<'a> {

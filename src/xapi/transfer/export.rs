@@ -181,7 +181,7 @@ impl ExportStream<'_> {
         }
         let query = query(&pairs);
         // Not the query: it carries the session.
-        tracing::debug!(host = %side.host.host(), vdi = side.vdi, ?base, "export");
+        tracing::debug!(host = %side.host.host(), vdi = side.vdi, base = base.unwrap_or("none"), "export");
         let export_failed = |kind| fail(Phase::Export, side, None, kind);
         let mut endpoint = side.host.endpoint().clone();
         for _ in 0..=MAX_REDIRECTS {
