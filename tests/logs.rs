@@ -237,3 +237,23 @@ fn the_helpers_see_what_they_look_for() {
     assert!(has_colour("\x1b[2m"));
     assert!(!has_colour("\x1b[2K\x1b[1A\x1b[?25l plain"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_cycle_says_so_on_a_timestamped_line() {
+    let source = Host::start(&[("web-01", &[MIB])]).await;
+    let target = Host::start(&[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    // A VM the source does not have: the cycle fails before it knows a name.
+    let missing = "0a1b2c3d-0000-4000-8000-00000000abcd";
+    let job = write_job(dir.path(), &source, &target, missing, 2);
+    let run = vhdsync(&["replicate", "--job", job.to_str().unwrap()]).await;
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    assert_plain(&run.stderr);
+    let failed: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.contains(&format!(" vm {missing} failed: ")))
+        .collect();
+    assert_eq!(failed.len(), 1, "{}", run.stderr);
+    assert!(starts_with_timestamp(failed[0]), "{}", failed[0]);
+}

@@ -91,7 +91,7 @@ impl Bars {
     }
 
     fn show(&mut self, event: &CycleEvent<'_>) {
-        let name = super::terminal_text::name(event.vm_name).into_owned();
+        let name = step_text::vm_name(event);
         let step = self.steps.entry(event.vm.to_owned()).or_insert_with(|| {
             let spinner = Bars::multi().add(ProgressBar::new_spinner());
             if let Ok(style) = ProgressStyle::with_template("{spinner} {prefix} {msg}") {
@@ -144,6 +144,11 @@ impl Bars {
             EventKind::Done(_) => {
                 if let Some(text) = step_text::describe(event) {
                     step.finish_with_message(text);
+                }
+            }
+            EventKind::Failed(_) => {
+                if let Some(text) = step_text::describe(event) {
+                    step.abandon_with_message(text);
                 }
             }
             _ => {

@@ -12,9 +12,22 @@ use crate::replicate::run::{CycleEvent, DiskLabel, EventKind, HealthOutcome, Pha
 use crate::units::{format_rate, format_size};
 use crate::xapi::transfer::Progress;
 
-/// `vm "web-01"`: how every line names its VM.
+/// `vm "web-01"`: how every line names its VM; by UUID until its name is known.
 pub fn vm_label(event: &CycleEvent<'_>) -> String {
+    if event.vm_name.is_empty() {
+        return format!("vm {}", terminal_text::name(event.vm));
+    }
     format!("vm \"{}\"", terminal_text::name(event.vm_name))
+}
+
+/// The VM's name for a bar's label; its UUID until the name is known.
+pub fn vm_name(event: &CycleEvent<'_>) -> String {
+    let name = if event.vm_name.is_empty() {
+        event.vm
+    } else {
+        event.vm_name
+    };
+    terminal_text::name(name).into_owned()
 }
 
 /// `disk 0 "web-01 root"`: a disk by its userdevice and its VDI's name.
@@ -93,6 +106,9 @@ pub fn describe(event: &CycleEvent<'_>) -> Option<String> {
             report.seconds,
             format_rate(report.bytes_sent as f64 / report.seconds.max(1e-9))
         ),
+        EventKind::Failed(error) => {
+            format!("failed: {}", terminal_text::message(&error.to_string()))
+        }
     })
 }
 
@@ -283,6 +299,17 @@ mod tests {
             name: "\u{202e}gpj.exe",
         };
         assert!(!disk_label(&disk).contains('\u{202e}'));
+    }
+
+    #[test]
+    fn a_vm_whose_name_is_unknown_is_named_by_uuid() {
+        let unread = CycleEvent {
+            vm: "0a1b",
+            vm_name: "",
+            kind: EventKind::Step(Phase::Cleanup),
+        };
+        assert_eq!(vm_label(&unread), "vm 0a1b");
+        assert_eq!(vm_name(&unread), "0a1b");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! (start, progress, end), the commit and retention. Displays and logs are built on these;
 //! the cycle itself prints nothing.
 
-use super::{CycleReport, DiskReport, HealthOutcome, Phase};
+use super::{CycleError, CycleReport, DiskReport, HealthOutcome, Phase};
 use crate::xapi::transfer::Progress;
 
 /// Something that happened in a VM's cycle.
@@ -10,7 +10,8 @@ use crate::xapi::transfer::Progress;
 pub struct CycleEvent<'a> {
     /// The VM's UUID.
     pub vm: &'a str,
-    /// The VM's name label (as the source host has it).
+    /// The VM's name label (as the source host has it); empty before the source VM is read,
+    /// as in a [`EventKind::Failed`] because it could not be.
     pub vm_name: &'a str,
     pub kind: EventKind<'a>,
 }
@@ -66,9 +67,11 @@ pub enum EventKind<'a> {
     HealthCheckStarted,
     /// The health check's outcome.
     HealthCheckDone(&'a HealthOutcome),
-    /// The cycle succeeded: its report, as [`super::replicate_vm`] returns it. A failed
-    /// cycle's error is its return value only.
+    /// The cycle succeeded: its report, as [`super::replicate_vm`] returns it.
     Done(&'a CycleReport),
+    /// The cycle failed (and has cleaned up): its error, as [`super::replicate_vm`]
+    /// returns it.
+    Failed(&'a CycleError),
 }
 
 /// Where a cycle sends its events. It is called on the cycle's task, between its steps and

@@ -146,7 +146,6 @@ pub async fn replicate_vm(
     observer: CycleObserver<'_>,
     cancel: &CancellationToken,
 ) -> Result<CycleReport, CycleError> {
-    let started = Instant::now();
     let mut cycle = Cycle {
         source,
         target,
@@ -165,6 +164,17 @@ pub async fn replicate_vm(
         observer: Mutex::new(observer),
         vm_name: String::new(),
     };
+    let outcome = run_cycle(&mut cycle, vm_uuid).await;
+    if let Err(e) = &outcome {
+        cycle.emit(EventKind::Failed(e));
+    }
+    outcome
+}
+
+/// [`replicate_vm`]'s steps.
+async fn run_cycle(cycle: &mut Cycle<'_>, vm_uuid: &str) -> Result<CycleReport, CycleError> {
+    let started = Instant::now();
+    let (source, target, settings) = (cycle.source, cycle.target, cycle.settings);
     let (vm_ref, vm) = cycle.on_source(source.record_by_uuid::<VmRecord>(vm_uuid).await)?;
     cycle.vm_name.clone_from(&vm.name_label);
     if vm.is_a_template || vm.is_a_snapshot {
