@@ -28,7 +28,7 @@ fn seconds(s: f64) -> String {
 
 fn side_text(side: &Side) -> String {
     let rate = if side.bytes > 0 {
-        format!(" {:.0} MB/s", side.rate() / 1e6)
+        format!(" {}", crate::units::format_rate(side.rate()))
     } else {
         String::new()
     };
@@ -225,7 +225,7 @@ mod tests {
             .find(|l| l.starts_with("export | cat"))
             .unwrap();
         for part in [
-            "1.00 s ±0% 1000 MB/s",
+            "1.00 s ±0% 953.7 MiB/s",
             "cat | cat: 0.50 s",
             "50%",
             ">= 40%",

@@ -10,6 +10,7 @@ use super::CliError;
 use super::args::{CopyVdiArgs, TrustArgs};
 use super::connect::{CommandLineHost, command_line_pair, warn_about};
 use super::output::print_json;
+use super::step_text;
 use super::units::{human_bytes, human_duration, human_rate};
 use crate::xapi::HostUrl;
 use crate::xapi::connection::Endpoint;
@@ -122,9 +123,7 @@ impl ProgressDisplay {
             };
         }
         let bar = indicatif::ProgressBar::new(0);
-        if let Ok(style) = indicatif::ProgressStyle::with_template(
-            "{bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta} {msg}",
-        ) {
+        if let Ok(style) = indicatif::ProgressStyle::with_template("{bar:40} {msg} ETA {eta}") {
             bar.set_style(style);
         }
         ProgressDisplay::Bar(bar)
@@ -137,9 +136,11 @@ impl ProgressDisplay {
                     bar.set_length(total);
                 }
                 bar.set_position(progress.bytes);
-                if let Some(blocks_total) = progress.blocks_total {
-                    bar.set_message(format!("{}/{blocks_total} blocks", progress.blocks));
-                }
+                let blocks = match progress.blocks_total {
+                    Some(blocks_total) => format!(", {}/{blocks_total} blocks", progress.blocks),
+                    None => String::new(),
+                };
+                bar.set_message(format!("{}{blocks}", step_text::progress(progress)));
             }
             ProgressDisplay::Log { last } if last.elapsed() >= LOG_EVERY => {
                 *last = Instant::now();
@@ -148,11 +149,10 @@ impl ProgressDisplay {
                     .map(|d| format!(", ETA {}", human_duration(Duration::from_secs(d.as_secs()))))
                     .unwrap_or_default();
                 eprintln!(
-                    "vhdsync: {} of {}, {} blocks, {}{eta}",
-                    human_bytes(progress.bytes),
-                    human_bytes(progress.total.unwrap_or(0)),
+                    "{} copy-vdi: {}, {} blocks{eta}",
+                    step_text::timestamp(time::OffsetDateTime::now_utc()),
+                    step_text::progress(progress),
                     progress.blocks,
-                    human_rate(progress.rate())
                 );
             }
             ProgressDisplay::Log { .. } | ProgressDisplay::Quiet => {}
