@@ -217,6 +217,7 @@ async fn cycle(
         }
         Some((_, VmOutcome::Failed(e))) => Err(e.into()),
         Some((_, VmOutcome::Locked(e))) => Err(e.into()),
+        Some((_, VmOutcome::Leased(e))) => Err(CliError::Failed(e.to_string())),
         Some((vm, VmOutcome::Panicked(message))) => Err(CliError::Failed(format!(
             "demo: VM {vm}: the cycle panicked: {message}"
         ))),

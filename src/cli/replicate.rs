@@ -22,6 +22,7 @@ use crate::replicate::error::ErrorKind;
 use crate::replicate::inventory::list_target_vms;
 use crate::replicate::job::Job;
 use crate::replicate::keys;
+use crate::replicate::lease::LeaseError;
 use crate::replicate::metrics::RunOutcome;
 use crate::replicate::run::HealthOutcome;
 use crate::replicate::runner::{RunOptions, VmOutcome, run_job};
@@ -114,6 +115,12 @@ fn run_outcome((vm, outcome): &(String, VmOutcome)) -> Option<RunOutcome<'_>> {
             committed: None,
         }),
         VmOutcome::Locked(_) => None,
+        VmOutcome::Leased(e) if e.is_held_elsewhere() => None,
+        VmOutcome::Leased(_) => Some(RunOutcome {
+            vm,
+            vm_name: None,
+            committed: None,
+        }),
     }
 }
 
@@ -181,6 +188,7 @@ fn report(
                 VmOutcome::Locked(e) => {
                     json!({"vm": vm, "status": "locked", "error": e.to_string()})
                 }
+                VmOutcome::Leased(e) => lease_json(vm, e),
                 VmOutcome::Failed(e) => failure_json(
                     vm,
                     Some(e.phase),
@@ -243,6 +251,9 @@ fn report(
                 VmOutcome::Locked(e) => {
                     eprintln!("vhdsync: {}", terminal_text::message(&e.to_string()))
                 }
+                VmOutcome::Leased(e) => {
+                    eprintln!("vhdsync: {}", terminal_text::message(&e.to_string()))
+                }
                 VmOutcome::Failed(e) => {
                     eprintln!("vhdsync: {}", terminal_text::message(&e.to_string()))
                 }
@@ -262,10 +273,28 @@ fn report(
                 u8::from(r.health_check.as_ref().is_some_and(|h| !h.passed()))
             }
             VmOutcome::Locked(e) => lock_exit_code(e),
+            // Held on another machine is the same as held on this one.
+            VmOutcome::Leased(e) if e.is_held_elsewhere() => 3,
+            VmOutcome::Leased(_) => 1,
             VmOutcome::Failed(_) | VmOutcome::Panicked(_) => 1,
         })
         .max();
     Ok(code.unwrap_or(0))
+}
+
+/// A VM whose lease was not taken or was lost: `locked` with its holder when another run
+/// has it, else `failed` with the kind `lease`.
+fn lease_json(vm: &str, e: &LeaseError) -> serde_json::Value {
+    match e {
+        LeaseError::Held {
+            holder, expires, ..
+        } => json!({"vm": vm, "status": "locked", "error": e.to_string(),
+                    "holder": holder, "lease_expires": keys::rfc3339(*expires)}),
+        LeaseError::Contended { .. } => {
+            json!({"vm": vm, "status": "locked", "error": e.to_string()})
+        }
+        _ => json!({"vm": vm, "status": "failed", "kind": "lease", "error": e.to_string()}),
+    }
 }
 
 /// A failed VM in the `--json` report: its phase, disk and host, the error's `kind` (with a

@@ -49,9 +49,12 @@ const TOP_KEYS: &[&str] = &[
     "health_check",
     "health_check_timeout",
     "metrics_file",
+    "lease_ttl",
 ];
 /// Xen Orchestra's `healthCheckTimeout` default.
 pub const DEFAULT_HEALTH_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+/// The shortest `lease_ttl`.
+const MIN_LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(2);
 const TLS_KEYS: &[&str] = &["source_fingerprint", "target_fingerprint", "insecure"];
 
 /// A replication job, validated: UUIDs are canonical (lowercase, hyphenated), URLs and
@@ -94,6 +97,8 @@ pub struct Job {
     /// Where `replicate` writes the job's metrics after each run, in the Prometheus text
     /// format (node_exporter's textfile collector reads `*.prom` files), replaced atomically.
     pub metrics_file: Option<PathBuf>,
+    /// How long each VM's lease on the source lasts unless renewed (`replicate::lease`).
+    pub lease_ttl: std::time::Duration,
 }
 
 /// One host of a job.
@@ -252,9 +257,7 @@ impl Job {
         let health_check = top.get("health_check").map_or(Ok(false), |e| e.bool())?;
         let health_check_timeout = match top.get("health_check_timeout") {
             Some(entry) => {
-                let text = entry.str()?;
-                let timeout = humantime::parse_duration(text)
-                    .map_err(|e| entry.error(format!("{e} (a duration such as 90s, 10m or 1h)")))?;
+                let timeout = duration(entry)?;
                 if timeout.is_zero() {
                     return Err(entry.error("must be longer than 0s"));
                 }
@@ -263,6 +266,17 @@ impl Job {
             None => DEFAULT_HEALTH_CHECK_TIMEOUT,
         };
         let metrics_file = top.get("metrics_file").map(|e| e.path()).transpose()?;
+        let lease_ttl = match top.get("lease_ttl") {
+            Some(entry) => {
+                let ttl = duration(entry)?;
+                // The host's clock counts seconds, and renewal comes every third of it.
+                if ttl < MIN_LEASE_TTL {
+                    return Err(entry.error("must be at least 2s"));
+                }
+                ttl
+            }
+            None => crate::replicate::lease::DEFAULT_TTL,
+        };
         Ok(Job {
             name: name.to_string(),
             source,
@@ -283,6 +297,7 @@ impl Job {
             health_check,
             health_check_timeout,
             metrics_file,
+            lease_ttl,
         })
     }
 }
@@ -364,6 +379,12 @@ fn vms(entry: Entry<'_>) -> Result<Vec<String>, JobError> {
         vms.push((uuid, line));
     }
     Ok(vms.into_iter().map(|(vm, _)| vm).collect())
+}
+
+/// A duration such as "90s", "10m" or "1h".
+fn duration(entry: Entry<'_>) -> Result<std::time::Duration, JobError> {
+    humantime::parse_duration(entry.str()?)
+        .map_err(|e| entry.error(format!("{e} (a duration such as 90s, 10m or 1h)")))
 }
 
 /// The stable id of `kind` ("job" or "schedule") for a job named `name`.

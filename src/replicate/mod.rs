@@ -18,6 +18,7 @@ pub(crate) mod inventory;
 pub mod job;
 pub mod keys;
 pub mod layout;
+pub mod lease;
 pub mod lock;
 pub mod manifest;
 pub mod metrics;

@@ -1,5 +1,10 @@
-//! A job's run: each selected VM under its lock, `concurrency` VMs at a time, each cycle
-//! independent of the others' outcomes, a panicking one included.
+//! A job's run: each selected VM under its lock and its lease on the source, `concurrency` VMs
+//! at a time, each cycle independent of the others' outcomes, a panicking one included.
+//!
+//! The local lock comes first: it is cheap and answers at once for runs on one machine. The
+//! lease (`lease`) then guards against runs on other machines, is renewed while the cycle
+//! runs, stops the cycle when it is lost, and is released when the cycle ends however it
+//! ended (a killed run's lease expires).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -10,8 +15,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::clock::Clock;
 use super::job::Job;
+use super::lease::{Holder, Lease, LeaseError};
 use super::lock::{LockError, VmLock};
-use super::run::{CycleError, CycleEvent, CycleReport, CycleSettings, replicate_vm};
+use super::run::{CycleCause, CycleError, CycleEvent, CycleReport, CycleSettings, replicate_vm};
 use crate::xapi::client::XapiClient;
 use crate::xapi::transfer::TransferOptions;
 
@@ -21,6 +27,9 @@ pub enum VmOutcome {
     Replicated(Box<CycleReport>),
     /// Another run holds this VM's lock.
     Locked(LockError),
+    /// The VM's lease on the source: held by another run, lost during the cycle (which
+    /// stopped), or not taken because of an error.
+    Leased(LeaseError),
     Failed(CycleError),
     /// The VM's task panicked (a bug): its message, when it was text.
     Panicked(String),
@@ -88,6 +97,7 @@ pub async fn run_job(
             options.cancel.clone(),
         );
         let state_dir = job.state_dir.clone();
+        let lease_ttl = job.lease_ttl;
         tasks.spawn(vm.clone(), async move {
             let _permit = permits.acquire_owned().await;
             // Held until the cycle ends; a killed process releases it with its descriptors.
@@ -96,14 +106,42 @@ pub async fn run_job(
                     Ok(lock) => lock,
                     Err(e) => return VmOutcome::Locked(e),
                 };
+            let me = Holder::this_process(&state_dir);
+            let lease = match Lease::take(&source, &settings.job_id, &vm, lease_ttl, &me).await {
+                Ok(lease) => lease,
+                Err(e) => return VmOutcome::Leased(e),
+            };
+            // Its own token, so that losing the lease stops this VM's cycle only.
+            let cycle = cancel.child_token();
+            let renewal = lease.keep(source.clone(), cycle.clone());
             let mut observe = |event: &CycleEvent<'_>| {
                 if let Ok(mut observer) = observer.lock() {
                     observer(event);
                 }
             };
-            match replicate_vm(&source, &target, &settings, &vm, &mut observe, &cancel).await {
-                Ok(report) => VmOutcome::Replicated(Box::new(report)),
-                Err(e) => VmOutcome::Failed(e),
+            let outcome =
+                replicate_vm(&source, &target, &settings, &vm, &mut observe, &cycle).await;
+            let lost = match renewal.finish().await {
+                Ok(lease) => {
+                    if let Err(e) = lease.release(&source).await {
+                        tracing::warn!(vm, "the lease is left to expire: {e}");
+                    }
+                    None
+                }
+                Err(lost) => lost,
+            };
+            match (outcome, lost) {
+                (Ok(mut report), lost) => {
+                    if let Some(lost) = lost {
+                        report.notes.push(format!("after the commit: {lost}"));
+                    }
+                    VmOutcome::Replicated(Box::new(report))
+                }
+                // The cycle stopped because the lease was lost.
+                (Err(e), Some(lost)) if matches!(e.cause, CycleCause::Cancelled) => {
+                    VmOutcome::Leased(lost)
+                }
+                (Err(e), _) => VmOutcome::Failed(e),
             }
         });
     }

@@ -4,7 +4,7 @@ use super::accessors::Accessor;
 use super::args::Invocation;
 use super::dispatch::Message;
 use super::{
-    cbt, event, lab_calls, network, nvram, session, sr, task, vbd, vdi, vif, vlan, vm, vtpm,
+    cbt, event, host, lab_calls, network, nvram, session, sr, task, vbd, vdi, vif, vlan, vm, vtpm,
 };
 use crate::lab::db::Class;
 use crate::lab::state::Lab;
@@ -30,6 +30,7 @@ const NAMESPACES: &[(&str, &[Message])] = &[
     ("PIF", vlan::PIF_MESSAGES),
     ("VLAN", vlan::VLAN_MESSAGES),
     ("pool", vlan::POOL_MESSAGES),
+    ("host", host::MESSAGES),
     ("event", event::MESSAGES),
     // Lab-only calls, in a namespace no XAPI class uses.
     ("lab", lab_calls::MESSAGES),

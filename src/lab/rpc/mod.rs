@@ -20,6 +20,7 @@ mod dispatch;
 mod event;
 mod guest;
 mod hidden;
+mod host;
 pub mod init;
 mod lab_calls;
 mod live;

@@ -89,6 +89,43 @@ impl XapiClient {
         self.set_entries(class, reference, map, &pairs).await
     }
 
+    /// The whole map, e.g. a VM's `other_config`.
+    pub async fn map_entries(
+        &self,
+        class: Class,
+        reference: &str,
+        map: MapName,
+    ) -> Result<StringMap, ClientError> {
+        MapField {
+            host: self,
+            class,
+            reference,
+            map,
+        }
+        .read()
+        .await
+    }
+
+    /// Add one entry, failing with `MAP_DUPLICATE_KEY` when the key is there: the host's one
+    /// atomic test-and-set, which a lease relies on (`replicate::lease`).
+    pub async fn add_entry(
+        &self,
+        class: Class,
+        reference: &str,
+        map: MapName,
+        key: &str,
+        value: &str,
+    ) -> Result<(), ClientError> {
+        MapField {
+            host: self,
+            class,
+            reference,
+            map,
+        }
+        .add(key, value)
+        .await
+    }
+
     /// Remove map entries. For more than one key the map is read first and only the keys
     /// it holds are removed; a single key is removed blind, which costs the same one call.
     pub async fn remove_entries(

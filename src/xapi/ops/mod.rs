@@ -4,6 +4,7 @@
 //! One kind of I/O (floor 2): these carry out calls; which calls to make, and with which
 //! metadata, is decided above (`replicate`).
 
+mod host;
 mod maps;
 mod network;
 mod vdi;
