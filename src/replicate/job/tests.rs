@@ -299,3 +299,18 @@ fn an_unreadable_file_is_named() {
         "{e}"
     );
 }
+
+#[test]
+fn lease_ttl_is_a_duration_of_at_least_two_seconds() {
+    use std::time::Duration;
+    assert_eq!(
+        parse(&minimal("")).unwrap().lease_ttl,
+        crate::replicate::lease::DEFAULT_TTL
+    );
+    let job = parse(&minimal("lease_ttl = \"90s\"\n")).unwrap();
+    assert_eq!(job.lease_ttl, Duration::from_secs(90));
+    for wrong in ["\"1s\"", "\"0s\"", "\"soon\"", "600"] {
+        let e = error(&minimal(&format!("lease_ttl = {wrong}\n")));
+        assert_eq!((e.line, e.key.as_str()), (7, "lease_ttl"), "{wrong}: {e}");
+    }
+}
