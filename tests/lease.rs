@@ -87,7 +87,15 @@ async fn of_two_machines_exactly_one_runs_and_keeps_its_lease_past_its_ttl() {
     let (a, b) = tokio::join!(replicate(&one), replicate(&two));
     let mut codes = [a.code, b.code];
     codes.sort();
-    assert_eq!(codes, [0, 3], "{} {} / {} {}", a.stdout, a.stderr, b.stdout, b.stderr);
+    assert_eq!(
+        codes,
+        [0, 3],
+        "{} {} / {} {}",
+        a.stdout,
+        a.stderr,
+        b.stdout,
+        b.stderr
+    );
     let (winner, loser, winner_dir) = if a.code == 0 {
         (&a, &b, root.path().join("one/state"))
     } else {
@@ -102,7 +110,10 @@ async fn of_two_machines_exactly_one_runs_and_keeps_its_lease_past_its_ttl() {
     );
     check_replica_matches(&source, &target, &winner.json["vms"][0]["report"]).await;
     let job = job_id(winner);
-    assert!(released(&lease_on(&source, &job).await), "released after the run");
+    assert!(
+        released(&lease_on(&source, &job).await),
+        "released after the run"
+    );
 
     // One machine runs for about 4 s (a delta of 8 MiB); the other starts 3 s in, past the
     // 2 s the lease was first taken for: only renewals keep it.
@@ -115,7 +126,10 @@ async fn of_two_machines_exactly_one_runs_and_keeps_its_lease_past_its_ttl() {
     assert_eq!(first.code, 0, "{} {}", first.stdout, first.stderr);
     assert_eq!(second.code, 3, "{} {}", second.stdout, second.stderr);
     let error = second.json["vms"][0]["error"].as_str().unwrap();
-    assert!(error.contains("holds its lease on the source until"), "{error}");
+    assert!(
+        error.contains("holds its lease on the source until"),
+        "{error}"
+    );
     let snapshot = lease_on(&source, &job).await;
     assert!(released(&snapshot), "{snapshot:?}");
     // Renewed several times, and the old generations tidied away.
@@ -144,23 +158,36 @@ async fn a_killed_runners_lease_is_taken_over_once_it_expires() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while !matches!(lease_on(&source, &job_id).await.state, LeaseState::Record(ref r) if !r.released)
     {
-        assert!(tokio::time::Instant::now() < deadline, "the run never took the lease");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the run never took the lease"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert!(killed.try_wait().unwrap().is_none(), "still running when killed");
+    assert!(
+        killed.try_wait().unwrap().is_none(),
+        "still running when killed"
+    );
     killed.start_kill().unwrap(); // SIGKILL: no release.
     killed.wait().await.unwrap();
 
     let blocked = replicate(&two).await;
     assert_eq!(blocked.code, 3, "{} {}", blocked.stdout, blocked.stderr);
-    let holder = blocked.json["vms"][0]["holder"].as_str().unwrap().to_owned();
+    let holder = blocked.json["vms"][0]["holder"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     assert!(holder.contains("one/state"), "{holder}");
 
     // Expired within 2 s of its last renewal (the host's clock counts whole seconds).
     tokio::time::sleep(Duration::from_secs(3)).await;
     let taken_over = replicate(&two).await;
-    assert_eq!(taken_over.code, 0, "{} {}", taken_over.stdout, taken_over.stderr);
+    assert_eq!(
+        taken_over.code, 0,
+        "{} {}",
+        taken_over.stdout, taken_over.stderr
+    );
     check_replica_matches(&source, &target, &taken_over.json["vms"][0]["report"]).await;
     assert!(released(&lease_on(&source, &job_id).await));
 }
@@ -187,7 +214,9 @@ async fn a_failed_run_releases_its_lease_for_the_next_at_once() {
     assert!(vms.len() >= 2, "a replica and its snapshot");
     for (_, vm) in vms {
         assert!(
-            !vm.other_config.keys().any(|k| k.starts_with(lease::KEY_PREFIX)),
+            !vm.other_config
+                .keys()
+                .any(|k| k.starts_with(lease::KEY_PREFIX)),
             "{:?}",
             vm.other_config
         );

@@ -397,3 +397,37 @@ fn the_container_runs_the_installed_binary_as_a_non_root_user() {
     );
     assert!(containerfile.contains("cargo build --release --locked"));
 }
+
+/// The Kubernetes example: its job file parses as a job, its container's arguments parse
+/// with the real CLI, and runs of one CronJob never overlap.
+#[test]
+fn the_kubernetes_cronjob_holds_a_valid_job_and_command_line() {
+    const CRONJOB: &str = "contrib/kubernetes/cronjob.yaml";
+    let yaml = contrib(CRONJOB);
+    let job_text: String = yaml
+        .lines()
+        .skip_while(|l| l.trim() != "nightly.toml: |")
+        .skip(1)
+        .take_while(|l| l.starts_with("    ") || l.is_empty())
+        .map(|l| format!("{}\n", l.get(4..).unwrap_or_default()))
+        .collect();
+    let job =
+        vhdsync::replicate::job::Job::parse(&job_text, Path::new("/etc/vhdsync/nightly.toml"))
+            .unwrap_or_else(|e| panic!("{CRONJOB}: {e}\n{job_text}"));
+    assert_eq!(job.state_dir, Path::new("/var/lib/vhdsync/state"));
+    let args: Vec<&str> = yaml
+        .lines()
+        .skip_while(|l| l.trim() != "args:")
+        .skip(1)
+        .map_while(|l| l.trim().strip_prefix("- "))
+        .collect();
+    assert_eq!(args.first(), Some(&"replicate"), "{args:?}");
+    assert_command_line_parses(&args, CRONJOB);
+    let vm = args.last().unwrap();
+    assert!(
+        job.vms.iter().any(|v| v == vm),
+        "--vm {vm} is a VM of the job"
+    );
+    assert!(yaml.contains("concurrencyPolicy: Forbid"));
+    assert!(yaml.contains("defaultMode: 0440") && yaml.contains("emptyDir: {}"));
+}

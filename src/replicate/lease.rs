@@ -76,7 +76,10 @@ pub fn key(job_id: &str, generation: u64) -> String {
 /// The generation of a key of `job_id`'s lease; `None` for any other key. Only plain
 /// decimal numbers count, so each generation has exactly one key.
 fn generation_of(key: &str, job_id: &str) -> Option<u64> {
-    let digits = key.strip_prefix(KEY_PREFIX)?.strip_prefix(job_id)?.strip_prefix(':')?;
+    let digits = key
+        .strip_prefix(KEY_PREFIX)?
+        .strip_prefix(job_id)?
+        .strip_prefix(':')?;
     let canonical = !digits.is_empty()
         && digits.len() <= 20
         && digits.bytes().all(|b| b.is_ascii_digit())
@@ -247,7 +250,11 @@ pub enum LeaseError {
          run holds the VM, remove it: xe vm-param-remove uuid={vm} param-name=other-config \
          param-key={key}"
     )]
-    Malformed { vm: String, key: String, why: String },
+    Malformed {
+        vm: String,
+        key: String,
+        why: String,
+    },
     #[error("VM {vm}: other runs kept changing its lease on the source; try again later")]
     Contended { vm: String },
     #[error("VM {vm}: {holder} took over its lease on the source; this run stopped")]
@@ -382,7 +389,11 @@ impl Lease {
 
     /// Replaces our generation by the next, holding `record`; [`LeaseError::Lost`] when
     /// another runner added that generation first.
-    async fn advance(&mut self, source: &XapiClient, record: LeaseRecord) -> Result<(), LeaseError> {
+    async fn advance(
+        &mut self,
+        source: &XapiClient,
+        record: LeaseRecord,
+    ) -> Result<(), LeaseError> {
         let next = self.generation.checked_add(1).ok_or_else(|| {
             self.malformed(self.generation, "its generation is at its limit".into())
         })?;

@@ -69,7 +69,11 @@ fn hostile_values_are_refused_or_made_fit_to_show() {
         "y".repeat(300)
     );
     let parsed = LeaseRecord::parse(&shouty).unwrap();
-    assert!(!parsed.holder.chars().any(char::is_control), "{:?}", parsed.holder);
+    assert!(
+        !parsed.holder.chars().any(char::is_control),
+        "{:?}",
+        parsed.holder
+    );
     assert_eq!(parsed.holder.chars().count(), MAX_HOLDER_CHARS + 1);
     // Fields a newer vhdsync may add are ignored.
     let newer = r#"{"run":"r","holder":"h","expires":"2027-01-15T08:00:00Z","node":"n"}"#;
@@ -98,7 +102,10 @@ fn the_newest_generation_decides_and_older_ones_are_tidied() {
     // Expired at its expiry, on the host's clock.
     assert_eq!(decide(&snapshot, 200), Decision::Take(11));
 
-    let released = read(&map(&[(key(JOB, 3), record("a", 900, true).to_value())]), JOB);
+    let released = read(
+        &map(&[(key(JOB, 3), record("a", 900, true).to_value())]),
+        JOB,
+    );
     assert_eq!(decide(&released, 100), Decision::Take(4));
 }
 
@@ -126,10 +133,15 @@ fn a_newest_key_that_is_not_a_lease_is_refused_not_taken() {
 fn the_holder_names_this_process_and_its_state_dir() {
     let me = Holder::this_process(std::path::Path::new("/var/lib/vhdsync"));
     assert!(
-        me.holder.starts_with(&format!("pid {}", std::process::id())),
+        me.holder
+            .starts_with(&format!("pid {}", std::process::id())),
         "{}",
         me.holder
     );
-    assert!(me.holder.ends_with("state dir /var/lib/vhdsync"), "{}", me.holder);
+    assert!(
+        me.holder.ends_with("state dir /var/lib/vhdsync"),
+        "{}",
+        me.holder
+    );
     assert_ne!(me.run, Holder::this_process(std::path::Path::new("/")).run);
 }
