@@ -233,6 +233,10 @@ pub struct ReplicateArgs {
     /// Print one JSON document for the whole run.
     #[arg(long)]
     pub json: bool,
+    /// Check the job and print its plan (full or delta per disk, the bytes each would send)
+    /// without changing anything: exit 2 on a configuration error, 1 on a host failure.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use super::CliError;
 use crate::replicate::job::Job;
+use crate::replicate::preflight;
 use crate::xapi::HostUrl;
 use crate::xapi::client::XapiClient;
 use crate::xapi::connect::{
@@ -62,13 +63,14 @@ fn insecure_warning(job: &Job) {
     }
 }
 
-/// Connect to both hosts of a job.
+/// Connect to both hosts of a job, each password looked for before either host is
+/// contacted; an untrusted certificate's error says how to trust it.
 pub async fn connect_job(job: &Job) -> Result<(XapiClient, XapiClient), CliError> {
     insecure_warning(job);
     let source = job.source_login().map_err(ConnectError::from)?;
     let target = job.target_login().map_err(ConnectError::from)?;
     warn_about([&source, &target]);
-    Ok((source.connect().await?, target.connect().await?))
+    Ok(preflight::connect(job).await?)
 }
 
 /// Connect to a job's target only: failover and status must work with the source site gone.

@@ -3,6 +3,7 @@ use crate::replicate::job::JobError;
 use crate::replicate::lock::LockError;
 use crate::replicate::manifest::ManifestError;
 use crate::replicate::op_error::OpError;
+use crate::replicate::preflight::PreflightError;
 use crate::replicate::run::CycleError;
 use crate::replicate::seed_offline::OfflineError;
 use crate::xapi::client::ClientError;
@@ -38,6 +39,9 @@ pub enum CliError {
     /// (exit 1).
     #[error(transparent)]
     Connect(Box<ConnectError>),
+    /// A job's check before it runs: its configuration at fault (exit 2), or a host (exit 1).
+    #[error(transparent)]
+    Preflight(Box<PreflightError>),
     /// A host failed a call (exit 1).
     #[error(transparent)]
     Host(Box<ClientError>),
@@ -71,6 +75,7 @@ boxed_from!(
     Job(JobError),
     Lock(LockError),
     Connect(ConnectError),
+    Preflight(PreflightError),
     Host(ClientError),
     Cycle(CycleError),
     Op(OpError),
@@ -100,6 +105,7 @@ impl CliError {
             | CliError::Cycle(_) => 1,
             CliError::Lock(e) => lock_exit_code(e),
             CliError::Connect(e) => input_or_failed(e.is_input()),
+            CliError::Preflight(e) => input_or_failed(e.is_config()),
             CliError::Op(e) => input_or_failed(e.is_input()),
             CliError::Offline(e) => input_or_failed(e.is_input()),
             CliError::Image(e) => input_or_failed(!matches!(e.kind, ImageErrorKind::Io { .. })),

@@ -14,6 +14,7 @@ mod metrics_file;
 mod nagios;
 mod output;
 mod packaging;
+mod preflight;
 mod progress;
 mod replicate;
 mod seed;

@@ -13,6 +13,7 @@ use super::connect::connect_job;
 use super::error::lock_exit_code;
 use super::metrics_file::{self, TargetView};
 use super::output::print_json;
+use super::preflight;
 use super::progress;
 use super::terminal_text;
 use super::transfer::runtime;
@@ -24,6 +25,7 @@ use crate::replicate::job::Job;
 use crate::replicate::keys;
 use crate::replicate::lease::LeaseError;
 use crate::replicate::metrics::RunOutcome;
+use crate::replicate::preflight::{CheckOptions, check_job};
 use crate::replicate::run::HealthOutcome;
 use crate::replicate::runner::{RunOptions, VmOutcome, run_job};
 use crate::xapi::transfer::{Throttle, TransferOptions};
@@ -52,23 +54,49 @@ pub fn replicate(args: &ReplicateArgs) -> Result<ExitCode, CliError> {
     };
     let started = SystemClock.unix();
     runtime()?.block_on(async {
+        // Every selected VM's run failed when the job stops before its cycles: the metrics
+        // say so.
+        let all_failed = || {
+            let selected = if vms.is_empty() { &job.vms } else { &vms };
+            let ran: Vec<RunOutcome<'_>> = selected
+                .iter()
+                .map(|vm| RunOutcome {
+                    vm,
+                    vm_name: None,
+                    committed: None,
+                })
+                .collect();
+            write_metrics(&job, &ran, TargetView::Unknown);
+        };
         let (source, target) = match connect_job(&job).await {
             Ok(hosts) => hosts,
             Err(e) => {
-                // Every selected VM's run failed: the metrics say so.
-                let selected = if vms.is_empty() { &job.vms } else { &vms };
-                let ran: Vec<RunOutcome<'_>> = selected
-                    .iter()
-                    .map(|vm| RunOutcome {
-                        vm,
-                        vm_name: None,
-                        committed: None,
-                    })
-                    .collect();
-                write_metrics(&job, &ran, TargetView::Unknown);
+                if !args.dry_run {
+                    all_failed();
+                }
                 return Err(e);
             }
         };
+        // The same checks for a dry run and a real one, before any snapshot.
+        let check = CheckOptions {
+            vms: &vms,
+            estimate: args.dry_run,
+            transfer: &transfer,
+        };
+        let checked = check_job(&job, &source, &target, &check).await;
+        let stop = if args.dry_run {
+            Some(preflight::print_plan(&job, &checked, args.json)?)
+        } else {
+            preflight::refusal(&job, &checked, args.json)?
+        };
+        if let Some(code) = stop {
+            if !args.dry_run {
+                all_failed();
+            }
+            let _ = source.logout().await;
+            let _ = target.logout().await;
+            return Ok(ExitCode::from(code));
+        }
         let (source, target) = (Arc::new(source), Arc::new(target));
         let cancel = cancel_on_signal();
         let options = RunOptions {

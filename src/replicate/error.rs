@@ -38,7 +38,7 @@ impl std::fmt::Display for Phase {
 #[derive(Debug, thiserror::Error)]
 #[error("VM {vm}: {phase}{}{}: {cause}",
     disk.as_ref().map(|d| format!(" of disk {d}")).unwrap_or_default(),
-    host.as_ref().map(|h| format!(" on {h}")).unwrap_or_default())]
+    on_host(host.as_deref(), cause))]
 pub struct CycleError {
     pub vm: String,
     pub phase: Phase,
@@ -46,6 +46,15 @@ pub struct CycleError {
     pub host: Option<String>,
     #[source]
     pub cause: CycleCause,
+}
+
+/// ` on HOST`, unless the cause names the host itself (a host's and a transfer's errors
+/// do): said once, not twice.
+fn on_host(host: Option<&str>, cause: &CycleCause) -> String {
+    match host {
+        Some(host) if !cause.to_string().contains(host) => format!(" on {host}"),
+        _ => String::new(),
+    }
 }
 
 /// Why a cycle failed, as its sources said it (boxed: they are large, and a cycle's
@@ -277,6 +286,29 @@ mod tests {
         assert_eq!(
             ErrorKind::of_transfer(&invalid),
             ErrorKind::StreamInvalid { offset: Some(512) }
+        );
+    }
+
+    #[test]
+    fn the_host_is_named_once() {
+        let failed = |cause: CycleCause| CycleError {
+            vm: "vm".into(),
+            phase: Phase::ReplicaCreation,
+            disk: None,
+            host: Some("https://t:443".into()),
+            cause,
+        };
+        let xapi = ClientError::Xapi {
+            host: "https://t:443".into(),
+            method: "SR.get_by_uuid".into(),
+            fault: XapiFault::new("UUID_INVALID", Vec::<String>::new()),
+        };
+        let text = failed(xapi.into()).to_string();
+        assert_eq!(text.matches("https://t:443").count(), 1, "{text}");
+        let text = failed(CycleCause::Invalid("no network".into())).to_string();
+        assert!(
+            text.contains("replica creation on https://t:443: no"),
+            "{text}"
         );
     }
 }

@@ -26,6 +26,7 @@ pub mod monitor;
 pub mod networks;
 pub mod op_error;
 pub mod plan;
+pub mod preflight;
 pub(crate) mod replica;
 pub mod run;
 pub mod runner;

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use super::keys;
 use super::layout::{TargetDisk, find_replica_disk};
-use crate::xapi::records::StringMap;
+use crate::xapi::records::{StringMap, VmRecord};
 
 /// Whose objects these are: the job, its schedule, the source VM and the target SR.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,6 +102,17 @@ impl SourceSnapshot {
             .or_else(|| parse(&self.other_config))
             .unwrap_or(0)
     }
+}
+
+/// Why `vm` is no VM job `job_id` can replicate: a template or a snapshot, or a replica
+/// this very job made (replicating it would copy the job's own output back).
+pub fn not_replicable(vm: &VmRecord, job_id: &str) -> Option<&'static str> {
+    if vm.is_a_template || vm.is_a_snapshot {
+        return Some("it is a template or a snapshot, not a VM");
+    }
+    let ours = vm.other_config.get(keys::JOB).is_some_and(|j| j == job_id);
+    (ours && vm.blocked_operations.contains_key("start"))
+        .then_some("it is a replica made by this very job")
 }
 
 /// The base of the next delta: this job's newest exported snapshot of the VM.

@@ -35,8 +35,8 @@ use super::layout::{restore_points, retention_victims};
 use super::networks::NicPlan;
 use super::plan::{
     CyclePlan, DiskPlan, Identity, SnapshotDisk, SourceSnapshot, TargetSide, TargetVm,
-    is_interrupted_replica, is_tagging_cut_short, plan_cycle, select_base, snapshot_victims,
-    unexported_snapshots,
+    is_interrupted_replica, is_tagging_cut_short, not_replicable, plan_cycle, select_base,
+    snapshot_victims, unexported_snapshots,
 };
 use super::replica::{create_replica_vm, roll_back};
 use crate::xapi::client::{ClientError, XapiClient};
@@ -133,6 +133,7 @@ impl HealthOutcome {
 pub use events::{CycleEvent, CycleObserver, DiskLabel, EventKind};
 use live::Writing;
 pub use source_disks::SkippedDisk;
+pub(crate) use source_disks::is_left_out;
 
 /// Run one cycle for `vm_uuid`, telling `observer` of each step and each disk's progress.
 /// When `cancel` fires, the cycle stops at the next step (a transfer at once), destroys
@@ -177,21 +178,8 @@ async fn run_cycle(cycle: &mut Cycle<'_>, vm_uuid: &str) -> Result<CycleReport, 
     let (source, target, settings) = (cycle.source, cycle.target, cycle.settings);
     let (vm_ref, vm) = cycle.on_source(source.record_by_uuid::<VmRecord>(vm_uuid).await)?;
     cycle.vm_name.clone_from(&vm.name_label);
-    if vm.is_a_template || vm.is_a_snapshot {
-        return Err(cycle.fail(
-            None,
-            None,
-            CycleCause::Invalid("it is a template or a snapshot, not a VM".into()),
-        ));
-    }
-    if vm.other_config.get(keys::JOB) == Some(&settings.job_id)
-        && vm.blocked_operations.contains_key("start")
-    {
-        return Err(cycle.fail(
-            None,
-            None,
-            CycleCause::Invalid("it is a replica made by this very job".into()),
-        ));
+    if let Some(why) = not_replicable(&vm, &settings.job_id) {
+        return Err(cycle.fail(None, None, CycleCause::Invalid(why.into())));
     }
 
     let devices = cycle.plan_devices(&vm).await?;
@@ -532,15 +520,8 @@ impl Cycle<'_> {
             id: &self.id,
             source_disks: &source_disks,
         };
-        let mut plan = match base {
-            Some(base) => plan_cycle(
-                &snapshot.disks,
-                Some(base),
-                &side,
-                self.settings.full_interval,
-            ),
-            None => content_key_plan(&snapshot.disks, other_snapshots, &side),
-        };
+        let full_interval = self.settings.full_interval;
+        let mut plan = plan_disks(&snapshot.disks, base, other_snapshots, &side, full_interval);
         let writing = self.choose_writing(&mut plan, &disks, &vms).await?;
         let raw_vm = self.on_source(self.source.vm_record_value(vm_ref).await)?;
         let live_ref = match &writing {
@@ -608,6 +589,23 @@ fn is_interrupted_snapshot(vm: &TargetVm, id: &Identity) -> bool {
         && vm.other_config.get(keys::JOB) == Some(&id.job_id)
         && vm.other_config.get(keys::VM) == Some(&id.vm_uuid)
         && vm.other_config.get(keys::SR) == Some(&id.sr_uuid)
+}
+
+/// Full or delta, disk by disk, for `new_disks` (the new snapshot's; for the dry run, the
+/// VM's own, which it will be a snapshot of): from this job's `base` when there is one, else
+/// from the content keys of the VM's `other_snapshots`. Reads nothing: the cycle and the
+/// dry run ([`preflight`](super::preflight)) plan alike.
+pub(crate) fn plan_disks(
+    new_disks: &[SnapshotDisk],
+    base: Option<&SourceSnapshot>,
+    other_snapshots: &[SourceSnapshot],
+    side: &TargetSide<'_>,
+    full_interval: u32,
+) -> CyclePlan {
+    match base {
+        Some(base) => plan_cycle(new_disks, Some(base), side, full_interval),
+        None => content_key_plan(new_disks, other_snapshots, side),
+    }
 }
 
 /// Without a base of this job, any snapshot of the VM whose content the target holds under

@@ -21,6 +21,11 @@ const NOBAK: &str = "[NOBAK]";
 /// Xen Orchestra's tag for a disk left out of manual snapshots only.
 const NOSNAP: &str = "[NOSNAP]";
 
+/// A disk whose name carries `[NOBAK]`: neither snapshotted nor copied.
+pub(crate) fn is_left_out(vdi_name: &str) -> bool {
+    vdi_name.contains(NOBAK)
+}
+
 impl Cycle<'_> {
     /// The source VM's interfaces mapped onto the target's networks, its CD drives and
     /// vTPMs; a `network_map` naming no target network fails here, before the snapshot.
@@ -50,7 +55,7 @@ impl Cycle<'_> {
     ) -> Result<(Vec<SkippedDisk>, Vec<String>, Vec<String>), CycleError> {
         let (mut skipped, mut ignored, mut notes) = (Vec::new(), Vec::new(), Vec::new());
         for disk in self.on_source(self.source.vm_disks(vm).await)? {
-            if disk.vdi.name_label.contains(NOBAK) {
+            if is_left_out(&disk.vdi.name_label) {
                 ignored.push(disk.vdi_ref.clone());
                 skipped.push(SkippedDisk {
                     userdevice: disk.userdevice,
