@@ -196,6 +196,15 @@ async fn a_missing_password_is_its_own_error_before_any_host_is_asked() {
     let out = run(&["replicate", "--dry-run", "--job", job.to_str().unwrap()]).await;
     assert_eq!(out.code, 2, "{}", out.stderr);
     assert!(out.stderr.contains("is empty"), "{}", out.stderr);
+    // A wrong password: refused by the host named, exit 2 (the job's setup is at fault).
+    std::fs::write(&file, "not-the-password\n").unwrap();
+    set_key(&job, "source", &format!("\"{}\"", source.url()));
+    let out = run(&["replicate", "--job", job.to_str().unwrap()]).await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    let host = target.server.base_url();
+    let refused = "the target host refused the user name or password";
+    assert!(out.stderr.contains(refused), "{}", out.stderr);
+    assert_eq!(out.stderr.matches(&host).count(), 1, "{}", out.stderr);
     assert!(
         source
             .vm(&source.report.vms[0].ids.reference)

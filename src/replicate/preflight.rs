@@ -79,8 +79,9 @@ pub enum PreflightError {
         url: String,
         source: TransportError,
     },
-    #[error("the {} host {host} refused the user name or password", side.name())]
-    Refused { side: Side, host: String },
+    /// The host's own error names it.
+    #[error("the {} host refused the user name or password: {source}", side.name())]
+    Refused { side: Side, source: ClientError },
     #[error("the {} host: {source}", side.name())]
     Connect { side: Side, source: ConnectError },
     #[error("target_sr {sr}: no such SR on the target host {host}")]
@@ -188,7 +189,7 @@ async fn log_in(login: &HostLogin, side: Side) -> Result<XapiClient, PreflightEr
             url: trust_url(&login.url),
             source,
         },
-        ConnectError::Authentication { host, .. } => PreflightError::Refused { side, host },
+        ConnectError::Authentication { source, .. } => PreflightError::Refused { side, source },
         source => PreflightError::Connect { side, source },
     })
 }
