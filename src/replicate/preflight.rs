@@ -1,7 +1,7 @@
 //! A job checked before it runs (`replicate --dry-run`, and the start of every real run):
 //! both hosts logged in to, the target SR found and able to take the replicas, every VM
 //! found and replicable, and each disk planned (full or delta, on which base) with the
-//! cycle's own planning ([`plan_disks`]). It reads and changes nothing on either host but
+//! cycle's own planning (`run::plan_disks`). It reads and changes nothing on either host but
 //! the estimate's export tasks, which it removes.
 //!
 //! A configuration error ([`PreflightError::is_config`]) is the job's or the hosts' setup
