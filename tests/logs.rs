@@ -187,11 +187,12 @@ fn has_colour(text: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_terminal_bars_name_the_vm_and_no_color_is_respected() {
-    let source = Host::start(&[("web-01", &[8 * MIB])]).await;
+    let source = Host::start(&[("web-01", &[32 * MIB])]).await;
     let target = Host::start(&[]).await;
     let vm = &source.report.vms[0];
+    // Enough to send that the bar is drawn (indicatif draws at most 20 times a second).
     source
-        .write(&vm.disks[0].vdi.reference, 0, 2 * MIB, Some(1))
+        .write(&vm.disks[0].vdi.reference, 0, 24 * MIB, Some(1))
         .await;
     let dir = tempfile::tempdir().unwrap();
     let job = write_job(dir.path(), &source, &target, &vm.ids.uuid, 2);

@@ -1,5 +1,6 @@
 //! The replication run's display on stderr, from the cycles' events. On a terminal: a line
-//! per VM showing its current step, and a bar per disk, both labelled by VM name. Otherwise
+//! per VM showing its current step, and under it a bar for the disk being transferred, both
+//! labelled by VM name; a VM done leaves its one line, so a fleet fits a screen. Otherwise
 //! (cron, a pipe, a file): one timestamped line per step and a periodic progress line per
 //! disk, no colour and no cursor movement. Nothing for JSON.
 
@@ -127,28 +128,25 @@ impl Bars {
                     bar.set_message(step_text::progress(progress));
                 }
             }
-            EventKind::DiskDone { disk, report } => {
+            EventKind::DiskDone { disk, .. } => {
                 let key = (event.vm.to_owned(), disk.userdevice.to_owned());
                 if let Some(bar) = self.disks.remove(&key) {
-                    // No ETA once done.
-                    if let Ok(style) = ProgressStyle::with_template("  {prefix} [{bar:30}] {msg}") {
-                        bar.set_style(style.progress_chars("=> "));
-                    }
-                    bar.set_position(bar.length().unwrap_or(0));
-                    bar.finish_with_message(format!(
-                        "{} sent",
-                        crate::units::format_size(report.bytes_sent)
-                    ));
+                    bar.finish_and_clear();
+                }
+                if let Some(text) = step_text::describe(event) {
+                    step.set_message(text);
                 }
             }
-            EventKind::Done(_) => {
+            EventKind::Done(_) | EventKind::Failed(_) => {
+                self.disks.retain(|(vm, _), bar| {
+                    let ours = vm == event.vm;
+                    if ours {
+                        bar.finish_and_clear();
+                    }
+                    !ours
+                });
                 if let Some(text) = step_text::describe(event) {
                     step.finish_with_message(text);
-                }
-            }
-            EventKind::Failed(_) => {
-                if let Some(text) = step_text::describe(event) {
-                    step.abandon_with_message(text);
                 }
             }
             _ => {
@@ -161,8 +159,7 @@ impl Bars {
 }
 
 impl Drop for Bars {
-    /// A cycle that failed stops where it was: its last step stays on screen (the error
-    /// follows in the report).
+    /// Whatever did not end (a panicked cycle) stays on screen as it was.
     fn drop(&mut self) {
         for bar in self.disks.values().chain(self.steps.values()) {
             if !bar.is_finished() {

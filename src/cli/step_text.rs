@@ -302,6 +302,40 @@ mod tests {
     }
 
     #[test]
+    fn health_checks_say_passed_or_failed_with_the_guests_word() {
+        use crate::replicate::health::HealthReport;
+        use crate::replicate::layout::PointKind;
+        let report = |passed| {
+            HealthOutcome::Checked(HealthReport {
+                vm: "v".into(),
+                restore_point: "r".into(),
+                kind: PointKind::TargetSnapshot,
+                passed,
+                detail: "guest agent up\x1b[2J".into(),
+                seconds: 1.0,
+                cleaned_up: Vec::new(),
+            })
+        };
+        let (good, bad) = (report(true), report(false));
+        let said = describe(&event(EventKind::HealthCheckDone(&good))).unwrap();
+        assert!(
+            said.starts_with("health check passed (guest agent up"),
+            "{said}"
+        );
+        assert!(!said.contains('\x1b'), "{said}");
+        let said = describe(&event(EventKind::HealthCheckDone(&bad))).unwrap();
+        assert!(said.starts_with("health check FAILED"), "{said}");
+        let error = HealthOutcome::Error {
+            passed: false,
+            error: "no guest metrics".into(),
+        };
+        assert_eq!(
+            describe(&event(EventKind::HealthCheckDone(&error))).unwrap(),
+            "health check FAILED (no guest metrics)"
+        );
+    }
+
+    #[test]
     fn a_vm_whose_name_is_unknown_is_named_by_uuid() {
         let unread = CycleEvent {
             vm: "0a1b",
