@@ -241,20 +241,36 @@ fn the_helpers_see_what_they_look_for() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_cycle_says_so_on_a_timestamped_line() {
+    use vhdsync::xapi::rpc::Value;
+
     let source = Host::start(&[("web-01", &[MIB])]).await;
     let target = Host::start(&[]).await;
+    let vm = &source.report.vms[0];
     let dir = tempfile::tempdir().unwrap();
-    // A VM the source does not have: the cycle fails before it knows a name.
-    let missing = "0a1b2c3d-0000-4000-8000-00000000abcd";
-    let job = write_job(dir.path(), &source, &target, missing, 2);
+    let job = write_job(dir.path(), &source, &target, &vm.ids.uuid, 2);
+    // The source refuses the snapshot.
+    source
+        .inject(vec![
+            ("kind", Value::from("rpc_error")),
+            ("method", Value::from("VM.snapshot")),
+            ("code", Value::from("INTERNAL_ERROR")),
+            ("count", Value::Int(1)),
+        ])
+        .await;
     let run = vhdsync(&["replicate", "--job", job.to_str().unwrap()]).await;
     assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
     assert_plain(&run.stderr);
-    let failed: Vec<&str> = run
-        .stderr
-        .lines()
-        .filter(|l| l.contains(&format!(" vm {missing} failed: ")))
-        .collect();
-    assert_eq!(failed.len(), 1, "{}", run.stderr);
-    assert!(starts_with_timestamp(failed[0]), "{}", failed[0]);
+    let lines = vm_lines(&run.stderr, "web-01");
+    let last = lines.last().unwrap();
+    assert!(
+        last.starts_with("failed: ")
+            && last.contains("snapshot")
+            && last.contains("INTERNAL_ERROR"),
+        "{lines:#?}"
+    );
+    assert_eq!(
+        lines[lines.len() - 2],
+        "taking the source snapshot",
+        "{lines:#?}"
+    );
 }
