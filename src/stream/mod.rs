@@ -11,6 +11,7 @@ pub mod decode;
 pub mod encode;
 mod error;
 pub(crate) mod export;
+pub mod extents;
 pub mod feed;
 mod layout;
 pub(crate) mod source;
