@@ -422,6 +422,7 @@ impl Campaign {
             network_map: Vec::new(),
             new_mac_addresses: false,
             health_check: None,
+            transport: Default::default(),
         };
         Campaign {
             source,

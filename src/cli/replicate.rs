@@ -255,6 +255,16 @@ fn report(
                         human_rate(r.bytes_sent as f64 / r.seconds.max(1e-9)),
                         r.replica
                     );
+                    for d in &r.disks {
+                        println!(
+                            "  disk {}: {} over {}, {} read, {} sent",
+                            d.userdevice,
+                            d.mode,
+                            d.transport,
+                            human_bytes(d.bytes_read),
+                            human_bytes(d.bytes_sent)
+                        );
+                    }
                     for note in r.notes.iter().chain(&r.cleaned_up) {
                         println!("  note: {}", terminal_text::message(note));
                     }

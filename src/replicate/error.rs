@@ -188,7 +188,7 @@ impl ErrorKind {
                 ErrorKind::StreamInvalid { offset: e.offset }
             }
             TransferErrorKind::Stall { .. } => ErrorKind::Stall,
-            TransferErrorKind::Connection(_) => ErrorKind::Connection,
+            TransferErrorKind::Connection(_) | TransferErrorKind::Nbd(_) => ErrorKind::Connection,
             TransferErrorKind::Redirects(_) => ErrorKind::Protocol,
             TransferErrorKind::Cancelled => ErrorKind::Cancelled,
         }

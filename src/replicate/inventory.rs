@@ -169,8 +169,10 @@ pub async fn destroy_orphaned_disks(
 /// destroyed here.
 fn is_orphaned_disk(vdi: &VdiRecord, id: &Identity, source: bool) -> bool {
     let config = &vdi.other_config;
+    // A purged snapshot's disks have no VBD by design; `purge_snapshot_data` sweeps them.
     vdi.managed
         && vdi.vbds.is_empty()
+        && vdi.kind != "cbt_metadata"
         && (vdi.is_a_snapshot || !source)
         && config.get(keys::JOB) == Some(&id.job_id)
         && config.get(keys::VM) == Some(&id.vm_uuid)

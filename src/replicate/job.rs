@@ -15,10 +15,12 @@ use toml::Spanned;
 use toml::de::{DeArray, DeTable, DeValue};
 use uuid::Uuid;
 
+use super::transport::{Transport, TransportSettings};
 use crate::units::parse_rate;
 use crate::xapi::HostUrl;
 use crate::xapi::connect::{HostLogin, SOURCE_PASSWORD_ENV, TARGET_PASSWORD_ENV, trust_for};
 use crate::xapi::tls::{Fingerprint, TlsError};
+use crate::xapi::transfer::MAX_NBD_CONCURRENCY;
 
 /// Namespace of the ids derived from a job's name when `job_id` / `schedule_id` are absent.
 /// Never change it: the ids are written into host metadata (`xo:backup:job`,
@@ -50,6 +52,10 @@ const TOP_KEYS: &[&str] = &[
     "health_check_timeout",
     "metrics_file",
     "lease_ttl",
+    "cbt",
+    "transport",
+    "nbd_concurrency",
+    "purge_snapshot_data",
 ];
 /// Xen Orchestra's `healthCheckTimeout` default.
 pub const DEFAULT_HEALTH_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
@@ -99,6 +105,8 @@ pub struct Job {
     pub metrics_file: Option<PathBuf>,
     /// How long each VM's lease on the source lasts unless renewed (`replicate::lease`).
     pub lease_ttl: std::time::Duration,
+    /// `cbt`, `transport`, `nbd_concurrency`, `purge_snapshot_data`.
+    pub transport: TransportSettings,
 }
 
 /// One host of a job.
@@ -277,6 +285,7 @@ impl Job {
             }
             None => crate::replicate::lease::DEFAULT_TTL,
         };
+        let transport = transport_settings(&top)?;
         Ok(Job {
             name: name.to_string(),
             source,
@@ -298,8 +307,57 @@ impl Job {
             health_check_timeout,
             metrics_file,
             lease_ttl,
+            transport,
         })
     }
+}
+
+/// `cbt`, `transport`, `nbd_concurrency` (1 to 16) and `purge_snapshot_data`, which needs
+/// `cbt` (only a tracked snapshot's data can be destroyed) and a transport that can read
+/// changes since a base whose data is gone.
+fn transport_settings(top: &Table<'_>) -> Result<TransportSettings, JobError> {
+    let defaults = TransportSettings::default();
+    let cbt = top.get("cbt").map_or(Ok(false), |e| e.bool())?;
+    let transport = match top.get("transport") {
+        Some(entry) => entry.str()?.parse().map_err(|e: String| entry.error(e))?,
+        None => defaults.transport,
+    };
+    let nbd_concurrency = match top.get("nbd_concurrency") {
+        Some(entry) => {
+            let count = entry.count(1)?;
+            if count > MAX_NBD_CONCURRENCY as u32 {
+                return Err(entry.error(format!(
+                    "at most {MAX_NBD_CONCURRENCY} NBD connections per disk, found {count}"
+                )));
+            }
+            count
+        }
+        None => defaults.nbd_concurrency,
+    };
+    let purge_snapshot_data = match top.get("purge_snapshot_data") {
+        Some(entry) => {
+            let purge = entry.bool()?;
+            if purge && !cbt {
+                return Err(entry.error(
+                    "needs cbt = true: only a snapshot with a change log can lose its data",
+                ));
+            }
+            if purge && transport == Transport::Stream {
+                return Err(entry.error(
+                    "needs transport \"auto\" or \"nbd\": a base without data can only be \
+                     read from with CBT and NBD",
+                ));
+            }
+            purge
+        }
+        None => false,
+    };
+    Ok(TransportSettings {
+        transport,
+        cbt,
+        nbd_concurrency,
+        purge_snapshot_data,
+    })
 }
 
 /// `[network_map]`: every value a non-empty string without control characters.

@@ -33,3 +33,4 @@ pub mod runner;
 pub mod seed;
 pub mod seed_file;
 pub mod seed_offline;
+pub mod transport;

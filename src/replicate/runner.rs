@@ -57,6 +57,7 @@ impl Job {
             network_map: self.network_map.clone(),
             new_mac_addresses: self.new_mac_addresses,
             health_check: self.health_check.then_some(self.health_check_timeout),
+            transport: self.transport,
         }
     }
 }

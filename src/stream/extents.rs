@@ -254,16 +254,6 @@ impl ExtentStream {
         reads
     }
 
-    /// The extents of a whole block's `data` holding something other than zeros: what a full
-    /// copy marks, so the target's fresh disk stays sparse.
-    pub fn nonzero_mask(&self, data: &[u8]) -> u32 {
-        data.chunks(EXTENT_SIZE as usize)
-            .take(self.per_block as usize)
-            .enumerate()
-            .filter(|(_, extent)| extent.iter().any(|b| *b != 0))
-            .fold(0, |mask, (j, _)| mask | (1 << j))
-    }
-
     /// The frames of block `index`: a bitmap marking the sectors of the extents in `mask`
     /// (below the disk's end), then `data`, one block long with zeros where nothing was read.
     pub fn block_frames(
@@ -299,6 +289,16 @@ impl ExtentStream {
         }
         bitmap.freeze()
     }
+}
+
+/// The extents of a whole block's `data` holding something other than zeros, as a mask (bit
+/// `j` for the `j`-th 64 KiB): what a full copy marks, so the target's fresh disk stays sparse.
+pub fn nonzero_mask(data: &[u8]) -> u32 {
+    data.chunks(EXTENT_SIZE as usize)
+        .take(32)
+        .enumerate()
+        .filter(|(_, extent)| extent.iter().any(|b| *b != 0))
+        .fold(0, |mask, (j, _)| mask | (1 << j))
 }
 
 fn invalid(

@@ -25,7 +25,7 @@ fn stream_for(map: ChangeMap, all_blocks: bool, disk: &[u8]) -> Vec<u8> {
                 .copy_from_slice(&disk[at..at + read.len as usize]);
         }
         let mask = if all_blocks {
-            stream.nonzero_mask(&data)
+            nonzero_mask(&data)
         } else {
             mask
         };

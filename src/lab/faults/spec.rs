@@ -10,6 +10,8 @@ use crate::xapi::rpc::{Value, XapiFault};
 pub enum Plane {
     Export,
     Import,
+    /// The NBD server's reads (only `drop_nbd` acts there).
+    Nbd,
 }
 
 /// The planes a bandwidth limit applies to.
@@ -34,6 +36,8 @@ pub enum FaultKind {
     DropExport { after_bytes: u64 },
     /// The import stops reading and closes the connection after this many body bytes.
     DropImport { after_bytes: u64 },
+    /// An NBD connection closes once it has sent this many bytes of read data.
+    DropNbd { after_bytes: u64 },
     /// The export fails with `VDI_IO_ERROR` after its 200, the error embedded in the body.
     FailExport,
     /// The import fails with `VDI_IO_ERROR` before applying anything.
@@ -159,6 +163,7 @@ const COMMON_FIELDS: &[&str] = &["kind", "persistent", "vdi"];
 const KINDS: &[(&str, &[&str])] = &[
     ("drop_export", &["after_bytes"]),
     ("drop_import", &["after_bytes"]),
+    ("drop_nbd", &["after_bytes"]),
     ("fail_export", &[]),
     ("fail_import", &[]),
     ("sr_full", &["on"]),
@@ -279,6 +284,9 @@ impl FaultSpec {
             "drop_import" => FaultKind::DropImport {
                 after_bytes: after_bytes()?,
             },
+            "drop_nbd" => FaultKind::DropNbd {
+                after_bytes: after_bytes()?,
+            },
             "fail_export" => FaultKind::FailExport,
             "fail_import" => FaultKind::FailImport,
             "sr_full" => FaultKind::SrFull {
@@ -305,6 +313,7 @@ impl FaultSpec {
                     other => match plane(other)? {
                         Plane::Export => Planes::Export,
                         Plane::Import => Planes::Import,
+                        Plane::Nbd => return Err(invalid("on", other, "export, import or both")),
                     },
                 },
             },
@@ -418,6 +427,7 @@ impl FaultKind {
         match self {
             FaultKind::DropExport { .. } => "drop_export",
             FaultKind::DropImport { .. } => "drop_import",
+            FaultKind::DropNbd { .. } => "drop_nbd",
             FaultKind::FailExport => "fail_export",
             FaultKind::FailImport => "fail_import",
             FaultKind::SrFull { .. } => "sr_full",
@@ -485,10 +495,12 @@ impl FaultSpec {
         let plane = |p: &Plane| match p {
             Plane::Export => "export",
             Plane::Import => "import",
+            Plane::Nbd => "nbd",
         };
         let fields: Vec<(&str, Value)> = match &self.kind {
             FaultKind::DropExport { after_bytes }
             | FaultKind::DropImport { after_bytes }
+            | FaultKind::DropNbd { after_bytes }
             | FaultKind::EmbeddedError { after_bytes } => {
                 vec![("after_bytes", int(*after_bytes))]
             }

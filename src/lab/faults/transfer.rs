@@ -15,9 +15,8 @@ impl FaultKind {
         let cut = |after, how| Some(Effect::Cut { after, how });
         match (self, plane) {
             (FaultKind::DropExport { after_bytes }, Plane::Export)
-            | (FaultKind::DropImport { after_bytes }, Plane::Import) => {
-                cut(*after_bytes, CutKind::Drop)
-            }
+            | (FaultKind::DropImport { after_bytes }, Plane::Import)
+            | (FaultKind::DropNbd { after_bytes }, Plane::Nbd) => cut(*after_bytes, CutKind::Drop),
             (FaultKind::FailExport, Plane::Export) | (FaultKind::FailImport, Plane::Import) => {
                 cut(0, CutKind::Fail)
             }

@@ -7,7 +7,7 @@
 //! read's data, whatever the client asks.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -20,6 +20,7 @@ use super::negotiation::{Negotiation, Step, greeting};
 use super::requests::{self, Action};
 use super::{LazyIdentity, ServeError};
 use crate::lab::Lab;
+use crate::lab::faults::{Plane, TransferFaults};
 use crate::nbd::server::encode_simple_reply;
 use crate::nbd::wire::Decoded;
 
@@ -62,7 +63,7 @@ pub(super) async fn serve(
     .await
     .map_err(|_| ServeError::HandshakeTimeout(handshake_timeout))??;
     match negotiated {
-        (link, Some(served)) => transmit(link, buffer, &served, stop).await,
+        (link, Some(served)) => transmit(link, buffer, &served, stop, &lab).await,
         (mut link, None) => {
             let _ = link.shutdown().await;
             Ok(())
@@ -142,7 +143,14 @@ async fn transmit(
     mut buffer: BytesMut,
     served: &Served,
     mut stop: watch::Receiver<bool>,
+    lab: &Lab,
 ) -> Result<(), ServeError> {
+    let names = [served.names[0].as_str(), served.names[1].as_str()];
+    let mut faults = Sent {
+        faults: lab.faults().arm(Plane::Nbd, &names),
+        bytes: 0,
+        started: Instant::now(),
+    };
     loop {
         if *stop.borrow() {
             break;
@@ -166,7 +174,7 @@ async fn transmit(
                 handle,
                 offset,
                 len,
-            } => read(&mut link, served, handle, offset, len).await?,
+            } => read(&mut link, served, handle, offset, len, &mut faults).await?,
             Action::Refuse(reply) => write(&mut link, &reply).await?,
             Action::Disconnect => break,
             Action::Close(why) => return Err(ServeError::Refused(why)),
@@ -176,13 +184,22 @@ async fn transmit(
     Ok(())
 }
 
-/// A successful reply header, then the data, a piece at a time.
+/// The read data a connection has sent, against the faults it armed (`drop_nbd`).
+struct Sent {
+    faults: TransferFaults,
+    bytes: u64,
+    started: Instant,
+}
+
+/// A successful reply header, then the data, a piece at a time; a `drop_nbd` fault closes
+/// the connection once its byte count is reached.
 async fn read(
     link: &mut Link,
     served: &Served,
     handle: u64,
     offset: u64,
     len: u32,
+    sent: &mut Sent,
 ) -> Result<(), ServeError> {
     link.write_all(&encode_simple_reply(handle, None))
         .await
@@ -198,9 +215,16 @@ async fn read(
             data
         })
         .await?;
+        let step = sent.faults.step(sent.bytes, n, sent.started.elapsed());
+        if let Some(cut) = step.cut {
+            let _ = link.write_all(&data[..step.pass]).await;
+            let _ = link.shutdown().await;
+            return Err(ServeError::Fault(cut));
+        }
         link.write_all(&data)
             .await
             .map_err(ServeError::io("write a read's data"))?;
+        sent.bytes += n as u64;
         at += n as u64;
     }
     link.flush().await.map_err(ServeError::io("flush"))

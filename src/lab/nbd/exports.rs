@@ -34,6 +34,8 @@ pub(super) fn security(db: &Db) -> Option<Security> {
 pub(super) struct Served {
     pub chain: Arc<Chain>,
     pub size: u64,
+    /// The VDI's reference and UUID, which faults name it by.
+    pub names: [String; 2],
 }
 
 /// The export `name` names: a valid session, a managed VDI with its data. The error says why
@@ -44,7 +46,7 @@ pub(super) fn open(lab: &Lab, name: &[u8]) -> Result<Served, String> {
         return Err(format!("VDI {}: the session is invalid", name.vdi));
     }
     let vdi = name.vdi;
-    lab.with_db(|db| {
+    let reference = lab.with_db(|db| {
         let reference = db
             .by_uuid(Class::Vdi, &vdi.to_string())
             .map_err(|_| format!("VDI {vdi}: no such VDI"))?;
@@ -59,11 +61,12 @@ pub(super) fn open(lab: &Lab, name: &[u8]) -> Result<Served, String> {
         if record.get("type").and_then(Value::as_str) == Some("cbt_metadata") {
             return Err(format!("VDI {vdi}: its data was destroyed (cbt_metadata)"));
         }
-        Ok(())
+        Ok(reference.to_owned())
     })?;
     let chain = lab.sr().chain(vdi).map_err(|e| e.to_string())?;
     Ok(Served {
         size: chain.virtual_size(),
         chain: Arc::new(chain),
+        names: [reference, vdi.to_string()],
     })
 }

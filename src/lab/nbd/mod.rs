@@ -84,6 +84,8 @@ pub(crate) enum ServeError {
     HandshakeTimeout(Duration),
     #[error("closed: {0}")]
     Refused(&'static str),
+    #[error("{0}")]
+    Fault(crate::lab::faults::Cut),
 }
 
 impl ServeError {

@@ -314,3 +314,48 @@ fn lease_ttl_is_a_duration_of_at_least_two_seconds() {
         assert_eq!((e.line, e.key.as_str()), (7, "lease_ttl"), "{wrong}: {e}");
     }
 }
+
+#[test]
+fn transport_keys_default_parse_and_refuse_what_cannot_work() {
+    assert_eq!(
+        parse(&minimal("")).unwrap().transport,
+        TransportSettings::default()
+    );
+    let job = parse(&minimal(
+        "cbt = true\ntransport = \"nbd\"\nnbd_concurrency = 8\npurge_snapshot_data = true\n",
+    ))
+    .unwrap();
+    assert_eq!(
+        job.transport,
+        TransportSettings {
+            transport: Transport::Nbd,
+            cbt: true,
+            nbd_concurrency: 8,
+            purge_snapshot_data: true,
+        }
+    );
+    for (extra, key, says) in [
+        (
+            "transport = \"fast\"\n",
+            "transport",
+            "\"auto\", \"nbd\" or \"stream\"",
+        ),
+        ("nbd_concurrency = 0\n", "nbd_concurrency", "at least 1"),
+        ("nbd_concurrency = 17\n", "nbd_concurrency", "at most 16"),
+        (
+            "purge_snapshot_data = true\n",
+            "purge_snapshot_data",
+            "needs cbt = true",
+        ),
+        (
+            "cbt = true\ntransport = \"stream\"\npurge_snapshot_data = true\n",
+            "purge_snapshot_data",
+            "CBT and NBD",
+        ),
+        ("cbt = \"yes\"\n", "cbt", ""),
+    ] {
+        let e = error(&minimal(extra));
+        assert_eq!(e.key, key, "{extra}: {e}");
+        assert!(e.line >= 7 && e.to_string().contains(says), "{extra}: {e}");
+    }
+}

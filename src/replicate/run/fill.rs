@@ -1,6 +1,7 @@
 //! Filling the live replica: its disks, each disk's transfer, and the commit.
 
 use super::live::Writing;
+use super::route::Route;
 use super::{Cycle, CycleError, DiskLabel, DiskReport, EventKind, Filling, Phase};
 use crate::replicate::commit::{CommitDisk, CommitError, ReplicaCommit, commit_live};
 use crate::replicate::keys;
@@ -99,9 +100,9 @@ impl Cycle<'_> {
         Ok((uuid, name, snapshot_uuid, reports))
     }
 
-    /// Stream one disk's changed blocks into its replica disk.
+    /// Send one disk's changes into its replica disk, over its route.
     async fn transfer(
-        &self,
+        &mut self,
         disk: &SnapshotDisk,
         name: &str,
         plan: &DiskPlan,
@@ -120,6 +121,24 @@ impl Cycle<'_> {
             delta: base.is_some(),
             virtual_size: disk.virtual_size,
         });
+        if self.routes.get(&disk.userdevice) == Some(&Route::Nbd) {
+            match self
+                .transfer_over_nbd(disk, name, base, vdi_ref, label)
+                .await?
+            {
+                Ok(report) => {
+                    self.emit(EventKind::DiskDone {
+                        disk: label,
+                        report: &report,
+                    });
+                    return Ok(report);
+                }
+                Err(why) => self.transport_notes.push(format!(
+                    "disk {}: {why}; the export path instead of NBD",
+                    disk.userdevice
+                )),
+            }
+        }
         let result = transfer_vdi(
             VdiOn {
                 host: self.source,
@@ -152,7 +171,9 @@ impl Cycle<'_> {
             userdevice: disk.userdevice.clone(),
             name: name.to_owned(),
             mode: if base.is_some() { "delta" } else { "full" },
+            transport: "stream",
             virtual_size: disk.virtual_size,
+            bytes_read: result.bytes,
             bytes_sent: result.bytes,
             blocks: result.blocks,
             source_vdi: disk.vdi_uuid.clone(),

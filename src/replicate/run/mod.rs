@@ -17,6 +17,7 @@
 mod events;
 mod fill;
 mod live;
+mod route;
 mod source_disks;
 
 use std::sync::{Arc, Mutex};
@@ -39,6 +40,7 @@ use super::plan::{
     snapshot_victims, unexported_snapshots,
 };
 use super::replica::{create_replica_vm, roll_back};
+use super::transport::TransportSettings;
 use crate::xapi::client::{ClientError, XapiClient};
 use crate::xapi::ops::{Class, MapName};
 use crate::xapi::records::VmRecord;
@@ -63,6 +65,8 @@ pub struct CycleSettings {
     pub new_mac_addresses: bool,
     /// Run the health check after a successful cycle, with this timeout.
     pub health_check: Option<std::time::Duration>,
+    /// The job's `transport`, `cbt`, `nbd_concurrency` and `purge_snapshot_data`.
+    pub transport: TransportSettings,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -71,7 +75,11 @@ pub struct DiskReport {
     /// The disk's VDI name.
     pub name: String,
     pub mode: &'static str,
+    /// `nbd` (changed extents read over NBD) or `stream` (the export path).
+    pub transport: &'static str,
     pub virtual_size: u64,
+    /// Bytes read from the source: disk bytes over NBD, stream bytes from an export.
+    pub bytes_read: u64,
     /// Stream bytes sent.
     pub bytes_sent: u64,
     pub blocks: u32,
@@ -164,6 +172,8 @@ pub async fn replicate_vm(
         exported: false,
         observer: Mutex::new(observer),
         vm_name: String::new(),
+        routes: Default::default(),
+        transport_notes: Vec::new(),
     };
     let outcome = run_cycle(&mut cycle, vm_uuid).await;
     if let Err(e) = &outcome {
@@ -206,6 +216,7 @@ async fn run_cycle(cycle: &mut Cycle<'_>, vm_uuid: &str) -> Result<CycleReport, 
     let base = select_base(&snapshots, &cycle.id).cloned();
 
     cycle.enter(Phase::Snapshot)?;
+    cycle.enable_cbt(&vm_ref, &ignored).await?;
     let now = settings.clock.unix();
     let snapshot = cycle.snapshot(&vm_ref, &vm, &ignored, now).await?;
     cycle.emit(EventKind::SnapshotTaken {
@@ -223,7 +234,7 @@ async fn run_cycle(cycle: &mut Cycle<'_>, vm_uuid: &str) -> Result<CycleReport, 
             now,
         )
         .await;
-    let replicated = match outcome {
+    let mut replicated = match outcome {
         Ok(done) => done,
         Err(e) => {
             // A snapshot never exported is no base: remove it now; if this fails too, the
@@ -234,6 +245,8 @@ async fn run_cycle(cycle: &mut Cycle<'_>, vm_uuid: &str) -> Result<CycleReport, 
             return Err(e);
         }
     };
+
+    cycle.purge_base(base.as_ref(), &mut replicated.notes).await;
 
     // Retention runs even when cancelled: the new replica is committed, and retention is
     // what keeps the target's replica count bounded.
@@ -322,7 +335,11 @@ async fn run_cycle(cycle: &mut Cycle<'_>, vm_uuid: &str) -> Result<CycleReport, 
         interfaces: devices.nics.into_iter().map(|(plan, _)| plan).collect(),
         skipped_disks,
         health_check,
-        notes: notes.into_iter().chain(replicated.notes).collect(),
+        notes: notes
+            .into_iter()
+            .chain(replicated.notes)
+            .chain(std::mem::take(&mut cycle.transport_notes))
+            .collect(),
     };
     cycle.emit(EventKind::Done(&report));
     Ok(report)
@@ -346,6 +363,10 @@ struct Cycle<'a> {
     observer: Mutex<CycleObserver<'a>>,
     /// The VM's name label, once read.
     vm_name: String,
+    /// Each disk's transport, by userdevice (`route`).
+    routes: std::collections::BTreeMap<String, route::Route>,
+    /// Disks that fell back from NBD to the export path mid-cycle, and why.
+    transport_notes: Vec<String>,
 }
 
 /// A committed live replica and its new target snapshot.
@@ -522,6 +543,7 @@ impl Cycle<'_> {
         };
         let full_interval = self.settings.full_interval;
         let mut plan = plan_disks(&snapshot.disks, base, other_snapshots, &side, full_interval);
+        self.route_disks(&snapshot.disks, &mut plan).await?;
         let writing = self.choose_writing(&mut plan, &disks, &vms).await?;
         let raw_vm = self.on_source(self.source.vm_record_value(vm_ref).await)?;
         let live_ref = match &writing {

@@ -49,6 +49,9 @@ pub enum TransferErrorKind {
     Stall { after: Duration },
     #[error("connection: {0}")]
     Connection(String),
+    /// An NBD read of the source failed.
+    #[error(transparent)]
+    Nbd(Box<crate::nbd::NbdError>),
     #[error("the target closed the import before taking the whole stream")]
     TargetClosed,
     /// The target gave up on the import mid-way; its task says why.
