@@ -290,7 +290,10 @@ async fn the_plan_of_a_full_then_of_a_delta_and_the_dry_run_changes_nothing() {
         .iter()
         .map(|d| d["bytes_sent"].as_u64().unwrap())
         .collect();
-    eprintln!("delta: estimated {estimated:?}, sent {sent:?}");
+    eprintln!(
+        "delta: estimated {estimated:?}, sent {sent:?}; the dry run's calls {}",
+        delta.json["rpc_calls"]
+    );
     assert_eq!(
         estimated, sent,
         "the delta export's length is what a delta sends"

@@ -208,6 +208,8 @@ pub struct JobCheck {
     pub vms: Vec<VmCheck>,
     /// What does not stop the job but its owner should know.
     pub warnings: Vec<String>,
+    /// The RPC calls the check made to both hosts, logins not included.
+    pub rpc_calls: u64,
 }
 
 /// The target SR as found.
@@ -287,6 +289,20 @@ pub async fn check_job(
     target: &XapiClient,
     options: &CheckOptions<'_>,
 ) -> JobCheck {
+    let calls = || source.requests_sent() + target.requests_sent();
+    let before = calls();
+    let mut check = check_hosts(job, source, target, options).await;
+    check.rpc_calls = calls() - before;
+    tracing::debug!(calls = check.rpc_calls, "checked the job");
+    check
+}
+
+async fn check_hosts(
+    job: &Job,
+    source: &XapiClient,
+    target: &XapiClient,
+    options: &CheckOptions<'_>,
+) -> JobCheck {
     let selected = if options.vms.is_empty() {
         &job.vms
     } else {
@@ -310,6 +326,7 @@ pub async fn check_job(
                 vms: check_vms_alone(job, source, selected).await,
                 sr,
                 warnings,
+                rpc_calls: 0,
             };
         }
     };
@@ -373,6 +390,7 @@ pub async fn check_job(
         },
         vms,
         warnings,
+        rpc_calls: 0,
     }
 }
 
