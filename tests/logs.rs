@@ -274,3 +274,38 @@ async fn a_failed_cycle_says_so_on_a_timestamped_line() {
         "{lines:#?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_export_off_a_terminal_prints_timestamped_progress_in_binary_units() {
+    let source = Host::start(&[("web-01", &[8 * MIB])]).await;
+    let target = Host::start(&[]).await;
+    let vm = &source.report.vms[0];
+    source
+        .write(&vm.disks[0].vdi.reference, 0, 4 * MIB, Some(1))
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let job = write_job(dir.path(), &source, &target, &vm.ids.uuid, 2);
+    let out = dir.path().join("seed");
+    let run = vhdsync(&[
+        "seed-export",
+        "--job",
+        job.to_str().unwrap(),
+        "--vm",
+        &vm.ids.uuid,
+        "-o",
+        out.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    assert_plain(&run.stderr);
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.ends_with(" disk 0: 4.0 MiB to send")),
+        "{lines:#?}"
+    );
+    for line in lines {
+        assert!(starts_with_timestamp(line), "{line:?}");
+    }
+}

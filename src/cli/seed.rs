@@ -12,9 +12,10 @@ use super::args::{SeedArgs, SeedExportArgs, SeedImportArgs};
 use super::connect::{CommandLineHost, command_line_pair, connect_job, warn_about};
 use super::output::print_json;
 use super::replicate::load_job;
+use super::step_text::{self, Cadence, Due};
 use super::terminal_text;
 use super::transfer::runtime;
-use super::units::{human_bytes, human_rate};
+use super::units::human_bytes;
 use crate::replicate::clock::{Clock, SystemClock};
 use crate::replicate::job::Job;
 use crate::replicate::keys;
@@ -157,18 +158,30 @@ pub(super) fn lock(job: &Job, vm: &str) -> Result<VmLock, CliError> {
     )?)
 }
 
-/// One line per disk every few seconds on a terminal, nothing otherwise.
+/// One line per disk every few seconds on a terminal; otherwise timestamped lines at
+/// `replicate`'s cadence (each tenth, at least every 10 s); nothing for JSON.
 fn progress(json: bool) -> impl FnMut(&str, &Progress) + Send {
     let tty = !json && std::io::stderr().is_terminal();
     let mut last = std::time::Instant::now();
+    let mut cadences: std::collections::HashMap<String, Cadence> = Default::default();
     move |disk: &str, p: &Progress| {
-        if tty && last.elapsed().as_secs() >= 2 {
-            last = std::time::Instant::now();
-            eprintln!(
-                "vhdsync: disk {disk}: {}, {}",
-                human_bytes(p.bytes),
-                human_rate(p.rate())
-            );
+        if json {
+            return;
+        }
+        let disk_shown = terminal_text::name(disk);
+        if tty {
+            if last.elapsed().as_secs() >= 2 {
+                last = std::time::Instant::now();
+                eprintln!("vhdsync: disk {disk_shown}: {}", step_text::progress(p));
+            }
+        } else {
+            let said = match cadences.entry(disk.to_owned()).or_default().update(p) {
+                Due::Nothing => return,
+                Due::ToSend(total) => step_text::to_send(total),
+                Due::Progress => step_text::progress(p),
+            };
+            let now = step_text::timestamp(time::OffsetDateTime::now_utc());
+            eprintln!("{now} disk {disk_shown}: {said}");
         }
     }
 }
