@@ -1,8 +1,8 @@
 //! A job checked before it runs (`replicate --dry-run`, and the start of every real run):
 //! both hosts logged in to, the target SR found and able to take the replicas, every VM
 //! found and replicable, and each disk planned (full or delta, on which base) with the
-//! cycle's own planning (`run::plan_disks`). It reads and changes nothing on either host but
-//! the estimate's export tasks, which it removes.
+//! cycle's own planning (`run::plan_disks`). It changes nothing on either host but the export
+//! tasks of its estimates, which it removes.
 //!
 //! A configuration error ([`PreflightError::is_config`]) is the job's or the hosts' setup
 //! at fault: no run can succeed until someone fixes it, so a real run stops before the
@@ -22,7 +22,6 @@ use super::job::Job;
 use super::layout::TargetDisk;
 use super::plan::{DiskPlan, Identity, SnapshotDisk, SourceSnapshot, TargetSide, not_replicable};
 use super::run::{is_left_out, plan_disks};
-use crate::xapi::HostUrl;
 use crate::xapi::client::{ClientError, XapiClient};
 use crate::xapi::connect::{ConnectError, HostLogin};
 use crate::xapi::connection::TransportError;
@@ -186,17 +185,13 @@ async fn log_in(login: &HostLogin, side: Side) -> Result<XapiClient, PreflightEr
     login.connect().await.map_err(|e| match e {
         ConnectError::Tls(source) => PreflightError::Untrusted {
             side,
-            url: trust_url(&login.url),
+            // As `vhdsync trust` takes it: without the credentials.
+            url: login.url.to_string(),
             source,
         },
         ConnectError::Authentication { source, .. } => PreflightError::Refused { side, source },
         source => PreflightError::Connect { side, source },
     })
-}
-
-/// The host's URL as `vhdsync trust` takes it: without the credentials.
-fn trust_url(url: &HostUrl) -> String {
-    url.to_string()
 }
 
 /// What a job would do now, and what stops it.
@@ -661,6 +656,33 @@ mod tests {
         assert_eq!(mode_of(&[disk("full"), disk("full")]), "full");
         assert_eq!(mode_of(&[disk("delta")]), "delta");
         assert_eq!(mode_of(&[disk("delta"), disk("full")]), "mixed");
+    }
+
+    #[test]
+    fn no_password_and_an_empty_one_are_missing_before_any_login() {
+        let url = crate::xapi::HostUrl::parse("https://root@t").unwrap();
+        let mut login = HostLogin::new(url, crate::xapi::tls::Trust::Insecure);
+        login.password_env = Some("VHDSYNC_TEST_PREFLIGHT_UNSET".into());
+        let error = check_password(&login, Side::Target).unwrap_err();
+        assert!(
+            matches!(&error, PreflightError::MissingPassword { empty_file: None, env, .. } if env == "VHDSYNC_TEST_PREFLIGHT_UNSET"),
+            "{error}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "\n").unwrap();
+        login.password_file = Some(file.clone());
+        let error = check_password(&login, Side::Target).unwrap_err();
+        assert!(error.to_string().contains("is empty"), "{error}");
+        std::fs::write(&file, "secret\n").unwrap();
+        assert!(check_password(&login, Side::Target).is_ok());
+        login.password_file = Some(dir.path().join("absent"));
+        let error = check_password(&login, Side::Target).unwrap_err();
+        assert!(matches!(error, PreflightError::Connect { .. }), "{error}");
+        assert!(
+            error.is_config(),
+            "an unreadable password file is the job's to fix"
+        );
     }
 
     #[test]
