@@ -81,6 +81,10 @@ async fn a_bad_sr_exits_2_before_any_snapshot_in_a_dry_run_and_a_real_one() {
     set_key(&job, "target_sr", &format!("\"{wrong_sr}\""));
     let before = (state(&source).await, state(&target).await);
 
+    let text = run(&["replicate", "--dry-run", "--job", job.to_str().unwrap()]).await;
+    assert_eq!(text.code, 2, "{} {}", text.stdout, text.stderr);
+    let said = format!("target_sr {wrong_sr}: no such SR on the target host");
+    assert!(text.stdout.contains(&said), "{}", text.stdout);
     let dry = dry_run(&job).await;
     assert_eq!(dry.code, 2, "{} {}", dry.stdout, dry.stderr);
     assert!(

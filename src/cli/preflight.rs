@@ -41,7 +41,7 @@ pub fn print_plan(job: &Job, check: &JobCheck, json: bool) -> Result<u8, CliErro
         .map(terminal_text::name)
         .unwrap_or_default();
     match (&sr.error, sr.free) {
-        (Some(_), _) => println!("target SR {}: not usable (below)", sr.uuid),
+        (Some(e), _) => println!("{}", terminal_text::message(&e.to_string())),
         (None, Some(free)) => println!(
             "target SR {} ({name}): {} free; the disks sent whole need {}, a full of all {}",
             sr.uuid,
@@ -58,7 +58,7 @@ pub fn print_plan(job: &Job, check: &JobCheck, json: bool) -> Result<u8, CliErro
             .map(terminal_text::name)
             .unwrap_or_default();
         match (&vm.error, vm.mode) {
-            (Some(_), _) => println!("VM {} {name}: cannot be replicated (below)", vm.vm),
+            (Some(e), _) => println!("{}", terminal_text::message(&e.to_string())),
             (None, None) => println!("VM {} ({name}): found; not planned", vm.vm),
             (None, Some(mode)) => {
                 let base = vm
@@ -86,8 +86,8 @@ pub fn print_plan(job: &Job, check: &JobCheck, json: bool) -> Result<u8, CliErro
             println!("  note: {}", terminal_text::message(note));
         }
     }
+    // The errors are in the plan, where they apply; the warnings go with the others.
     warn(check);
-    say_errors(check.errors());
     println!("dry run: nothing was changed");
     Ok(exit_code(check))
 }

@@ -588,13 +588,12 @@ impl Planner<'_> {
                 export.close().await;
                 (
                     Some(length),
-                    "the stream length the export announces now (its BAT's allocated blocks)"
-                        .to_owned(),
+                    "the export's length now, from its BAT's allocated blocks".to_owned(),
                 )
             }
             Err(e) => (
                 Some(disk.virtual_size),
-                format!("at most the virtual size (the export could not be opened: {e})"),
+                format!("at most the virtual size; the export could not be opened: {e}"),
             ),
         };
         self.remove_tasks(&label).await;
