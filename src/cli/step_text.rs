@@ -68,9 +68,14 @@ pub fn describe(event: &CycleEvent<'_>) -> Option<String> {
             format_size(virtual_size)
         ),
         EventKind::DiskDone { disk, report } => format!(
-            "{}: {} done, {} sent",
+            "{}: {} done{}, {} sent",
             disk_label(&disk),
             report.mode,
+            // The export path is the default; NBD is worth saying.
+            match report.transport {
+                "stream" => String::new(),
+                other => format!(" over {}", other.to_uppercase()),
+            },
             format_size(report.bytes_sent)
         ),
         EventKind::Committed {
@@ -171,6 +176,11 @@ impl Cadence {
     pub const EVERY: Duration = Duration::from_secs(10);
 
     pub fn update(&mut self, p: &Progress) -> Due {
+        // The transfer started over (NBD falling back to the export path): so does its
+        // cadence, its length included.
+        if p.elapsed < self.last_at {
+            *self = Cadence::default();
+        }
         if let Some(total) = p.total
             && !self.total_said
         {
@@ -262,6 +272,18 @@ mod tests {
         assert_eq!(
             describe(&done).unwrap(),
             "disk 0 \"web-01 root\": delta done, 12.0 MiB sent"
+        );
+        let over_nbd = DiskReport {
+            transport: "nbd",
+            ..report.clone()
+        };
+        let done = event(EventKind::DiskDone {
+            disk: ROOT,
+            report: &over_nbd,
+        });
+        assert_eq!(
+            describe(&done).unwrap(),
+            "disk 0 \"web-01 root\": delta done over NBD, 12.0 MiB sent"
         );
         let none: [String; 0] = [];
         let one = ["old".to_owned()];
@@ -387,5 +409,8 @@ mod tests {
         assert_eq!(cadence.update(&at(495, Some(total), 23)), Due::Progress);
         // The end is the done line's.
         assert_eq!(cadence.update(&at(1000, Some(total), 25)), Due::Nothing);
+        // A transfer that starts over (its clock back at 0) is told afresh.
+        assert_eq!(cadence.update(&at(0, Some(2000), 0)), Due::ToSend(2000));
+        assert_eq!(cadence.update(&at(200, Some(2000), 1)), Due::Progress);
     }
 }
