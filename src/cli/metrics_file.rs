@@ -59,7 +59,7 @@ pub fn write(
     match target {
         TargetView::Listed(vms) => {
             metrics.target_up(true);
-            for vm in &job.vms {
+            for vm in &crate::replicate::selection::vms_on_target(job, vms) {
                 let id = Identity {
                     job_id: job.job_id.clone(),
                     schedule_id: job.schedule_id.clone(),

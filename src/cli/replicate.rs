@@ -27,7 +27,10 @@ use crate::replicate::lease::LeaseError;
 use crate::replicate::metrics::RunOutcome;
 use crate::replicate::preflight::{CheckOptions, check_job};
 use crate::replicate::run::HealthOutcome;
+use crate::replicate::selection::{Selection, select};
 use crate::replicate::runner::{RunOptions, VmOutcome, run_job};
+use crate::xapi::client::XapiClient;
+use crate::xapi::records::VmRecord;
 use crate::xapi::transfer::{Throttle, TransferOptions};
 
 pub(super) fn load_job(path: &std::path::Path) -> Result<Job, CliError> {
@@ -36,7 +39,8 @@ pub(super) fn load_job(path: &std::path::Path) -> Result<Job, CliError> {
 
 pub fn replicate(args: &ReplicateArgs) -> Result<ExitCode, CliError> {
     let job = load_job(&args.job)?;
-    for vm in &args.vms {
+    // A job with tags may select any VM of the source; that is checked once resolved.
+    for vm in args.vms.iter().filter(|_| job.vm_tags.is_empty()) {
         if !job.vms.iter().any(|v| v.eq_ignore_ascii_case(vm)) {
             return Err(CliError::Input(format!(
                 "--vm {vm}: not a VM of job {:?}",
@@ -44,7 +48,8 @@ pub fn replicate(args: &ReplicateArgs) -> Result<ExitCode, CliError> {
             )));
         }
     }
-    let vms: Vec<String> = args.vms.iter().map(|v| v.to_lowercase()).collect();
+    let requested: Vec<String> = args.vms.iter().map(|v| v.to_lowercase()).collect();
+    let vms = requested.clone();
     let transfer = TransferOptions {
         // The floor of one second keeps `--stall-timeout 0` from aborting every transfer.
         stall_timeout: args.stall_timeout.max(Duration::from_secs(1)),
@@ -98,6 +103,14 @@ pub fn replicate(args: &ReplicateArgs) -> Result<ExitCode, CliError> {
             return Ok(ExitCode::from(code));
         }
         let (source, target) = (Arc::new(source), Arc::new(target));
+        let (selection, vms) = match resolve(&job, &source, &requested).await {
+            Ok(resolved) => resolved,
+            Err(e) => {
+                let _ = source.logout().await;
+                let _ = target.logout().await;
+                return Err(e);
+            }
+        };
         let cancel = cancel_on_signal();
         let options = RunOptions {
             transfer,
@@ -116,7 +129,7 @@ pub fn replicate(args: &ReplicateArgs) -> Result<ExitCode, CliError> {
         let _ = source.logout().await;
         let _ = target.logout().await;
         let times = (started, SystemClock.unix());
-        let mut code = report(&job, &outcomes, rpc_calls, args.json, times)?;
+        let mut code = report(&job, &selection, &outcomes, rpc_calls, args.json, times)?;
         let ran: Vec<RunOutcome<'_>> = outcomes.iter().filter_map(run_outcome).collect();
         let view = match &target_vms {
             Some(Ok(listed)) => TargetView::Listed(listed),
@@ -127,6 +140,36 @@ pub fn replicate(args: &ReplicateArgs) -> Result<ExitCode, CliError> {
         }
         Ok(ExitCode::from(code))
     })
+}
+
+/// The VMs to run: those `requested` with `--vm` (each one the job selects), else all the
+/// job selects. A job with tags reads the source's VMs to resolve them.
+async fn resolve(
+    job: &Job,
+    source: &XapiClient,
+    requested: &[String],
+) -> Result<(Selection, Vec<String>), CliError> {
+    let selection = if job.vm_tags.is_empty() {
+        Selection {
+            vms: job.vms.clone(),
+            ..Selection::default()
+        }
+    } else {
+        let records = source.get_all_records::<VmRecord>().await?;
+        select(job, &records).map_err(|e| CliError::Failed(e.to_string()))?
+    };
+    if let Some(vm) = requested.iter().find(|vm| !selection.vms.contains(vm)) {
+        return Err(CliError::Input(format!(
+            "--vm {vm}: not a VM of job {:?} (neither listed nor carrying one of its tags)",
+            job.name
+        )));
+    }
+    let vms = if requested.is_empty() {
+        selection.vms.clone()
+    } else {
+        requested.to_vec()
+    };
+    Ok((selection, vms))
 }
 
 /// A VM's run as the metrics count it; a VM another run held was not run.
@@ -203,6 +246,7 @@ fn cancel_on_signal() -> CancellationToken {
 /// Print the run's report; its exit code. `times` are the run's start and end.
 fn report(
     job: &Job,
+    selection: &Selection,
     outcomes: &[(String, VmOutcome)],
     rpc_calls: u64,
     json: bool,
@@ -235,11 +279,27 @@ fn report(
                 ),
             })
             .collect();
-        print_json(&json!({"job": job.name, "job_id": job.job_id,
-                           "started_at": keys::rfc3339(started),
-                           "finished_at": keys::rfc3339(finished),
-                           "rpc_calls": rpc_calls, "vms": vms}))?;
+        let mut doc = json!({"job": job.name, "job_id": job.job_id,
+                             "started_at": keys::rfc3339(started),
+                             "finished_at": keys::rfc3339(finished),
+                             "rpc_calls": rpc_calls, "vms": vms});
+        if !job.vm_tags.is_empty() {
+            doc["tags"] = json!(selection.tags);
+            doc["warnings"] = json!(selection.warnings);
+        }
+        print_json(&doc)?;
     } else {
+        for tag in &selection.tags {
+            eprintln!(
+                "vhdsync: tag:{} selects {} VM(s): {}",
+                terminal_text::name(&tag.tag),
+                tag.vms.len(),
+                tag.vms.join(", ")
+            );
+        }
+        for warning in &selection.warnings {
+            eprintln!("vhdsync: warning: {}", terminal_text::message(warning));
+        }
         for (vm, outcome) in outcomes {
             match outcome {
                 VmOutcome::Replicated(r) => {

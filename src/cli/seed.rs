@@ -122,9 +122,12 @@ pub fn seed(args: &SeedArgs) -> Result<ExitCode, CliError> {
     })
 }
 
-/// The identity of `vm`'s replicas under `job`; `vm` must be one of the job's VMs.
+/// The identity of `vm`'s replicas under `job`; `vm` must be one of the job's VMs: listed,
+/// or any UUID for a job with tags.
 pub(super) fn job_identity(job: &Job, vm: &str) -> Result<Identity, CliError> {
-    if !job.vms.iter().any(|v| v.eq_ignore_ascii_case(vm)) {
+    let listed = job.vms.iter().any(|v| v.eq_ignore_ascii_case(vm));
+    // A job with tags may have selected any VM of the source; only a UUID can be one.
+    if !listed && (job.vm_tags.is_empty() || uuid::Uuid::try_parse(vm).is_err()) {
         return Err(CliError::Input(format!(
             "--vm {vm}: not a VM of job {:?}",
             job.name

@@ -29,6 +29,7 @@ use crate::replicate::keys;
 use crate::replicate::metrics::Metrics;
 use crate::replicate::monitor::{Finding, State, Thresholds, VmStatus, state_of, vm_status};
 use crate::replicate::plan::TargetVm;
+use crate::replicate::selection::vms_on_target;
 
 pub fn status(args: &StatusArgs) -> Result<ExitCode, CliError> {
     let format = if args.json {
@@ -108,7 +109,7 @@ fn target_vms(job: &Job) -> Result<Vec<TargetVm>, CliError> {
 }
 
 fn assess<'a>(job: &Job, vms: &'a [TargetVm], now: i64, t: Thresholds) -> Vec<Assessed<'a>> {
-    job.vms
+    vms_on_target(job, vms)
         .iter()
         .filter_map(|vm| job_identity(job, vm).ok())
         .map(|id| {

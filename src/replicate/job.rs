@@ -72,8 +72,12 @@ pub struct Job {
     pub source: HostSpec,
     pub target: HostSpec,
     pub target_sr: String,
-    /// Non-empty, without duplicates, in the file's order.
+    /// The VM UUIDs listed, without duplicates, in the file's order; empty when the job
+    /// selects by tag only.
     pub vms: Vec<String>,
+    /// `tag:NAME` entries: every source VM carrying one of these tags, resolved at each run
+    /// (`replicate::selection`). Without duplicates, in the file's order.
+    pub vm_tags: Vec<String>,
     /// Replicas kept on the target, at least 1.
     pub retention: u32,
     pub job_id: String,
@@ -227,7 +231,7 @@ impl Job {
         let source = host(&top, &tls, "source")?;
         let target = host(&top, &tls, "target")?;
         let target_sr = top.require("target_sr")?.uuid()?;
-        let vms = vms(top.require("vms")?)?;
+        let (vms, vm_tags) = vms(top.require("vms")?)?;
         let retention = top.require("retention")?.count(1)?;
         let job_id = match top.get("job_id") {
             Some(entry) => entry.uuid()?,
@@ -292,6 +296,7 @@ impl Job {
             target,
             target_sr,
             vms,
+            vm_tags,
             retention,
             job_id,
             schedule_id,
@@ -414,29 +419,52 @@ fn host(top: &Table<'_>, tls: &Table<'_>, side: &'static str) -> Result<HostSpec
     })
 }
 
-fn vms(entry: Entry<'_>) -> Result<Vec<String>, JobError> {
-    let items = entry.array("VM UUIDs")?;
+/// The prefix of a `vms` entry that selects the source's VMs carrying a tag.
+pub const TAG_PREFIX: &str = "tag:";
+/// The longest tag a job may name; XAPI sets no limit, but a tag is a short label.
+const MAX_TAG_CHARS: usize = 256;
+
+/// `vms`: VM UUIDs and `tag:NAME` entries, each once.
+fn vms(entry: Entry<'_>) -> Result<(Vec<String>, Vec<String>), JobError> {
+    let items = entry.array("VM UUIDs or tag:NAME")?;
     if items.is_empty() {
-        return Err(entry.error("must list at least one VM UUID"));
+        return Err(entry.error("must list at least one VM UUID or tag:NAME"));
     }
     let mut vms: Vec<(String, usize)> = Vec::with_capacity(items.len());
+    let mut tags: Vec<(String, usize)> = Vec::new();
     for item in items.iter() {
-        let uuid = Entry {
+        let item_entry = Entry {
             value: item,
             ..entry
-        }
-        .uuid()?;
+        };
         let line = entry.doc.line(item.span());
-        if let Some((_, first)) = vms.iter().find(|(vm, _)| *vm == uuid) {
-            return Err(entry.doc.error(
-                Some(item.span()),
-                "vms",
-                format!("VM {uuid} is listed twice (first on line {first})"),
-            ));
+        let at = |message: String| entry.doc.error(Some(item.span()), "vms", message);
+        let (list, name, is_tag) = match item_entry.str()?.strip_prefix(TAG_PREFIX) {
+            Some(tag) => {
+                if tag.is_empty() {
+                    return Err(at("tag: needs a tag name, e.g. tag:nightly".into()));
+                }
+                if tag.chars().any(char::is_control) || tag.chars().count() > MAX_TAG_CHARS {
+                    return Err(at(format!(
+                        "a tag name must have at most {MAX_TAG_CHARS} characters and no control characters"
+                    )));
+                }
+                (&mut tags, tag.to_owned(), true)
+            }
+            None => (&mut vms, item_entry.uuid()?, false),
+        };
+        if let Some((_, first)) = list.iter().find(|(seen, _)| *seen == name) {
+            let what = if is_tag {
+                format!("tag {name:?}")
+            } else {
+                format!("VM {name}")
+            };
+            return Err(at(format!("{what} is listed twice (first on line {first})")));
         }
-        vms.push((uuid, line));
+        list.push((name, line));
     }
-    Ok(vms.into_iter().map(|(vm, _)| vm).collect())
+    let names = |list: Vec<(String, usize)>| list.into_iter().map(|(name, _)| name).collect();
+    Ok((names(vms), names(tags)))
 }
 
 /// A duration such as "90s", "10m" or "1h".

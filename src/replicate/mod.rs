@@ -30,6 +30,7 @@ pub mod preflight;
 pub(crate) mod replica;
 pub mod run;
 pub mod runner;
+pub mod selection;
 pub mod seed;
 pub mod seed_file;
 pub mod seed_offline;

@@ -359,3 +359,28 @@ fn transport_keys_default_parse_and_refuse_what_cannot_work() {
         assert!(e.line >= 7 && e.to_string().contains(says), "{extra}: {e}");
     }
 }
+
+#[test]
+fn vms_may_select_by_tag() {
+    let with = |vms: &str| minimal("").replace(&format!("vms = [\"{VM1}\"]"), vms);
+    let job = parse(&with(&format!(
+        "vms = [\"tag:prod\", \"{VM1}\", \"tag:Nightly backup\"]"
+    )))
+    .unwrap();
+    assert_eq!(job.vms, [VM1]);
+    assert_eq!(job.vm_tags, ["prod", "Nightly backup"]);
+    let tags_only = parse(&with("vms = [\"tag:prod\"]")).unwrap();
+    assert!(tags_only.vms.is_empty());
+    for (vms, message) in [
+        ("vms = [\"tag:\"]", "tag: needs a tag name"),
+        ("vms = [\"tag:a\\u001b[2J\"]", "no control characters"),
+        ("vms = [\"tag:a\", \"tag:a\"]", "tag \"a\" is listed twice"),
+        ("vms = [\"prod\"]", "expected a UUID"),
+    ] {
+        let e = error(&with(vms));
+        assert_eq!((e.line, e.key.as_str()), (5, "vms"), "{vms}: {e}");
+        assert!(e.message.contains(message), "{vms}: {e}");
+    }
+    let long = format!("vms = [\"tag:{}\"]", "x".repeat(257));
+    assert!(error(&with(&long)).message.contains("at most 256"));
+}
