@@ -15,21 +15,29 @@ use super::terminal_text;
 use super::transfer::runtime;
 use crate::replicate::clock::SystemClock;
 use crate::replicate::health::health_check as run_check;
+use crate::replicate::inventory::list_target_vms;
+use crate::replicate::selection::vms_on_target;
 
 pub fn health_check(args: &HealthCheckArgs) -> Result<ExitCode, CliError> {
     let job = load_job(&args.job)?;
-    let vms = if args.vm.is_empty() {
-        job.vms.clone()
-    } else {
-        args.vm.clone()
-    };
     let mut ids = Vec::new();
-    for vm in &vms {
+    for vm in &args.vm {
         ids.push(job_identity(&job, vm)?);
     }
     let timeout = args.timeout.unwrap_or(job.health_check_timeout);
     runtime()?.block_on(async {
         let target = connect_job_target(&job).await?;
+        if args.vm.is_empty() {
+            // A job with tags: the VMs it has restore points of.
+            let listed = if job.vm_tags.is_empty() {
+                Vec::new()
+            } else {
+                list_target_vms(&target).await?
+            };
+            for vm in vms_on_target(&job, &listed) {
+                ids.push(job_identity(&job, &vm)?);
+            }
+        }
         let mut reports = Vec::new();
         let mut failed = false;
         for id in &ids {

@@ -459,7 +459,9 @@ fn vms(entry: Entry<'_>) -> Result<(Vec<String>, Vec<String>), JobError> {
             } else {
                 format!("VM {name}")
             };
-            return Err(at(format!("{what} is listed twice (first on line {first})")));
+            return Err(at(format!(
+                "{what} is listed twice (first on line {first})"
+            )));
         }
         list.push((name, line));
     }

@@ -80,9 +80,9 @@ pub fn select(job: &Job, records: &[(String, VmRecord)]) -> Result<Selection, No
         matched.sort_unstable();
         matched.dedup();
         if matched.is_empty() {
-            selection.warnings.push(format!(
-                "{TAG_PREFIX}{tag} matches no VM on the source"
-            ));
+            selection
+                .warnings
+                .push(format!("{TAG_PREFIX}{tag} matches no VM on the source"));
         }
         for vm in &matched {
             if chosen.insert(vm.clone()) {

@@ -38,11 +38,14 @@ fn listed_uuids_then_each_tags_vms_each_once() {
         vm(3, &["prod", "db"]),
         vm(1, &["prod"]),
         vm(2, &["Prod", "other"]),
-        (LISTED_REF.into(), VmRecord {
-            uuid: LISTED.into(),
-            tags: vec!["prod".into()],
-            ..VmRecord::default()
-        }),
+        (
+            LISTED_REF.into(),
+            VmRecord {
+                uuid: LISTED.into(),
+                tags: vec!["prod".into()],
+                ..VmRecord::default()
+            },
+        ),
     ];
     let selection = select(&job, &records).unwrap();
     assert_eq!(selection.vms, [LISTED.to_owned(), uuid(1), uuid(3)]);
@@ -104,7 +107,16 @@ fn templates_snapshots_dom0_and_this_jobs_replicas_are_never_selected() {
         (keys::VM.to_owned(), uuid(1)),
     ]
     .into();
-    records.extend([template, snapshot, dom0, classic, live, live_snapshot, others, own_snapshot]);
+    records.extend([
+        template,
+        snapshot,
+        dom0,
+        classic,
+        live,
+        live_snapshot,
+        others,
+        own_snapshot,
+    ]);
     let selection = select(&job, &records).unwrap();
     assert_eq!(selection.vms, [uuid(1), uuid(8)]);
 }
