@@ -82,6 +82,15 @@ pub fn replicate(args: &ReplicateArgs) -> Result<ExitCode, CliError> {
                 return Err(e);
             }
         };
+        // A job's tags select among the source's VMs as they are now.
+        let (selection, vms) = match resolve(&job, &source, &requested).await {
+            Ok(resolved) => resolved,
+            Err(e) => {
+                let _ = source.logout().await;
+                let _ = target.logout().await;
+                return Err(e);
+            }
+        };
         // The same checks for a dry run and a real one, before any snapshot.
         let check = CheckOptions {
             vms: &vms,
@@ -103,14 +112,6 @@ pub fn replicate(args: &ReplicateArgs) -> Result<ExitCode, CliError> {
             return Ok(ExitCode::from(code));
         }
         let (source, target) = (Arc::new(source), Arc::new(target));
-        let (selection, vms) = match resolve(&job, &source, &requested).await {
-            Ok(resolved) => resolved,
-            Err(e) => {
-                let _ = source.logout().await;
-                let _ = target.logout().await;
-                return Err(e);
-            }
-        };
         let cancel = cancel_on_signal();
         let options = RunOptions {
             transfer,
