@@ -27,8 +27,8 @@ pub struct DiskLabel<'a> {
 #[derive(Debug, Clone, Copy)]
 #[non_exhaustive]
 pub enum EventKind<'a> {
-    /// The cycle started this step. Every step but [`Phase::SourceVm`] is announced; the
-    /// transfer's are [`EventKind::DiskStarted`].
+    /// The cycle started this step: every step but [`Phase::SourceVm`] (the first) is
+    /// announced. [`Phase::Transfer`] is followed by each disk's own events.
     Step(Phase),
     /// The source snapshot exists; `base` is the earlier snapshot the deltas are against,
     /// when the cycle found one.
