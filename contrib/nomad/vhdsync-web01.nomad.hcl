@@ -8,7 +8,8 @@
 # state directory may be the task's own, lost with it.
 #
 # The passwords come from the Nomad variable nomad/jobs/vhdsync-web01 (keys source_pw and
-# target_pw), written as files readable by the task's user only.
+# target_pw), written as files readable by the image's user (65532) only (template uid and
+# gid need Nomad 1.4 or later).
 #   nomad var put nomad/jobs/vhdsync-web01 source_pw=… target_pw=…
 #   nomad job run vhdsync-web01.nomad.hcl
 job "vhdsync-web01" {
@@ -47,11 +48,15 @@ job "vhdsync-web01" {
       template {
         destination = "secrets/source.pw"
         perms       = "600"
+        uid         = 65532 # the image's user
+        gid         = 65532
         data        = "{{ with nomadVar \"nomad/jobs/vhdsync-web01\" }}{{ .source_pw }}{{ end }}"
       }
       template {
         destination = "secrets/target.pw"
         perms       = "600"
+        uid         = 65532 # the image's user
+        gid         = 65532
         data        = "{{ with nomadVar \"nomad/jobs/vhdsync-web01\" }}{{ .target_pw }}{{ end }}"
       }
       template {
