@@ -145,32 +145,8 @@ async fn a_killed_runners_lease_is_taken_over_once_it_expires() {
     let one = machine(root.path(), "one", &source, &target, &vm);
     let two = machine(root.path(), "two", &source, &target, &vm);
 
-    let mut killed = tokio::process::Command::new(BIN)
-        .args(["replicate", "--json", "--job"])
-        .arg(&one)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    // Until it holds the lease and its transfer is under way.
     let job_id = vhdsync::replicate::job::Job::load(&one).unwrap().job_id;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !matches!(lease_on(&source, &job_id).await.state, LeaseState::Record(ref r) if !r.released)
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the run never took the lease"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert!(
-        killed.try_wait().unwrap().is_none(),
-        "still running when killed"
-    );
-    killed.start_kill().unwrap(); // SIGKILL: no release.
-    killed.wait().await.unwrap();
+    kill_while_holding_the_lease(&one, &source, &job_id).await;
 
     let blocked = replicate(&two).await;
     assert_eq!(blocked.code, 3, "{} {}", blocked.stdout, blocked.stderr);
@@ -190,6 +166,52 @@ async fn a_killed_runners_lease_is_taken_over_once_it_expires() {
     );
     check_replica_matches(&source, &target, &taken_over.json["vms"][0]["report"]).await;
     assert!(released(&lease_on(&source, &job_id).await));
+}
+
+/// The killed run's own machine and state directory need not wait: holding their local lock
+/// proves the run that holds the lease there is dead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_runners_own_state_dir_takes_its_lease_over_at_once() {
+    let (source, vm) = slow_source().await;
+    let target = Host::start(&[]).await;
+    let root = tempfile::tempdir().unwrap();
+    let one = machine(root.path(), "one", &source, &target, &vm);
+    let job_id = vhdsync::replicate::job::Job::load(&one).unwrap().job_id;
+    kill_while_holding_the_lease(&one, &source, &job_id).await;
+    let again = replicate(&one).await;
+    assert_eq!(again.code, 0, "{} {}", again.stdout, again.stderr);
+    check_replica_matches(&source, &target, &again.json["vms"][0]["report"]).await;
+    assert!(released(&lease_on(&source, &job_id).await));
+}
+
+/// Start a run of `job` and SIGKILL it once it holds the lease and its transfer is under way:
+/// it releases nothing.
+async fn kill_while_holding_the_lease(job: &std::path::Path, source: &Host, job_id: &str) {
+    let mut killed = tokio::process::Command::new(BIN)
+        .args(["replicate", "--json", "--job"])
+        .arg(job)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // Until it holds the lease and its transfer is under way.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !matches!(lease_on(source, job_id).await.state, LeaseState::Record(ref r) if !r.released)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the run never took the lease"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        killed.try_wait().unwrap().is_none(),
+        "still running when killed"
+    );
+    killed.start_kill().unwrap(); // SIGKILL: no release.
+    killed.wait().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -28,7 +28,10 @@
 //! is renewed every third of its time to live while the cycle runs; a renewal that finds
 //! the lease taken over stops the cycle, and so does failing to renew it for five sixths of
 //! its time to live (another runner may take it over at its expiry). A killed runner's
-//! lease is taken over once it expires.
+//! lease is taken over once it expires, or at once by the next run on the same machine and
+//! state directory (its *site*): a run takes the lease only while it holds the local lock
+//! of that state directory, which the kernel released when the killed run died, so a lease
+//! of its own site can only be a dead run's.
 //!
 //! # Hostile values
 //!
@@ -37,6 +40,7 @@
 //! newest key that is not a lease stops the run with an error naming the key rather than
 //! being taken over: an unknown format may be a newer vhdsync's lease.
 
+use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -62,6 +66,8 @@ pub const MAX_VALUE_BYTES: usize = 1024;
 const MAX_HOLDER_CHARS: usize = 200;
 /// The longest run id accepted (ours are 36-character UUIDs).
 const MAX_RUN_CHARS: usize = 64;
+/// The longest site accepted (ours are a host name and two numbers).
+const MAX_SITE_CHARS: usize = 300;
 /// Old generations removed per change, so a map stuffed with keys cannot make a run issue
 /// thousands of calls; the rest go at the next change.
 const MAX_TIDIED: usize = 16;
@@ -94,6 +100,9 @@ pub struct LeaseRecord {
     pub run: String,
     /// Who holds it, for people: pid, machine and state directory.
     pub holder: String,
+    /// The machine and state directory whose local lock the holder held (see [`Holder`]);
+    /// empty in leases that do not say.
+    pub site: String,
     /// Unix seconds on the source host's clock.
     pub expires: i64,
     pub released: bool,
@@ -104,6 +113,8 @@ pub struct LeaseRecord {
 struct Wire {
     run: String,
     holder: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    site: String,
     /// RFC 3339, UTC.
     expires: String,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -115,6 +126,7 @@ impl LeaseRecord {
         let wire = Wire {
             run: self.run.clone(),
             holder: self.holder.clone(),
+            site: self.site.clone(),
             expires: keys::rfc3339(self.expires),
             released: self.released,
         };
@@ -137,20 +149,25 @@ impl LeaseRecord {
         {
             return Err("its run id is empty, too long or has control characters".into());
         }
+        if wire.site.chars().count() > MAX_SITE_CHARS || wire.site.chars().any(char::is_control) {
+            return Err("its site is too long or has control characters".into());
+        }
         let expires = OffsetDateTime::parse(&wire.expires, &Rfc3339)
             .map_err(|_| format!("expires {:?} is not an RFC 3339 time", shown(&wire.expires)))?
             .unix_timestamp();
         Ok(LeaseRecord {
             run: wire.run,
             holder: shown(&wire.holder),
+            site: wire.site,
             expires,
             released: wire.released,
         })
     }
 
-    /// Free to take at `now` (the source host's time).
-    fn is_free_at(&self, now: i64) -> bool {
-        self.released || self.expires <= now
+    /// Free to take at `now` (the source host's time) by a run of `site` that holds that
+    /// site's local lock.
+    fn is_free_for(&self, site: &str, now: i64) -> bool {
+        self.released || self.expires <= now || (!self.site.is_empty() && self.site == site)
     }
 }
 
@@ -221,14 +238,15 @@ pub enum Decision {
     Refuse(String),
 }
 
-pub fn decide(snapshot: &Snapshot, now: i64) -> Decision {
+/// `site` is the deciding run's (see [`Holder::site`]); it must hold that site's local lock.
+pub fn decide(snapshot: &Snapshot, site: &str, now: i64) -> Decision {
     let next = || match snapshot.generation.checked_add(1) {
         Some(next) => Decision::Take(next),
         None => Decision::Refuse("its generation is at its limit".into()),
     };
     match &snapshot.state {
         LeaseState::None => next(),
-        LeaseState::Record(record) if record.is_free_at(now) => next(),
+        LeaseState::Record(record) if record.is_free_for(site, now) => next(),
         LeaseState::Record(record) => Decision::HeldBy(record.clone()),
         LeaseState::Malformed(why) => Decision::Refuse(why.clone()),
     }
@@ -280,21 +298,36 @@ impl LeaseError {
 pub struct Holder {
     pub run: String,
     pub holder: String,
+    /// The machine and state directory: the host name and the directory's device and
+    /// inode numbers, so that two containers sharing a host name and a path but not the
+    /// directory are two sites.
+    pub site: String,
 }
 
 impl Holder {
     /// This process, with a fresh run id: `pid 42 on backup-7f9c, state dir /var/lib/vhdsync`.
     pub fn this_process(state_dir: &std::path::Path) -> Holder {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| format!(" on {}", h.trim()))
+        let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
             .unwrap_or_default();
+        let on = if hostname.is_empty() {
+            String::new()
+        } else {
+            format!(" on {hostname}")
+        };
+        let site = match std::fs::metadata(state_dir) {
+            Ok(meta) => shown(&format!("{hostname} {}:{}", meta.dev(), meta.ino())),
+            // No directory to name: no site, so no takeover before expiry.
+            Err(_) => String::new(),
+        };
         Holder {
             run: uuid::Uuid::new_v4().to_string(),
             holder: shown(&format!(
-                "pid {}{host}, state dir {}",
+                "pid {}{on}, state dir {}",
                 std::process::id(),
                 state_dir.display()
             )),
+            site,
         }
     }
 }
@@ -314,6 +347,8 @@ pub struct Lease {
 
 impl Lease {
     /// Takes `job_id`'s lease on source VM `vm` (a UUID) for `ttl`, or says who holds it.
+    /// The caller holds the local lock of `me`'s state directory for this job and VM: that is
+    /// what makes a lease of `me`'s own site a dead run's, free to take at once.
     pub async fn take(
         source: &XapiClient,
         job_id: &str,
@@ -336,6 +371,7 @@ impl Lease {
             record: LeaseRecord {
                 run: me.run.clone(),
                 holder: me.holder.clone(),
+                site: me.site.clone(),
                 expires: 0,
                 released: false,
             },
@@ -344,7 +380,7 @@ impl Lease {
         for _ in 0..MAX_ATTEMPTS {
             let now = lease.server_time(source).await?;
             let before = lease.read(source).await?;
-            let generation = match decide(&before, now) {
+            let generation = match decide(&before, &me.site, now) {
                 Decision::Take(generation) => generation,
                 Decision::HeldBy(record) => return Err(lease.held(record)),
                 Decision::Refuse(why) => return Err(lease.malformed(before.generation, why)),

@@ -6,6 +6,7 @@ fn record(run: &str, expires: i64, released: bool) -> LeaseRecord {
     LeaseRecord {
         run: run.into(),
         holder: format!("pid 1 on {run}"),
+        site: format!("site-of-{run}"),
         expires,
         released,
     }
@@ -84,7 +85,7 @@ fn hostile_values_are_refused_or_made_fit_to_show() {
 fn the_newest_generation_decides_and_older_ones_are_tidied() {
     let none = read(&map(&[("xo:backup:job".into(), JOB.into())]), JOB);
     assert_eq!(none.state, LeaseState::None);
-    assert_eq!(decide(&none, 100), Decision::Take(1));
+    assert_eq!(decide(&none, "elsewhere", 100), Decision::Take(1));
 
     let held = record("a", 200, false);
     let snapshot = read(
@@ -98,15 +99,39 @@ fn the_newest_generation_decides_and_older_ones_are_tidied() {
     );
     assert_eq!(snapshot.generation, 10);
     assert_eq!(snapshot.older, [key(JOB, 8), key(JOB, 9)]);
-    assert_eq!(decide(&snapshot, 199), Decision::HeldBy(held.clone()));
+    assert_eq!(
+        decide(&snapshot, "elsewhere", 199),
+        Decision::HeldBy(held.clone())
+    );
     // Expired at its expiry, on the host's clock.
-    assert_eq!(decide(&snapshot, 200), Decision::Take(11));
+    assert_eq!(decide(&snapshot, "elsewhere", 200), Decision::Take(11));
 
     let released = read(
         &map(&[(key(JOB, 3), record("a", 900, true).to_value())]),
         JOB,
     );
-    assert_eq!(decide(&released, 100), Decision::Take(4));
+    assert_eq!(decide(&released, "elsewhere", 100), Decision::Take(4));
+}
+
+#[test]
+fn a_lease_of_the_deciders_own_site_is_a_dead_runs_and_taken_at_once() {
+    let held = record("a", 200, false);
+    let snapshot = read(&map(&[(key(JOB, 4), held.to_value())]), JOB);
+    assert_eq!(decide(&snapshot, "site-of-a", 100), Decision::Take(5));
+    assert_eq!(decide(&snapshot, "site-of-b", 100), Decision::HeldBy(held));
+    // A lease that names no site is never taken that way, not even by a site-less run.
+    let siteless = LeaseRecord {
+        site: String::new(),
+        ..record("a", 200, false)
+    };
+    let snapshot = read(&map(&[(key(JOB, 4), siteless.to_value())]), JOB);
+    assert!(!siteless.to_value().contains("site"));
+    assert_eq!(decide(&snapshot, "", 100), Decision::HeldBy(siteless));
+    // A hostile site is no lease.
+    let forged = record("a", 200, false)
+        .to_value()
+        .replace("site-of-a", "site\\u001b[2J");
+    assert!(LeaseRecord::parse(&forged).is_err(), "{forged}");
 }
 
 #[test]
@@ -118,13 +143,16 @@ fn a_newest_key_that_is_not_a_lease_is_refused_not_taken() {
         ]),
         JOB,
     );
-    assert!(matches!(decide(&snapshot, i64::MAX), Decision::Refuse(_)));
+    assert!(matches!(
+        decide(&snapshot, "elsewhere", i64::MAX),
+        Decision::Refuse(_)
+    ));
     let at_limit = read(
         &map(&[(key(JOB, u64::MAX), record("a", 0, true).to_value())]),
         JOB,
     );
     assert_eq!(
-        decide(&at_limit, 0),
+        decide(&at_limit, "elsewhere", 0),
         Decision::Refuse("its generation is at its limit".into())
     );
 }
@@ -143,5 +171,16 @@ fn the_holder_names_this_process_and_its_state_dir() {
         "{}",
         me.holder
     );
-    assert_ne!(me.run, Holder::this_process(std::path::Path::new("/")).run);
+    let again = Holder::this_process(std::path::Path::new("/"));
+    assert_ne!(me.run, again.run);
+    // The site is the machine and the directory itself, not the run.
+    assert_eq!(
+        Holder::this_process(std::path::Path::new("/")).site,
+        again.site
+    );
+    assert!(!again.site.is_empty());
+    assert_ne!(
+        again.site,
+        Holder::this_process(std::path::Path::new("/proc")).site
+    );
 }
