@@ -269,7 +269,8 @@ async fn network_map_new_macs_and_the_default_network() {
     let dir = tempfile::tempdir().unwrap();
     let job = write_job(dir.path(), &source, &target, &vm.ids.uuid, 2);
 
-    // A map to a network the target lacks fails before anything is touched.
+    // A map to a network the target lacks is a configuration error: the checks before the
+    // run find it, exit 2, and nothing is touched.
     let text = std::fs::read_to_string(&job).unwrap();
     std::fs::write(
         &job,
@@ -277,10 +278,12 @@ async fn network_map_new_macs_and_the_default_network() {
     )
     .unwrap();
     let run = vhdsync(&["replicate", "--job", job.to_str().unwrap(), "--json"]).await;
-    assert_eq!(run.code, 1, "{}", run.stdout);
+    assert_eq!(run.code, 2, "{}", run.stdout);
     let error = run.json["vms"][0]["error"].as_str().unwrap();
-    assert!(error.contains("nowhere"), "{error}");
-    assert_eq!(run.json["vms"][0]["kind"], "invalid");
+    assert!(
+        error.contains("nowhere") && error.contains("interface 1"),
+        "{error}"
+    );
     let snapshots = source
         .vms()
         .await

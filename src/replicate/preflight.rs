@@ -17,9 +17,10 @@
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use super::inventory::{load_snapshot, target_disks};
+use super::inventory::{load_snapshot, networks, target_disks, vm_nics};
 use super::job::Job;
 use super::layout::TargetDisk;
+use super::networks::{Network, map_interfaces};
 use super::plan::{DiskPlan, Identity, SnapshotDisk, SourceSnapshot, TargetSide, not_replicable};
 use super::run::{is_left_out, plan_disks};
 use crate::xapi::client::{ClientError, XapiClient};
@@ -114,6 +115,14 @@ pub enum PreflightError {
         vm: String,
         name: String,
         why: &'static str,
+    },
+    /// The job's `network_map` names no target network for one of the VM's interfaces (or
+    /// the target has no network for guests at all).
+    #[error("VM {vm} ({name}): {why}")]
+    NetworkMap {
+        vm: String,
+        name: String,
+        why: String,
     },
     /// A host failed a read: no fault of the job's.
     #[error("{what}: {source}")]
@@ -325,6 +334,19 @@ async fn check_hosts(
             };
         }
     };
+    // The networks of both sides, read once, map every VM's interfaces as its cycle will.
+    let networks = match (networks(source).await, networks(target).await) {
+        (Ok(source_networks), Ok(target_networks)) => Ok((source_networks, target_networks)),
+        (Err(e), _) => Err(format!("reading the source's networks: {e}")),
+        (_, Err(e)) => Err(format!("reading the target's networks: {e}")),
+    };
+    let (source_networks, target_networks) = match networks {
+        Ok(both) => both,
+        Err(why) => {
+            warnings.push(format!("{why}; the network mapping is not checked"));
+            (Vec::new(), Vec::new())
+        }
+    };
     let mut vms = Vec::new();
     for vm in selected {
         let id = Identity {
@@ -338,6 +360,11 @@ async fn check_hosts(
             id: &id,
             target_disks: &target_disks,
             full_interval: job.full_interval,
+            networks: (!source_networks.is_empty()).then_some(NetworkCheck {
+                source: &source_networks,
+                target: &target_networks,
+                map: &job.network_map,
+            }),
             options,
         };
         vms.push(planner.check_vm().await);
@@ -491,7 +518,16 @@ struct Planner<'a> {
     id: &'a Identity,
     target_disks: &'a [TargetDisk],
     full_interval: u32,
+    /// None when the networks could not be read (a warning says so).
+    networks: Option<NetworkCheck<'a>>,
     options: &'a CheckOptions<'a>,
+}
+
+/// What mapping a VM's interfaces onto the target's networks needs.
+struct NetworkCheck<'a> {
+    source: &'a [Network],
+    target: &'a [Network],
+    map: &'a [(String, String)],
 }
 
 impl Planner<'_> {
@@ -508,6 +544,19 @@ impl Planner<'_> {
         let uuid = &self.id.vm_uuid;
         let (vm_ref, vm) = find_vm(source, uuid, &self.id.job_id).await?;
         check.name = Some(vm.name_label.clone());
+        if let Some(networks) = &self.networks {
+            let what = || format!("VM {uuid}: reading its interfaces");
+            let nics = reading(what, vm_nics(source, &vm, networks.source).await)?;
+            let (nics, _): (Vec<_>, Vec<_>) = nics.into_iter().unzip();
+            // MACs do not matter to whether a network is found.
+            map_interfaces(&nics, networks.target, networks.map, false).map_err(|why| {
+                PreflightError::NetworkMap {
+                    vm: uuid.clone(),
+                    name: vm.name_label.clone(),
+                    why,
+                }
+            })?;
+        }
         let what = || format!("VM {uuid}: reading its disks and snapshots");
         // The disks the snapshot will have: the VM's own, less those `[NOBAK]` leaves out.
         let disks: Vec<SnapshotDisk> = reading(what, source.vm_disks(&vm).await)?
