@@ -535,3 +535,39 @@ pub fn nbd_server_replies(data: &[u8]) -> bool {
     }
     whole.export.is_some()
 }
+
+/// `change_map`: `VDI.list_changed_blocks`' answer (base64 text; the first two input bytes
+/// pick the disk's size in 64 KiB extents) as a change map, then the VHD stream it lays out:
+/// never a panic, the map never claims extents past the disk, and every read of every block
+/// stays within the disk and the block.
+pub fn change_map(data: &[u8]) -> bool {
+    use vhdsync::stream::extents::{ChangeMap, EXTENT_SIZE, ExtentStream};
+    use vhdsync::vhd::VhdTimestamp;
+    let Some((size, text)) = data.split_first_chunk::<2>() else {
+        return false;
+    };
+    let virtual_size = u64::from(u16::from_be_bytes(*size)) * EXTENT_SIZE / 4;
+    let Ok(text) = std::str::from_utf8(text) else {
+        return false;
+    };
+    let Ok(map) = ChangeMap::from_xapi(text, virtual_size) else {
+        return false;
+    };
+    assert!(
+        map.changed() <= map.extents(),
+        "more extents changed than the disk has"
+    );
+    let Ok(stream) = ExtentStream::new(map, false, Default::default(), VhdTimestamp(0)) else {
+        return false;
+    };
+    let block = u64::from(stream.block_size());
+    for index in stream.blocks().collect::<Vec<_>>() {
+        let mask = stream.changed_mask(index);
+        assert_ne!(mask, 0, "block {index} carried without a changed extent");
+        for read in stream.reads(index, mask) {
+            assert!(read.disk_offset + u64::from(read.len) <= virtual_size);
+            assert!(u64::from(read.block_offset) + u64::from(read.len) <= block);
+        }
+    }
+    true
+}

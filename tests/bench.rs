@@ -35,8 +35,20 @@ fn a_small_bench_measures_every_row_and_keeps_only_its_result() {
             "full cycle",
             "delta cycle",
             "no-change cycle",
+            "full cycle, NBD x1",
+            "full cycle, NBD x4",
+            "full cycle, NBD x8",
+            "delta after 200 x 4 KiB, NBD",
             "changed() 2 TiB delta"
         ]
+    );
+    // A full over NBD carries every block of the disk; the scattered delta only its 200
+    // changed extents of 64 KiB, each with its bitmap, and the BAT.
+    assert!(row_bytes(rows, "full cycle, NBD x4") > 16 << 20);
+    let scattered = row_bytes(rows, "delta after 200 x 4 KiB, NBD");
+    assert!(
+        (200 * (64 << 10)..=2 * 200 * (64 << 10) + (1 << 20)).contains(&scattered),
+        "{scattered}"
     );
     let row = |name: &str| rows.iter().find(|r| r["name"] == name).unwrap();
     let stream = row("export | cat")["ours"]["bytes"].as_u64().unwrap();
@@ -81,4 +93,9 @@ fn bad_arguments_are_refused_with_exit_2() {
         assert_eq!(output.status.code(), Some(2), "{args:?}");
         assert!(!output.stderr.is_empty(), "{args:?}");
     }
+}
+
+fn row_bytes(rows: &[serde_json::Value], name: &str) -> u64 {
+    let row = rows.iter().find(|r| r["name"] == name).unwrap();
+    row["ours"]["bytes"].as_u64().unwrap()
 }

@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use bodies::{
-    footer_parse, header_parse, image_check, job_parse, jsonrpc_decode, nbd_server_replies,
-    seed_frames, stream_decode, xmlrpc_decode,
+    change_map, footer_parse, header_parse, image_check, job_parse, jsonrpc_decode,
+    nbd_server_replies, seed_frames, stream_decode, xmlrpc_decode,
 };
 use uuid::Uuid;
 use vhdsync::image::{Chain, CreateOptions, ParentLink, VhdWriter, create};
@@ -465,4 +465,26 @@ fn fuzz_bodies_survive_random_and_mutated_inputs() {
         opened > INPUTS / 10,
         "mutations should mostly keep images openable"
     );
+}
+
+#[test]
+fn change_maps_from_random_and_mutated_bitmaps_never_panic() {
+    use base64::Engine as _;
+    let mut rng = Rng(0x5EED_CB70_0000_0001);
+    let mut accepted = 0;
+    for n in 0..2000 {
+        let extents = rng.below(600) as u16;
+        let mut input = extents.to_be_bytes().to_vec();
+        if n % 4 == 0 {
+            let len = rng.below(200);
+            input.extend(rng.bytes(len));
+        } else {
+            // A well-formed bitmap for the size, then mutated as text.
+            let bytes = rng.bytes(usize::from(extents).div_ceil(32).max(1));
+            let text = base64::engine::general_purpose::STANDARD.encode(bytes);
+            input.extend(mutate(&mut rng, text.as_bytes()));
+        }
+        accepted += usize::from(change_map(&input));
+    }
+    println!("fuzz smoke: 2000 change maps, {accepted} accepted");
 }

@@ -10,7 +10,9 @@ use super::BenchError;
 use super::measure::{MIB, Row, Sample, Side, Summary, Target};
 use super::process::{Logs, find_program};
 use super::report::{Setting, cpu_model, filesystem_of, json, table};
-use super::testbed::{DIFF_RUNS, GRANULE, Progress, Testbed};
+use super::testbed::{
+    CONCURRENCIES, Cycles, DIFF_RUNS, GRANULE, NbdCycles, Progress, SCATTERED_WRITES, Testbed,
+};
 
 /// What to measure, and where.
 #[derive(Debug, Clone, PartialEq)]
@@ -197,7 +199,10 @@ fn measure(
                 .map(|curl| || lab.curl_relay(curl, stream_len)),
         )?;
     }
+    let mut nbd = NbdCycles::default();
+    lab.nbd_fulls(runs, &mut nbd)?;
     let (full, delta, unchanged) = lab.cycles(runs, changed_bytes)?;
+    lab.scattered_deltas(runs, &mut nbd)?;
     progress("timing changed() on a 2 TiB 3-layer chain");
     let diff = lab.diff()?;
     lab.stop();
@@ -215,7 +220,69 @@ fn measure(
     };
     let copy_side = side("copy-vdi", stream_len, &copy.ours)?;
     let delta_bytes = delta.bytes / delta.samples.len().max(1) as u64;
-    Ok(vec![
+    let per_cycle = |c: &Cycles| c.bytes / c.samples.len().max(1) as u64;
+    let cat_rate = reference("cat | cat", &export.reference)?.map(|cat| cat.rate());
+    let export_full = side(
+        "vhdsync replicate, export path",
+        per_cycle(&full),
+        &full.samples,
+    )?;
+    let mut nbd_rows = Vec::new();
+    for (at, concurrency) in CONCURRENCIES.iter().enumerate() {
+        let fulls = &nbd.fulls[at];
+        let judged = *concurrency == 4;
+        nbd_rows.push(Row {
+            name: format!("full cycle, NBD x{concurrency}"),
+            ours: side(
+                &format!("vhdsync replicate, NBD x{concurrency}"),
+                per_cycle(fulls),
+                &fulls.samples,
+            )?,
+            reference: judged.then(|| export_full.clone()),
+            target: if judged {
+                Target::RatioAtLeast(1.0)
+            } else {
+                Target::None
+            },
+            note: judged.then(|| match cat_rate {
+                Some(rate) => format!(
+                    "rate = stream bytes sent / wall time; cat of the stream file: {:.0} MiB/s",
+                    rate / MIB as f64
+                ),
+                None => "rate = stream bytes sent / wall time".into(),
+            }),
+            rss_judged: true,
+        });
+    }
+    let nbd_delta = per_cycle(&nbd.nbd_deltas);
+    let bound = 2 * SCATTERED_WRITES * (64 << 10) + MIB;
+    nbd_rows.push(Row {
+        name: format!("delta after {SCATTERED_WRITES} x 4 KiB, NBD"),
+        ours: side(
+            "vhdsync replicate, NBD x4",
+            nbd_delta,
+            &nbd.nbd_deltas.samples,
+        )?,
+        reference: Some(side(
+            "vhdsync replicate, export path",
+            per_cycle(&nbd.stream_deltas),
+            &nbd.stream_deltas.samples,
+        )?),
+        target: Target::None,
+        note: Some(format!(
+            "bytes sent per delta: NBD {} ({}, bound {}), export path {}",
+            nbd_delta,
+            if nbd_delta <= bound {
+                "within the bound"
+            } else {
+                "OVER the bound"
+            },
+            bound,
+            per_cycle(&nbd.stream_deltas)
+        )),
+        rss_judged: true,
+    });
+    Ok([
         Row {
             name: "export | cat".into(),
             ours: side("vhdsync export | cat", stream_len, &export.ours)?,
@@ -277,13 +344,16 @@ fn measure(
             note: None,
             rss_judged: true,
         },
-        Row {
+    ]
+    .into_iter()
+    .chain(nbd_rows)
+    .chain([Row {
             name: "changed() 2 TiB delta".into(),
             ours: side("changed()", 0, &diff)?,
             reference: None,
             target: Target::SecondsBelow(0.02),
             note: Some(format!("in process, median of {DIFF_RUNS}")),
             rss_judged: false,
-        },
-    ])
+        }])
+    .collect())
 }

@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
+mod nbd;
+
+pub(super) use self::nbd::{CONCURRENCIES, NbdCycles, SCATTERED_WRITES};
 use super::BenchError;
 use super::chain::sparse_chain;
 use super::measure::{MIB, Sample};
