@@ -171,8 +171,29 @@ impl ExtentStream {
         unique_id: Uuid,
         timestamp: VhdTimestamp,
     ) -> Result<ExtentStream, StreamError> {
+        let block_size = stream_block_size(map.virtual_size());
+        ExtentStream::with_block_size(map, all_blocks, unique_id, timestamp, block_size)
+    }
+
+    /// [`ExtentStream::new`] with blocks of `block_size` bytes instead of the smallest that
+    /// keeps the BAT small: a power of two from 64 KiB to 2 MiB.
+    pub fn with_block_size(
+        map: ChangeMap,
+        all_blocks: bool,
+        unique_id: Uuid,
+        timestamp: VhdTimestamp,
+        block_size: u32,
+    ) -> Result<ExtentStream, StreamError> {
         let virtual_size = map.virtual_size();
-        let block_size = stream_block_size(virtual_size);
+        if !block_size.is_power_of_two()
+            || !(EXTENT_SIZE as u32..=vhd::DEFAULT_BLOCK_SIZE).contains(&block_size)
+        {
+            return Err(invalid(
+                "block_size",
+                block_size,
+                "a power of two from 64 KiB to 2 MiB",
+            ));
+        }
         let per_block = (u64::from(block_size) / EXTENT_SIZE) as u32;
         let entries = u32::try_from(virtual_size.div_ceil(u64::from(block_size)))
             .map_err(|_| invalid("virtual_size", virtual_size, "at most 2040 GiB"))?;
