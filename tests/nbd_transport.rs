@@ -328,3 +328,67 @@ async fn an_nbd_connection_dropped_mid_delta_fails_the_cycle_cleanly() {
         "{next}"
     );
 }
+
+/// An in-memory stream for `import_stream`.
+struct Frames(std::collections::VecDeque<bytes::Bytes>);
+
+impl vhdsync::xapi::transfer::ChunkStream for Frames {
+    type Error = std::convert::Infallible;
+
+    async fn next_chunk(&mut self) -> Result<Option<bytes::Bytes>, Self::Error> {
+        Ok(self.0.pop_front())
+    }
+
+    fn blocks(&self) -> (u32, Option<u32>) {
+        (0, None)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lab_import_writes_only_what_partial_bitmaps_mark_in_2_mib_blocks() {
+    use vhdsync::stream::extents::{ChangeMap, ExtentStream};
+    use vhdsync::xapi::transfer::{TransferOptions, VdiOn, import_stream};
+    let host = Host::start(&[("a", &[8 * MIB]), ("b", &[8 * MIB])]).await;
+    let (t, u) = (
+        host.report.vms[0].disks[0].vdi.reference.clone(),
+        host.report.vms[1].disks[0].vdi.reference.clone(),
+    );
+    for vdi in [&t, &u] {
+        host.write(vdi, 0, 8 * MIB, Some(1)).await;
+    }
+    assert_eq!(host.hash(&t).await, host.hash(&u).await);
+    // What the stream must do to `t`: zero extents 1 and 33 (blocks 0 and 1), nothing else.
+    for extent in [1, 33] {
+        host.write(&u, extent * EXTENT, EXTENT, None).await;
+    }
+    let mut map = ChangeMap::none(8 * MIB);
+    map.set(1);
+    map.set(33);
+    let mut stream =
+        ExtentStream::with_block_size(map, false, Default::default(), Default::default(), 2 << 20)
+            .unwrap();
+    let mut frames = vec![stream.prelude()];
+    for index in stream.blocks().collect::<Vec<_>>() {
+        let mask = stream.changed_mask(index);
+        let zeros = bytes::Bytes::from(vec![0u8; 2 << 20]);
+        frames.extend(stream.block_frames(index, zeros, mask).unwrap());
+    }
+    frames.push(stream.trailer().unwrap());
+    let length = stream.total_len();
+    let target = VdiOn {
+        host: &host.client,
+        vdi: &t,
+    };
+    import_stream(
+        target,
+        length,
+        "partial bitmaps",
+        &mut Frames(frames.into()),
+        &TransferOptions::default(),
+        &mut |_| {},
+        &tokio_util::sync::CancellationToken::new(),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("the import failed"));
+    assert_eq!(host.hash(&t).await, host.hash(&u).await);
+}
