@@ -60,6 +60,27 @@ async fn a_tag_selects_the_source_vms_carrying_it_at_each_run() {
     );
     let job = job.to_str().unwrap();
 
+    // The dry run plans the tagged VMs and says what a tag left out.
+    let plan = vhdsync(&["replicate", "--dry-run", "--json", "--job", job]).await;
+    assert_eq!(plan.code, 0, "{} {}", plan.stdout, plan.stderr);
+    let planned: BTreeSet<String> = plan.json["vms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|vm| vm["vm"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(planned, [web.uuid.clone(), db.uuid.clone()].into());
+    assert!(
+        plan.json["warnings"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!(
+                "tag:missing matches no VM on the source"
+            )),
+        "{}",
+        plan.stdout
+    );
+
     let first = vhdsync(&["replicate", "--json", "--job", job]).await;
     assert_eq!(first.code, 0, "{} {}", first.stdout, first.stderr);
     let prod: BTreeSet<String> = [web.uuid.clone(), db.uuid.clone()].into();

@@ -97,7 +97,12 @@ pub fn replicate(args: &ReplicateArgs) -> Result<ExitCode, CliError> {
             estimate: args.dry_run,
             transfer: &transfer,
         };
-        let checked = check_job(&job, &source, &target, &check).await;
+        let mut checked = check_job(&job, &source, &target, &check).await;
+        if args.dry_run {
+            // The plan says what the tags left out (a tag matching no VM, say); a real run's
+            // report says it instead.
+            checked.warnings.extend(selection.warnings.iter().cloned());
+        }
         let stop = if args.dry_run {
             Some(preflight::print_plan(&job, &checked, args.json)?)
         } else {
