@@ -113,13 +113,13 @@ async fn a_delta_over_tls_nbd_sends_only_the_changed_extents() {
     let p = pair("cbt = true\nnbd_concurrency = 3\n").await;
     purpose(&p.source, "add", "nbd").await;
     let full = succeeded(&p.source, &p.target, &replicate(&p.job).await).await;
-    // `auto` sends a full over the export path: it is sparse on the wire.
+    // `auto` sends a full over NBD when the host offers it.
     assert_eq!(
         (
             disk0(&full)["mode"].as_str(),
             disk0(&full)["transport"].as_str()
         ),
-        (Some("full"), Some("stream")),
+        (Some("full"), Some("nbd")),
         "{full}"
     );
     let cbt = p
@@ -206,6 +206,63 @@ async fn every_fallback_is_noted_and_gives_a_correct_replica() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_auto_full_of_a_sparse_disk_goes_over_nbd_and_sends_no_more_than_the_export() {
+    const BIG: u64 = 64 * MIB;
+    let source = Host::start(&[("db01", &[BIG])]).await;
+    let target = Host::start(&[]).await;
+    let vm = source.report.vms[0].ids.uuid.clone();
+    let vdi = source.report.vms[0].disks[0].vdi.reference.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let job = job(dir.path(), &source, &target, &vm, "");
+    // Blocks 0, 5, 20 and 21 of 2 MiB: 1 MiB, 4 KiB, and 2.5 MiB across two blocks.
+    source.write(&vdi, 0, MIB, Some(21)).await;
+    source.write(&vdi, 10 * MIB + 8192, 4096, Some(22)).await;
+    source.write(&vdi, 40 * MIB, 5 * MIB / 2, Some(23)).await;
+    purpose(&source, "add", "insecure_nbd").await;
+
+    // What the export path would send for the same content: the dry run's estimate is the
+    // export's exact length, from its BAT.
+    let plan = vhdsync(&[
+        "replicate",
+        "--dry-run",
+        "--json",
+        "--job",
+        job.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(plan.code, 0, "{} {}", plan.json, plan.stderr);
+    let export = plan.json["vms"][0]["disks"][0]["estimated_bytes"]
+        .as_u64()
+        .unwrap();
+    assert!((8 * MIB..9 * MIB).contains(&export), "{}", plan.json);
+
+    let full = succeeded(&source, &target, &replicate(&job).await).await;
+    let d = disk0(&full);
+    assert_eq!(
+        (d["mode"].as_str(), d["transport"].as_str()),
+        (Some("full"), Some("nbd")),
+        "{full}"
+    );
+    assert_eq!(
+        d["bytes_read"],
+        8 * MIB,
+        "the allocated blocks only: {full}"
+    );
+    let sent = d["bytes_sent"].as_u64().unwrap();
+    // The export's own 2 MiB blocks: not a byte more than the export would send.
+    assert!(
+        sent <= export,
+        "{sent} over NBD, {export} by export: {full}"
+    );
+    assert!(sent >= 8 * MIB, "{sent}: {full}");
+    // The export opened for the allocation left no task behind.
+    let left = source
+        .call("task.get_by_name_label", vec!["vhdsync allocation".into()])
+        .await;
+    assert_eq!(left, Value::Array(vec![]), "{full}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transport_nbd_sends_fulls_over_nbd_and_refuses_a_host_without_it() {
     let p = pair("cbt = true\ntransport = \"nbd\"\n").await;
     let refused = replicate(&p.job).await;
@@ -225,7 +282,12 @@ async fn transport_nbd_sends_fulls_over_nbd_and_refuses_a_host_without_it() {
         (Some("full"), Some("nbd")),
         "{full}"
     );
-    assert_eq!(d["bytes_read"], DISK, "a full reads the whole disk: {full}");
+    // Blocks 0, 1 and 10 (of 2 MiB) hold data: only they are read.
+    assert_eq!(
+        d["bytes_read"],
+        6 * MIB,
+        "a full reads the allocated blocks: {full}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

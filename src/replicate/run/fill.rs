@@ -121,9 +121,9 @@ impl Cycle<'_> {
             delta: base.is_some(),
             virtual_size: disk.virtual_size,
         });
-        if self.routes.get(&disk.userdevice) == Some(&Route::Nbd) {
+        if let Some(Route::Nbd(path)) = self.routes.remove(&disk.userdevice) {
             match self
-                .transfer_over_nbd(disk, name, base, vdi_ref, label)
+                .transfer_over_nbd(disk, name, base, &path, vdi_ref, label)
                 .await?
             {
                 Ok(report) => {

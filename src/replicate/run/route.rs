@@ -18,18 +18,19 @@ use crate::replicate::plan::{CyclePlan, DiskPlan, SnapshotDisk, SourceSnapshot};
 use crate::replicate::transport::Transport;
 use crate::xapi::client::ClientError;
 use crate::xapi::records::{VdiRecord, VmRecord};
-use crate::xapi::transfer::{NbdOutcome, VdiOn, transfer_nbd};
+use crate::xapi::transfer::{NbdOutcome, NbdPath, NbdUnusable, VdiOn, probe_nbd, transfer_nbd};
 
 /// The VDI type `VDI.data_destroy` leaves.
 pub(crate) const CBT_METADATA: &str = "cbt_metadata";
 
 /// How one disk's data moves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Route {
     /// `GET /export_raw_vdi` into the import.
     Stream,
-    /// The changed extents (or the whole disk, for a full) read over NBD.
-    Nbd,
+    /// Over NBD: the changed extents of a delta, or a full's extents inside the blocks its
+    /// export would send; with what routing learned, so the transfer asks nothing again.
+    Nbd(NbdPath),
 }
 
 impl Cycle<'_> {
@@ -58,8 +59,14 @@ impl Cycle<'_> {
         Ok(())
     }
 
-    /// Each disk's route, by userdevice, into `self.routes`, and why a delta that could not
-    /// go over NBD takes the export path, into the plan's notes.
+    /// Each disk's route, by userdevice, into `self.routes`, and why a disk that could go
+    /// over NBD does not (or reads its whole disk), into the plan's notes.
+    ///
+    /// | transport | delta | full |
+    /// |---|---|---|
+    /// | `stream` | export path | export path |
+    /// | `auto` | NBD if both snapshots have change logs and the host offers NBD, else the export path (noted) | NBD if the host offers it (silently the export path if not); the export path, noted, if the export head cannot be read |
+    /// | `nbd` | as `auto` | NBD, or the cycle fails; the whole disk, noted, if the export head cannot be read |
     pub(super) async fn route_disks(
         &mut self,
         disks: &[SnapshotDisk],
@@ -72,76 +79,61 @@ impl Cycle<'_> {
                 Some(DiskPlan::Delta { base_vdi, .. }) => Some(base_vdi.clone()),
                 _ => None,
             };
-            let (route, why) = match (&base, transport) {
-                (_, Transport::Stream) => (Route::Stream, None),
-                (None, Transport::Auto) => (Route::Stream, None),
-                (None, Transport::Nbd) => {
-                    self.require_nbd(disk).await?;
-                    (Route::Nbd, None)
-                }
-                (Some(base), _) => self.delta_route(disk, base, transport).await?,
+            let (route, note) = match transport {
+                Transport::Stream => (Route::Stream, None),
+                _ => self.nbd_route(disk, base.as_deref(), transport).await?,
             };
-            if let Some(why) = &why {
-                plan.notes.push(format!(
-                    "disk {device}: {why}; the export path instead of NBD"
-                ));
+            if let Some(note) = &note {
+                plan.notes.push(format!("disk {device}: {note}"));
             }
             self.routes.insert(device.clone(), route);
         }
         Ok(())
     }
 
-    /// A delta's route: NBD when both snapshots have change logs between them and the host
-    /// offers NBD, else the export path and why.
-    async fn delta_route(
+    /// `auto` or `nbd`: NBD when a delta's two snapshots have change logs between them and
+    /// the host offers NBD, or for a full when the host offers NBD; else the export path
+    /// and why (see [`Cycle::route_disks`]).
+    async fn nbd_route(
         &self,
         disk: &SnapshotDisk,
-        base: &str,
+        base: Option<&str>,
         transport: Transport,
     ) -> Result<(Route, Option<String>), CycleError> {
         let source = self.source;
-        let logged = self.on_source(cbt_enabled(source, base).await)?
-            && self.on_source(cbt_enabled(source, &disk.vdi_ref).await)?;
-        if !logged {
-            return Ok((
-                Route::Stream,
-                Some("CBT is off on the base or the new snapshot".into()),
-            ));
-        }
-        match self.offers_nbd(disk).await? {
-            Some(why) if transport == Transport::Nbd => Err(self.no_nbd(disk, &why)),
-            Some(why) => Ok((Route::Stream, Some(why))),
-            None => {
-                // The change list itself is asked for again by the transfer; asking now
-                // tells a reset change log in time to send a full instead.
-                let params = vec![base.into(), disk.vdi_ref.as_str().into()];
-                match source.call("VDI.list_changed_blocks", params).await {
-                    Ok(_) => Ok((Route::Nbd, None)),
-                    Err(e) => Ok((
-                        Route::Stream,
-                        Some(format!("no usable change log since the base ({e})")),
-                    )),
-                }
+        if let Some(base) = base {
+            let logged = self.on_source(cbt_enabled(source, base).await)?
+                && self.on_source(cbt_enabled(source, &disk.vdi_ref).await)?;
+            if !logged {
+                return Ok((
+                    Route::Stream,
+                    Some("CBT is off on the base or the new snapshot; the export path instead of NBD".into()),
+                ));
             }
         }
-    }
-
-    /// `transport = "nbd"` with a full: the host must offer NBD.
-    async fn require_nbd(&self, disk: &SnapshotDisk) -> Result<(), CycleError> {
-        match self.offers_nbd(disk).await? {
-            Some(why) => Err(self.no_nbd(disk, &why)),
-            None => Ok(()),
-        }
-    }
-
-    /// Why the host offers no NBD for `disk`, or `None` when it does.
-    async fn offers_nbd(&self, disk: &SnapshotDisk) -> Result<Option<String>, CycleError> {
-        let params = vec![disk.vdi_ref.as_str().into()];
-        Ok(match self.source.call("VDI.get_nbd_info", params).await {
-            Ok(info) if info.as_array().is_some_and(|a| !a.is_empty()) => None,
-            Ok(_) => Some("the host offers no NBD (no network with an NBD purpose)".into()),
-            Err(e) => Some(format!("VDI.get_nbd_info failed ({e})")),
-        })
+        let on = VdiOn {
+            host: source,
+            vdi: &disk.vdi_ref,
+        };
+        let must = transport == Transport::Nbd;
+        Ok(
+            match probe_nbd(on, base, &self.settings.transfer, self.cancel).await {
+                Ok(path) => (Route::Nbd(path), None),
+                Err(NbdUnusable::NoNbd(why)) if must => return Err(self.no_nbd(disk, &why)),
+                // A full on a host without NBD takes the export path, as it always could.
+                Err(NbdUnusable::NoNbd(_)) if base.is_none() => (Route::Stream, None),
+                Err(NbdUnusable::NoHead(why, whole)) if must => (
+                    Route::Nbd(whole),
+                    Some(format!(
+                        "the export head could not be read ({why}); the whole disk over NBD"
+                    )),
+                ),
+                Err(unusable) => (
+                    Route::Stream,
+                    Some(format!("{unusable}; the export path instead of NBD")),
+                ),
+            },
+        )
     }
 
     fn no_nbd(&self, disk: &SnapshotDisk, why: &str) -> CycleError {
@@ -162,6 +154,7 @@ impl Cycle<'_> {
         disk: &SnapshotDisk,
         name: &str,
         base: Option<&str>,
+        path: &NbdPath,
         vdi_ref: &str,
         label: DiskLabel<'_>,
     ) -> Result<Result<DiskReport, String>, CycleError> {
@@ -171,7 +164,7 @@ impl Cycle<'_> {
                 host: self.source,
                 vdi: &disk.vdi_ref,
             },
-            base,
+            path,
             VdiOn {
                 host: self.target,
                 vdi: vdi_ref,
@@ -213,7 +206,7 @@ impl Cycle<'_> {
             NbdOutcome::NoNbd(why) if self.settings.transport.transport == Transport::Nbd => {
                 Err(self.no_nbd(disk, &why))
             }
-            NbdOutcome::NoNbd(why) | NbdOutcome::NoChangeLog(why) => Ok(Err(why)),
+            NbdOutcome::NoNbd(why) => Ok(Err(why)),
         }
     }
 

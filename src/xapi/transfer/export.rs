@@ -19,8 +19,8 @@ use tokio_util::sync::CancellationToken;
 use super::http::{MAX_REDIRECTS, Redirect, query, redirect, send, status_error};
 use super::validator::{Validator, status_line_in};
 use super::{
-    ChunkStream, Phase, TransferError, TransferErrorKind, TransferOptions, VdiOn, fail, settle,
-    unbuildable,
+    ChunkStream, Phase, SETTLE_TIMEOUT, TransferError, TransferErrorKind, TransferOptions, VdiOn,
+    fail, settle, unbuildable,
 };
 use crate::stream::StreamError;
 use crate::vhd::{FOOTER_SIZE, Structure};
@@ -110,6 +110,11 @@ impl ExportStream<'_> {
         self.validator.virtual_size().unwrap_or(0)
     }
 
+    /// The block size and the indices of the blocks the stream carries, from its BAT.
+    pub fn allocated_blocks(&self) -> Option<(u32, &[u32])> {
+        self.validator.allocated()
+    }
+
     /// Stream bytes read from the source so far.
     pub fn received(&self) -> u64 {
         self.received
@@ -130,6 +135,16 @@ impl ExportStream<'_> {
         } else {
             let _ = host.cancel_task(&self.task).await;
             settle(host, &self.task, self.received > 0).await;
+        }
+    }
+
+    /// End an export read only for its head: cancelled, and its task removed once the
+    /// host has ended it (bounded), so that nothing is left behind.
+    pub async fn discard(self) {
+        let host = self.source.host;
+        let _ = host.cancel_task(&self.task).await;
+        if host.wait_task(&self.task, SETTLE_TIMEOUT).await.is_ok() {
+            let _ = host.destroy_task(&self.task).await;
         }
     }
 

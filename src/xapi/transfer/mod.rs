@@ -33,7 +33,9 @@ use tokio_util::sync::CancellationToken;
 pub use self::error::{Phase, TransferError, TransferErrorKind};
 pub use self::export::{ExportStream, open_export};
 pub use self::import::{ImportError, ImportReport, check_fits, import_stream};
-pub use self::nbd::{MAX_NBD_CONCURRENCY, NbdOutcome, transfer_nbd};
+pub use self::nbd::{
+    MAX_NBD_CONCURRENCY, NbdOutcome, NbdPath, NbdUnusable, probe_nbd, transfer_nbd,
+};
 pub use self::nbd_source::{BATCH_BYTES, MAX_BATCHES_IN_FLIGHT};
 pub use self::progress::Progress;
 pub use self::throttle::{Throttle, Throttled};

@@ -1,12 +1,16 @@
 //! The CBT + NBD path (`xapi-protocol.md` §3): a disk's changes since a base snapshot listed
 //! by `VDI.list_changed_blocks`, read over NBD (`VDI.get_nbd_info`) on several connections,
 //! and sent to `PUT /import_raw_vdi?format=vhd` as a VHD stream holding only the changed
-//! 64 KiB extents. Without a base, the whole disk is read and its zero extents left out of
-//! the bitmaps, so the replica stays sparse.
+//! 64 KiB extents. Without a base, the extents read are those inside the 2 MiB blocks the
+//! export path would send (its BAT, read from the head of `GET /export_raw_vdi` alone, as
+//! neither our client nor XAPI's NBD server has block status), and the all-zero ones are
+//! left out of the bitmaps: a full over NBD sends no more than the export path would.
 //!
-//! Until the first byte moves, anything that rules the path out (no change log between the
-//! two snapshots, no NBD network, no connection) is [`NbdOutcome::NoChangeLog`] or
-//! [`NbdOutcome::NoNbd`] with the reason, for the caller to fall back to the export path. Once bytes move, a failure is a
+//! [`probe_nbd`] asks XAPI what the path needs once (routing uses its answer, the transfer
+//! reuses it): anything that rules the path out (no change log between the two snapshots,
+//! no NBD network, an unreadable export head) is an [`NbdUnusable`] with the reason. A
+//! connection that cannot be made is [`NbdOutcome::NoNbd`]. Either way nothing was sent,
+//! for the caller to fall back to the export path. Once bytes move, a failure is a
 //! [`TransferError`] like any other transfer's: nothing is retried.
 //!
 //! TLS: `VDI.get_nbd_info` gives the host's certificate over the XAPI session, which the
@@ -21,6 +25,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use super::export::open_export;
 use super::nbd_source::NbdStream;
 use super::{
     ImportError, Phase, Progress, Throttled, TransferError, TransferErrorKind, TransferOptions,
@@ -28,9 +33,12 @@ use super::{
 };
 use crate::nbd::wire::OPT_STARTTLS;
 use crate::nbd::{NbdClient, NbdError, NbdTls};
-use crate::stream::extents::{ChangeMap, ExtentStream};
-use crate::vhd::VhdTimestamp;
+use crate::stream::extents::{ChangeMap, EXTENT_SIZE, ExtentStream};
+use crate::vhd::{DEFAULT_BLOCK_SIZE, VhdTimestamp};
 use crate::xapi::rpc::Value;
+
+/// The label of the export task opened to read a full's allocation.
+const HEAD_LABEL: &str = "vhdsync allocation";
 
 /// The most NBD connections per disk.
 pub const MAX_NBD_CONCURRENCY: usize = 16;
@@ -43,10 +51,7 @@ pub enum NbdOutcome {
         report: TransferReport,
         bytes_read: u64,
     },
-    /// No usable change log between the base and the disk (CBT was disabled and enabled
-    /// again, the two are unrelated): nothing was sent. Why, for the report.
-    NoChangeLog(String),
-    /// NBD could not be used (no NBD network, no connection): nothing was sent. Why.
+    /// No NBD connection could be made: nothing was sent. Why.
     NoNbd(String),
 }
 
@@ -60,12 +65,155 @@ struct NbdInfo {
     subject: String,
 }
 
-/// Copy `source`'s changes since `base` (a snapshot of the same disk with a change log), or
-/// its whole content without a base, into `target`, reading on `concurrency` NBD
-/// connections. `cancel` stops the transfer with [`TransferErrorKind::Cancelled`].
-pub async fn transfer_nbd(
+/// What routing learned of a disk's NBD path, carried into [`transfer_nbd`] so that XAPI is
+/// asked each question once.
+#[derive(Debug, Clone)]
+pub struct NbdPath {
+    infos: Vec<NbdInfo>,
+    extents: Extents,
+}
+
+/// Which extents a transfer over NBD reads.
+#[derive(Debug, Clone)]
+enum Extents {
+    /// A delta: `VDI.list_changed_blocks`' answer (base64).
+    Changed(String),
+    /// A full: those inside the blocks the export's BAT allocates, of this size.
+    Allocated { block_size: u32, blocks: Vec<u32> },
+    /// A full whose export head could not be read: every extent.
+    All,
+}
+
+/// Why NBD cannot take a disk: nothing was sent.
+#[derive(Debug)]
+pub enum NbdUnusable {
+    /// No usable change log between the base and the disk (CBT was disabled and enabled
+    /// again, the two are unrelated).
+    NoChangeLog(String),
+    /// The host offers no NBD for the disk.
+    NoNbd(String),
+    /// A full's export head could not be read, so which blocks it holds is unknown: why,
+    /// and the path reading every extent, for a caller that must use NBD anyway.
+    NoHead(String, NbdPath),
+}
+
+impl std::fmt::Display for NbdUnusable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NbdUnusable::NoChangeLog(why) | NbdUnusable::NoNbd(why) => f.write_str(why),
+            NbdUnusable::NoHead(why, _) => write!(f, "the export head could not be read ({why})"),
+        }
+    }
+}
+
+/// Whether `source` can go over NBD, and what for: `VDI.get_nbd_info`; with a `base`, its
+/// change list since the base; without, the blocks its export (no base) would send, from
+/// the export's head alone (the export is then discarded and its task removed). A full
+/// over NBD thus reads and sends no block the export path would not.
+pub async fn probe_nbd(
     source: VdiOn<'_>,
     base: Option<&str>,
+    options: &TransferOptions,
+    cancel: &CancellationToken,
+) -> Result<NbdPath, NbdUnusable> {
+    let host = source.host;
+    let infos = match host.call("VDI.get_nbd_info", vec![source.vdi.into()]).await {
+        Ok(answer) => parse_nbd_info(&answer).map_err(NbdUnusable::NoNbd)?,
+        Err(e) => return Err(NbdUnusable::NoNbd(format!("VDI.get_nbd_info failed ({e})"))),
+    };
+    if infos.is_empty() {
+        return Err(NbdUnusable::NoNbd(
+            "the host offers no NBD (no network with the nbd or insecure_nbd purpose)".into(),
+        ));
+    }
+    let extents = match base {
+        Some(base) => {
+            let params = vec![base.into(), source.vdi.into()];
+            match host.call("VDI.list_changed_blocks", params).await {
+                Ok(Value::String(text)) => Extents::Changed(text),
+                Ok(answer) => {
+                    return Err(NbdUnusable::NoChangeLog(format!(
+                        "VDI.list_changed_blocks: not a string: {answer:?}"
+                    )));
+                }
+                Err(e) => {
+                    return Err(NbdUnusable::NoChangeLog(format!(
+                        "no usable change log since the base ({e})"
+                    )));
+                }
+            }
+        }
+        None => {
+            let allocated = match open_export(source, None, HEAD_LABEL, options, cancel).await {
+                Ok(export) => {
+                    let allocated = export
+                        .allocated_blocks()
+                        .map(|(block_size, blocks)| (block_size, blocks.to_vec()))
+                        .ok_or_else(|| "no BAT in the head".to_owned());
+                    export.discard().await;
+                    allocated
+                }
+                Err(e) => Err(e.to_string()),
+            };
+            match allocated {
+                Ok((block_size, blocks)) => Extents::Allocated { block_size, blocks },
+                Err(why) => {
+                    let whole = NbdPath {
+                        infos,
+                        extents: Extents::All,
+                    };
+                    return Err(NbdUnusable::NoHead(why, whole));
+                }
+            }
+        }
+    };
+    Ok(NbdPath { infos, extents })
+}
+
+impl NbdPath {
+    /// The extents to read of a disk of `virtual_size` bytes.
+    fn change_map(&self, virtual_size: u64) -> Result<ChangeMap, crate::stream::StreamError> {
+        match &self.extents {
+            Extents::Changed(text) => ChangeMap::from_xapi(text, virtual_size),
+            Extents::All => Ok(ChangeMap::all(virtual_size)),
+            Extents::Allocated { block_size, blocks } => {
+                let mut map = ChangeMap::none(virtual_size);
+                let block = u64::from(*block_size);
+                for index in blocks {
+                    let start = u64::from(*index) * block;
+                    let first = start / EXTENT_SIZE;
+                    let end = (start + block).min(virtual_size).div_ceil(EXTENT_SIZE);
+                    for extent in first..end {
+                        map.set(extent);
+                    }
+                }
+                Ok(map)
+            }
+        }
+    }
+
+    /// The export's block size, for a full from its allocation, where a stream can have it.
+    fn block_size(&self) -> Option<u32> {
+        match &self.extents {
+            Extents::Allocated { block_size, .. } => Some(*block_size).filter(|b| {
+                b.is_power_of_two() && (EXTENT_SIZE as u32..=DEFAULT_BLOCK_SIZE).contains(b)
+            }),
+            _ => None,
+        }
+    }
+
+    /// Whether this is a full (no base).
+    fn is_full(&self) -> bool {
+        !matches!(self.extents, Extents::Changed(_))
+    }
+}
+
+/// Copy `source`'s changes since the base its `path` was probed with, or its allocated
+/// content for a full, into `target`, reading on `concurrency` NBD connections. `cancel`
+/// stops the transfer with [`TransferErrorKind::Cancelled`].
+pub async fn transfer_nbd(
+    source: VdiOn<'_>,
+    path: &NbdPath,
     target: VdiOn<'_>,
     options: &TransferOptions,
     concurrency: usize,
@@ -73,7 +221,7 @@ pub async fn transfer_nbd(
     cancel: impl Future<Output = ()>,
 ) -> Result<NbdOutcome, TransferError> {
     let token = CancellationToken::new();
-    let transfer = compose(source, base, target, options, concurrency, progress, &token);
+    let transfer = compose(source, path, target, options, concurrency, progress, &token);
     tokio::pin!(transfer, cancel);
     let mut cancelled = false;
     loop {
@@ -89,7 +237,7 @@ pub async fn transfer_nbd(
 
 async fn compose(
     source: VdiOn<'_>,
-    base: Option<&str>,
+    path: &NbdPath,
     target: VdiOn<'_>,
     options: &TransferOptions,
     concurrency: usize,
@@ -112,45 +260,16 @@ async fn compose(
                 source.vdi
             )))
         })?;
-    let map = match base {
-        None => ChangeMap::all(virtual_size),
-        Some(base) => {
-            let params = vec![base.into(), source.vdi.into()];
-            let answer = match host.call("VDI.list_changed_blocks", params).await {
-                Ok(answer) => answer,
-                Err(e) => {
-                    return Ok(NbdOutcome::NoChangeLog(format!(
-                        "no usable change log since the base ({e})"
-                    )));
-                }
-            };
-            let text = answer.as_str().ok_or_else(|| {
-                setup(TransferErrorKind::Connection(format!(
-                    "VDI.list_changed_blocks: not a string: {answer:?}"
-                )))
-            })?;
-            ChangeMap::from_xapi(text, virtual_size)
-                .map_err(|e| setup(TransferErrorKind::Stream(e)))?
-        }
+    let map = path
+        .change_map(virtual_size)
+        .map_err(|e| setup(TransferErrorKind::Stream(e)))?;
+    let full = path.is_full();
+    let infos = &path.infos;
+    let clients = match connect_all(infos, concurrency.clamp(1, MAX_NBD_CONCURRENCY), options).await
+    {
+        Ok(clients) => clients,
+        Err(why) => return Ok(NbdOutcome::NoNbd(why)),
     };
-    let infos = match host.call("VDI.get_nbd_info", vec![source.vdi.into()]).await {
-        Ok(answer) => {
-            parse_nbd_info(&answer).map_err(|e| setup(TransferErrorKind::Connection(e)))?
-        }
-        Err(e) => {
-            return Ok(NbdOutcome::NoNbd(format!("VDI.get_nbd_info failed ({e})")));
-        }
-    };
-    if infos.is_empty() {
-        return Ok(NbdOutcome::NoNbd(
-            "the host offers no NBD (no network with the nbd or insecure_nbd purpose)".into(),
-        ));
-    }
-    let clients =
-        match connect_all(&infos, concurrency.clamp(1, MAX_NBD_CONCURRENCY), options).await {
-            Ok(clients) => clients,
-            Err(why) => return Ok(NbdOutcome::NoNbd(why)),
-        };
     if let Some(small) = clients.iter().find(|c| c.export().size < virtual_size) {
         return Err(setup(TransferErrorKind::Connection(format!(
             "the NBD export holds {} bytes, less than the disk's {virtual_size}",
@@ -158,21 +277,19 @@ async fn compose(
         ))));
     }
 
-    let layout = ExtentStream::new(
-        map,
-        base.is_none(),
-        Uuid::new_v4(),
-        VhdTimestamp::from_system_time(SystemTime::now()),
-    )
+    // A full from the export's allocation uses the export's blocks (XAPI's are 2 MiB), so it
+    // sends the very blocks the export would, not one more bitmap.
+    let timestamp = VhdTimestamp::from_system_time(SystemTime::now());
+    let every = matches!(path.extents, Extents::All);
+    let layout = match path.block_size() {
+        Some(block_size) => {
+            ExtentStream::with_block_size(map, every, Uuid::new_v4(), timestamp, block_size)
+        }
+        None => ExtentStream::new(map, every, Uuid::new_v4(), timestamp),
+    }
     .map_err(|e| setup(TransferErrorKind::Stream(e)))?;
     check_fits(target, virtual_size).await?;
-    let stream = NbdStream::new(
-        source,
-        layout,
-        base.is_none(),
-        clients,
-        options.stall_timeout,
-    );
+    let stream = NbdStream::new(source, layout, full, clients, options.stall_timeout);
     let length = stream.total_len();
     let mut stream = Throttled::new(stream, options.throttle.clone());
     let imported = import_stream(

@@ -49,7 +49,7 @@ type Reply = oneshot::Sender<Result<BatchData, NbdError>>;
 pub struct NbdStream<'a> {
     source: VdiOn<'a>,
     layout: ExtentStream,
-    /// Whether this is a full copy: every block read whole, zero extents left unmarked.
+    /// Whether this is a full copy: the layout's extents read, the zero ones left unmarked.
     full: bool,
     /// The blocks still to hand to a connection, ascending.
     to_read: VecDeque<u32>,
@@ -78,7 +78,8 @@ enum State {
 
 impl<'a> NbdStream<'a> {
     /// The stream `layout` describes, read from `source` over `clients` (at least one). A
-    /// full (`full`) reads every block whole; a delta reads the changed extents only.
+    /// full (`full`) marks what it reads that is not zeros; a delta marks every changed
+    /// extent. Either reads only the extents the layout's map holds.
     pub fn new(
         source: VdiOn<'a>,
         layout: ExtentStream,
@@ -152,12 +153,9 @@ impl<'a> NbdStream<'a> {
             while batch.blocks.len() < per_batch
                 && let Some(index) = self.to_read.pop_front()
             {
-                let (mark, reads) = if self.full {
-                    (None, self.layout.reads(index, u32::MAX))
-                } else {
-                    let mask = self.layout.changed_mask(index);
-                    (Some(mask), self.layout.reads(index, mask))
-                };
+                let mask = self.layout.changed_mask(index);
+                let mark = (!self.full).then_some(mask);
+                let reads = self.layout.reads(index, mask);
                 batch.blocks.push((index, mark, reads));
             }
             let (reply, answer) = oneshot::channel();

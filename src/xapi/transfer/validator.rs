@@ -14,6 +14,10 @@ pub(super) struct Validator {
     ended: bool,
     /// The disk size the stream's footer announces.
     virtual_size: Option<u64>,
+    /// The block size the stream's header announces.
+    block_size: Option<u32>,
+    /// The blocks the stream's BAT allocates, once read.
+    allocated: Option<Vec<u32>>,
 }
 
 impl Validator {
@@ -23,6 +27,8 @@ impl Validator {
             buf: BytesMut::new(),
             ended: false,
             virtual_size: None,
+            block_size: None,
+            allocated: None,
         }
     }
 
@@ -34,6 +40,12 @@ impl Validator {
     /// The size of the disk the stream describes, once its first footer has been read.
     pub(super) fn virtual_size(&self) -> Option<u64> {
         self.virtual_size
+    }
+
+    /// The block size and the indices of the blocks the BAT allocates (within the disk),
+    /// once the BAT has been read.
+    pub(super) fn allocated(&self) -> Option<(u32, &[u32])> {
+        Some((self.block_size?, self.allocated.as_deref()?))
     }
 
     /// Blocks seen so far and blocks the BAT announces.
@@ -90,6 +102,19 @@ impl Validator {
                 }
                 Ok(Some(StreamEvent::Footer(footer))) => {
                     self.virtual_size = Some(footer.current_size);
+                }
+                Ok(Some(StreamEvent::Header(header))) => {
+                    self.block_size = Some(header.block_size);
+                }
+                Ok(Some(StreamEvent::Bat(bat))) => {
+                    // Entries past the disk's end are never read as blocks.
+                    let within = match (self.virtual_size, self.block_size) {
+                        (Some(size), Some(block)) if block > 0 => {
+                            u32::try_from(size.div_ceil(u64::from(block))).unwrap_or(u32::MAX)
+                        }
+                        _ => 0,
+                    };
+                    self.allocated = Some(bat.allocated(within).map(|(index, _)| index).collect());
                 }
                 Ok(Some(_)) => {}
                 Ok(None) => return Ok(()),
