@@ -8,8 +8,8 @@ use std::str::FromStr;
 /// The job key `transport`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Transport {
-    /// NBD + CBT for a delta whose base and new snapshot have change logs, when the host
-    /// offers NBD; the export path otherwise, and for fulls (whose export is sparse).
+    /// NBD when the host offers it: for a delta whose base and new snapshot have change
+    /// logs, and for a full (its export's allocated blocks only); the export path otherwise.
     #[default]
     Auto,
     /// NBD for every disk, fulls included; a disk without a usable change log since its base

@@ -1,6 +1,7 @@
-//! Each disk's transport (`xo-replication.md` §2.8): the export path, or CBT + NBD, chosen
-//! from the job's `transport`, the change logs of the base and the new snapshot, and what
-//! the host offers; CBT switched on before the snapshot (`cbt`), and the previous base's data
+//! Each disk's transport (`xo-replication.md` §2.8): the export path, or NBD (a delta's
+//! changes from CBT, a full's allocated blocks from its export's head), chosen from the
+//! job's `transport`, the change logs of the base and the new snapshot, and what the host
+//! offers (table in [`Cycle::route_disks`]); CBT switched on before the snapshot (`cbt`), and the previous base's data
 //! destroyed after the commit (`purge_snapshot_data`).
 //!
 //! Purging: xapi destroys a snapshot's data only once no VBD uses it, so the previous base's
