@@ -405,3 +405,36 @@ async fn connect(
     }
     attempt(None).await.map_err(|e| e.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    fn full(block_size: u32, blocks: Vec<u32>) -> NbdPath {
+        NbdPath {
+            infos: Vec::new(),
+            extents: Extents::Allocated { block_size, blocks },
+        }
+    }
+
+    #[test]
+    fn a_full_reads_the_extents_of_the_allocated_blocks_only() {
+        // 5 MiB: blocks 0 and 2 of 2 MiB, the last cut at the disk's end.
+        let map = full(2 << 20, vec![0, 2]).change_map(5 * MIB).unwrap();
+        let marked: Vec<u64> = (0..map.extents()).filter(|e| map.is_changed(*e)).collect();
+        let expected: Vec<u64> = (0..32).chain(64..80).collect();
+        assert_eq!(marked, expected);
+    }
+
+    #[test]
+    fn entries_past_the_disk_are_ignored_and_odd_block_sizes_stream_in_the_default() {
+        let map = full(2 << 20, vec![1, 9]).change_map(4 * MIB).unwrap();
+        assert_eq!(map.changed(), 32);
+        assert_eq!(full(2 << 20, vec![]).block_size(), Some(2 << 20));
+        assert_eq!(full(3 << 20, vec![0]).block_size(), None);
+        let map = full(3 << 20, vec![0]).change_map(4 * MIB).unwrap();
+        assert_eq!(map.changed(), 48);
+    }
+}
