@@ -10,9 +10,20 @@ use crate::replicate::replica::{create_replica_disk, importing_disk, replica_tag
 use crate::xapi::client::{ClientError, XapiClient};
 use crate::xapi::ops::{Class, MapName};
 use crate::xapi::records::{VdiRecord, VmRecord};
-use crate::xapi::transfer::{VdiOn, transfer_vdi};
+use crate::xapi::transfer::{TransferError, VdiOn, transfer_vdi};
 
 impl Cycle<'_> {
+    /// A failed transfer of `disk`, over either route, as the cycle reports it.
+    pub(super) fn transfer_failed(&self, disk: &SnapshotDisk, e: TransferError) -> CycleError {
+        CycleError {
+            vm: self.id.vm_uuid.clone(),
+            phase: Phase::Transfer,
+            disk: Some(disk.userdevice.clone()),
+            host: Some(e.host.clone()),
+            cause: e.into(),
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn fill_replica(
         &mut self,
@@ -159,13 +170,7 @@ impl Cycle<'_> {
             self.cancel.cancelled(),
         )
         .await
-        .map_err(|e| CycleError {
-            vm: self.id.vm_uuid.clone(),
-            phase: Phase::Transfer,
-            disk: Some(disk.userdevice.clone()),
-            host: Some(e.host.clone()),
-            cause: e.into(),
-        })?;
+        .map_err(|e| self.transfer_failed(disk, e))?;
         let replica_vdi = self.on_target(self.target.vdi_uuid(vdi_ref).await)?;
         let report = DiskReport {
             userdevice: disk.userdevice.clone(),

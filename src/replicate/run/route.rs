@@ -13,7 +13,7 @@
 
 use std::collections::BTreeSet;
 
-use super::{Cycle, CycleCause, CycleError, DiskLabel, DiskReport, EventKind, Phase};
+use super::{Cycle, CycleCause, CycleError, DiskLabel, DiskReport, EventKind};
 use crate::replicate::keys;
 use crate::replicate::plan::{CyclePlan, DiskPlan, SnapshotDisk, SourceSnapshot};
 use crate::replicate::transport::Transport;
@@ -181,13 +181,7 @@ impl Cycle<'_> {
             self.cancel.cancelled(),
         )
         .await
-        .map_err(|e| CycleError {
-            vm: self.id.vm_uuid.clone(),
-            phase: Phase::Transfer,
-            disk: Some(disk.userdevice.clone()),
-            host: Some(e.host.clone()),
-            cause: e.into(),
-        })?;
+        .map_err(|e| self.transfer_failed(disk, e))?;
         match outcome {
             NbdOutcome::Sent { report, bytes_read } => {
                 let replica_vdi = self.on_target(self.target.vdi_uuid(vdi_ref).await)?;

@@ -123,10 +123,19 @@ pub async fn transfer_vdi(
     progress: &mut (dyn FnMut(&Progress) + Send),
     cancel: impl Future<Output = ()>,
 ) -> Result<TransferReport, TransferError> {
-    // Cancelling lets each half fail in its own way and settle its task, rather than
-    // dropping them mid-flight.
     let token = CancellationToken::new();
     let transfer = compose(source, base, target, options, progress, &token);
+    settle_on_cancel(&token, transfer, cancel).await
+}
+
+/// Runs `transfer`, which watches `token`, to its end. When `cancel` fires first, `token` is
+/// cancelled and the transfer still runs to its end: each half then fails in its own way and
+/// settles its task, rather than being dropped mid-flight.
+async fn settle_on_cancel<T>(
+    token: &CancellationToken,
+    transfer: impl Future<Output = T>,
+    cancel: impl Future<Output = ()>,
+) -> T {
     tokio::pin!(transfer, cancel);
     let mut cancelled = false;
     loop {

@@ -29,7 +29,7 @@ use super::export::open_export;
 use super::nbd_source::NbdStream;
 use super::{
     ImportError, Phase, Progress, Throttled, TransferError, TransferErrorKind, TransferOptions,
-    TransferReport, VdiOn, check_fits, fail, import_stream,
+    TransferReport, VdiOn, check_fits, fail, import_stream, settle_on_cancel,
 };
 use crate::nbd::wire::OPT_STARTTLS;
 use crate::nbd::{NbdClient, NbdError, NbdTls};
@@ -222,17 +222,7 @@ pub async fn transfer_nbd(
 ) -> Result<NbdOutcome, TransferError> {
     let token = CancellationToken::new();
     let transfer = compose(source, path, target, options, concurrency, progress, &token);
-    tokio::pin!(transfer, cancel);
-    let mut cancelled = false;
-    loop {
-        tokio::select! {
-            outcome = &mut transfer => return outcome,
-            () = &mut cancel, if !cancelled => {
-                cancelled = true;
-                token.cancel();
-            }
-        }
-    }
+    settle_on_cancel(&token, transfer, cancel).await
 }
 
 async fn compose(
