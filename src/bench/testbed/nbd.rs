@@ -30,14 +30,9 @@ impl Testbed<'_> {
         transport: &str,
         concurrency: u32,
     ) -> Result<std::path::PathBuf, BenchError> {
-        let job = self.job_file(name)?;
-        let extra =
+        let settings =
             format!("cbt = true\ntransport = \"{transport}\"\nnbd_concurrency = {concurrency}\n");
-        let mut text = std::fs::read_to_string(&job)
-            .map_err(|e| BenchError::io("reading a job file", &job, e))?;
-        text.push_str(&extra);
-        std::fs::write(&job, text).map_err(|e| BenchError::io("writing a job file", &job, e))?;
-        Ok(job)
+        self.job_file(name, &settings)
     }
 
     /// Offer NBD on the source: `insecure_nbd` (no TLS to measure) on each network; the
