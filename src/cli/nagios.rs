@@ -132,25 +132,9 @@ mod tests {
     use super::*;
     use crate::replicate::monitor::vm_status;
     use crate::replicate::plan::TargetVm;
-    use crate::replicate::plan::fixtures::{config, id};
+    use crate::replicate::plan::fixtures::{id, target_snapshot as snapshot};
 
     const T: i64 = 1_704_067_200;
-
-    fn snapshot(name: &str, at: i64) -> TargetVm {
-        TargetVm {
-            reference: "ref-s".into(),
-            uuid: "s".into(),
-            name_label: keys::target_snapshot_name(name, "cr", at),
-            is_a_snapshot: true,
-            other_config: config(&[
-                (keys::JOB, "job"),
-                (keys::VM, "vm"),
-                (keys::SR, "sr"),
-                (keys::DATETIME, &keys::datetime(at)),
-            ]),
-            ..TargetVm::default()
-        }
-    }
 
     const LIMITS: Thresholds = Thresholds {
         warn_age: Some(3600),

@@ -330,7 +330,8 @@ pub fn is_tagging_cut_short(config: &StringMap, id: &Identity) -> bool {
 /// Fixtures the planning tests here and in the failover module share.
 #[cfg(test)]
 pub(crate) mod fixtures {
-    use super::{Identity, StringMap};
+    use super::{Identity, StringMap, TargetVm};
+    use crate::replicate::keys;
 
     pub(crate) fn id() -> Identity {
         Identity {
@@ -346,6 +347,23 @@ pub(crate) mod fixtures {
             .iter()
             .map(|(k, v)| ((*k).into(), (*v).into()))
             .collect()
+    }
+
+    /// A valid target snapshot of [`id`]'s VM, of source VM `name`, taken at `at`.
+    pub(crate) fn target_snapshot(name: &str, at: i64) -> TargetVm {
+        TargetVm {
+            reference: "ref-s".into(),
+            uuid: "s".into(),
+            name_label: keys::target_snapshot_name(name, "cr", at),
+            is_a_snapshot: true,
+            other_config: config(&[
+                (keys::JOB, "job"),
+                (keys::VM, "vm"),
+                (keys::SR, "sr"),
+                (keys::DATETIME, &keys::datetime(at)),
+            ]),
+            ..TargetVm::default()
+        }
     }
 }
 
