@@ -670,3 +670,58 @@ async fn max_rate_limits_a_copy() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a rate"));
 }
+
+/// An export abandoned before its end (a failed copy's `close`, or a full over NBD that read
+/// only the head for the allocation, `discard`) closes its connection first, so the host
+/// ends it at once: it does not wait until the host next looks for a cancellation (the lab
+/// looks every second while a client holds it up; each full over NBD used to pay that),
+/// and its task has ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_abandoned_after_its_head_ends_at_once() {
+    use vhdsync::xapi::transfer::{TransferOptions, VdiOn, open_export};
+    // More data than the lab's read-ahead and the sockets' buffers hold, so the export is
+    // held up by its client when abandoned.
+    let source = Host::start_sized("lab", false, 96 * MIB).await;
+    let disk = source.disk_uuid();
+    source.write(&disk, 0, 96 * MIB, 5).await;
+    let vdi = source.vdi_ref(&disk).await;
+    let options = TransferOptions::default();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let on = VdiOn {
+        host: &source.client,
+        vdi: &vdi,
+    };
+    for discard in [false, true] {
+        let export = open_export(on, None, "abandoned export", &options, &cancel)
+            .await
+            .unwrap();
+        // Give the host time to fill every buffer and block on the connection.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let started = std::time::Instant::now();
+        if discard {
+            export.discard().await;
+        } else {
+            export.close().await;
+        }
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_millis(900),
+            "discard {discard}: the export ended after {took:?}"
+        );
+    }
+    // `close` leaves a failed copy's task for the host's administrators, ended; `discard`
+    // removes its own.
+    let tasks = source.call("task.get_all_records", vec![]).await;
+    let left: Vec<String> = tasks
+        .as_struct()
+        .unwrap()
+        .values()
+        .filter(|t| t.get("name_label").and_then(Value::as_str) == Some("abandoned export"))
+        .filter_map(|t| t.get("status").and_then(Value::as_str).map(str::to_owned))
+        .collect();
+    assert_eq!(left.len(), 1, "close's task alone is left: {left:?}");
+    assert!(
+        left[0] == "cancelled" || left[0] == "failure",
+        "and it has ended: {left:?}"
+    );
+}

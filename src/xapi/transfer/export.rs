@@ -128,8 +128,11 @@ impl ExportStream<'_> {
     /// End the export task: destroyed after a complete export; otherwise cancelled and, if
     /// the host started sending, awaited (bounded) so that it has ended when this returns.
     /// Failed tasks are left for the host's administrators to see.
-    pub async fn close(self) {
+    pub async fn close(mut self) {
         let host = self.source.host;
+        // Closing the connection first: a host blocked writing to it ends the export at
+        // once instead of when it next looks at the task.
+        drop(self.body.take());
         if self.result.is_some() {
             let _ = host.destroy_task(&self.task).await;
         } else {
@@ -140,8 +143,10 @@ impl ExportStream<'_> {
 
     /// End an export read only for its head: cancelled, and its task removed once the
     /// host has ended it (bounded), so that nothing is left behind.
-    pub async fn discard(self) {
+    pub async fn discard(mut self) {
         let host = self.source.host;
+        // As in `close`: the host, blocked writing the body nobody reads, stops at once.
+        drop(self.body.take());
         let _ = host.cancel_task(&self.task).await;
         if host.wait_task(&self.task, SETTLE_TIMEOUT).await.is_ok() {
             let _ = host.destroy_task(&self.task).await;
