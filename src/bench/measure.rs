@@ -76,6 +76,10 @@ pub enum Target {
     SecondsBelow(f64),
     /// Reported for information only.
     None,
+    /// Reported for information only, the ratio of wall times: the two sides do the same
+    /// work (one cycle after the same guest writes) in different numbers of bytes, so their
+    /// rates say nothing of which was faster.
+    WallTimeOnly,
 }
 
 impl Target {
@@ -85,7 +89,7 @@ impl Target {
             Target::RatioAtLeast(min) => format!(">= {:.0}%", min * 100.0),
             Target::SecondsBelow(s) if s < 1.0 => format!("< {:.0} ms", s * 1000.0),
             Target::SecondsBelow(s) => format!("< {s} s"),
-            Target::None => "-".into(),
+            Target::None | Target::WallTimeOnly => "-".into(),
         }
     }
 }
@@ -123,10 +127,16 @@ pub struct Row {
 }
 
 impl Row {
-    /// Our throughput over the reference's (each side's bytes over its own median time).
+    /// Our throughput over the reference's (each side's bytes over its own median time), or
+    /// for [`Target::WallTimeOnly`] the reference's median time over ours.
     pub fn ratio(&self) -> Option<f64> {
         let reference = self.reference.as_ref()?;
-        Some(self.ours.rate() / reference.rate().max(f64::MIN_POSITIVE))
+        Some(match self.target {
+            Target::WallTimeOnly => {
+                reference.summary.median / self.ours.summary.median.max(f64::MIN_POSITIVE)
+            }
+            _ => self.ours.rate() / reference.rate().max(f64::MIN_POSITIVE),
+        })
     }
 
     pub fn verdict(&self) -> Verdict {
@@ -136,7 +146,7 @@ impl Row {
                 None => return Verdict::NotJudged,
             },
             Target::SecondsBelow(limit) => self.ours.summary.median < limit,
-            Target::None => return Verdict::NotJudged,
+            Target::None | Target::WallTimeOnly => return Verdict::NotJudged,
         };
         if pass { Verdict::Pass } else { Verdict::Fail }
     }
@@ -247,6 +257,19 @@ mod tests {
         );
         assert_eq!(slow.ratio(), Some(0.5));
         assert_eq!(slow.verdict(), Verdict::Fail);
+    }
+
+    #[test]
+    fn a_wall_time_row_compares_times_whatever_the_bytes_and_is_not_judged() {
+        // The same cycle, ours in 13 MB and 0.5 s, the reference in 268 MB and 1 s.
+        let r = row(
+            side(13, &[0.5]),
+            Some(side(268, &[1.0])),
+            Target::WallTimeOnly,
+        );
+        assert_eq!(r.ratio(), Some(2.0));
+        assert_eq!(r.verdict(), Verdict::NotJudged);
+        assert_eq!(Target::WallTimeOnly.describe(), "-");
     }
 
     #[test]

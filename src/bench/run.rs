@@ -268,9 +268,9 @@ fn measure(
             per_cycle(&nbd.stream_deltas),
             &nbd.stream_deltas.samples,
         )?),
-        target: Target::None,
+        target: Target::WallTimeOnly,
         note: Some(format!(
-            "bytes sent per delta: NBD {} ({}, bound {}), export path {}",
+            "ratio = the export path's wall time over NBD's; bytes sent per delta: NBD {} ({}, bound {}), export path {}",
             nbd_delta,
             if nbd_delta <= bound {
                 "within the bound"
