@@ -113,7 +113,7 @@ impl StreamEncoder {
         let last_sector =
             (blocks_start + u64::from(included.saturating_sub(1)) * block_span) / SECTOR_SIZE;
         if last_sector >= u64::from(vhd::bat::UNALLOCATED) {
-            return Err(invalid(
+            return Err(StreamError::invalid_param(
                 "blocks",
                 format_args!("{included} blocks of {block_span} bytes"),
                 "blocks whose sector offsets fit the BAT's 32 bits (under 2 TiB of stream)",
@@ -237,7 +237,7 @@ impl StreamEncoder {
 /// Checks the sizes and block set; returns the number of BAT entries, `ceil(size / block)`.
 fn check_geometry(params: &EncodeParams) -> Result<u32, StreamError> {
     if params.virtual_size > vhd::MAX_VIRTUAL_SIZE {
-        return Err(invalid(
+        return Err(StreamError::invalid_param(
             "virtual_size",
             params.virtual_size,
             format_args!("at most {} (2040 GiB)", vhd::MAX_VIRTUAL_SIZE),
@@ -247,7 +247,7 @@ fn check_geometry(params: &EncodeParams) -> Result<u32, StreamError> {
     if !block_size.is_power_of_two()
         || !(vhd::MIN_BLOCK_SIZE..=vhd::DEFAULT_BLOCK_SIZE).contains(&block_size)
     {
-        return Err(invalid(
+        return Err(StreamError::invalid_param(
             "block_size",
             block_size,
             "a power of two from 512 to 2097152",
@@ -255,7 +255,7 @@ fn check_geometry(params: &EncodeParams) -> Result<u32, StreamError> {
     }
     let entries = params.virtual_size.div_ceil(u64::from(block_size));
     if entries > u64::from(vhd::MAX_BAT_ENTRIES) {
-        return Err(invalid(
+        return Err(StreamError::invalid_param(
             "block_size",
             format_args!("{block_size}, giving {entries} BAT entries"),
             format_args!("at most {} BAT entries", vhd::MAX_BAT_ENTRIES),
@@ -264,7 +264,7 @@ fn check_geometry(params: &EncodeParams) -> Result<u32, StreamError> {
     if let Some(last) = params.blocks.iter().last()
         && u64::from(last) >= entries
     {
-        return Err(invalid(
+        return Err(StreamError::invalid_param(
             "blocks",
             format_args!("block {last}"),
             format_args!("indexes below {entries} = ceil(virtual_size / block_size)"),
@@ -294,7 +294,7 @@ fn metadata(
     };
     let name_units = parent.name.encode_utf16().count();
     if name_units > PARENT_NAME_UNITS {
-        return Err(invalid(
+        return Err(StreamError::invalid_param(
             "parent.name",
             format_args!("{name_units} UTF-16 units"),
             format_args!("at most {PARENT_NAME_UNITS}, the header's parent name field"),
@@ -303,7 +303,7 @@ fn metadata(
     // blktap's relative form; the name is written as is (not percent-encoded), like blktap.
     let payload = format!("file://./{}", parent.name.trim_start_matches("./")).into_bytes();
     if payload.len() > LOCATOR_SPACE as usize {
-        return Err(invalid(
+        return Err(StreamError::invalid_param(
             "parent.name",
             format_args!("a {}-byte MacX locator", payload.len()),
             format_args!("at most {LOCATOR_SPACE} bytes, the sector at {LOCATOR_OFFSET}"),
@@ -321,18 +321,6 @@ fn metadata(
         data_offset: LOCATOR_OFFSET,
     };
     Ok((footer, header, payload))
-}
-
-fn invalid(
-    field: &'static str,
-    found: impl std::fmt::Display,
-    expected: impl std::fmt::Display,
-) -> StreamError {
-    StreamError::InvalidParams {
-        field,
-        found: found.to_string(),
-        expected: expected.to_string(),
-    }
 }
 
 /// Every frame of a stream, in order: see [`StreamEncoder::into_frames`].

@@ -125,6 +125,19 @@ pub enum StreamError {
 }
 
 impl StreamError {
+    /// [`StreamError::InvalidParams`]: `field` was `found`, and `expected` says what would do.
+    pub fn invalid_param(
+        field: &'static str,
+        found: impl std::fmt::Display,
+        expected: impl std::fmt::Display,
+    ) -> StreamError {
+        StreamError::InvalidParams {
+            field,
+            found: found.to_string(),
+            expected: expected.to_string(),
+        }
+    }
+
     /// The absolute stream byte offset the error concerns; `None` for transport failures and
     /// encoder parameters, which are not about a position in a stream.
     pub fn offset(&self) -> Option<u64> {

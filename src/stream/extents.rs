@@ -56,11 +56,15 @@ impl ChangeMap {
     pub fn from_xapi(text: &str, virtual_size: u64) -> Result<ChangeMap, StreamError> {
         // At most 2040 GiB: a bitmap of 4 MiB, its base64 under 6 MiB.
         if virtual_size > vhd::MAX_VIRTUAL_SIZE {
-            return Err(invalid("virtual_size", virtual_size, "at most 2040 GiB"));
+            return Err(StreamError::invalid_param(
+                "virtual_size",
+                virtual_size,
+                "at most 2040 GiB",
+            ));
         }
         let expected = virtual_size.div_ceil(EXTENT_SIZE).div_ceil(8);
         if text.len() as u64 > (expected + 3).div_ceil(3) * 4 + 4 {
-            return Err(invalid(
+            return Err(StreamError::invalid_param(
                 "changed_blocks",
                 format_args!("{} characters of base64", text.len()),
                 format_args!("the base64 of {expected} bytes"),
@@ -68,7 +72,7 @@ impl ChangeMap {
         }
         let bits = base64::engine::general_purpose::STANDARD
             .decode(text.trim())
-            .map_err(|e| invalid("changed_blocks", e, "base64"))?;
+            .map_err(|e| StreamError::invalid_param("changed_blocks", e, "base64"))?;
         ChangeMap::from_bits(bits, virtual_size)
     }
 
@@ -77,7 +81,7 @@ impl ChangeMap {
         let extents = virtual_size.div_ceil(EXTENT_SIZE);
         let expected = extents.div_ceil(8) as usize;
         if bits.len() < expected {
-            return Err(invalid(
+            return Err(StreamError::invalid_param(
                 "changed_blocks",
                 format_args!("{} bytes of bitmap", bits.len()),
                 format_args!("{expected} bytes: one bit per 64 KiB of {virtual_size} bytes"),
@@ -94,7 +98,7 @@ impl ChangeMap {
         let stray = bits[expected..].iter().any(|b| *b != 0)
             || (expected > 0 && bits[expected - 1] & last_mask != 0);
         if stray {
-            return Err(invalid(
+            return Err(StreamError::invalid_param(
                 "changed_blocks",
                 "bits set past the disk's end",
                 format_args!("{extents} extents of 64 KiB"),
@@ -188,15 +192,17 @@ impl ExtentStream {
         if !block_size.is_power_of_two()
             || !(EXTENT_SIZE as u32..=vhd::DEFAULT_BLOCK_SIZE).contains(&block_size)
         {
-            return Err(invalid(
+            return Err(StreamError::invalid_param(
                 "block_size",
                 block_size,
                 "a power of two from 64 KiB to 2 MiB",
             ));
         }
         let per_block = (u64::from(block_size) / EXTENT_SIZE) as u32;
-        let entries = u32::try_from(virtual_size.div_ceil(u64::from(block_size)))
-            .map_err(|_| invalid("virtual_size", virtual_size, "at most 2040 GiB"))?;
+        let entries =
+            u32::try_from(virtual_size.div_ceil(u64::from(block_size))).map_err(|_| {
+                StreamError::invalid_param("virtual_size", virtual_size, "at most 2040 GiB")
+            })?;
         let blocks = if all_blocks {
             BlockSet::full(entries)
         } else {
@@ -320,18 +326,6 @@ pub fn nonzero_mask(data: &[u8]) -> u32 {
         .enumerate()
         .filter(|(_, extent)| extent.iter().any(|b| *b != 0))
         .fold(0, |mask, (j, _)| mask | (1 << j))
-}
-
-fn invalid(
-    field: &'static str,
-    found: impl std::fmt::Display,
-    expected: impl std::fmt::Display,
-) -> StreamError {
-    StreamError::InvalidParams {
-        field,
-        found: found.to_string(),
-        expected: expected.to_string(),
-    }
 }
 
 #[cfg(test)]
