@@ -1,7 +1,9 @@
 //! `vhdsync demo`: the product in one command. Two lab hosts in this process, a VM with two
 //! disks of random data, a full replication, guest writes, a delta replication through the
-//! same job file and code path as `vhdsync replicate`, then proof: the replica's content
-//! equals the source snapshot's, and starting the replica is refused.
+//! same job file and code path as `vhdsync replicate` (both over the export path), then the
+//! source offers NBD and a third run sends scattered 4 KiB writes as a delta over CBT + NBD,
+//! 64 KiB extents instead of 2 MiB blocks. Then proof: the replica's content equals the
+//! source snapshot's, and starting the replica is refused.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -11,6 +13,7 @@ use std::time::Duration;
 use super::CliError;
 use super::args::DemoArgs;
 use super::connect::connect_job;
+use super::terminal_text;
 use super::transfer::runtime;
 use super::units::{human_bytes, human_rate};
 use crate::lab::Lab;
@@ -29,6 +32,8 @@ use crate::xapi::transfer::TransferOptions;
 const MIB: u64 = 1 << 20;
 const PASSWORD: &str = "demo";
 const DISKS: [u64; 2] = [256 * MIB, 64 * MIB];
+/// The third run's guest writes: this many of 4 KiB, each in its own 2 MiB block of disk 0.
+const SCATTERED_WRITES: u64 = 64;
 
 /// For `map_err`: a step of the demo failed.
 fn failed<E>(what: &str) -> impl FnOnce(E) -> CliError
@@ -92,7 +97,7 @@ async fn run(dir: &Path) -> Result<ExitCode, CliError> {
     std::fs::write(
         &job_path,
         format!(
-            "name = \"demo\"\nsource = \"{}\"\ntarget = \"{}\"\ntarget_sr = \"{}\"\nvms = [\"{}\"]\nretention = 2\nstate_dir = \"state\"\n",
+            "name = \"demo\"\nsource = \"{}\"\ntarget = \"{}\"\ntarget_sr = \"{}\"\nvms = [\"{}\"]\nretention = 2\nstate_dir = \"state\"\ncbt = true\n",
             with_login(source_server.base_url()),
             with_login(target_server.base_url()),
             target_report.sr.uuid,
@@ -128,6 +133,20 @@ async fn run(dir: &Path) -> Result<ExitCode, CliError> {
     step("replicating (second run: delta)");
     runs.push(cycle(&job, &source, &target).await?);
 
+    step("the source offers NBD (network purpose insecure_nbd); the job has cbt = true");
+    offer_nbd(&source).await?;
+    step(&format!(
+        "guest writes: {SCATTERED_WRITES} x 4 KiB scattered over disk 0, each in its own 2 MiB \
+         block (the export path would send those {} of blocks)",
+        human_bytes(SCATTERED_WRITES * 2 * MIB)
+    ));
+    for i in 0..SCATTERED_WRITES {
+        let offset = i * 2 * MIB + (i % 32) * (64 << 10);
+        guest_write(&source, &disk_refs[0], offset, 4096, 100 + i).await?;
+    }
+    step("replicating (third run: delta over CBT + NBD, only the changed 64 KiB extents)");
+    runs.push(cycle(&job, &source, &target).await?);
+
     step("verifying: each replica disk's content equals the source snapshot's");
     let last = &runs[runs.len() - 1];
     for disk in &last.disks {
@@ -148,14 +167,17 @@ async fn run(dir: &Path) -> Result<ExitCode, CliError> {
 
     println!();
     println!(
-        "{:<4} {:<6} {:>12} {:>13} {:>8} {:>8} {:>13}",
-        "run", "mode", "bytes sent", "virtual size", "saving", "time", "rate"
+        "{:<4} {:<6} {:<9} {:>12} {:>13} {:>8} {:>8} {:>13}",
+        "run", "mode", "transport", "bytes sent", "virtual size", "saving", "time", "rate"
     );
     for (i, r) in runs.iter().enumerate() {
+        let mut transports: Vec<&str> = r.disks.iter().map(|d| d.transport).collect();
+        transports.dedup();
         println!(
-            "{:<4} {:<6} {:>12} {:>13} {:>7.1}% {:>7.2}s {:>13}",
+            "{:<4} {:<6} {:<9} {:>12} {:>13} {:>7.1}% {:>7.2}s {:>13}",
             i + 1,
             r.mode,
+            transports.join("+"),
             human_bytes(r.bytes_sent),
             human_bytes(r.virtual_size),
             100.0 * (1.0 - r.bytes_sent as f64 / r.virtual_size.max(1) as f64),
@@ -211,8 +233,11 @@ async fn cycle(
                 report.mode,
                 human_bytes(report.bytes_sent),
                 human_bytes(report.virtual_size),
-                report.replica_name
+                terminal_text::name(&report.replica_name)
             );
+            for note in &report.notes {
+                println!("      note: {}", terminal_text::message(note));
+            }
             Ok(*report)
         }
         Some((_, VmOutcome::Failed(e))) => Err(e.into()),
@@ -223,6 +248,23 @@ async fn cycle(
         ))),
         None => Err(CliError::Failed("demo: the job ran no VM".into())),
     }
+}
+
+/// Offer NBD on every network of `host`, in plain (the demo's hosts serve plain HTTP).
+async fn offer_nbd(host: &XapiClient) -> Result<(), CliError> {
+    let networks = host
+        .call("network.get_all", vec![])
+        .await
+        .map_err(failed("network.get_all"))?;
+    for network in networks.as_array().unwrap_or_default() {
+        host.call(
+            "network.add_purpose",
+            vec![network.clone(), Value::from("insecure_nbd")],
+        )
+        .await
+        .map_err(failed("network.add_purpose"))?;
+    }
+    Ok(())
 }
 
 async fn guest_write(
