@@ -244,3 +244,307 @@ async fn a_failed_run_releases_its_lease_for_the_next_at_once() {
         );
     }
 }
+
+/// Another machine's lease on the source VM, valid for an hour, added as generation
+/// `generation` (`released` frees it at once).
+async fn plant_lease(source: &Host, job_id: &str, generation: u64, released: bool) {
+    let record = lease::LeaseRecord {
+        run: "their-run".into(),
+        holder: "pid 7 on backup-2, state dir /var/lib/vhdsync".into(),
+        site: "backup-2 2049:7".into(),
+        expires: time::OffsetDateTime::now_utc().unix_timestamp() + 3600,
+        released,
+    };
+    let vm_ref = source.report.vms[0].ids.reference.clone();
+    source
+        .call(
+            "VM.add_to_other_config",
+            vec![
+                Value::from(vm_ref.as_str()),
+                Value::from(lease::key(job_id, generation).as_str()),
+                Value::from(record.to_value().as_str()),
+            ],
+        )
+        .await;
+}
+
+/// Issue 21 item 7, continued: `seed`, `seed-export`, `seed-import` and `failover` take the
+/// job's lease on the source VM as `replicate` does, so a run on another machine keeps them
+/// off the VM (exit 3, `replicate`'s message), and they release it when done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeds_and_failover_are_refused_while_another_machine_holds_the_lease() {
+    let source = Host::start(&[("web01", &[4 * MIB])]).await;
+    let target = Host::start(&[]).await;
+    let vm = source.report.vms[0].ids.uuid.clone();
+    source
+        .write(
+            &source.report.vms[0].disks[0].vdi.reference,
+            0,
+            2 * MIB,
+            Some(3),
+        )
+        .await;
+    let root = tempfile::tempdir().unwrap();
+    let job = machine(root.path(), "one", &source, &target, &vm);
+    let job_arg = job.to_str().unwrap();
+    let first = replicate(&job).await;
+    assert_eq!(first.code, 0, "{} {}", first.stdout, first.stderr);
+    let job_id = job_id(&first);
+    let schedule_id = vhdsync::replicate::job::Job::load(&job)
+        .unwrap()
+        .schedule_id;
+
+    // Free: the export takes the lease and releases it.
+    let seed_dir = root.path().join("seed");
+    let export_args = |dir: &Path| -> Vec<String> {
+        [
+            "seed-export",
+            "--force",
+            "--job",
+            job_arg,
+            "--vm",
+            &vm,
+            "-o",
+        ]
+        .map(str::to_owned)
+        .into_iter()
+        .chain([dir.to_str().unwrap().to_owned()])
+        .collect()
+    };
+    let before = lease_on(&source, &job_id).await.generation;
+    let exported = vhdsync(&strs(&export_args(&seed_dir))).await;
+    assert_eq!(exported.code, 0, "{} {}", exported.stdout, exported.stderr);
+    let after = lease_on(&source, &job_id).await;
+    assert!(released(&after), "{after:?}");
+    // Taken, maybe renewed (every 2/3 s), then released.
+    assert!(after.generation >= before + 2, "{after:?}");
+    let snapshot = vhdsync::replicate::manifest::Manifest::load(&seed_dir)
+        .unwrap()
+        .snapshot_uuid;
+
+    // Another machine takes the lease.
+    plant_lease(&source, &job_id, after.generation + 1, false).await;
+    let theirs = after.generation + 1;
+    let seed_args = [
+        "seed".to_owned(),
+        source.url(),
+        snapshot,
+        target.url(),
+        // Never looked at: the lease is asked for first.
+        "0b0c0d0e-0000-4000-8000-000000000001".to_owned(),
+        job_id.clone(),
+        schedule_id,
+    ];
+    let import_args =
+        ["seed-import", "--job", job_arg, seed_dir.to_str().unwrap()].map(str::to_owned);
+    let failover_args = ["failover", "--job", job_arg, "--vm", &vm, "--yes"].map(str::to_owned);
+    let vms_before = target.vms().await.len();
+    for args in [
+        export_args(&root.path().join("seed-2")),
+        import_args.to_vec(),
+        seed_args.to_vec(),
+        failover_args.to_vec(),
+    ] {
+        let run = vhdsync(&strs(&args)).await;
+        assert_eq!(run.code, 3, "{}: {} {}", args[0], run.stdout, run.stderr);
+        assert!(
+            run.stderr.contains(&format!(
+                "another run is replicating VM {vm}: pid 7 on backup-2, state dir \
+                 /var/lib/vhdsync holds its lease on the source until"
+            )),
+            "{}: {}",
+            args[0],
+            run.stderr
+        );
+        let still = lease_on(&source, &job_id).await;
+        assert_eq!(still.generation, theirs, "{}: {still:?}", args[0]);
+        assert!(!released(&still), "{}: {still:?}", args[0]);
+    }
+    assert!(!root.path().join("seed-2").exists());
+    assert_eq!(
+        target.vms().await.len(),
+        vms_before,
+        "nothing imported or failed over"
+    );
+
+    // They release it: the import, then the failover, take it and release it in turn.
+    plant_lease(&source, &job_id, theirs + 1, true).await;
+    let mut last = theirs + 1;
+    for args in [import_args.to_vec(), failover_args.to_vec()] {
+        let run = vhdsync(&strs(&args)).await;
+        assert_eq!(run.code, 0, "{}: {} {}", args[0], run.stdout, run.stderr);
+        let now = lease_on(&source, &job_id).await;
+        assert!(released(&now), "{}: {now:?}", args[0]);
+        assert!(now.generation >= last + 2, "{}: {now:?}", args[0]);
+        last = now.generation;
+        assert!(
+            matches!(&now.state, LeaseState::Record(r) if r.holder.contains("one/state")),
+            "{}: {now:?}",
+            args[0]
+        );
+    }
+}
+
+fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+/// The disaster case: the source is gone, and failover must still work, saying that it
+/// could not take the lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_goes_on_without_the_lease_when_the_source_is_unreachable() {
+    let source = Host::start(&[("web01", &[4 * MIB])]).await;
+    let target = Host::start(&[]).await;
+    let vm = source.report.vms[0].ids.uuid.clone();
+    let root = tempfile::tempdir().unwrap();
+    let job = machine(root.path(), "one", &source, &target, &vm);
+    let first = replicate(&job).await;
+    assert_eq!(first.code, 0, "{} {}", first.stdout, first.stderr);
+    let job_id = job_id(&first);
+    let replicated = lease_on(&source, &job_id).await;
+
+    // The same job where the source's address answers no more: a port nobody listens on.
+    let gone = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let gone_port = gone.local_addr().unwrap().port();
+    drop(gone);
+    let text = std::fs::read_to_string(&job).unwrap();
+    let source_port = source
+        .server
+        .base_url()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_owned();
+    let dead = text.replacen(
+        &format!("127.0.0.1:{source_port}\""),
+        &format!("127.0.0.1:{gone_port}\""),
+        1,
+    );
+    assert_ne!(dead, text);
+    std::fs::write(&job, dead).unwrap();
+
+    let started = std::time::Instant::now();
+    let run = vhdsync(&[
+        "failover",
+        "--job",
+        job.to_str().unwrap(),
+        "--vm",
+        &vm,
+        "--yes",
+        "--json",
+    ])
+    .await;
+    assert_eq!(run.code, 0, "{} {}", run.stdout, run.stderr);
+    assert!(
+        run.stderr.contains(&format!(
+            "warning: the source could not be asked for VM {vm}'s lease"
+        )) && run.stderr.contains("failover goes on without it"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "no waiting on a refused connection"
+    );
+    let replica = run.json["replica"].as_str().unwrap();
+    let replica_ref = target.text("VM.get_by_uuid", &[replica]).await;
+    assert!(
+        !target
+            .vm(&replica_ref)
+            .await
+            .blocked_operations
+            .contains_key("start"),
+        "failed over"
+    );
+    // The source was not touched.
+    assert_eq!(lease_on(&source, &job_id).await, replicated);
+}
+
+/// A seed import keeps its lease past its time to live by renewing it, so another machine's
+/// `replicate` is refused meanwhile; SIGTERM stops it (exit 130) and releases the lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_seed_import_releases_the_lease_it_renewed() {
+    let source = Host::start(&[("web01", &[8 * MIB])]).await;
+    let target = Host::start(&[]).await;
+    let vm = source.report.vms[0].ids.uuid.clone();
+    source
+        .write(
+            &source.report.vms[0].disks[0].vdi.reference,
+            0,
+            8 * MIB,
+            Some(5),
+        )
+        .await;
+    let root = tempfile::tempdir().unwrap();
+    let one = machine(root.path(), "one", &source, &target, &vm);
+    let two = machine(root.path(), "two", &source, &target, &vm);
+    let job_id = vhdsync::replicate::job::Job::load(&one).unwrap().job_id;
+    let seed_dir = root.path().join("seed");
+    let exported = vhdsync(&[
+        "seed-export",
+        "--job",
+        one.to_str().unwrap(),
+        "--vm",
+        &vm,
+        "-o",
+        seed_dir.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(exported.code, 0, "{} {}", exported.stdout, exported.stderr);
+    // The import of 8 MiB at 1 MiB/s: about 8 s, four times the lease's time to live.
+    target
+        .inject(vec![
+            ("kind", Value::from("bandwidth")),
+            ("bytes_per_second", Value::Int(MIB as i64)),
+            ("on", Value::from("import")),
+            ("persistent", Value::Bool(true)),
+        ])
+        .await;
+    let import = tokio::process::Command::new(BIN)
+        .args(["seed-import", "--job"])
+        .arg(&one)
+        .arg(&seed_dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !matches!(lease_on(&source, &job_id).await.state, LeaseState::Record(ref r) if !r.released)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the import never took the lease"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let taken = lease_on(&source, &job_id).await.generation;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let refused = replicate(&two).await;
+    assert_eq!(refused.code, 3, "{} {}", refused.stdout, refused.stderr);
+    let holder = refused.json["vms"][0]["holder"].as_str().unwrap();
+    assert!(holder.contains("one/state"), "{holder}");
+    assert!(
+        lease_on(&source, &job_id).await.generation > taken,
+        "renewed while it ran"
+    );
+
+    let pid = i32::try_from(import.id().unwrap()).unwrap();
+    // SAFETY: kill(2) with the pid of a child this test spawned and has not reaped.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let out = tokio::time::timeout(Duration::from_secs(30), import.wait_with_output())
+        .await
+        .expect("the import stops")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    let after = lease_on(&source, &job_id).await;
+    assert!(released(&after), "{after:?}");
+    // Straight away, the other machine is not refused. (Its cycle may still fail on what the
+    // stopped import left on the target: that is the cleanup's business, not the lease's.)
+    target.clear_faults().await;
+    let next = replicate(&two).await;
+    assert_ne!(next.code, 3, "{} {}", next.stdout, next.stderr);
+    assert_ne!(next.json["vms"][0]["status"], "locked", "{}", next.stdout);
+}

@@ -14,6 +14,7 @@ use common::lab_pair::{
 use common::npm::{clients, node};
 use vhdsync::replicate::job::Job;
 use vhdsync::replicate::keys;
+use vhdsync::replicate::lease::{self, LeaseState};
 use vhdsync::replicate::manifest::Manifest;
 use vhdsync::replicate::seed_file::{FILE_HEADER_LEN, FRAME_HEADER_LEN};
 use vhdsync::xapi::rpc::Value;
@@ -181,6 +182,17 @@ async fn vhdsync_seed_links_a_pair_and_replicate_sends_a_delta() {
         run.stdout
     );
     assert!(!run.stdout.contains(PASSWORD) && !run.stderr.contains("l%40b"));
+    // The seed held the job's lease on the VM its snapshot is of, and released it.
+    let vm = pair
+        .source
+        .vm(&pair.source.report.vms[0].ids.reference)
+        .await;
+    let held = lease::read(&vm.other_config, &pair.ids.job_id);
+    assert!(
+        matches!(&held.state, LeaseState::Record(r) if r.released && r.holder.ends_with(", no state dir")),
+        "{held:?}"
+    );
+    assert_eq!(held.generation, 2, "taken, then released: {held:?}");
     pair.check_seed_keys(true).await;
     pair.replicate_continues_with_a_delta().await;
 }

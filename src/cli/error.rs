@@ -1,5 +1,6 @@
 use crate::image::{ImageError, ImageErrorKind};
 use crate::replicate::job::JobError;
+use crate::replicate::lease::LeaseError;
 use crate::replicate::lock::LockError;
 use crate::replicate::manifest::ManifestError;
 use crate::replicate::op_error::OpError;
@@ -35,6 +36,13 @@ pub enum CliError {
     /// unsafe to use (exit 2).
     #[error(transparent)]
     Lock(Box<LockError>),
+    /// A VM's lease on the source: held by another run (exit 3, as a held lock), or not taken
+    /// or lost for another reason (exit 1).
+    #[error(transparent)]
+    Lease(Box<LeaseError>),
+    /// SIGINT or SIGTERM stopped the command (exit 130, as a shell reports it).
+    #[error("{0}")]
+    Interrupted(String),
     /// Logging in to a host failed: bad credentials or trust given (exit 2), or the host
     /// (exit 1).
     #[error(transparent)]
@@ -74,6 +82,7 @@ boxed_from!(
     Manifest(ManifestError),
     Job(JobError),
     Lock(LockError),
+    Lease(LeaseError),
     Connect(ConnectError),
     Preflight(PreflightError),
     Host(ClientError),
@@ -104,6 +113,8 @@ impl CliError {
             | CliError::Host(_)
             | CliError::Cycle(_) => 1,
             CliError::Lock(e) => lock_exit_code(e),
+            CliError::Lease(e) => lease_exit_code(e),
+            CliError::Interrupted(_) => 130,
             CliError::Connect(e) => input_or_failed(e.is_input()),
             CliError::Preflight(e) => input_or_failed(e.is_config()),
             CliError::Op(e) => input_or_failed(e.is_input()),
@@ -120,6 +131,12 @@ pub(super) fn lock_exit_code(e: &LockError) -> u8 {
         LockError::UnsafeStateDir { .. } | LockError::NotARegularFile { .. } => 2,
         LockError::Held { .. } | LockError::Io { .. } => 3,
     }
+}
+
+/// A VM lease not taken or lost: held by another run is the same as a held lock (3); any
+/// other reason is a failure (1).
+pub(super) fn lease_exit_code(e: &LeaseError) -> u8 {
+    if e.is_held_elsewhere() { 3 } else { 1 }
 }
 
 fn input_or_failed(input: bool) -> u8 {
@@ -152,5 +169,20 @@ mod tests {
         assert_eq!(lock(held), 3);
         let path = std::path::PathBuf::from("/state");
         assert_eq!(lock(LockError::UnsafeStateDir { path, mode: 0o777 }), 2);
+        let lease = |e: LeaseError| CliError::from(e).exit_code();
+        let vm = || "v".to_owned();
+        let held = LeaseError::Held {
+            vm: vm(),
+            holder: "pid 1".into(),
+            expires: 0,
+        };
+        assert_eq!(lease(held), 3);
+        assert_eq!(lease(LeaseError::Contended { vm: vm() }), 3);
+        let lost = LeaseError::Lost {
+            vm: vm(),
+            holder: "pid 2".into(),
+        };
+        assert_eq!(lease(lost), 1);
+        assert_eq!(CliError::Interrupted("stopped".into()).exit_code(), 130);
     }
 }

@@ -1,6 +1,8 @@
 //! `failover` and `test-failover`.
 //!
-//! Failover acts on the DR site without asking the source (it may be gone). On a terminal it
+//! Failover acts on the DR site. It takes the VM's lease on the source, as `replicate` does,
+//! when the source answers, and goes on without it (with a warning) when the source cannot
+//! be asked: the source may be gone (see `vm_lease`). On a terminal it
 //! asks for confirmation unless `--yes`, naming the restore point and its age; without a
 //! terminal it refuses (exit 2) unless `--yes`, so a script never fails over by accident nor
 //! hangs on a prompt. A VM already failed over is refused (exit 2) unless `--force`.
@@ -19,6 +21,7 @@ use super::seed::{job_identity, lock};
 use super::terminal_text;
 use super::transfer::runtime;
 use super::units::human_age;
+use super::vm_lease::{self, LeaseScope};
 use crate::replicate::clock::{Clock, SystemClock};
 use crate::replicate::failover::{
     FailoverChoice, FailoverReport, choose, cleanup, failover as run_failover,
@@ -106,8 +109,9 @@ pub fn failover(args: &FailoverArgs) -> Result<ExitCode, CliError> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Without `--yes`, choose the restore point and ask about it (before taking the VM's lock,
-/// so a pending question holds up no run); then fail over to the restore point confirmed.
+/// Without `--yes`, choose the restore point and ask about it (before taking the VM's lock
+/// and lease, so a pending question holds up no run); then fail over to the restore point
+/// confirmed.
 fn confirmed_failover(
     runtime: &tokio::runtime::Runtime,
     target: &XapiClient,
@@ -132,14 +136,28 @@ fn confirmed_failover(
         replica = Some(choice.restore_point);
     }
     let _lock = lock(job, &id.vm_uuid)?;
-    Ok(runtime.block_on(run_failover(
-        target,
-        id,
-        replica.as_deref(),
-        args.start,
-        args.force,
-        &SystemClock,
-    ))?)
+    runtime.block_on(async {
+        let work = async {
+            Ok(run_failover(
+                target,
+                id,
+                replica.as_deref(),
+                args.start,
+                args.force,
+                &SystemClock,
+            )
+            .await?)
+        };
+        let scope = LeaseScope::of_job(job, &id.vm_uuid);
+        match vm_lease::for_failover(job, &scope).await? {
+            Some((source, lease)) => {
+                let outcome = vm_lease::hold_while(&source, lease, work).await;
+                let _ = source.logout().await;
+                outcome
+            }
+            None => work.await,
+        }
+    })
 }
 
 pub fn test_failover(args: &TestFailoverArgs) -> Result<ExitCode, CliError> {

@@ -18,12 +18,14 @@ mod preflight;
 mod progress;
 mod replicate;
 mod seed;
+mod signals;
 mod status;
 mod step_text;
 mod streams;
 mod terminal_text;
 mod transfer;
 mod units;
+mod vm_lease;
 
 use std::process::ExitCode;
 
@@ -33,7 +35,7 @@ pub(crate) use error::CliError;
 
 /// Parse the command line, run the command, and map the outcome to an exit code:
 /// 0 success, 1 the work failed (or `check` found problems), 2 usage or input error,
-/// 3 another run holds the lock.
+/// 3 another run holds the lock or the lease, 130 interrupted by SIGINT or SIGTERM.
 pub fn run() -> ExitCode {
     let cli = match args::Cli::try_parse_from(seed::command_line(std::env::args_os())) {
         Ok(cli) => cli,

@@ -10,11 +10,12 @@ use tokio_util::sync::CancellationToken;
 use super::CliError;
 use super::args::ReplicateArgs;
 use super::connect::connect_job;
-use super::error::lock_exit_code;
+use super::error::{lease_exit_code, lock_exit_code};
 use super::metrics_file::{self, TargetView};
 use super::output::print_json;
 use super::preflight;
 use super::progress;
+use super::signals::Interrupts;
 use super::terminal_text;
 use super::transfer::runtime;
 use super::units::{human_bytes, human_rate};
@@ -221,28 +222,15 @@ fn write_metrics(job: &Job, ran: &[RunOutcome<'_>], target: TargetView<'_>) -> b
 fn cancel_on_signal() -> CancellationToken {
     let cancel = CancellationToken::new();
     let token = cancel.clone();
+    let mut interrupts = Interrupts::listen();
     tokio::spawn(async move {
-        let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        let mut signal = async || {
-            let terminated = async {
-                match terminate.as_mut() {
-                    Some(signal) => drop(signal.recv().await),
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                () = terminated => {}
-            }
-        };
         tokio::select! {
-            () = signal() => {}
+            () = interrupts.next() => {}
             () = token.cancelled() => return,
         }
         eprintln!("vhdsync: interrupted: stopping and removing what this run created");
         token.cancel();
-        signal().await;
+        interrupts.next().await;
         eprintln!("vhdsync: interrupted again: exiting; the next run cleans up");
         std::process::exit(130);
     });
@@ -378,8 +366,7 @@ fn report(
             }
             VmOutcome::Locked(e) => lock_exit_code(e),
             // Held on another machine is the same as held on this one.
-            VmOutcome::Leased(e) if e.is_held_elsewhere() => 3,
-            VmOutcome::Leased(_) => 1,
+            VmOutcome::Leased(e) => lease_exit_code(e),
             VmOutcome::Failed(_) | VmOutcome::Panicked(_) => 1,
         })
         .max();

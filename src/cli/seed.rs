@@ -4,6 +4,7 @@ use std::ffi::OsString;
 use std::io::IsTerminal;
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use serde_json::json;
 
@@ -16,13 +17,16 @@ use super::step_text::{self, Cadence, Due};
 use super::terminal_text;
 use super::transfer::runtime;
 use super::units::human_bytes;
+use super::vm_lease::{LeaseScope, under_lease};
 use crate::replicate::clock::{Clock, SystemClock};
 use crate::replicate::job::Job;
 use crate::replicate::keys;
+use crate::replicate::lease::{DEFAULT_TTL, Holder};
 use crate::replicate::lock::VmLock;
 use crate::replicate::plan::Identity;
-use crate::replicate::seed::seed as run_seed;
+use crate::replicate::seed::{SeedReport, seed as run_seed, source_vm_of};
 use crate::replicate::seed_offline::{ExistingChain, SeedJob, existing_chain, export, import};
+use crate::xapi::client::XapiClient;
 use crate::xapi::transfer::{Progress, Throttle};
 
 /// The name under which the binary behaves as `vhdsync seed`, for xo-cr-seed runbooks.
@@ -81,18 +85,9 @@ pub fn seed(args: &SeedArgs) -> Result<ExitCode, CliError> {
     }
     warn_about([&source, &target]);
     runtime()?.block_on(async {
-        let source = source.connect().await?;
+        let source = Arc::new(source.connect().await?);
         let target = target.connect().await?;
-        let outcome = run_seed(
-            &source,
-            &target,
-            &args.snapshot_uuid.to_lowercase(),
-            &args.target_vm_uuid.to_lowercase(),
-            &args.job_id,
-            &args.schedule_id,
-            &SystemClock,
-        )
-        .await;
+        let outcome = seed_under_lease(&source, &target, args).await;
         let _ = source.logout().await;
         let _ = target.logout().await;
         let report = outcome?;
@@ -120,6 +115,37 @@ pub fn seed(args: &SeedArgs) -> Result<ExitCode, CliError> {
         }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// The seed, under the job's lease on the VM the snapshot is of (see `vm_lease`).
+async fn seed_under_lease(
+    source: &Arc<XapiClient>,
+    target: &XapiClient,
+    args: &SeedArgs,
+) -> Result<SeedReport, CliError> {
+    let snapshot = args.snapshot_uuid.to_lowercase();
+    let scope = LeaseScope {
+        // Canonical, as a job file's: the key must be the one `replicate` of the job uses.
+        job_id: uuid::Uuid::try_parse(&args.job_id)
+            .map_err(|e| CliError::Input(format!("the job id {:?}: {e}", args.job_id)))?
+            .to_string(),
+        vm: source_vm_of(source, &snapshot).await?,
+        ttl: DEFAULT_TTL,
+        holder: Holder::this_process_without_state_dir(),
+    };
+    let work = async {
+        Ok(run_seed(
+            source,
+            target,
+            &snapshot,
+            &args.target_vm_uuid.to_lowercase(),
+            &args.job_id,
+            &args.schedule_id,
+            &SystemClock,
+        )
+        .await?)
+    };
+    under_lease(source, &scope, work).await
 }
 
 /// The identity of `vm`'s replicas under `job`; `vm` must be one of the job's VMs: listed,
@@ -206,8 +232,14 @@ pub fn seed_export(args: &SeedExportArgs) -> Result<ExitCode, CliError> {
             let _ = source.logout().await;
             return Err(e);
         }
-        let mut display = progress(args.json);
-        let outcome = export(&source, &seed, &args.output, args.level, &mut display).await;
+        let source = Arc::new(source);
+        let work = async {
+            let mut display = progress(args.json);
+            Ok(export(&source, &seed, &args.output, args.level, &mut display).await?)
+        };
+        // Taken after the read-only check above, before the export writes on the source.
+        let scope = LeaseScope::of_job(&job, &seed.id.vm_uuid);
+        let outcome = under_lease(&source, &scope, work).await;
         let _ = source.logout().await;
         let manifest = outcome?;
         if args.json {
@@ -263,8 +295,13 @@ pub fn seed_import(args: &SeedImportArgs) -> Result<ExitCode, CliError> {
     let _lock = lock(&job, &seed.id.vm_uuid)?;
     runtime()?.block_on(async {
         let (source, target) = connect_job(&job).await?;
-        let mut display = progress(args.json);
-        let outcome = import(&source, &target, &seed, &args.dir, &mut display).await;
+        let source = Arc::new(source);
+        let work = async {
+            let mut display = progress(args.json);
+            Ok(import(&source, &target, &seed, &args.dir, &mut display).await?)
+        };
+        let scope = LeaseScope::of_job(&job, &seed.id.vm_uuid);
+        let outcome = under_lease(&source, &scope, work).await;
         let _ = source.logout().await;
         let _ = target.logout().await;
         let report = outcome?;

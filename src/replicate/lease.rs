@@ -306,30 +306,46 @@ pub struct Holder {
 
 impl Holder {
     /// This process, with a fresh run id: `pid 42 on backup-7f9c, state dir /var/lib/vhdsync`.
+    /// It holds the local lock of `state_dir` for the job and VM (see [`Lease::take`]).
     pub fn this_process(state_dir: &std::path::Path) -> Holder {
-        let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_owned())
-            .unwrap_or_default();
-        let on = if hostname.is_empty() {
-            String::new()
-        } else {
-            format!(" on {hostname}")
-        };
+        let hostname = hostname();
         let site = match std::fs::metadata(state_dir) {
             Ok(meta) => shown(&format!("{hostname} {}:{}", meta.dev(), meta.ino())),
             // No directory to name: no site, so no takeover before expiry.
             Err(_) => String::new(),
         };
         Holder {
-            run: uuid::Uuid::new_v4().to_string(),
-            holder: shown(&format!(
-                "pid {}{on}, state dir {}",
-                std::process::id(),
-                state_dir.display()
-            )),
             site,
+            ..Holder::described(&hostname, &format!(", state dir {}", state_dir.display()))
         }
     }
+
+    /// This process when it has no state directory, so no local lock (`seed`, whose command
+    /// line names no job file): `pid 42 on backup-7f9c, no state dir`. It has no site: if it
+    /// is killed, its lease is taken over only once it expires.
+    pub fn this_process_without_state_dir() -> Holder {
+        Holder::described(&hostname(), ", no state dir")
+    }
+
+    fn described(hostname: &str, rest: &str) -> Holder {
+        let on = if hostname.is_empty() {
+            String::new()
+        } else {
+            format!(" on {hostname}")
+        };
+        Holder {
+            run: uuid::Uuid::new_v4().to_string(),
+            holder: shown(&format!("pid {}{on}{rest}", std::process::id())),
+            site: String::new(),
+        }
+    }
+}
+
+/// This machine's host name, empty when unknown.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default()
 }
 
 /// A held lease.

@@ -217,29 +217,7 @@ pub async fn seed(
     check_uuid("the schedule id", schedule_id)?;
     check_uuid("the snapshot", snapshot_uuid)?;
     check_uuid("the target VM", target_vm_uuid)?;
-    let (snapshot_ref, snapshot) = find_vm(source, snapshot_uuid, "source snapshot").await?;
-    if !snapshot.is_a_snapshot {
-        return Err(OpError::Invalid(format!(
-            "{snapshot_uuid} on {} is not a snapshot ({:?} is a {}): give the UUID of the snapshot the target VM was made from",
-            source.host(),
-            snapshot.name_label,
-            if snapshot.is_a_template {
-                "template"
-            } else {
-                "VM"
-            }
-        )));
-    }
-    let source_vm: VmRecord = source
-        .get_record(&snapshot.snapshot_of)
-        .await
-        .map_err(|_| {
-            OpError::Invalid(format!(
-                "snapshot {snapshot_uuid}: the VM it is a snapshot of ({}) no longer exists on {}",
-                snapshot.snapshot_of,
-                source.host()
-            ))
-        })?;
+    let (snapshot_ref, snapshot, source_vm) = find_snapshot(source, snapshot_uuid).await?;
     let (target_ref, target_vm) = find_vm(target, target_vm_uuid, "target VM").await?;
     if target_vm.is_a_snapshot || target_vm.is_a_template {
         return Err(OpError::Invalid(format!(
@@ -303,6 +281,45 @@ pub async fn seed(
             })
             .collect(),
     })
+}
+
+/// The UUID of the VM whose snapshot `snapshot_uuid` is: the VM whose lease (`lease`) a seed
+/// takes on the source.
+pub async fn source_vm_of(source: &XapiClient, snapshot_uuid: &str) -> Result<String, OpError> {
+    check_uuid("the snapshot", snapshot_uuid)?;
+    Ok(find_snapshot(source, snapshot_uuid).await?.2.uuid)
+}
+
+/// The source snapshot (reference and record), refused unless it is a snapshot of a VM that
+/// still exists, and that VM's record.
+async fn find_snapshot(
+    source: &XapiClient,
+    snapshot_uuid: &str,
+) -> Result<(String, VmRecord, VmRecord), OpError> {
+    let (snapshot_ref, snapshot) = find_vm(source, snapshot_uuid, "source snapshot").await?;
+    if !snapshot.is_a_snapshot {
+        return Err(OpError::Invalid(format!(
+            "{snapshot_uuid} on {} is not a snapshot ({:?} is a {}): give the UUID of the snapshot the target VM was made from",
+            source.host(),
+            snapshot.name_label,
+            if snapshot.is_a_template {
+                "template"
+            } else {
+                "VM"
+            }
+        )));
+    }
+    let source_vm: VmRecord = source
+        .get_record(&snapshot.snapshot_of)
+        .await
+        .map_err(|_| {
+            OpError::Invalid(format!(
+                "snapshot {snapshot_uuid}: the VM it is a snapshot of ({}) no longer exists on {}",
+                snapshot.snapshot_of,
+                source.host()
+            ))
+        })?;
+    Ok((snapshot_ref, snapshot, source_vm))
 }
 
 async fn find_vm(host: &XapiClient, uuid: &str, what: &str) -> Result<(String, VmRecord), OpError> {

@@ -184,3 +184,24 @@ fn the_holder_names_this_process_and_its_state_dir() {
         Holder::this_process(std::path::Path::new("/proc")).site
     );
 }
+
+#[test]
+fn a_holder_without_a_state_dir_has_no_site_and_takes_over_no_live_lease() {
+    let me = Holder::this_process_without_state_dir();
+    assert!(me.site.is_empty(), "{}", me.site);
+    assert!(me.holder.ends_with(", no state dir"), "{}", me.holder);
+    // A lease of another run, not yet expired, is held even from an empty site: an empty
+    // site matches nothing, its own kind included.
+    for their_site in ["", "backup-7f9c 2049:131"] {
+        let theirs = LeaseRecord {
+            site: their_site.into(),
+            ..record("theirs", 100, false)
+        };
+        let snapshot = read(&map(&[(key(JOB, 3), theirs.to_value())]), JOB);
+        assert_eq!(
+            decide(&snapshot, &me.site, 50),
+            Decision::HeldBy(theirs.clone()),
+            "site {their_site:?}"
+        );
+    }
+}
