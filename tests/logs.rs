@@ -273,6 +273,13 @@ async fn a_failed_cycle_says_so_on_a_timestamped_line() {
         "taking the source snapshot",
         "{lines:#?}"
     );
+    // Said once, on that line: not again in the run's summary.
+    assert_eq!(
+        run.stderr.matches("INTERNAL_ERROR").count(),
+        1,
+        "{}",
+        run.stderr
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -308,4 +315,73 @@ async fn seed_export_off_a_terminal_prints_timestamped_progress_in_binary_units(
     for line in lines {
         assert!(starts_with_timestamp(line), "{line:?}");
     }
+}
+
+/// A VM whose lock (this machine) or lease (another machine) another run holds gets one line,
+/// by its name, saying who holds it; nothing else on stderr repeats it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_refused_by_its_lock_or_lease_says_so_on_a_timestamped_line() {
+    use vhdsync::replicate::job::Job;
+    use vhdsync::replicate::lease::{LeaseRecord, key};
+    use vhdsync::replicate::lock::VmLock;
+    use vhdsync::xapi::rpc::Value;
+
+    let source = Host::start(&[("web-01", &[MIB])]).await;
+    let target = Host::start(&[]).await;
+    let vm = &source.report.vms[0];
+    let dir = tempfile::tempdir().unwrap();
+    let job = write_job(dir.path(), &source, &target, &vm.ids.uuid, 2);
+    let ids = Job::load(&job).unwrap();
+    let replicate = async || vhdsync(&["replicate", "--job", job.to_str().unwrap()]).await;
+
+    let lock = VmLock::acquire(
+        &ids.state_dir,
+        &ids.job_id,
+        &vm.ids.uuid,
+        std::time::SystemTime::now(),
+    )
+    .unwrap();
+    let run = replicate().await;
+    drop(lock);
+    assert_eq!(run.code, 3, "{}{}", run.stdout, run.stderr);
+    assert_plain(&run.stderr);
+    let lines = vm_lines(&run.stderr, "web-01");
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    let ours = format!("refused: lock held by pid {} ", std::process::id());
+    assert!(lines[0].starts_with(&ours), "{lines:#?}");
+    assert!(!run.stderr.contains("another run"), "{}", run.stderr);
+
+    // Another machine's lease on the source VM, for an hour.
+    let expires = time::OffsetDateTime::now_utc().unix_timestamp() + 3600;
+    let theirs = LeaseRecord {
+        run: "their-run".into(),
+        holder: "pid 7 on backup-2, state dir /var/lib/vhdsync".into(),
+        site: "backup-2 2049:7".into(),
+        expires,
+        released: false,
+    };
+    source
+        .call(
+            "VM.add_to_other_config",
+            vec![
+                Value::from(vm.ids.reference.as_str()),
+                Value::from(key(&ids.job_id, 1).as_str()),
+                Value::from(theirs.to_value().as_str()),
+            ],
+        )
+        .await;
+    let run = replicate().await;
+    assert_eq!(run.code, 3, "{}{}", run.stdout, run.stderr);
+    assert_plain(&run.stderr);
+    let lines = vm_lines(&run.stderr, "web-01");
+    assert_eq!(
+        lines,
+        [format!(
+            "refused: lease held by pid 7 on backup-2, state dir /var/lib/vhdsync until {}",
+            vhdsync::replicate::keys::rfc3339(expires)
+        )],
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("another run"), "{}", run.stderr);
 }

@@ -35,7 +35,8 @@ pub(crate) use error::CliError;
 
 /// Parse the command line, run the command, and map the outcome to an exit code:
 /// 0 success, 1 the work failed (or `check` found problems), 2 usage or input error,
-/// 3 another run holds the lock or the lease, 130 interrupted by SIGINT or SIGTERM.
+/// 3 another run holds the lock or the lease, 130 a command holding a VM's lease stopped by
+/// SIGINT or SIGTERM (`replicate` reports its cancelled VMs instead).
 pub fn run() -> ExitCode {
     let cli = match args::Cli::try_parse_from(seed::command_line(std::env::args_os())) {
         Ok(cli) => cli,

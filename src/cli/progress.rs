@@ -25,21 +25,34 @@ pub(super) fn bars() -> Option<&'static MultiProgress> {
     BARS.get()
 }
 
-/// The display for `replicate`'s cycles: bars on a terminal, lines otherwise.
-pub(super) fn job_display(json: bool) -> JobObserver {
+/// The display for `replicate`'s cycles: bars on a terminal, lines otherwise. `names` are
+/// the VMs' names by UUID as the job's check read them, for the events sent before a cycle
+/// has read its VM (a refused VM's).
+pub(super) fn job_display(json: bool, names: HashMap<String, String>) -> JobObserver {
     if json {
         return Arc::new(Mutex::new(|_: &CycleEvent<'_>| {}));
     }
     if std::io::stderr().is_terminal() {
         let mut bars = Bars::default();
-        return Arc::new(Mutex::new(move |event: &CycleEvent<'_>| bars.show(event)));
+        return Arc::new(Mutex::new(move |event: &CycleEvent<'_>| {
+            bars.show(&named(event, &names));
+        }));
     }
     let mut lines = Lines::default();
     Arc::new(Mutex::new(move |event: &CycleEvent<'_>| {
-        if let Some(line) = lines.line(event, OffsetDateTime::now_utc()) {
+        if let Some(line) = lines.line(&named(event, &names), OffsetDateTime::now_utc()) {
             eprintln!("{line}");
         }
     }))
+}
+
+/// `event`, with its VM's name from `names` when the event has none.
+fn named<'x>(event: &CycleEvent<'x>, names: &'x HashMap<String, String>) -> CycleEvent<'x> {
+    let vm_name = match names.get(event.vm) {
+        Some(name) if event.vm_name.is_empty() => name.as_str(),
+        _ => event.vm_name,
+    };
+    CycleEvent { vm_name, ..*event }
 }
 
 /// One line per step, and per disk its length once known and its progress at a cadence.
@@ -137,7 +150,7 @@ impl Bars {
                     step.set_message(text);
                 }
             }
-            EventKind::Done(_) | EventKind::Failed(_) => {
+            EventKind::Done(_) | EventKind::Failed(_) | EventKind::Refused(_) => {
                 self.disks.retain(|(vm, _), bar| {
                     let ours = vm == event.vm;
                     if ours {

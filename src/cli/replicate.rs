@@ -1,5 +1,6 @@
 //! `replicate`: a job's cycle for each VM, its report, and the job's metrics file.
 
+use std::collections::HashMap;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +27,7 @@ use crate::replicate::job::Job;
 use crate::replicate::keys;
 use crate::replicate::lease::LeaseError;
 use crate::replicate::metrics::RunOutcome;
-use crate::replicate::preflight::{CheckOptions, check_job};
+use crate::replicate::preflight::{CheckOptions, JobCheck, check_job};
 use crate::replicate::run::HealthOutcome;
 use crate::replicate::runner::{RunOptions, VmOutcome, run_job};
 use crate::replicate::selection::{Selection, select};
@@ -121,7 +122,7 @@ pub fn replicate(args: &ReplicateArgs) -> Result<ExitCode, CliError> {
         let cancel = cancel_on_signal();
         let options = RunOptions {
             transfer,
-            observer: progress::job_display(args.json),
+            observer: progress::job_display(args.json, vm_names(&checked)),
             cancel: cancel.clone(),
             clock: Arc::new(SystemClock),
         };
@@ -177,6 +178,15 @@ async fn resolve(
         requested.to_vec()
     };
     Ok((selection, vms))
+}
+
+/// The VMs' names by UUID, as the job's check read them.
+fn vm_names(checked: &JobCheck) -> HashMap<String, String> {
+    checked
+        .vms
+        .iter()
+        .filter_map(|vm| Some((vm.vm.clone(), vm.name.clone()?)))
+        .collect()
 }
 
 /// A VM's run as the metrics count it; a VM another run held was not run.
@@ -340,13 +350,11 @@ fn report(
                         );
                     }
                 }
-                VmOutcome::Locked(e) => {
-                    eprintln!("vhdsync: {}", terminal_text::message(&e.to_string()))
-                }
+                // The display said these on the VM's line (`refused:` or `failed:`): once.
+                VmOutcome::Locked(_) | VmOutcome::Failed(_) => {}
+                VmOutcome::Leased(e) if !lost_in_the_cycle(e) => {}
+                // The cycle's line said `cancelled`; this says why.
                 VmOutcome::Leased(e) => {
-                    eprintln!("vhdsync: {}", terminal_text::message(&e.to_string()))
-                }
-                VmOutcome::Failed(e) => {
                     eprintln!("vhdsync: {}", terminal_text::message(&e.to_string()))
                 }
                 VmOutcome::Panicked(message) => eprintln!(
@@ -371,6 +379,12 @@ fn report(
         })
         .max();
     Ok(code.unwrap_or(0))
+}
+
+/// A lease lost while the VM's cycle ran (which stopped it), rather than not taken: only
+/// the lease's renewal fails so.
+fn lost_in_the_cycle(e: &LeaseError) -> bool {
+    matches!(e, LeaseError::Lost { .. } | LeaseError::Expired { .. })
 }
 
 /// A VM whose lease was not taken or was lost: `locked` with its holder when another run

@@ -8,7 +8,9 @@ use time::OffsetDateTime;
 use time::macros::format_description;
 
 use super::terminal_text;
-use crate::replicate::run::{CycleEvent, DiskLabel, EventKind, HealthOutcome, Phase};
+use crate::replicate::lease::LeaseError;
+use crate::replicate::lock::LockError;
+use crate::replicate::run::{CycleEvent, DiskLabel, EventKind, HealthOutcome, Phase, Refusal};
 use crate::units::{format_rate, format_size};
 use crate::xapi::transfer::Progress;
 
@@ -111,10 +113,33 @@ pub fn describe(event: &CycleEvent<'_>) -> Option<String> {
             report.seconds,
             format_rate(report.bytes_sent as f64 / report.seconds.max(1e-9))
         ),
-        EventKind::Failed(error) => {
-            format!("failed: {}", terminal_text::message(&error.to_string()))
-        }
+        EventKind::Failed(error) => failed(error),
+        EventKind::Refused(why) => refusal(why),
     })
+}
+
+/// A VM whose cycle did not start: `refused:` with the holder when another run has its lock
+/// or lease, else `failed:` with the error.
+fn refusal(why: Refusal<'_>) -> String {
+    let held = match why {
+        Refusal::Lock(LockError::Held { holder, .. }) => format!("lock held by {holder}"),
+        Refusal::Lease(LeaseError::Held {
+            holder, expires, ..
+        }) => format!(
+            "lease held by {holder} until {}",
+            crate::replicate::keys::rfc3339(*expires)
+        ),
+        Refusal::Lease(LeaseError::Contended { .. }) => {
+            "other runs kept changing its lease on the source".to_owned()
+        }
+        Refusal::Lock(e) => return failed(e),
+        Refusal::Lease(e) => return failed(e),
+    };
+    format!("refused: {}", terminal_text::message(&held))
+}
+
+fn failed(error: &dyn std::error::Error) -> String {
+    format!("failed: {}", terminal_text::message(&error.to_string()))
 }
 
 /// A transfer's progress: `45 % 5.4 MiB of 12.0 MiB, 38.2 MiB/s`, or without the share and
@@ -412,5 +437,36 @@ mod tests {
         // A transfer that starts over (its clock back at 0) is told afresh.
         assert_eq!(cadence.update(&at(0, Some(2000), 0)), Due::ToSend(2000));
         assert_eq!(cadence.update(&at(200, Some(2000), 1)), Due::Progress);
+    }
+
+    #[test]
+    fn a_refusal_names_the_holder_and_an_error_is_a_failure() {
+        let held = LeaseError::Held {
+            vm: "v".into(),
+            holder: "pid 7 on b2\x1b[2J".into(),
+            expires: 1_705_314_030,
+        };
+        assert_eq!(
+            describe(&event(EventKind::Refused(Refusal::Lease(&held)))).unwrap(),
+            "refused: lease held by pid 7 on b2\\u{1b}[2J until 2024-01-15T10:20:30Z"
+        );
+        let locked = LockError::Held {
+            vm: "v".into(),
+            holder: "pid 8 on b1".into(),
+        };
+        assert_eq!(
+            describe(&event(EventKind::Refused(Refusal::Lock(&locked)))).unwrap(),
+            "refused: lock held by pid 8 on b1"
+        );
+        let malformed = LeaseError::Malformed {
+            vm: "v".into(),
+            key: "k".into(),
+            why: "not JSON".into(),
+        };
+        let text = describe(&event(EventKind::Refused(Refusal::Lease(&malformed)))).unwrap();
+        assert!(
+            text.starts_with("failed: VM v: the source's other_config key k"),
+            "{text}"
+        );
     }
 }

@@ -17,7 +17,10 @@ use super::clock::Clock;
 use super::job::Job;
 use super::lease::{Holder, Lease, LeaseError};
 use super::lock::{LockError, VmLock};
-use super::run::{CycleCause, CycleError, CycleEvent, CycleReport, CycleSettings, replicate_vm};
+use super::run::{
+    CycleCause, CycleError, CycleEvent, CycleReport, CycleSettings, EventKind, Refusal,
+    replicate_vm,
+};
 use crate::xapi::client::XapiClient;
 use crate::xapi::transfer::TransferOptions;
 
@@ -102,24 +105,38 @@ pub async fn run_job(
         tasks.spawn(vm.clone(), async move {
             let _permit = permits.acquire_owned().await;
             // Held until the cycle ends; a killed process releases it with its descriptors.
-            let _lock =
-                match VmLock::acquire(&state_dir, &settings.job_id, &vm, settings.clock.now()) {
-                    Ok(lock) => lock,
-                    Err(e) => return VmOutcome::Locked(e),
-                };
-            let me = Holder::this_process(&state_dir);
-            let lease = match Lease::take(&source, &settings.job_id, &vm, lease_ttl, &me).await {
-                Ok(lease) => lease,
-                Err(e) => return VmOutcome::Leased(e),
-            };
-            // Its own token, so that losing the lease stops this VM's cycle only.
-            let cycle = cancel.child_token();
-            let renewal = lease.keep(source.clone(), cycle.clone());
             let mut observe = |event: &CycleEvent<'_>| {
                 if let Ok(mut observer) = observer.lock() {
                     observer(event);
                 }
             };
+            let refused = |observe: &mut dyn FnMut(&CycleEvent<'_>), why| {
+                let kind = EventKind::Refused(why);
+                observe(&CycleEvent {
+                    vm: &vm,
+                    vm_name: "",
+                    kind,
+                });
+            };
+            let _lock =
+                match VmLock::acquire(&state_dir, &settings.job_id, &vm, settings.clock.now()) {
+                    Ok(lock) => lock,
+                    Err(e) => {
+                        refused(&mut observe, Refusal::Lock(&e));
+                        return VmOutcome::Locked(e);
+                    }
+                };
+            let me = Holder::this_process(&state_dir);
+            let lease = match Lease::take(&source, &settings.job_id, &vm, lease_ttl, &me).await {
+                Ok(lease) => lease,
+                Err(e) => {
+                    refused(&mut observe, Refusal::Lease(&e));
+                    return VmOutcome::Leased(e);
+                }
+            };
+            // Its own token, so that losing the lease stops this VM's cycle only.
+            let cycle = cancel.child_token();
+            let renewal = lease.keep(source.clone(), cycle.clone());
             let outcome =
                 replicate_vm(&source, &target, &settings, &vm, &mut observe, &cycle).await;
             let lost = match renewal.finish().await {

@@ -2,6 +2,9 @@
 //! (start, progress, end), the commit and retention. Displays and logs are built on these;
 //! the cycle itself prints nothing.
 
+use crate::replicate::lease::LeaseError;
+use crate::replicate::lock::LockError;
+
 use super::{CycleError, CycleReport, DiskReport, HealthOutcome, Phase};
 use crate::xapi::transfer::Progress;
 
@@ -72,6 +75,17 @@ pub enum EventKind<'a> {
     /// The cycle failed (and has cleaned up): its error, as [`super::replicate_vm`]
     /// returns it.
     Failed(&'a CycleError),
+    /// The cycle did not start: the VM's local lock or its lease on the source was not
+    /// taken. Sent by a job's run (`runner`), not by [`super::replicate_vm`]; the VM's name
+    /// is not known yet.
+    Refused(Refusal<'a>),
+}
+
+/// Why a VM's cycle did not start.
+#[derive(Debug, Clone, Copy)]
+pub enum Refusal<'a> {
+    Lock(&'a LockError),
+    Lease(&'a LeaseError),
 }
 
 /// Where a cycle sends its events. It is called on the cycle's task, between its steps and

@@ -138,7 +138,7 @@ impl HealthOutcome {
     }
 }
 
-pub use events::{CycleEvent, CycleObserver, DiskLabel, EventKind};
+pub use events::{CycleEvent, CycleObserver, DiskLabel, EventKind, Refusal};
 use live::Writing;
 pub use source_disks::SkippedDisk;
 pub(crate) use source_disks::is_left_out;
