@@ -104,7 +104,6 @@ pub async fn run_job(
         let lease_ttl = job.lease_ttl;
         tasks.spawn(vm.clone(), async move {
             let _permit = permits.acquire_owned().await;
-            // Held until the cycle ends; a killed process releases it with its descriptors.
             let mut observe = |event: &CycleEvent<'_>| {
                 if let Ok(mut observer) = observer.lock() {
                     observer(event);
@@ -118,6 +117,7 @@ pub async fn run_job(
                     kind,
                 });
             };
+            // Held until the cycle ends; a killed process releases it with its descriptors.
             let _lock =
                 match VmLock::acquire(&state_dir, &settings.job_id, &vm, settings.clock.now()) {
                     Ok(lock) => lock,
