@@ -1,11 +1,23 @@
 //! `VDI` calls.
 
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use super::{map_value, record};
 use crate::xapi::client::{ClientError, XapiClient};
 use crate::xapi::records::StringMap;
 use crate::xapi::rpc::Value;
+
+/// How long [`XapiClient::destroy_vdi_once_free`] waits for a VDI to be free.
+pub const BUSY_WAIT: Duration = Duration::from_secs(10);
+
+/// xapi's refusals of an operation on a VDI another operation holds for now.
+fn is_busy(error: &ClientError) -> bool {
+    matches!(
+        error.xapi_code(),
+        Some("VDI_IN_USE" | "OTHER_OPERATION_IN_PROGRESS")
+    )
+}
 
 /// A new empty user VDI.
 #[derive(Debug, Clone, Copy)]
@@ -50,6 +62,25 @@ impl XapiClient {
 
     pub async fn destroy_vdi(&self, vdi: &str) -> Result<(), ClientError> {
         self.call_unit("VDI.destroy", vec![Value::from(vdi)]).await
+    }
+
+    /// `VDI.destroy`, waiting (at most [`BUSY_WAIT`]) for a transfer still winding down on
+    /// the VDI: an import or export whose client was killed holds the VDI until the host
+    /// notices the closed connection at its next read or write, and xapi refuses the
+    /// destroy meanwhile (`VDI_IN_USE`, `OTHER_OPERATION_IN_PROGRESS`). The clean-up of an
+    /// interrupted run comes straight after such a kill.
+    pub async fn destroy_vdi_once_free(&self, vdi: &str) -> Result<(), ClientError> {
+        let deadline = Instant::now() + BUSY_WAIT;
+        let mut pause = Duration::from_millis(20);
+        loop {
+            match self.destroy_vdi(vdi).await {
+                Err(e) if is_busy(&e) && Instant::now() + pause < deadline => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(500));
+                }
+                done => return done,
+            }
+        }
     }
 
     pub async fn vdi_uuid(&self, vdi: &str) -> Result<String, ClientError> {

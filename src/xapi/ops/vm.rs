@@ -255,12 +255,14 @@ impl XapiClient {
         Ok(disks)
     }
 
-    /// `VM.destroy` keeps the disks, as in XAPI: destroy the VM, then its disk VDIs.
+    /// `VM.destroy` keeps the disks, as in XAPI: destroy the VM, then its disk VDIs (each
+    /// once a transfer still ending on it lets go, see
+    /// [`destroy_vdi_once_free`](XapiClient::destroy_vdi_once_free)).
     pub async fn destroy_vm_and_disks(&self, vm: &str) -> Result<(), ClientError> {
         let vdis = self.disk_vdis(vm).await?;
         self.destroy_vm(vm).await?;
         for vdi in vdis {
-            self.destroy_vdi(&vdi).await?;
+            self.destroy_vdi_once_free(&vdi).await?;
         }
         Ok(())
     }
