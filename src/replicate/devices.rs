@@ -33,11 +33,13 @@ pub enum DevicesError {
     Mapping(String),
 }
 
-/// Read the source VM's devices and map its interfaces onto `target`'s networks.
+/// Read the source VM's devices and map its interfaces onto `target`'s networks. `vbds` are
+/// the VM's VBDs, as the caller read them.
 pub async fn plan_devices(
     source: &XapiClient,
     target: &XapiClient,
     vm: &VmRecord,
+    vbds: &[VbdRecord],
     network_map: &[(String, String)],
     new_macs: bool,
 ) -> Result<Devices, DevicesError> {
@@ -57,20 +59,14 @@ pub async fn plan_devices(
         ));
     }
     let mut cd_drives = Vec::new();
-    for reference in &vm.vbds {
-        let vbd: VbdRecord = source
-            .get_record(reference)
-            .await
-            .map_err(DevicesError::Source)?;
-        if vbd.kind == "CD" {
-            if !vbd.empty && vbd.vdi != NULL_REF {
-                notes.push(format!(
-                    "CD drive {}: its disc is not copied; the replica's drive is empty",
-                    vbd.userdevice
-                ));
-            }
-            cd_drives.push(vbd);
+    for vbd in vbds.iter().filter(|vbd| vbd.kind == "CD") {
+        if !vbd.empty && vbd.vdi != NULL_REF {
+            notes.push(format!(
+                "CD drive {}: its disc is not copied; the replica's drive is empty",
+                vbd.userdevice
+            ));
         }
+        cd_drives.push(vbd.clone());
     }
     let mut vtpms = Vec::new();
     for reference in &vm.vtpms {
@@ -104,8 +100,9 @@ pub async fn apply_devices(
     devices: &Devices,
 ) -> Result<(), ClientError> {
     let vm: VmRecord = target.get_record(vm_ref).await?;
-    let existing = target.vm_vifs(&vm).await?;
-    for (reference, vif) in &existing {
+    // What stays is what was read less what is destroyed here: no need to read it again.
+    let mut kept = Vec::new();
+    for (reference, vif) in target.vm_vifs(&vm).await? {
         let wanted = devices
             .nics
             .iter()
@@ -115,13 +112,14 @@ pub async fn apply_devices(
                 && (plan.mac.is_empty() || plan.mac.eq_ignore_ascii_case(&vif.mac))
                 && like.mtu == vif.mtu
         });
-        if !keep {
-            target.destroy_vif(reference).await?;
+        if keep {
+            kept.push(vif);
+        } else {
+            target.destroy_vif(&reference).await?;
         }
     }
-    let kept = target.vm_vifs(&target.get_record(vm_ref).await?).await?;
     for (plan, like) in &devices.nics {
-        if kept.iter().any(|(_, v)| v.device == plan.device) {
+        if kept.iter().any(|v| v.device == plan.device) {
             continue;
         }
         target

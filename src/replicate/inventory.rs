@@ -34,6 +34,15 @@ pub async fn load_snapshot(
     reference: &str,
 ) -> Result<SourceSnapshot, ClientError> {
     let vm: VmRecord = host.get_record(reference).await?;
+    snapshot_from_record(host, reference, vm).await
+}
+
+/// [`load_snapshot`] of a VM record already read: its disks read from the host.
+pub async fn snapshot_from_record(
+    host: &XapiClient,
+    reference: &str,
+    vm: VmRecord,
+) -> Result<SourceSnapshot, ClientError> {
     let disks = host
         .vm_disks(&vm)
         .await?
@@ -61,10 +70,22 @@ pub async fn target_disks(
     host: &XapiClient,
     sr_uuid: &str,
 ) -> Result<(String, Vec<TargetDisk>), ClientError> {
-    let (sr_ref, _) = host.record_by_uuid::<SrRecord>(sr_uuid).await?;
+    let sr_ref = host.get_by_uuid::<SrRecord>(sr_uuid).await?;
+    let vdis = host.get_all_records::<VdiRecord>().await?;
+    let disks = sr_disks(host, &sr_ref, vdis).await?;
+    Ok((sr_ref, disks))
+}
+
+/// The managed VDIs among `vdis` (every VDI of `host`, as just read) that are on the SR
+/// `sr_ref`, each with the VMs that use it, read from the host's VBDs.
+pub async fn sr_disks(
+    host: &XapiClient,
+    sr_ref: &str,
+    vdis: VdiList,
+) -> Result<Vec<TargetDisk>, ClientError> {
     let vbds = host.get_all_records::<VbdRecord>().await?;
     let mut disks = Vec::new();
-    for (reference, vdi) in host.get_all_records::<VdiRecord>().await? {
+    for (reference, vdi) in vdis {
         if vdi.sr != sr_ref || !vdi.managed {
             continue;
         }
@@ -84,7 +105,7 @@ pub async fn target_disks(
             reference,
         });
     }
-    Ok((sr_ref, disks))
+    Ok(disks)
 }
 
 /// The other_config key xapi sets on its host-internal management network.
@@ -153,14 +174,33 @@ pub async fn destroy_orphaned_disks(
     id: &Identity,
     snapshots: bool,
 ) -> Result<Vec<String>, ClientError> {
+    let vdis = host.get_all_records::<VdiRecord>().await?;
+    let (destroyed, _) = destroy_orphans_among(host, vdis, id, snapshots).await?;
+    Ok(destroyed)
+}
+
+/// The VDIs of `host` (each with its reference), as read then changed by this run.
+pub type VdiList = Vec<(String, VdiRecord)>;
+
+/// [`destroy_orphaned_disks`] on `vdis` (every VDI of `host`, as just read): the UUIDs
+/// destroyed, and the VDIs left, which is what the host holds now without reading it again.
+pub async fn destroy_orphans_among(
+    host: &XapiClient,
+    vdis: VdiList,
+    id: &Identity,
+    snapshots: bool,
+) -> Result<(Vec<String>, VdiList), ClientError> {
     let mut destroyed = Vec::new();
-    for (reference, vdi) in host.get_all_records::<VdiRecord>().await? {
+    let mut kept = Vec::with_capacity(vdis.len());
+    for (reference, vdi) in vdis {
         if is_orphaned_disk(&vdi, id, snapshots) {
             host.destroy_vdi(&reference).await?;
             destroyed.push(vdi.uuid);
+        } else {
+            kept.push((reference, vdi));
         }
     }
-    Ok(destroyed)
+    Ok((destroyed, kept))
 }
 
 /// A disk of this job and VM that no VBD attaches: on the source (`source`) a snapshot

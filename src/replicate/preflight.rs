@@ -17,7 +17,7 @@
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use super::inventory::{load_snapshot, networks, target_disks, vm_nics};
+use super::inventory::{load_snapshot, networks, sr_disks, vm_nics};
 use super::job::Job;
 use super::layout::TargetDisk;
 use super::networks::{Network, map_interfaces};
@@ -26,7 +26,7 @@ use super::run::{is_left_out, plan_disks};
 use crate::xapi::client::{ClientError, XapiClient};
 use crate::xapi::connect::{ConnectError, HostLogin};
 use crate::xapi::connection::TransportError;
-use crate::xapi::records::{SrRecord, TaskRecord, VmRecord};
+use crate::xapi::records::{SrRecord, TaskRecord, VdiRecord, VmRecord};
 use crate::xapi::rpc::Value;
 use crate::xapi::transfer::{TransferOptions, VdiOn, open_export};
 
@@ -454,7 +454,8 @@ async fn check_sr(
             allowed,
         });
     }
-    let (_, disks) = reading(what, target_disks(target, uuid).await)?;
+    let vdis = reading(what, target.get_all_records::<VdiRecord>().await)?;
+    let disks = reading(what, sr_disks(target, &reference, vdis).await)?;
     Ok((sr, disks))
 }
 
@@ -464,7 +465,7 @@ async fn check_vms_alone(job: &Job, source: &XapiClient, selected: &[String]) ->
     for vm in selected {
         let mut check = VmCheck::new(vm);
         match find_vm(source, vm, &job.job_id).await {
-            Ok((_, record)) => check.name = Some(record.name_label),
+            Ok(record) => check.name = Some(record.name_label),
             Err(e) => check.error = Some(e),
         }
         checks.push(check);
@@ -477,8 +478,8 @@ async fn find_vm(
     source: &XapiClient,
     uuid: &str,
     job_id: &str,
-) -> Result<(String, VmRecord), PreflightError> {
-    let (reference, vm) = match source.record_by_uuid::<VmRecord>(uuid).await {
+) -> Result<VmRecord, PreflightError> {
+    let (_, vm) = match source.record_by_uuid::<VmRecord>(uuid).await {
         Err(e) if e.xapi_code() == Some(UUID_INVALID) => {
             return Err(PreflightError::NoSuchVm {
                 host: source.host(),
@@ -495,7 +496,7 @@ async fn find_vm(
             why,
         });
     }
-    Ok((reference, vm))
+    Ok(vm)
 }
 
 impl VmCheck {
@@ -542,7 +543,7 @@ impl Planner<'_> {
     async fn plan(&self, check: &mut VmCheck) -> Result<(), PreflightError> {
         let source = self.source;
         let uuid = &self.id.vm_uuid;
-        let (vm_ref, vm) = find_vm(source, uuid, &self.id.job_id).await?;
+        let vm = find_vm(source, uuid, &self.id.job_id).await?;
         check.name = Some(vm.name_label.clone());
         if let Some(networks) = &self.networks {
             let what = || format!("VM {uuid}: reading its interfaces");
@@ -558,8 +559,10 @@ impl Planner<'_> {
             })?;
         }
         let what = || format!("VM {uuid}: reading its disks and snapshots");
+        let vm_disks = reading(what, source.vm_disks(&vm).await)?;
+        let own_disks: Vec<String> = vm_disks.iter().map(|d| d.vdi_ref.clone()).collect();
         // The disks the snapshot will have: the VM's own, less those `[NOBAK]` leaves out.
-        let disks: Vec<SnapshotDisk> = reading(what, source.vm_disks(&vm).await)?
+        let disks: Vec<SnapshotDisk> = vm_disks
             .into_iter()
             .filter(|d| !is_left_out(&d.vdi.name_label))
             .map(|d| SnapshotDisk {
@@ -577,7 +580,6 @@ impl Planner<'_> {
         // The cycle's clean-up removes this job's snapshots never exported before planning.
         snapshots.retain(|s| !s.is_job_snapshot(self.id) || s.is_exported());
         let base: Option<&SourceSnapshot> = super::plan::select_base(&snapshots, self.id);
-        let own_disks = reading(what, source.disk_vdis(&vm_ref).await)?;
         let side = TargetSide {
             disks: self.target_disks,
             id: self.id,

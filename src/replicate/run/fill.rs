@@ -106,7 +106,10 @@ impl Cycle<'_> {
             Err(CommitError::Source(e)) => return Err(self.fail(None, Some(source), e.into())),
             Err(CommitError::Target(e)) => return Err(self.fail(None, Some(target), e.into())),
         };
-        let uuid = self.on_target(target.vm_uuid(live_ref).await)?;
+        let uuid = match writing {
+            Writing::InPlace { vm, .. } => vm.uuid.clone(),
+            Writing::NewLive => self.on_target(target.vm_uuid(live_ref).await)?,
+        };
         let snapshot_uuid = self.on_target(target.vm_uuid(&target_snapshot).await)?;
         Ok((uuid, name, snapshot_uuid, reports))
     }

@@ -30,7 +30,10 @@ use super::clock::Clock;
 use super::devices::{Devices, apply_devices};
 pub use super::error::{CycleCause, CycleError, ErrorKind, Phase};
 use super::health::{HealthReport, health_check};
-use super::inventory::{destroy_orphaned_disks, list_target_vms, load_snapshot, target_disks};
+use super::inventory::{
+    VdiList, destroy_orphaned_disks, destroy_orphans_among, list_target_vms, load_snapshot,
+    snapshot_from_record, sr_disks,
+};
 use super::keys;
 use super::layout::{restore_points, retention_victims};
 use super::networks::NicPlan;
@@ -43,7 +46,8 @@ use super::replica::{create_replica_vm, roll_back};
 use super::transport::TransportSettings;
 use crate::xapi::client::{ClientError, XapiClient};
 use crate::xapi::ops::{Class, MapName};
-use crate::xapi::records::VmRecord;
+use crate::xapi::records::{Record, SrRecord, VdiRecord, VmRecord};
+use crate::xapi::rpc::Value;
 use crate::xapi::transfer::TransferOptions;
 
 /// What a job's cycle needs besides the hosts.
@@ -141,6 +145,7 @@ impl HealthOutcome {
 pub use events::{CycleEvent, CycleObserver, DiskLabel, EventKind, Refusal};
 use live::Writing;
 pub use source_disks::SkippedDisk;
+use source_disks::SourceDisks;
 pub(crate) use source_disks::is_left_out;
 
 /// Run one cycle for `vm_uuid`, telling `observer` of each step and each disk's progress.
@@ -186,25 +191,38 @@ pub async fn replicate_vm(
 async fn run_cycle(cycle: &mut Cycle<'_>, vm_uuid: &str) -> Result<CycleReport, CycleError> {
     let started = Instant::now();
     let (source, target, settings) = (cycle.source, cycle.target, cycle.settings);
-    let (vm_ref, vm) = cycle.on_source(source.record_by_uuid::<VmRecord>(vm_uuid).await)?;
+    // Read once, raw: the record the cycle plans with and the settings the replica takes.
+    let vm_ref = cycle.on_source(source.get_by_uuid::<VmRecord>(vm_uuid).await)?;
+    let raw_vm = cycle.on_source(source.vm_record_value(&vm_ref).await)?;
+    let vm = VmRecord::from_value(&raw_vm).map_err(|e| {
+        let e = ClientError::Protocol {
+            host: source.host(),
+            method: "VM.get_record".into(),
+            message: e.to_string(),
+        };
+        cycle.fail(None, Some(source), e.into())
+    })?;
     cycle.vm_name.clone_from(&vm.name_label);
     if let Some(why) = not_replicable(&vm, &settings.job_id) {
         return Err(cycle.fail(None, None, CycleCause::Invalid(why.into())));
     }
 
-    let devices = cycle.plan_devices(&vm).await?;
-    let (skipped_disks, ignored, mut notes) = cycle.excluded_disks(&vm).await?;
+    let vbds = cycle.vm_vbds(&vm).await?;
+    let devices = cycle.plan_devices(&vm, &vbds).await?;
+    let mut own_disks = cycle.source_disks(&vbds).await?;
+    let skipped_disks = std::mem::take(&mut own_disks.skipped);
+    let mut notes = std::mem::take(&mut own_disks.notes);
     notes.extend(devices.notes.iter().cloned());
 
     cycle.enter(Phase::Cleanup)?;
-    let mut cleaned_up = cycle.clean_target().await?;
+    let (mut cleaned_up, listed) = cycle.clean_target().await?;
     let mut vm = vm;
-    for untagged in cycle.untagged_snapshots(&vm).await? {
+    let (untagged, mut snapshots) = cycle.tagged_snapshots(&vm).await?;
+    for untagged in untagged {
         cycle.on_source(source.destroy_vm_and_disks(&untagged).await)?;
         vm.snapshots.retain(|s| *s != untagged);
         cleaned_up.push(format!("untagged source snapshot {untagged}"));
     }
-    let mut snapshots = cycle.source_snapshots(&vm).await?;
     for stale in unexported_snapshots(&snapshots, &cycle.id) {
         cycle.on_source(source.destroy_vm_and_disks(&stale.reference).await)?;
         cleaned_up.push(format!("source snapshot {}", stale.uuid));
@@ -216,21 +234,25 @@ async fn run_cycle(cycle: &mut Cycle<'_>, vm_uuid: &str) -> Result<CycleReport, 
     let base = select_base(&snapshots, &cycle.id).cloned();
 
     cycle.enter(Phase::Snapshot)?;
-    cycle.enable_cbt(&vm_ref, &ignored).await?;
+    cycle.enable_cbt(&own_disks).await?;
     let now = settings.clock.unix();
-    let snapshot = cycle.snapshot(&vm_ref, &vm, &ignored, now).await?;
+    let snapshot = cycle
+        .snapshot(&vm_ref, &vm, &own_disks.ignored, now)
+        .await?;
     cycle.emit(EventKind::SnapshotTaken {
         snapshot: &snapshot.uuid,
         base: base.as_ref().map(|b| b.uuid.as_str()),
     });
     let outcome = cycle
         .replicate_from(
-            &vm_ref,
+            &raw_vm,
             &vm,
             &snapshot,
             base.as_ref(),
             &snapshots,
             &devices,
+            &own_disks.own,
+            listed,
             now,
         )
         .await;
@@ -257,6 +279,8 @@ async fn run_cycle(cycle: &mut Cycle<'_>, vm_uuid: &str) -> Result<CycleReport, 
     cycle.phase = Phase::Retention;
     cycle.emit(EventKind::Step(Phase::Retention));
     let mut deleted_replicas = Vec::new();
+    // Read again, not reused from the clean-up: the commit took a target snapshot (maybe of
+    // a new live replica) and superseding destroyed former live replicas since.
     let vms = cycle.target_vms().await?;
     let points = restore_points(&vms, &cycle.id);
     for victim in retention_victims(&points, settings.retention) {
@@ -369,6 +393,12 @@ struct Cycle<'a> {
     transport_notes: Vec<String>,
 }
 
+/// The target's VMs and VDIs, as one cycle read them and changed them since.
+struct TargetListing {
+    vms: Vec<TargetVm>,
+    vdis: VdiList,
+}
+
 /// A committed live replica and its new target snapshot.
 struct Replicated {
     uuid: String,
@@ -425,36 +455,63 @@ impl Cycle<'_> {
     }
 
     /// What an interrupted run of this job and VM left on the target: a replica or live
-    /// replica marked importing, a target snapshot taken but not yet made valid.
-    async fn clean_target(&self) -> Result<Vec<String>, CycleError> {
+    /// replica marked importing, a target snapshot taken but not yet made valid. Also the
+    /// target's VMs and VDIs as the clean-up leaves them, for the planning to reuse.
+    async fn clean_target(&self) -> Result<(Vec<String>, TargetListing), CycleError> {
         let mut cleaned = Vec::new();
+        let mut vms = Vec::new();
         for vm in self.target_vms().await? {
             if is_interrupted_replica(&vm, &self.id) || is_interrupted_snapshot(&vm, &self.id) {
                 self.on_target(self.target.destroy_vm_and_disks(&vm.reference).await)?;
                 cleaned.push(format!("interrupted replica {}", vm.uuid));
+            } else {
+                vms.push(vm);
             }
         }
-        for orphan in self.on_target(destroy_orphaned_disks(self.target, &self.id, false).await)? {
+        // Read after the destroys above, which took those VMs' disks with them.
+        let vdis = self.on_target(self.target.get_all_records::<VdiRecord>().await)?;
+        let (orphans, vdis) =
+            self.on_target(destroy_orphans_among(self.target, vdis, &self.id, false).await)?;
+        for orphan in orphans {
             cleaned.push(format!("orphaned replica disk {orphan}"));
         }
-        Ok(cleaned)
+        Ok((cleaned, TargetListing { vms, vdis }))
     }
 
-    /// Snapshots of `vm` with this job's snapshot name whose tagging was cut short (none of
-    /// the job's keys, or the job's without the VM's): a run stopped between `VM.snapshot`
-    /// and the end of the tagging left them, and no rule based on the keys would ever remove
-    /// them.
-    async fn untagged_snapshots(&self, vm: &VmRecord) -> Result<Vec<String>, CycleError> {
+    /// The target's VMs and VDIs for the planning: `listed` by the clean-up, as nothing
+    /// since (the source snapshot and its tagging) wrote to the target. Unless the source
+    /// is the target: then those steps changed the lists, and they are read again.
+    async fn planning_listing(&self, listed: TargetListing) -> Result<TargetListing, CycleError> {
+        if self.source.host() != self.target.host() {
+            return Ok(listed);
+        }
+        Ok(TargetListing {
+            vms: self.target_vms().await?,
+            vdis: self.on_target(self.target.get_all_records::<VdiRecord>().await)?,
+        })
+    }
+
+    /// `vm`'s snapshots, each record read once: those with this job's snapshot name whose
+    /// tagging was cut short (none of the job's keys, or the job's without the VM's), and
+    /// the others with their disks. A run stopped between `VM.snapshot` and the end of the
+    /// tagging left the first, and no rule based on the keys would ever remove them.
+    async fn tagged_snapshots(
+        &self,
+        vm: &VmRecord,
+    ) -> Result<(Vec<String>, Vec<SourceSnapshot>), CycleError> {
         let name = keys::snapshot_name(&self.settings.job_name, &vm.name_label);
-        let mut untagged = Vec::new();
+        let (mut untagged, mut tagged) = (Vec::new(), Vec::new());
         for reference in &vm.snapshots {
             let snapshot: VmRecord = self.on_source(self.source.get_record(reference).await)?;
             if snapshot.name_label == name && is_tagging_cut_short(&snapshot.other_config, &self.id)
             {
                 untagged.push(reference.clone());
+            } else {
+                let loaded = snapshot_from_record(self.source, reference, snapshot).await;
+                tagged.push(self.on_source(loaded)?);
             }
         }
-        Ok(untagged)
+        Ok((untagged, tagged))
     }
 
     async fn target_vms(&self) -> Result<Vec<TargetVm>, CycleError> {
@@ -481,7 +538,9 @@ impl Cycle<'_> {
         let name = keys::snapshot_name(&self.settings.job_name, &vm.name_label);
         let reference = self.on_source(source.snapshot_vm(vm_ref, &name, ignored).await)?;
         let tag = async {
-            let snapshot = load_snapshot(source, &reference).await?;
+            // The maps as read here, kept in step with the writes: the tagged snapshot,
+            // without reading it again.
+            let mut snapshot = load_snapshot(source, &reference).await?;
             let datetime = keys::datetime(now);
             let common = [
                 (keys::DATETIME, datetime.as_str()),
@@ -490,25 +549,33 @@ impl Cycle<'_> {
                 (keys::VM, self.id.vm_uuid.as_str()),
             ];
             let config = MapName::OtherConfig;
+            let held = &mut snapshot.other_config;
             source
-                .set_entries(Class::Vm, &reference, config, &common)
+                .set_entries_in(Class::Vm, &reference, config, held, &common)
                 .await?;
             source
-                .remove_entries(Class::Vm, &reference, config, &[keys::SR, keys::EXPORTED])
+                .remove_entries_in(
+                    Class::Vm,
+                    &reference,
+                    config,
+                    held,
+                    &[keys::SR, keys::EXPORTED],
+                )
                 .await?;
-            for disk in &snapshot.disks {
+            for disk in &mut snapshot.disks {
                 let vdi = disk.vdi_ref.as_str();
-                source.set_entries(Class::Vdi, vdi, config, &common).await?;
-                let content = [(keys::CONTENT_KEY, disk.vdi_uuid.as_str())];
+                let held = &mut disk.other_config;
+                let content = (keys::CONTENT_KEY, disk.vdi_uuid.as_str());
+                let entries: Vec<(&str, &str)> = common.into_iter().chain([content]).collect();
                 source
-                    .set_entries(Class::Vdi, vdi, config, &content)
+                    .set_entries_in(Class::Vdi, vdi, config, held, &entries)
                     .await?;
                 let removed = [keys::SR, keys::EXPORTED, keys::COPY_OF];
                 source
-                    .remove_entries(Class::Vdi, vdi, config, &removed)
+                    .remove_entries_in(Class::Vdi, vdi, config, held, &removed)
                     .await?;
             }
-            load_snapshot(source, &reference).await
+            Ok::<_, ClientError>(snapshot)
         };
         match tag.await {
             Ok(snapshot) => Ok(snapshot),
@@ -524,28 +591,30 @@ impl Cycle<'_> {
     #[allow(clippy::too_many_arguments)]
     async fn replicate_from(
         &mut self,
-        vm_ref: &str,
+        raw_vm: &Value,
         vm: &VmRecord,
         snapshot: &SourceSnapshot,
         base: Option<&SourceSnapshot>,
         other_snapshots: &[SourceSnapshot],
         devices: &Devices,
+        own_disks: &[String],
+        listed: TargetListing,
         now: i64,
     ) -> Result<Replicated, CycleError> {
         self.enter(Phase::ReplicaCreation)?;
-        let (sr_ref, disks) = self.on_target(target_disks(self.target, &self.id.sr_uuid).await)?;
-        let vms = self.target_vms().await?;
-        let source_disks = self.on_source(self.source.disk_vdis(vm_ref).await)?;
+        let TargetListing { vms, vdis } = self.planning_listing(listed).await?;
+        let target = self.target;
+        let sr_ref = self.on_target(target.get_by_uuid::<SrRecord>(&self.id.sr_uuid).await)?;
+        let disks = self.on_target(sr_disks(target, &sr_ref, vdis).await)?;
         let side = TargetSide {
             disks: &disks,
             id: &self.id,
-            source_disks: &source_disks,
+            source_disks: own_disks,
         };
         let full_interval = self.settings.full_interval;
         let mut plan = plan_disks(&snapshot.disks, base, other_snapshots, &side, full_interval);
         self.route_disks(&snapshot.disks, &mut plan).await?;
         let writing = self.choose_writing(&mut plan, &disks, &vms).await?;
-        let raw_vm = self.on_source(self.source.vm_record_value(vm_ref).await)?;
         let live_ref = match &writing {
             Writing::InPlace { vm: live, classic } => {
                 if *classic {
@@ -554,7 +623,7 @@ impl Cycle<'_> {
                 self.live_ref = Some(live.reference.clone());
                 // Once its marking starts, the live replica is being written: a failure
                 // destroys it like any other (its snapshots stay).
-                if let Err(e) = self.prepare_in_place(live, &raw_vm, vm, now).await {
+                if let Err(e) = self.prepare_in_place(live, raw_vm, vm, now).await {
                     roll_back(self.target, &live.reference, &self.created_vdis).await;
                     return Err(e);
                 }
@@ -562,7 +631,7 @@ impl Cycle<'_> {
             }
             Writing::NewLive => {
                 let created = self
-                    .on_target(create_replica_vm(self.target, &self.id, &raw_vm, vm, now).await)?;
+                    .on_target(create_replica_vm(self.target, &self.id, raw_vm, vm, now).await)?;
                 self.live_ref = Some(created.clone());
                 created
             }

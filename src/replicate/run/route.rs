@@ -13,7 +13,7 @@
 
 use std::collections::BTreeSet;
 
-use super::{Cycle, CycleCause, CycleError, DiskLabel, DiskReport, EventKind};
+use super::{Cycle, CycleCause, CycleError, DiskLabel, DiskReport, EventKind, SourceDisks};
 use crate::replicate::keys;
 use crate::replicate::plan::{CyclePlan, DiskPlan, SnapshotDisk, SourceSnapshot};
 use crate::replicate::transport::Transport;
@@ -37,17 +37,13 @@ pub enum Route {
 impl Cycle<'_> {
     /// `cbt = true`: `VDI.enable_cbt` on the VM's disks being replicated that lack a change
     /// log, before the snapshot, so that the snapshot has one too.
-    pub(super) async fn enable_cbt(
-        &self,
-        vm_ref: &str,
-        ignored: &[String],
-    ) -> Result<(), CycleError> {
+    pub(super) async fn enable_cbt(&self, disks: &SourceDisks) -> Result<(), CycleError> {
         if !self.settings.transport.cbt {
             return Ok(());
         }
         let source = self.source;
-        for vdi in self.on_source(source.disk_vdis(vm_ref).await)? {
-            if ignored.contains(&vdi) || self.on_source(cbt_enabled(source, &vdi).await)? {
+        for vdi in &disks.own {
+            if disks.ignored.contains(vdi) || self.on_source(cbt_enabled(source, vdi).await)? {
                 continue;
             }
             tracing::info!(vm = %self.id.vm_uuid, vdi, "enabling CBT");

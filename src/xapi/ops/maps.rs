@@ -58,7 +58,27 @@ impl XapiClient {
             reference,
             map,
         };
-        let held = field.read().await?;
+        let mut held = field.read().await?;
+        self.set_entries_in(class, reference, map, &mut held, entries)
+            .await
+    }
+
+    /// [`XapiClient::set_entries`] against `held`, the map as the caller just read it (with
+    /// the object's record), which saves reading it again; `held` follows the writes.
+    pub async fn set_entries_in(
+        &self,
+        class: Class,
+        reference: &str,
+        map: MapName,
+        held: &mut StringMap,
+        entries: &[(&str, &str)],
+    ) -> Result<(), ClientError> {
+        let field = MapField {
+            host: self,
+            class,
+            reference,
+            map,
+        };
         for (key, value) in entries {
             match held.get(*key) {
                 Some(current) if current == value => {}
@@ -70,6 +90,7 @@ impl XapiClient {
                     added => added?,
                 },
             }
+            held.insert((*key).to_owned(), (*value).to_owned());
         }
         Ok(())
     }
@@ -148,6 +169,30 @@ impl XapiClient {
         };
         for key in keys {
             if held.as_ref().is_none_or(|held| held.contains_key(*key)) {
+                field.remove(key).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Remove the entries of `keys` that `held` holds, `held` being the map as the caller
+    /// just read it (with the object's record); `held` follows the removals.
+    pub async fn remove_entries_in(
+        &self,
+        class: Class,
+        reference: &str,
+        map: MapName,
+        held: &mut StringMap,
+        keys: &[&str],
+    ) -> Result<(), ClientError> {
+        let field = MapField {
+            host: self,
+            class,
+            reference,
+            map,
+        };
+        for key in keys {
+            if held.remove(*key).is_some() {
                 field.remove(key).await?;
             }
         }
