@@ -194,7 +194,7 @@ pub async fn destroy_orphans_among(
     let mut kept = Vec::with_capacity(vdis.len());
     for (reference, vdi) in vdis {
         if is_orphaned_disk(&vdi, id, snapshots) {
-            host.destroy_vdi(&reference).await?;
+            host.destroy_vdi_once_free(&reference).await?;
             destroyed.push(vdi.uuid);
         } else {
             kept.push((reference, vdi));
