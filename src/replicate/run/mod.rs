@@ -290,9 +290,17 @@ async fn run_cycle(cycle: &mut Cycle<'_>, vm_uuid: &str) -> Result<CycleReport, 
         cycle.on_target(target.destroy_vm_and_disks(&victim.reference).await)?;
         deleted_replicas.push(victim.uuid.clone());
     }
-    // Read the VM again: its snapshot list now holds the new snapshot.
-    let vm_now: VmRecord = cycle.on_source(source.get_record(&vm_ref).await)?;
-    let snapshots = cycle.source_snapshots(&vm_now).await?;
+    // The VM's snapshots now: those read before the snapshot, less those destroyed since,
+    // and the new one, read again as its commit marked it exported. The lease keeps any
+    // other run of this job and VM from adding one meanwhile. A purge changed the base's
+    // disks: then the VM and every snapshot are read again.
+    let snapshots = if settings.transport.purge_snapshot_data {
+        let vm_now: VmRecord = cycle.on_source(source.get_record(&vm_ref).await)?;
+        cycle.source_snapshots(&vm_now).await?
+    } else {
+        let exported = cycle.on_source(load_snapshot(source, &snapshot.reference).await)?;
+        snapshots.into_iter().chain([exported]).collect()
+    };
     let mut deleted_snapshots = Vec::new();
     for victim in snapshot_victims(
         &snapshots,
