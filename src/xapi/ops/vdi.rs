@@ -9,7 +9,7 @@ use crate::xapi::records::StringMap;
 use crate::xapi::rpc::Value;
 
 /// How long [`XapiClient::destroy_vdi_once_free`] waits for a VDI to be free.
-pub const BUSY_WAIT: Duration = Duration::from_secs(10);
+const BUSY_WAIT: Duration = Duration::from_secs(10);
 
 /// xapi's refusals of an operation on a VDI another operation holds for now.
 fn is_busy(error: &ClientError) -> bool {
@@ -64,7 +64,7 @@ impl XapiClient {
         self.call_unit("VDI.destroy", vec![Value::from(vdi)]).await
     }
 
-    /// `VDI.destroy`, waiting (at most [`BUSY_WAIT`]) for a transfer still winding down on
+    /// `VDI.destroy`, waiting (at most 10 s) for a transfer still winding down on
     /// the VDI: an import or export whose client was killed holds the VDI until the host
     /// notices the closed connection at its next read or write, and xapi refuses the
     /// destroy meanwhile (`VDI_IN_USE`, `OTHER_OPERATION_IN_PROGRESS`). The clean-up of an
