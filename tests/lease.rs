@@ -43,7 +43,8 @@ async fn replicate(job: &Path) -> Run {
 /// A source with one VM holding 8 MiB of data, whose exports run at 2 MiB/s: a full cycle
 /// takes about 4 s, twice the lease's time to live.
 async fn slow_source() -> (Host, String) {
-    let source = Host::start(&[("web01", &[8 * MIB])]).await;
+    // 16 MiB of disk, 8 MiB of it written: the second test's delta rewrites all 16.
+    let source = Host::start(&[("web01", &[16 * MIB])]).await;
     let vm = &source.report.vms[0];
     source
         .write(&vm.disks[0].vdi.reference, 0, 8 * MIB, Some(7))
@@ -115,12 +116,26 @@ async fn of_two_machines_exactly_one_runs_and_keeps_its_lease_past_its_ttl() {
         "released after the run"
     );
 
-    // One machine runs for about 4 s (a delta of 8 MiB); the other starts 3 s in, past the
-    // 2 s the lease was first taken for: only renewals keep it.
+    // One machine runs for about 8 s (a delta of 16 MiB); the other starts 2.5 s after the
+    // first took the lease, past the 2 s it was taken for: only renewals keep it. (Counted
+    // from the take, not from the start: a loaded machine may take seconds to get there.)
     let disk = source.report.vms[0].disks[0].vdi.reference.clone();
-    source.write(&disk, 0, 8 * MIB, Some(8)).await;
+    source.write(&disk, 0, 16 * MIB, Some(8)).await;
+    let taken_before = lease_on(&source, &job).await.generation;
     let first = tokio::spawn(async move { replicate(&one).await });
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = lease_on(&source, &job).await;
+        if now.generation > taken_before && !released(&now) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the first run never took the lease"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     let second = replicate(&two).await;
     let first = first.await.unwrap();
     assert_eq!(first.code, 0, "{} {}", first.stdout, first.stderr);
