@@ -587,8 +587,8 @@ pub struct LabFaultArgs {
     /// bandwidth: bytes per second.
     #[arg(long, value_name = "BYTES_PER_S", value_parser = parse_size)]
     pub rate: Option<u64>,
-    /// sr_full: VDI.create, VDI.clone or import; stall, redirect: export or import;
-    /// bandwidth: export, import or both (default).
+    /// sr_full: VDI.create, VDI.clone or import; stall: export, import or nbd; redirect:
+    /// export or import; bandwidth: export, import or both (default).
     #[arg(long, value_name = "WHAT")]
     pub on: Option<String>,
     /// redirect: the base URL the request is sent on to, e.g. http://10.0.0.2.

@@ -318,7 +318,10 @@ impl FaultSpec {
                 },
             },
             "redirect" => FaultKind::Redirect {
-                on: plane(given.required_text("on")?)?,
+                on: match given.required_text("on")? {
+                    "nbd" => return Err(invalid("on", "nbd", "export or import")),
+                    other => plane(other)?,
+                },
                 to: base_url(given.required_text("to")?)?,
             },
             "boot_failure" => FaultKind::BootFailure {
@@ -374,7 +377,8 @@ fn plane(text: &str) -> Result<Plane, SpecError> {
     match text {
         "export" => Ok(Plane::Export),
         "import" => Ok(Plane::Import),
-        other => Err(invalid("on", other, "export or import")),
+        "nbd" => Ok(Plane::Nbd),
+        other => Err(invalid("on", other, "export, import or nbd")),
     }
 }
 
@@ -660,6 +664,45 @@ mod tests {
             assert!(
                 matches!(&refused, Err(SpecError::Invalid { field, .. }) if field == "to"),
                 "{bad}: {refused:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_stalls_and_drops_reach_nbd_connections() {
+        let stall = spec(&[kind("stall"), ("on", "nbd".into()), ("seconds", int(3))]).unwrap();
+        assert_eq!(
+            stall.kind,
+            FaultKind::Stall {
+                on: Plane::Nbd,
+                seconds: 3,
+                after_bytes: 0
+            }
+        );
+        let faults = Faults::default();
+        faults.inject(stall);
+        let step = faults
+            .arm(Plane::Nbd, &[])
+            .step(0, 10, std::time::Duration::ZERO);
+        assert_eq!(
+            (step.wait, step.pass, step.cut),
+            (std::time::Duration::from_secs(3), 10, None)
+        );
+        for refused in [
+            spec(&[
+                kind("redirect"),
+                ("on", "nbd".into()),
+                ("to", "http://h".into()),
+            ]),
+            spec(&[
+                kind("bandwidth"),
+                ("bytes_per_second", int(10)),
+                ("on", "nbd".into()),
+            ]),
+        ] {
+            assert!(
+                matches!(&refused, Err(SpecError::Invalid { field, .. }) if field == "on"),
+                "{refused:?}"
             );
         }
     }

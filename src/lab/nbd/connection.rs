@@ -184,15 +184,17 @@ async fn transmit(
     Ok(())
 }
 
-/// The read data a connection has sent, against the faults it armed (`drop_nbd`).
+/// The read data a connection has sent, against the faults it armed (`drop_nbd`, a
+/// `stall` on `nbd`).
 struct Sent {
     faults: TransferFaults,
     bytes: u64,
     started: Instant,
 }
 
-/// A successful reply header, then the data, a piece at a time; a `drop_nbd` fault closes
-/// the connection once its byte count is reached.
+/// A successful reply header, then the data, a piece at a time; a `stall` waits before the
+/// byte it names, and a `drop_nbd` fault closes the connection once its byte count is
+/// reached.
 async fn read(
     link: &mut Link,
     served: &Served,
@@ -215,16 +217,24 @@ async fn read(
             data
         })
         .await?;
-        let step = sent.faults.step(sent.bytes, n, sent.started.elapsed());
-        if let Some(cut) = step.cut {
-            let _ = link.write_all(&data[..step.pass]).await;
-            let _ = link.shutdown().await;
-            return Err(ServeError::Fault(cut));
+        let mut rest = &data[..];
+        while !rest.is_empty() {
+            let step = sent
+                .faults
+                .step(sent.bytes, rest.len(), sent.started.elapsed());
+            tokio::time::sleep(step.wait).await;
+            let (part, after) = rest.split_at(step.pass);
+            if let Some(cut) = step.cut {
+                let _ = link.write_all(part).await;
+                let _ = link.shutdown().await;
+                return Err(ServeError::Fault(cut));
+            }
+            link.write_all(part)
+                .await
+                .map_err(ServeError::io("write a read's data"))?;
+            sent.bytes += part.len() as u64;
+            rest = after;
         }
-        link.write_all(&data)
-            .await
-            .map_err(ServeError::io("write a read's data"))?;
-        sent.bytes += n as u64;
         at += n as u64;
     }
     link.flush().await.map_err(ServeError::io("flush"))
