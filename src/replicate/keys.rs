@@ -36,6 +36,11 @@ pub const IMPORTING: &str = "vhdsync:importing";
 /// (XO's datetime has second resolution).
 pub const COMMITTED_MS: &str = "vhdsync:committed_ms";
 
+/// Ours: on a source snapshot disk whose data `purge_snapshot_data` destroyed, the uuid of
+/// the snapshot VM it belonged to: its VBD is gone, and XO's datetime (second resolution)
+/// may be shared by two snapshots, so this is what ties the change log to its snapshot.
+pub const PURGED_FROM: &str = "vhdsync:purged_from";
+
 /// Ours: on a failed-over replica, when it was failed over.
 pub const FAILED_OVER: &str = "vhdsync:failed_over";
 /// Ours: on a failed-over VM, the job and the source VM whose restore point it was, and that

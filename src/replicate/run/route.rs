@@ -9,7 +9,8 @@
 //! change logs stay, still usable as the `from` of a change list). The snapshot VM stays,
 //! without disks, until retention removes it: it is older than the new base, so it is never
 //! chosen as a base again, and without disks it could not be the base of an export or the
-//! source of anything. Its metadata VDIs go once the VM is gone ([`Cycle::purge_base`]).
+//! source of anything. Its metadata VDIs, tagged with its uuid before the purge, go in the
+//! run whose retention removes the VM ([`Cycle::sweep_purged`]).
 
 use std::collections::BTreeSet;
 
@@ -18,7 +19,8 @@ use crate::replicate::keys;
 use crate::replicate::plan::{CyclePlan, DiskPlan, SnapshotDisk, SourceSnapshot};
 use crate::replicate::transport::Transport;
 use crate::xapi::client::ClientError;
-use crate::xapi::records::{VdiRecord, VmRecord};
+use crate::xapi::ops::{Class, MapName};
+use crate::xapi::records::{StringMap, VdiRecord, VmRecord};
 use crate::xapi::transfer::{NbdOutcome, NbdPath, NbdUnusable, VdiOn, probe_nbd, transfer_nbd};
 
 /// The VDI type `VDI.data_destroy` leaves.
@@ -202,16 +204,29 @@ impl Cycle<'_> {
     }
 
     /// `purge_snapshot_data`: once the new replica is committed, the previous base's disks
-    /// lose their VBDs and their data (see the module documentation), and the metadata VDIs
-    /// of snapshots retention removed since are destroyed. A failure is a note: the replica
-    /// is committed.
+    /// lose their VBDs and their data (see the module documentation). A failure is a note:
+    /// the replica is committed.
     pub(super) async fn purge_base(&self, base: Option<&SourceSnapshot>, notes: &mut Vec<String>) {
         if !self.settings.transport.purge_snapshot_data {
             return;
         }
         let source = self.source;
-        for disk in base.map_or(&[][..], |b| &b.disks[..]) {
+        let Some(base) = base else {
+            return;
+        };
+        for disk in &base.disks {
             let purged = async {
+                let mut held = disk.other_config.clone();
+                let owner = [(keys::PURGED_FROM, base.uuid.as_str())];
+                source
+                    .set_entries_in(
+                        Class::Vdi,
+                        &disk.vdi_ref,
+                        MapName::OtherConfig,
+                        &mut held,
+                        &owner,
+                    )
+                    .await?;
                 let vbds = source
                     .call("VDI.get_VBDs", vec![disk.vdi_ref.as_str().into()])
                     .await?;
@@ -232,6 +247,15 @@ impl Cycle<'_> {
                 )),
             }
         }
+    }
+
+    /// `purge_snapshot_data`, after the source's snapshot retention: the metadata VDIs of
+    /// snapshots no longer there are destroyed, those retention just removed included. A
+    /// failure is a note, and the next run sweeps again.
+    pub(super) async fn sweep_purged(&self, notes: &mut Vec<String>) {
+        if !self.settings.transport.purge_snapshot_data {
+            return;
+        }
         match self.sweep_metadata().await {
             Ok(swept) => notes.extend(
                 swept
@@ -242,28 +266,52 @@ impl Cycle<'_> {
         }
     }
 
-    /// Destroy the `cbt_metadata` VDIs of this job and VM whose snapshot VM (the one with
-    /// their `xo:backup:datetime`) is gone.
+    /// Destroy the purged disks of this job and VM (`cbt_metadata` VDIs, or any with
+    /// `vhdsync:purged_from`) that no VBD uses and whose snapshot VM is gone: the one their
+    /// `vhdsync:purged_from` names, or for a VDI purged without it, the one with their
+    /// `xo:backup:datetime`.
     async fn sweep_metadata(&self) -> Result<Vec<String>, ClientError> {
         let source = self.source;
         let (_, vm) = source.record_by_uuid::<VmRecord>(&self.id.vm_uuid).await?;
-        let mut kept = BTreeSet::new();
+        let mut kept = Snapshots::default();
         for snapshot in &vm.snapshots {
             let record: VmRecord = source.get_record(snapshot).await?;
-            kept.extend(record.other_config.get(keys::DATETIME).cloned());
+            kept.datetimes
+                .extend(record.other_config.get(keys::DATETIME).cloned());
+            kept.uuids.insert(record.uuid);
         }
         let mut swept = Vec::new();
         for (reference, vdi) in source.get_all_records::<VdiRecord>().await? {
             let config = &vdi.other_config;
             let ours = config.get(keys::JOB) == Some(&self.id.job_id)
                 && config.get(keys::VM) == Some(&self.id.vm_uuid);
-            let owned = config.get(keys::DATETIME).is_some_and(|d| kept.contains(d));
-            if vdi.kind == CBT_METADATA && ours && !owned {
+            // A purge stopped between the VBD and the data leaves a tagged VDI with its data.
+            let purged = vdi.kind == CBT_METADATA || config.contains_key(keys::PURGED_FROM);
+            if purged && ours && vdi.vbds.is_empty() && !kept.own(config) {
                 source.destroy_vdi(&reference).await?;
                 swept.push(vdi.uuid);
             }
         }
         Ok(swept)
+    }
+}
+
+/// The source VM's snapshots, as the owners of purged disks' change logs.
+#[derive(Default)]
+struct Snapshots {
+    uuids: BTreeSet<String>,
+    datetimes: BTreeSet<String>,
+}
+
+impl Snapshots {
+    /// A purged disk with `config` belongs to one of these snapshots.
+    fn own(&self, config: &StringMap) -> bool {
+        match config.get(keys::PURGED_FROM) {
+            Some(uuid) => self.uuids.contains(uuid),
+            None => config
+                .get(keys::DATETIME)
+                .is_some_and(|d| self.datetimes.contains(d)),
+        }
     }
 }
 
@@ -273,4 +321,37 @@ async fn cbt_enabled(
 ) -> Result<bool, ClientError> {
     let value = host.call("VDI.get_cbt_enabled", vec![vdi.into()]).await?;
     Ok(value.as_bool().unwrap_or(false))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(entries: &[(&str, &str)]) -> StringMap {
+        entries
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn a_purged_disk_belongs_to_the_snapshot_it_names_not_to_one_of_the_same_second() {
+        let kept = Snapshots {
+            uuids: ["snap-b".to_owned()].into(),
+            datetimes: ["20261207T13:10:04Z".to_owned()].into(),
+        };
+        let same_second = |owner: &str| {
+            config(&[
+                (keys::DATETIME, "20261207T13:10:04Z"),
+                (keys::PURGED_FROM, owner),
+            ])
+        };
+        assert!(kept.own(&same_second("snap-b")));
+        // Its snapshot is gone, though a kept one was taken in the same second.
+        assert!(!kept.own(&same_second("snap-a")));
+        // Purged before the tag existed: the datetime is all there is.
+        assert!(kept.own(&config(&[(keys::DATETIME, "20261207T13:10:04Z")])));
+        assert!(!kept.own(&config(&[(keys::DATETIME, "20261207T13:10:02Z")])));
+        assert!(!kept.own(&config(&[])));
+    }
 }
