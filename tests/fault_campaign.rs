@@ -246,6 +246,29 @@ fn export_fault(side: Side, variant: usize, within: u64, phase: Phase, rng: &mut
     data_fault(side, spec, phase)
 }
 
+/// An import fault on the target: `drop_import`, `fail_import`, `sr_full` or a stall,
+/// `variant` in that order, cutting or stalling after a byte count below `within`.
+fn import_fault(variant: usize, within: u64, rng: &mut Rng) -> Fault {
+    let spec = match variant {
+        0 => vec![
+            ("kind", Value::from("drop_import")),
+            ("after_bytes", int(rng.within(0..within))),
+        ],
+        1 => vec![("kind", Value::from("fail_import"))],
+        2 => vec![
+            ("kind", Value::from("sr_full")),
+            ("on", Value::from("import")),
+        ],
+        _ => vec![
+            ("kind", Value::from("stall")),
+            ("on", Value::from("import")),
+            ("seconds", int(3)),
+            ("after_bytes", int(rng.within(0..within))),
+        ],
+    };
+    data_fault(Side::Target, spec, Phase::Transfer)
+}
+
 /// How many fault kinds [`pick_fault`] knows.
 const FAULT_KINDS: usize = 35;
 
@@ -256,7 +279,6 @@ const FAULT_KINDS: usize = 35;
 fn pick_fault(kind: usize, rng: &mut Rng) -> Fault {
     use Phase::{Commit, ReplicaCreation, Retention, Snapshot, Transfer};
     use Side::{Source, Target};
-    let after = |rng: &mut Rng| int(rng.within(0..2 * MIB));
     match kind % FAULT_KINDS {
         // The source snapshot and its tags.
         0 => rpc_fault(Source, "VM.snapshot", 1, Snapshot),
@@ -298,33 +320,7 @@ fn pick_fault(kind: usize, rng: &mut Rng) -> Fault {
         // The export from the source.
         k @ 14..=17 => export_fault(Source, k - 14, 2 * MIB, Transfer, rng),
         // The import into the target.
-        18 => data_fault(
-            Target,
-            vec![
-                ("kind", Value::from("drop_import")),
-                ("after_bytes", after(rng)),
-            ],
-            Transfer,
-        ),
-        19 => data_fault(Target, vec![("kind", Value::from("fail_import"))], Transfer),
-        20 => data_fault(
-            Target,
-            vec![
-                ("kind", Value::from("sr_full")),
-                ("on", Value::from("import")),
-            ],
-            Transfer,
-        ),
-        21 => data_fault(
-            Target,
-            vec![
-                ("kind", Value::from("stall")),
-                ("on", Value::from("import")),
-                ("seconds", int(3)),
-                ("after_bytes", after(rng)),
-            ],
-            Transfer,
-        ),
+        k @ 18..=21 => import_fault(k - 18, 2 * MIB, rng),
         // The commit: the keys on the disks and the VM, the target snapshot, the UUIDs
         // read once all is committed; on a new live replica also its block and name.
         22 => rpc_fault(Target, "VDI.add_to_other_config", rng.within(1..4), Commit),
@@ -357,7 +353,7 @@ const NBD_FAULT_KINDS: usize = 13;
 /// the first 64 KiB of a connection or of the import always strikes.
 fn pick_nbd_fault(kind: usize, rng: &mut Rng) -> Fault {
     use Phase::{Snapshot, Transfer};
-    use Side::{Source, Target};
+    use Side::Source;
     let after = |rng: &mut Rng| int(rng.within(0..64 * 1024));
     let fallback = Expect::FallsBack("the export path instead of NBD");
     let not_purged = Expect::Noted("could not purge the data of base snapshot disk");
@@ -382,33 +378,7 @@ fn pick_nbd_fault(kind: usize, rng: &mut Rng) -> Fault {
             Transfer,
         ),
         // The import of the stream built from the extents.
-        2 => data_fault(
-            Target,
-            vec![
-                ("kind", Value::from("drop_import")),
-                ("after_bytes", after(rng)),
-            ],
-            Transfer,
-        ),
-        3 => data_fault(Target, vec![("kind", Value::from("fail_import"))], Transfer),
-        4 => data_fault(
-            Target,
-            vec![
-                ("kind", Value::from("sr_full")),
-                ("on", Value::from("import")),
-            ],
-            Transfer,
-        ),
-        5 => data_fault(
-            Target,
-            vec![
-                ("kind", Value::from("stall")),
-                ("on", Value::from("import")),
-                ("seconds", int(3)),
-                ("after_bytes", after(rng)),
-            ],
-            Transfer,
-        ),
+        k @ 2..=5 => import_fault(k - 2, 64 * 1024, rng),
         // Routing: no change list, no NBD, a reset change log; each disk's route asks once.
         6 => rpc_fault(Source, "VDI.list_changed_blocks", 2, Transfer).expecting(fallback),
         7 => rpc_fault(Source, "VDI.get_nbd_info", 2, Transfer).expecting(fallback),
