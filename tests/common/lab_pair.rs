@@ -196,6 +196,15 @@ impl Host {
 
     /// Managed VDIs no VM uses: leaks. Hidden chain parents are the SR's, not leaks.
     pub async fn unused_vdis(&self) -> Vec<String> {
+        self.unused_vdi_records()
+            .await
+            .into_iter()
+            .map(|vdi| format!("{} ({})", vdi.uuid, vdi.name_label))
+            .collect()
+    }
+
+    /// The managed VDIs no VM's VBD uses, whole.
+    pub async fn unused_vdi_records(&self) -> Vec<VdiRecord> {
         let mut used = BTreeSet::new();
         for (reference, _) in &self.vms().await {
             used.extend(self.disk_uuids(reference).await.into_values());
@@ -205,8 +214,8 @@ impl Host {
             .await
             .unwrap()
             .into_iter()
-            .filter(|(_, vdi)| vdi.managed && !used.contains(&vdi.uuid))
-            .map(|(_, vdi)| format!("{} ({})", vdi.uuid, vdi.name_label))
+            .map(|(_, vdi)| vdi)
+            .filter(|vdi| vdi.managed && !used.contains(&vdi.uuid))
             .collect()
     }
 }

@@ -222,7 +222,9 @@ async fn read(
             let step = sent
                 .faults
                 .step(sent.bytes, rest.len(), sent.started.elapsed());
-            tokio::time::sleep(step.wait).await;
+            if !step.wait.is_zero() {
+                tokio::time::sleep(step.wait).await;
+            }
             let (part, after) = rest.split_at(step.pass);
             if let Some(cut) = step.cut {
                 let _ = link.write_all(part).await;

@@ -311,7 +311,10 @@ async fn run_cycle(cycle: &mut Cycle<'_>, vm_uuid: &str) -> Result<CycleReport, 
         cycle.on_source(source.destroy_vm_and_disks(&victim.reference).await)?;
         deleted_snapshots.push(victim.uuid.clone());
     }
-    cycle.sweep_purged(&mut replicated.notes).await;
+    let kept = snapshots
+        .iter()
+        .filter(|s| !deleted_snapshots.contains(&s.uuid));
+    cycle.sweep_purged(kept, &mut replicated.notes).await;
     cycle.emit(EventKind::RetentionDone {
         deleted_replicas: &deleted_replicas,
         deleted_snapshots: &deleted_snapshots,

@@ -20,7 +20,7 @@ use crate::replicate::plan::{CyclePlan, DiskPlan, SnapshotDisk, SourceSnapshot};
 use crate::replicate::transport::Transport;
 use crate::xapi::client::ClientError;
 use crate::xapi::ops::{Class, MapName};
-use crate::xapi::records::{StringMap, VdiRecord, VmRecord};
+use crate::xapi::records::{StringMap, VdiRecord};
 use crate::xapi::transfer::{NbdOutcome, NbdPath, NbdUnusable, VdiOn, probe_nbd, transfer_nbd};
 
 /// The VDI type `VDI.data_destroy` leaves.
@@ -250,13 +250,25 @@ impl Cycle<'_> {
     }
 
     /// `purge_snapshot_data`, after the source's snapshot retention: the metadata VDIs of
-    /// snapshots no longer there are destroyed, those retention just removed included. A
-    /// failure is a note, and the next run sweeps again.
-    pub(super) async fn sweep_purged(&self, notes: &mut Vec<String>) {
+    /// snapshots no longer there are destroyed, those retention just removed included.
+    /// `kept`: the VM's snapshots as retention left them (read after the purge). A failure
+    /// is a note, and the next run sweeps again.
+    pub(super) async fn sweep_purged<'s>(
+        &self,
+        kept: impl IntoIterator<Item = &'s SourceSnapshot>,
+        notes: &mut Vec<String>,
+    ) {
         if !self.settings.transport.purge_snapshot_data {
             return;
         }
-        match self.sweep_metadata().await {
+        let mut owners = Snapshots::default();
+        for snapshot in kept {
+            owners
+                .datetimes
+                .extend(snapshot.other_config.get(keys::DATETIME).cloned());
+            owners.uuids.insert(snapshot.uuid.clone());
+        }
+        match self.sweep_metadata(&owners).await {
             Ok(swept) => notes.extend(
                 swept
                     .into_iter()
@@ -270,16 +282,8 @@ impl Cycle<'_> {
     /// `vhdsync:purged_from`) that no VBD uses and whose snapshot VM is gone: the one their
     /// `vhdsync:purged_from` names, or for a VDI purged without it, the one with their
     /// `xo:backup:datetime`.
-    async fn sweep_metadata(&self) -> Result<Vec<String>, ClientError> {
+    async fn sweep_metadata(&self, kept: &Snapshots) -> Result<Vec<String>, ClientError> {
         let source = self.source;
-        let (_, vm) = source.record_by_uuid::<VmRecord>(&self.id.vm_uuid).await?;
-        let mut kept = Snapshots::default();
-        for snapshot in &vm.snapshots {
-            let record: VmRecord = source.get_record(snapshot).await?;
-            kept.datetimes
-                .extend(record.other_config.get(keys::DATETIME).cloned());
-            kept.uuids.insert(record.uuid);
-        }
         let mut swept = Vec::new();
         for (reference, vdi) in source.get_all_records::<VdiRecord>().await? {
             let config = &vdi.other_config;
